@@ -1,0 +1,346 @@
+//! The `deathtensors` command line.
+//!
+//! The installed `deathtensors` binary and `python -m deathtensors` both call
+//! [`run`], so they share one command tree. Exit codes: 0 success, 1 a bad or
+//! unverifiable file, 2 a usage error. Errors are one line on stderr.
+
+#![warn(missing_docs)]
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use deathtensors::reader::{hex, DtReader};
+use deathtensors::registry;
+use deathtensors::Error;
+use serde_json::{json, Value};
+
+/// Exit code for success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code for a bad, unreadable or unverifiable file.
+pub const EXIT_BAD_FILE: i32 = 1;
+/// Exit code for a usage error.
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "deathtensors",
+    version,
+    about = "Safe, fast, pickle-free tensor storage: inspect and check .deathtensors files",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the file's format details, global metadata and tensor table.
+    Info {
+        /// A .deathtensors (or legacy .dt) file; ~ and $VARS are expanded.
+        path: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tensor names, one per line, in saved order.
+    List {
+        /// The file.
+        path: String,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify the checksum footer (exit 1 if it does not match or is absent).
+    Verify {
+        /// The file.
+        path: String,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List registered plugins: codecs, checksums, dtypes, converters.
+    Plugins {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run the command line with `args` (the first item is the program name).
+///
+/// Returns the process exit code; never panics on bad files or bad arguments.
+pub fn run<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    deathtensors_plugins::link();
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match execute(cli.command) {
+        Ok(text) => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+            EXIT_OK
+        }
+        Err(e) => {
+            let line = e.to_string().replace('\n', " ");
+            let _ = writeln!(std::io::stderr(), "deathtensors: error: {line}");
+            if e.is_bad_file() {
+                EXIT_BAD_FILE
+            } else {
+                EXIT_USAGE
+            }
+        }
+    }
+}
+
+/// Expand `~` and `$VAR` / `${VAR}` in a path, as every front does.
+pub fn expand_path(raw: &str) -> PathBuf {
+    let mut out = String::with_capacity(raw.len());
+    let home = std::env::var("HOME").unwrap_or_default();
+    let rest = if raw == "~" {
+        out.push_str(&home);
+        ""
+    } else if let Some(r) = raw.strip_prefix("~/") {
+        out.push_str(&home);
+        out.push('/');
+        r
+    } else {
+        raw
+    };
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '$' {
+            out.push(c);
+            continue;
+        }
+        let braced = chars.peek() == Some(&'{');
+        if braced {
+            chars.next();
+        }
+        let mut name = String::new();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_alphanumeric() || n == '_' {
+                name.push(n);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let closed = !braced || chars.next_if_eq(&'}').is_some();
+        match std::env::var(&name) {
+            Ok(v) if !name.is_empty() && closed => out.push_str(&v),
+            _ => {
+                out.push('$');
+                if braced {
+                    out.push('{');
+                }
+                out.push_str(&name);
+                if braced && closed {
+                    out.push('}');
+                }
+            }
+        }
+    }
+    PathBuf::from(out)
+}
+
+fn execute(command: Command) -> Result<String, Error> {
+    let mut s = String::new();
+    match command {
+        Command::Info { path, json } => {
+            let r = DtReader::open(expand_path(&path))?;
+            if json {
+                s = pretty(&info_json(&r));
+            } else {
+                write_info(&mut s, &r);
+            }
+        }
+        Command::List { path, json } => {
+            let r = DtReader::open(expand_path(&path))?;
+            if json {
+                s = pretty(&json!(r.keys().collect::<Vec<_>>()));
+            } else {
+                for k in r.keys() {
+                    let _ = writeln!(s, "{k}");
+                }
+            }
+        }
+        Command::Verify { path, json } => {
+            let r = DtReader::open(expand_path(&path))?;
+            r.verify()?;
+            let algorithm = r.checksum().map(|c| c.id()).unwrap_or_default();
+            let digest = hex(&r.stored_digest()?);
+            if json {
+                s = pretty(&json!({"path": path, "ok": true, "algorithm": algorithm, "digest": digest}));
+            } else {
+                let _ = writeln!(s, "OK  {path}  {algorithm}:{digest}");
+            }
+        }
+        Command::Plugins { json } => {
+            let rows = registry::list_plugins()?;
+            if json {
+                let v: Vec<Value> = rows
+                    .iter()
+                    .map(|p| json!({"kind": p.kind, "id": p.id, "summary": p.summary, "crate": p.crate_name}))
+                    .collect();
+                s = pretty(&json!(v));
+            } else {
+                let width = rows.iter().map(|p| p.id.len()).max().unwrap_or(0);
+                let mut kind = "";
+                for p in &rows {
+                    if p.kind != kind {
+                        kind = p.kind;
+                        let _ = writeln!(s, "{kind}s:");
+                    }
+                    let _ = writeln!(s, "  {:width$}  {}  [{}]", p.id, p.summary, p.crate_name);
+                }
+            }
+        }
+    }
+    Ok(s)
+}
+
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+fn info_json(r: &DtReader) -> Value {
+    let tensors: Vec<Value> = r
+        .tensors()
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name, "dtype": t.dtype.id(), "shape": t.shape, "nbytes": t.nbytes,
+                "stored_nbytes": t.stored_len, "file_offset": t.file_offset,
+                "chunks": t.chunks.as_ref().map(Vec::len), "metadata": t.metadata,
+            })
+        })
+        .collect();
+    json!({
+        "path": r.path(),
+        "file_size": r.file_len(),
+        "format_version": deathtensors::format::VERSION,
+        "codec": r.codec().map(|c| c.id()),
+        "checksum": r.checksum().map(|c| c.id()),
+        "metadata": r.metadata(),
+        "tensors": tensors,
+    })
+}
+
+fn write_info(s: &mut String, r: &DtReader) {
+    let total: u64 = r.tensors().iter().map(|t| t.nbytes).sum();
+    let _ = writeln!(s, "file:      {}", r.path().display());
+    let _ = writeln!(s, "size:      {} ({} of tensor data)", human(r.file_len()), human(total));
+    let _ = writeln!(s, "format:    deathtensors v{}", deathtensors::format::VERSION);
+    let _ = writeln!(s, "codec:     {}", r.codec().map_or("none", |c| c.id()));
+    let _ = writeln!(s, "checksum:  {}", r.checksum().map_or("none", |c| c.id()));
+    if !r.metadata().is_empty() {
+        let _ = writeln!(s, "metadata:  {}", Value::Object(r.metadata().clone()));
+    }
+    let _ = writeln!(s, "tensors:   {}", r.tensors().len());
+    let rows: Vec<[String; 5]> = r
+        .tensors()
+        .iter()
+        .map(|t| {
+            [
+                t.name.clone(),
+                t.dtype.id().to_owned(),
+                format!("{:?}", t.shape),
+                human(t.nbytes),
+                if t.chunks.is_some() {
+                    format!("{} ({:.1}%)", human(t.stored_len), percent(t.stored_len, t.nbytes))
+                } else {
+                    human(t.stored_len)
+                },
+            ]
+        })
+        .collect();
+    let heads = ["name", "dtype", "shape", "size", "stored"];
+    let mut widths = heads.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |s: &mut String, cells: &[&str]| {
+        let parts: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:w$}")).collect();
+        let _ = writeln!(s, "  {}", parts.join("  ").trim_end());
+    };
+    line(s, &heads);
+    for row in &rows {
+        line(s, &row.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        100.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+/// Bytes in binary units, e.g. `"1.5 MiB"`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_home_and_vars() {
+        std::env::set_var("DT_CLI_TEST_VAR", "abc");
+        let home = std::env::var("HOME").unwrap_or_default();
+        assert_eq!(expand_path("~/x"), PathBuf::from(format!("{home}/x")));
+        assert_eq!(expand_path("$DT_CLI_TEST_VAR/y"), PathBuf::from("abc/y"));
+        assert_eq!(expand_path("${DT_CLI_TEST_VAR}z"), PathBuf::from("abcz"));
+        assert_eq!(expand_path("$DT_UNSET_VAR_XYZ/q"), PathBuf::from("$DT_UNSET_VAR_XYZ/q"));
+        assert_eq!(expand_path("a~b"), PathBuf::from("a~b"));
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        assert_eq!(run(["deathtensors", "no-such-command"]), EXIT_USAGE);
+        assert_eq!(run(["deathtensors", "info"]), EXIT_USAGE);
+        assert_eq!(run(["deathtensors", "--version"]), EXIT_OK);
+    }
+
+    #[test]
+    fn missing_file_exits_1() {
+        assert_eq!(run(["deathtensors", "info", "/nonexistent/x.deathtensors"]), EXIT_BAD_FILE);
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human(10), "10 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(3 << 30), "3.0 GiB");
+    }
+}

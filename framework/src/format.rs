@@ -1,0 +1,555 @@
+//! The v1 file layout: constants, the JSON header schema, and its validation.
+//!
+//! ```text
+//! magic "DTLEGION" (8) | version u32 = 1 | flags u32 | header length u64
+//! JSON header (UTF-8) | NUL padding to 8 | data | optional 32-byte footer
+//! ```
+//!
+//! All integers are little-endian. `docs/format_spec.md` is the normative text.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::registry::{self, ChecksumAlgorithm, Codec, DtypeHandler};
+
+/// The first eight bytes of every file.
+pub const MAGIC: &[u8; 8] = b"DTLEGION";
+/// The format version this crate reads and writes.
+pub const VERSION: u32 = 1;
+/// Flag bit 0: tensors are stored as compressed chunks.
+pub const FLAG_COMPRESSED: u32 = 1 << 0;
+/// Flag bit 1: a 32-byte checksum footer ends the file.
+pub const FLAG_CHECKSUM: u32 = 1 << 1;
+/// Flag bit 2: encryption, reserved. Files that set it are refused.
+pub const FLAG_ENCRYPTED: u32 = 1 << 2;
+/// Bytes before the JSON header: magic, version, flags, header length.
+pub const PREAMBLE_LEN: u64 = 24;
+/// Length of the checksum footer.
+pub const FOOTER_LEN: u64 = 32;
+/// Non-empty uncompressed tensors start at file offsets that are multiples of this.
+pub const TENSOR_ALIGNMENT: u64 = 64;
+/// Default raw size of a compression chunk.
+pub const DEFAULT_CHUNK_BYTES: u64 = 1 << 20;
+/// Largest raw length a chunk may declare (bounds each decompression).
+pub const MAX_CHUNK_RAW_LEN: u64 = 64 << 20;
+/// Default limit on the JSON header length.
+pub const DEFAULT_MAX_HEADER_LEN: u64 = 100_000_000;
+
+/// The `compression` object of the header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionHeader {
+    /// Codec id (a registered [`Codec`]).
+    pub codec: String,
+    /// Level the writer used (informative).
+    pub level: i32,
+}
+
+/// One compressed chunk: `[offset, stored length, raw length]`.
+///
+/// `offset` is relative to the start of the data region. A chunk whose stored
+/// length equals its raw length is stored raw (the codec is not applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk(pub u64, pub u64, pub u64);
+
+impl Chunk {
+    /// Offset relative to the data region.
+    pub fn offset(&self) -> u64 {
+        self.0
+    }
+    /// Bytes stored in the file.
+    pub fn stored_len(&self) -> u64 {
+        self.1
+    }
+    /// Bytes after decompression.
+    pub fn raw_len(&self) -> u64 {
+        self.2
+    }
+    /// Whether the chunk is stored without the codec.
+    pub fn is_raw(&self) -> bool {
+        self.1 == self.2
+    }
+}
+
+/// One tensor entry of the header, as written in JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorHeader {
+    /// The tensor's name (any Unicode string, unique in the file).
+    pub name: String,
+    /// Dtype id (a registered [`DtypeHandler`]).
+    pub dtype: String,
+    /// Dimensions, outermost first; `[]` is a scalar.
+    pub shape: Vec<u64>,
+    /// `[begin, end)` of the stored bytes, relative to the data region.
+    pub offsets: [u64; 2],
+    /// The chunks, in order, when the file is compressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Vec<Chunk>>,
+    /// Per-tensor metadata: any JSON values.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub metadata: Map<String, Value>,
+}
+
+/// The JSON header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// Global metadata: any JSON values.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub metadata: Map<String, Value>,
+    /// Present exactly when flag bit 0 is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<CompressionHeader>,
+    /// Checksum algorithm id; present exactly when flag bit 1 is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// Tensors in the order the writer's caller gave them.
+    pub tensors: Vec<TensorHeader>,
+}
+
+/// Parse JSON text, refusing duplicate object keys anywhere in it.
+///
+/// serde_json keeps the last of two equal keys silently; a header with
+/// duplicate keys is ambiguous, so it is refused. Nesting depth is bounded
+/// by serde_json's recursion limit.
+///
+/// # Errors
+/// [`Error::InvalidHeader`] on invalid UTF-8, invalid JSON or duplicate keys.
+pub fn parse_json_strict<T: for<'de> Deserialize<'de>>(text: &[u8]) -> Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    NoDuplicates
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| Error::InvalidHeader(e.to_string()))?;
+    serde_json::from_slice(text).map_err(|e| Error::InvalidHeader(e.to_string()))
+}
+
+/// A serde visitor that walks any JSON value and fails on a duplicate key.
+struct NoDuplicates;
+
+impl<'de> DeserializeSeed<'de> for NoDuplicates {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NoDuplicates {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        while seq.next_element_seed(NoDuplicates)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            map.next_value_seed(NoDuplicates)?;
+            if !seen.insert(key.clone()) {
+                return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A tensor entry after validation, with absolute file offsets.
+#[derive(Clone)]
+pub struct TensorInfo {
+    /// The tensor's name.
+    pub name: String,
+    /// Its dtype plugin.
+    pub dtype: &'static dyn DtypeHandler,
+    /// Dimensions.
+    pub shape: Vec<u64>,
+    /// Bytes of the tensor once decoded (elements × item size).
+    pub nbytes: u64,
+    /// Absolute file offset of the first stored byte.
+    pub file_offset: u64,
+    /// Bytes stored in the file (== `nbytes` when uncompressed).
+    pub stored_len: u64,
+    /// Chunks with absolute file offsets, when compressed.
+    pub chunks: Option<Vec<Chunk>>,
+    /// Per-tensor metadata.
+    pub metadata: Map<String, Value>,
+}
+
+impl std::fmt::Debug for TensorInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TensorInfo")
+            .field("name", &self.name)
+            .field("dtype", &self.dtype.id())
+            .field("shape", &self.shape)
+            .field("nbytes", &self.nbytes)
+            .field("file_offset", &self.file_offset)
+            .field("stored_len", &self.stored_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TensorInfo {
+    /// Number of elements (product of the shape).
+    pub fn numel(&self) -> u64 {
+        self.nbytes / self.dtype.item_size() as u64
+    }
+}
+
+/// Everything the preamble and header say, validated against the file length.
+pub struct Layout {
+    /// The flags word.
+    pub flags: u32,
+    /// The parsed header.
+    pub header: Header,
+    /// Length of the JSON text.
+    pub header_len: u64,
+    /// Absolute offset of the data region.
+    pub data_start: u64,
+    /// Length of the data region.
+    pub data_len: u64,
+    /// The codec, when compressed.
+    pub codec: Option<&'static dyn Codec>,
+    /// The checksum algorithm, when a footer is present.
+    pub checksum: Option<&'static dyn ChecksumAlgorithm>,
+    /// Validated tensors in header order.
+    pub tensors: Vec<TensorInfo>,
+    /// Name → index into `tensors`.
+    pub index: HashMap<String, usize>,
+}
+
+/// The fixed 24-byte preamble.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preamble {
+    /// Flags word.
+    pub flags: u32,
+    /// Declared JSON header length.
+    pub header_len: u64,
+}
+
+impl Preamble {
+    /// Decode and check the preamble.
+    ///
+    /// # Errors
+    /// Bad magic, unsupported version, encryption flag, unknown flags.
+    pub fn decode(bytes: &[u8; 24]) -> Result<Self> {
+        let le_u32 = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        if &bytes[..8] != MAGIC {
+            return Err(Error::BadMagic {
+                found: String::from_utf8_lossy(&bytes[..8]).into_owned(),
+            });
+        }
+        let version = le_u32(8);
+        if version != VERSION {
+            return Err(Error::UnsupportedVersion(version));
+        }
+        let flags = le_u32(12);
+        if flags & FLAG_ENCRYPTED != 0 {
+            return Err(Error::Encrypted);
+        }
+        let unknown = flags & !(FLAG_COMPRESSED | FLAG_CHECKSUM | FLAG_ENCRYPTED);
+        if unknown != 0 {
+            return Err(Error::UnknownFlags(unknown));
+        }
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&bytes[16..24]);
+        Ok(Preamble {
+            flags,
+            header_len: u64::from_le_bytes(len),
+        })
+    }
+
+    /// Encode the preamble.
+    pub fn encode(&self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        out[..8].copy_from_slice(MAGIC);
+        out[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        out[12..16].copy_from_slice(&self.flags.to_le_bytes());
+        out[16..24].copy_from_slice(&self.header_len.to_le_bytes());
+        out
+    }
+}
+
+/// NUL bytes after a header of `header_len` bytes to reach a multiple of 8.
+pub fn nul_padding(header_len: u64) -> u64 {
+    (8 - (PREAMBLE_LEN + header_len) % 8) % 8
+}
+
+/// Round `value` up to a multiple of `align` (a power of two), with overflow checking.
+pub fn align_up(value: u64, align: u64) -> Option<u64> {
+    value.checked_add(align - 1).map(|v| v & !(align - 1))
+}
+
+/// Validate a parsed header against the preamble and the file length.
+///
+/// `file_len` is the whole file's length. Checks, in order: flags agree with
+/// the header, codec and checksum ids are registered, the data region fits,
+/// each tensor's dtype is registered, its shape's byte size does not
+/// overflow, its bytes lie inside the data region, uncompressed tensors are
+/// aligned and exactly `nbytes` long, chunk tables are contiguous, bounded
+/// and add up to `nbytes`, no two tensors overlap, and no bytes trail the
+/// last tensor.
+///
+/// # Errors
+/// The first rule broken, as a typed [`Error`].
+pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Layout> {
+    let compressed = preamble.flags & FLAG_COMPRESSED != 0;
+    let has_footer = preamble.flags & FLAG_CHECKSUM != 0;
+    let codec = match (&header.compression, compressed) {
+        (Some(c), true) => Some(registry::codecs()?.get(&c.codec)?),
+        (None, false) => None,
+        (Some(_), false) => {
+            return Err(Error::InvalidHeader(
+                "the header names a codec but flag bit 0 (compressed) is clear".into(),
+            ))
+        }
+        (None, true) => {
+            return Err(Error::InvalidHeader(
+                "flag bit 0 (compressed) is set but the header names no codec".into(),
+            ))
+        }
+    };
+    let checksum = match (&header.checksum, has_footer) {
+        (Some(id), true) => Some(registry::checksums()?.get(id)?),
+        (None, false) => None,
+        (Some(_), false) => {
+            return Err(Error::InvalidHeader(
+                "the header names a checksum but flag bit 1 (footer) is clear".into(),
+            ))
+        }
+        (None, true) => {
+            return Err(Error::InvalidHeader(
+                "flag bit 1 (footer) is set but the header names no checksum algorithm".into(),
+            ))
+        }
+    };
+
+    let header_end = PREAMBLE_LEN + preamble.header_len; // bounded by caller: header_len <= file_len
+    let data_start = header_end + nul_padding(preamble.header_len);
+    let footer_len = if has_footer { FOOTER_LEN } else { 0 };
+    let needed = data_start.checked_add(footer_len).ok_or(Error::Truncated {
+        what: "the header, padding and footer",
+        needed: u64::MAX,
+        available: file_len,
+    })?;
+    if needed > file_len {
+        return Err(Error::Truncated {
+            what: "the header, padding and footer",
+            needed,
+            available: file_len,
+        });
+    }
+    let data_len = file_len - needed;
+    let dtypes = registry::dtypes()?;
+
+    let mut tensors = Vec::with_capacity(header.tensors.len());
+    let mut index = HashMap::with_capacity(header.tensors.len());
+    let mut ranges: Vec<(u64, u64, usize)> = Vec::with_capacity(header.tensors.len());
+    for (i, t) in header.tensors.iter().enumerate() {
+        let name = t.name.as_str();
+        if index.insert(t.name.clone(), i).is_some() {
+            return Err(Error::tensor(name, "the name appears twice in the header"));
+        }
+        let dtype = dtypes.get(&t.dtype).map_err(|e| Error::tensor(name, e.to_string()))?;
+        let nbytes = t
+            .shape
+            .iter()
+            .try_fold(dtype.item_size() as u64, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| {
+                Error::tensor(name, format!("shape {:?} × {} bytes overflows 64 bits", t.shape, dtype.item_size()))
+            })?;
+        let [begin, end] = t.offsets;
+        if begin > end || end > data_len {
+            return Err(Error::tensor(
+                name,
+                format!("byte range [{begin}, {end}) is outside the data region of {data_len} bytes"),
+            ));
+        }
+        let stored_len = end - begin;
+        let chunks = match (&t.chunks, codec.is_some()) {
+            (None, false) => {
+                if stored_len != nbytes {
+                    return Err(Error::tensor(
+                        name,
+                        format!("shape {:?} of {} needs {nbytes} bytes but the byte range holds {stored_len}", t.shape, t.dtype),
+                    ));
+                }
+                if nbytes > 0 && (data_start + begin) % TENSOR_ALIGNMENT != 0 {
+                    return Err(Error::tensor(
+                        name,
+                        format!("uncompressed data starts at file offset {} which is not a multiple of {TENSOR_ALIGNMENT}", data_start + begin),
+                    ));
+                }
+                None
+            }
+            (Some(chunks), true) => Some(validate_chunks(name, chunks, begin, end, nbytes, data_start)?),
+            (Some(_), false) => return Err(Error::tensor(name, "has a chunk table but the file is not compressed")),
+            (None, true) => return Err(Error::tensor(name, "the file is compressed but the tensor has no chunk table")),
+        };
+        if stored_len > 0 {
+            ranges.push((begin, end, i));
+        }
+        tensors.push(TensorInfo {
+            name: t.name.clone(),
+            dtype,
+            shape: t.shape.clone(),
+            nbytes,
+            file_offset: data_start + begin,
+            stored_len,
+            chunks,
+            metadata: t.metadata.clone(),
+        });
+    }
+
+    ranges.sort_unstable();
+    let mut last_end = 0u64;
+    let mut last_idx = None::<usize>;
+    for &(begin, end, i) in &ranges {
+        if begin < last_end {
+            let other = last_idx.map(|j| tensors[j].name.clone()).unwrap_or_default();
+            return Err(Error::tensor(
+                &tensors[i].name,
+                format!("byte range [{begin}, {end}) overlaps tensor {other:?}"),
+            ));
+        }
+        last_end = end;
+        last_idx = Some(i);
+    }
+    if last_end != data_len {
+        return Err(Error::TrailingBytes {
+            extra: data_len - last_end,
+            end: data_start + last_end,
+        });
+    }
+
+    Ok(Layout {
+        flags: preamble.flags,
+        header,
+        header_len: preamble.header_len,
+        data_start,
+        data_len,
+        codec,
+        checksum,
+        tensors,
+        index,
+    })
+}
+
+fn validate_chunks(
+    name: &str,
+    chunks: &[Chunk],
+    begin: u64,
+    end: u64,
+    nbytes: u64,
+    data_start: u64,
+) -> Result<Vec<Chunk>> {
+    let mut cursor = begin;
+    let mut raw_total = 0u64;
+    let mut out = Vec::with_capacity(chunks.len());
+    for (k, c) in chunks.iter().enumerate() {
+        let bad = |why: String| Error::tensor(name, format!("chunk {k}: {why}"));
+        if c.offset() != cursor {
+            return Err(bad(format!("starts at {} but the previous chunk ends at {cursor}", c.offset())));
+        }
+        if c.raw_len() == 0 || c.raw_len() > MAX_CHUNK_RAW_LEN {
+            return Err(bad(format!("raw length {} is not in 1..={MAX_CHUNK_RAW_LEN}", c.raw_len())));
+        }
+        if c.stored_len() == 0 || c.stored_len() > c.raw_len() {
+            return Err(bad(format!(
+                "stored length {} is not in 1..=raw length {}",
+                c.stored_len(),
+                c.raw_len()
+            )));
+        }
+        cursor = cursor
+            .checked_add(c.stored_len())
+            .filter(|&e| e <= end)
+            .ok_or_else(|| bad(format!("runs past the tensor's byte range end {end}")))?;
+        raw_total = raw_total
+            .checked_add(c.raw_len())
+            .ok_or_else(|| bad("raw lengths overflow".into()))?;
+        out.push(Chunk(data_start + c.offset(), c.stored_len(), c.raw_len()));
+    }
+    if cursor != end {
+        return Err(Error::tensor(name, format!("chunks end at {cursor} but the byte range ends at {end}")));
+    }
+    if raw_total != nbytes {
+        return Err(Error::tensor(
+            name,
+            format!("chunks decode to {raw_total} bytes but the shape needs {nbytes}"),
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_json_refuses_duplicate_keys_at_any_depth() {
+        let top = parse_json_strict::<Value>(br#"{"a":1,"a":2}"#).unwrap_err();
+        assert!(top.to_string().contains("duplicate key \"a\""), "{top}");
+        let deep = parse_json_strict::<Value>(br#"{"x":[{"b":{"c":1,"c":1}}]}"#).unwrap_err();
+        assert!(deep.to_string().contains("duplicate key \"c\""), "{deep}");
+        assert!(parse_json_strict::<Value>(br#"{"a":{"a":1}}"#).is_ok());
+    }
+
+    #[test]
+    fn strict_json_refuses_deep_nesting_and_nan() {
+        let deep = "[".repeat(100_000);
+        assert!(parse_json_strict::<Value>(deep.as_bytes()).is_err());
+        assert!(parse_json_strict::<Value>(b"{\"a\": NaN}").is_err());
+        assert!(parse_json_strict::<Value>(b"{\"a\": 1} x").is_err());
+        assert!(parse_json_strict::<Value>(b"{\"a\": \"\xff\"}").is_err());
+    }
+
+    #[test]
+    fn preamble_round_trips_and_checks() {
+        let p = Preamble { flags: FLAG_CHECKSUM, header_len: 1234 };
+        assert_eq!(Preamble::decode(&p.encode()).unwrap(), p);
+        let mut bad = p.encode();
+        bad[0] = b'X';
+        assert!(matches!(Preamble::decode(&bad), Err(Error::BadMagic { .. })));
+        let mut v2 = p.encode();
+        v2[8] = 2;
+        assert!(matches!(Preamble::decode(&v2), Err(Error::UnsupportedVersion(2))));
+        let enc = Preamble { flags: FLAG_ENCRYPTED, header_len: 2 }.encode();
+        assert!(matches!(Preamble::decode(&enc), Err(Error::Encrypted)));
+        let unk = Preamble { flags: 1 << 7, header_len: 2 }.encode();
+        assert!(matches!(Preamble::decode(&unk), Err(Error::UnknownFlags(0x80))));
+    }
+
+    #[test]
+    fn padding_reaches_eight() {
+        for len in 0..64u64 {
+            assert_eq!((PREAMBLE_LEN + len + nul_padding(len)) % 8, 0);
+            assert!(nul_padding(len) < 8);
+        }
+        assert_eq!(align_up(65, 64), Some(128));
+        assert_eq!(align_up(u64::MAX, 64), None);
+    }
+}

@@ -1,0 +1,319 @@
+//! Opening and reading `.deathtensors` files.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use rayon::prelude::*;
+use serde_json::{Map, Value};
+
+use crate::buffer::AlignedBuf;
+use crate::error::{Error, Result};
+use crate::format::{self, Chunk, Layout, Preamble, TensorInfo, DEFAULT_MAX_HEADER_LEN, FOOTER_LEN, PREAMBLE_LEN};
+use crate::registry::{ChecksumAlgorithm, Codec};
+
+/// Pieces larger than this are read by several threads at once.
+const PARALLEL_READ_PIECE: usize = 4 << 20;
+/// Block size of the verification pipeline.
+const VERIFY_BLOCK: usize = 4 << 20;
+
+/// Options for [`DtReader::open_with`].
+#[derive(Debug, Clone)]
+pub struct ReadOptions {
+    /// Largest JSON header accepted, in bytes (default 100 MB).
+    pub max_header_len: u64,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            max_header_len: DEFAULT_MAX_HEADER_LEN,
+        }
+    }
+}
+
+/// An open file: its validated layout and the handle its bytes are read from.
+///
+/// Reads use positioned I/O on the handle opened at [`DtReader::open`], so a
+/// file replaced on disk (by an atomic save) keeps being read from the old,
+/// complete contents; every method takes `&self` and may run on many threads.
+pub struct DtReader {
+    path: PathBuf,
+    file: File,
+    file_len: u64,
+    layout: Layout,
+}
+
+impl DtReader {
+    /// Open and validate a file with default limits.
+    ///
+    /// # Errors
+    /// I/O errors, and any rule of the format the file breaks.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, &ReadOptions::default())
+    }
+
+    /// Open and validate a file.
+    ///
+    /// Reads the preamble and the header only; no tensor bytes are read.
+    ///
+    /// # Errors
+    /// I/O errors, and any rule of the format the file breaks.
+    pub fn open_with(path: impl AsRef<Path>, options: &ReadOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
+        if meta.is_dir() {
+            return Err(Error::io(&path, std::io::Error::other("is a directory")));
+        }
+        let file_len = meta.len();
+        if file_len < PREAMBLE_LEN {
+            return Err(Error::Truncated {
+                what: "the 24-byte preamble",
+                needed: PREAMBLE_LEN,
+                available: file_len,
+            });
+        }
+        let mut pre = [0u8; 24];
+        file.read_exact_at(&mut pre, 0).map_err(|e| Error::io(&path, e))?;
+        let preamble = Preamble::decode(&pre)?;
+        if preamble.header_len > options.max_header_len {
+            return Err(Error::HeaderTooLarge {
+                len: preamble.header_len,
+                limit: options.max_header_len,
+            });
+        }
+        let header_end = PREAMBLE_LEN + preamble.header_len;
+        let padded_end = header_end + format::nul_padding(preamble.header_len);
+        if padded_end > file_len {
+            return Err(Error::Truncated {
+                what: "the JSON header and its padding",
+                needed: padded_end,
+                available: file_len,
+            });
+        }
+        let mut text = vec![0u8; (padded_end - PREAMBLE_LEN) as usize];
+        file.read_exact_at(&mut text, PREAMBLE_LEN).map_err(|e| Error::io(&path, e))?;
+        let padding = text.split_off(preamble.header_len as usize);
+        if let Some(pos) = padding.iter().position(|&b| b != 0) {
+            return Err(Error::InvalidHeader(format!(
+                "padding byte at file offset {} is {:#04x}, not NUL",
+                header_end + pos as u64,
+                padding[pos]
+            )));
+        }
+        let header = format::parse_json_strict(&text)?;
+        let layout = format::validate(preamble, header, file_len)?;
+        Ok(DtReader {
+            path,
+            file,
+            file_len,
+            layout,
+        })
+    }
+
+    /// The path the file was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's length in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    /// The validated layout (header, offsets, plugins).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Tensors in the order they were saved.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.layout.tensors
+    }
+
+    /// Tensor names in the order they were saved.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.layout.tensors.iter().map(|t| t.name.as_str())
+    }
+
+    /// One tensor's entry.
+    ///
+    /// # Errors
+    /// [`Error::TensorNotFound`].
+    pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
+        self.layout
+            .index
+            .get(name)
+            .map(|&i| &self.layout.tensors[i])
+            .ok_or_else(|| Error::TensorNotFound(name.to_owned()))
+    }
+
+    /// The global metadata.
+    pub fn metadata(&self) -> &Map<String, Value> {
+        &self.layout.header.metadata
+    }
+
+    /// The codec, when the file is compressed.
+    pub fn codec(&self) -> Option<&'static dyn Codec> {
+        self.layout.codec
+    }
+
+    /// The checksum algorithm, when the file has a footer.
+    pub fn checksum(&self) -> Option<&'static dyn ChecksumAlgorithm> {
+        self.layout.checksum
+    }
+
+    /// Read one tensor's decoded bytes into a new 64-byte-aligned buffer.
+    ///
+    /// Reads only that tensor's bytes; compressed chunks decode in parallel.
+    ///
+    /// # Errors
+    /// Unknown name, I/O errors, corrupt chunks, allocation failure.
+    pub fn read_tensor(&self, name: &str) -> Result<AlignedBuf> {
+        let info = self.tensor(name)?;
+        let mut buf = AlignedBuf::zeroed(info.nbytes)?;
+        self.read_into(info, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Decode `info`'s bytes into `out`, which must be exactly `info.nbytes` long.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] on a wrong `out` length, I/O errors, corrupt chunks.
+    pub fn read_into(&self, info: &TensorInfo, out: &mut [u8]) -> Result<()> {
+        if out.len() as u64 != info.nbytes {
+            return Err(Error::InvalidArgument(format!(
+                "output buffer has {} bytes, tensor {:?} has {}",
+                out.len(),
+                info.name,
+                info.nbytes
+            )));
+        }
+        match (&info.chunks, self.layout.codec) {
+            (Some(chunks), Some(codec)) => self.read_chunks(info, chunks, codec, out),
+            _ => self.read_at(out, info.file_offset),
+        }
+    }
+
+    fn read_at(&self, out: &mut [u8], offset: u64) -> Result<()> {
+        let read = |piece: &mut [u8], at: u64| self.file.read_exact_at(piece, at).map_err(|e| self.io_at(e, at));
+        if out.len() < 2 * PARALLEL_READ_PIECE {
+            return read(out, offset);
+        }
+        out.par_chunks_mut(PARALLEL_READ_PIECE)
+            .enumerate()
+            .try_for_each(|(i, piece)| read(piece, offset + (i * PARALLEL_READ_PIECE) as u64))
+    }
+
+    fn io_at(&self, e: std::io::Error, at: u64) -> Error {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::Truncated {
+                what: "tensor data (the file shrank while open)",
+                needed: at,
+                available: self.file_len,
+            }
+        } else {
+            Error::io(&self.path, e)
+        }
+    }
+
+    fn read_chunks(&self, info: &TensorInfo, chunks: &[Chunk], codec: &dyn Codec, out: &mut [u8]) -> Result<()> {
+        let mut pieces = Vec::with_capacity(chunks.len());
+        let mut rest = out;
+        for c in chunks {
+            let (head, tail) = rest.split_at_mut(c.raw_len() as usize);
+            pieces.push(head);
+            rest = tail;
+        }
+        pieces
+            .into_par_iter()
+            .zip(chunks.par_iter())
+            .enumerate()
+            .try_for_each_init(Vec::new, |scratch, (index, (piece, chunk))| {
+                if chunk.is_raw() {
+                    return self.read_at(piece, chunk.offset());
+                }
+                scratch.resize(chunk.stored_len() as usize, 0);
+                self.read_at(scratch, chunk.offset())?;
+                codec.decompress_into(scratch, piece).map_err(|reason| Error::CorruptChunk {
+                    name: info.name.clone(),
+                    index,
+                    offset: chunk.offset(),
+                    reason,
+                })
+            })
+    }
+
+    /// The digest stored in the footer.
+    ///
+    /// # Errors
+    /// [`Error::NoChecksum`] when the file has no footer; I/O errors.
+    pub fn stored_digest(&self) -> Result<[u8; 32]> {
+        if self.layout.checksum.is_none() {
+            return Err(Error::NoChecksum);
+        }
+        let mut digest = [0u8; 32];
+        self.file
+            .read_exact_at(&mut digest, self.file_len - FOOTER_LEN)
+            .map_err(|e| self.io_at(e, self.file_len - FOOTER_LEN))?;
+        Ok(digest)
+    }
+
+    /// Hash header, padding and data, and compare with the footer.
+    ///
+    /// One thread reads while another hashes.
+    ///
+    /// # Errors
+    /// [`Error::NoChecksum`], [`Error::ChecksumMismatch`], I/O errors.
+    pub fn verify(&self) -> Result<()> {
+        let algorithm = self.layout.checksum.ok_or(Error::NoChecksum)?;
+        let expected = self.stored_digest()?;
+        let computed = self.compute_digest(algorithm)?;
+        if computed != expected {
+            return Err(Error::ChecksumMismatch {
+                algorithm: algorithm.id().to_owned(),
+                expected: hex(&expected),
+                computed: hex(&computed),
+            });
+        }
+        Ok(())
+    }
+
+    fn compute_digest(&self, algorithm: &dyn ChecksumAlgorithm) -> Result<[u8; 32]> {
+        let end = self.file_len - FOOTER_LEN;
+        let (full_tx, full_rx) = mpsc::sync_channel::<Result<(Vec<u8>, usize)>>(2);
+        let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(3);
+        for _ in 0..3 {
+            let _ = free_tx.send(vec![0u8; VERIFY_BLOCK]);
+        }
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let mut at = PREAMBLE_LEN;
+                while at < end {
+                    let Ok(mut buf) = free_rx.recv() else { return };
+                    let n = VERIFY_BLOCK.min((end - at) as usize);
+                    let result = self.file.read_exact_at(&mut buf[..n], at).map_err(|e| self.io_at(e, at));
+                    let failed = result.is_err();
+                    if full_tx.send(result.map(|()| (buf, n))).is_err() || failed {
+                        return;
+                    }
+                    at += n as u64;
+                }
+            });
+            let mut hasher = algorithm.hasher();
+            while let Ok(block) = full_rx.recv() {
+                let (buf, n) = block?;
+                hasher.update(&buf[..n]);
+                let _ = free_tx.send(buf);
+            }
+            Ok(hasher.finish())
+        })
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,363 @@
+//! The plugin registry: codecs, checksum algorithms, dtypes and converters.
+//!
+//! Plugins register themselves with [`inventory`] right beside their type,
+//! through the macros [`register_codec!`](crate::register_codec),
+//! [`register_checksum!`](crate::register_checksum),
+//! [`register_dtype!`](crate::register_dtype) and
+//! [`register_converter!`](crate::register_converter). Lookup is by string id.
+//! An unknown id is an [`Error::UnknownPlugin`] listing the ids available; two
+//! registrations of one id are an [`Error::DuplicatePlugin`] naming both
+//! crates (inventory's order is unspecified, so "first wins" would be silent
+//! nondeterminism).
+//!
+//! A crate nothing refers to is not linked, and its registrations vanish with
+//! it: a binary that wants a plugin crate must `use that_crate as _;` (or call
+//! a function of it).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+use crate::writer::WriteOptions;
+
+/// What every plugin has: an id and a one-line summary.
+pub trait Plugin: Send + Sync + 'static {
+    /// The id the registry finds the plugin by (`"zstd"`, `"sha256"`, `"BF16"`).
+    fn id(&self) -> &'static str;
+    /// One line saying what the plugin is, for `deathtensors plugins`.
+    fn summary(&self) -> &'static str;
+}
+
+/// A compression codec applied to each chunk of a tensor independently.
+pub trait Codec: Plugin {
+    /// The level used when the caller gives none.
+    fn default_level(&self) -> i32;
+
+    /// Compress `raw` at `level` and return the compressed bytes.
+    ///
+    /// # Errors
+    /// A message when the codec fails (an invalid level, say).
+    fn compress(&self, raw: &[u8], level: i32) -> std::result::Result<Vec<u8>, String>;
+
+    /// Decompress `stored` into `out`, which has exactly the chunk's declared
+    /// raw length. The codec must never write past `out` nor allocate more
+    /// than a small constant beyond it.
+    ///
+    /// # Errors
+    /// A message when `stored` is not valid or does not decode to exactly
+    /// `out.len()` bytes.
+    fn decompress_into(&self, stored: &[u8], out: &mut [u8]) -> std::result::Result<(), String>;
+}
+
+/// A streaming hash with a 32-byte digest.
+pub trait StreamingHash: Send {
+    /// Feed bytes.
+    fn update(&mut self, data: &[u8]);
+    /// Finish and return the digest.
+    fn finish(self: Box<Self>) -> [u8; 32];
+}
+
+/// A checksum algorithm for the 32-byte footer.
+pub trait ChecksumAlgorithm: Plugin {
+    /// A fresh hasher.
+    fn hasher(&self) -> Box<dyn StreamingHash>;
+}
+
+/// The family a dtype belongs to; algorithms (stats, diff) dispatch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtypeKind {
+    /// One byte, 0 or 1.
+    Bool,
+    /// Unsigned integer.
+    UnsignedInt,
+    /// Two's-complement signed integer.
+    SignedInt,
+    /// IEEE-style floating point (including BF16 and the F8 formats).
+    Float,
+    /// A pair of floats (real, imaginary).
+    Complex,
+}
+
+/// A tensor element type.
+pub trait DtypeHandler: Plugin {
+    /// Bytes per element.
+    fn item_size(&self) -> usize;
+    /// The family of the dtype.
+    fn kind(&self) -> DtypeKind;
+    /// Name of the matching `torch` dtype attribute (`"bfloat16"`), if any.
+    fn torch_name(&self) -> Option<&'static str>;
+    /// The matching numpy dtype string (`"<f4"`), if numpy has one.
+    fn numpy_name(&self) -> Option<&'static str>;
+}
+
+/// Converts between `.deathtensors` and a foreign format.
+pub trait Converter: Plugin {
+    /// File extensions (without the dot) of the foreign format.
+    fn extensions(&self) -> &'static [&'static str];
+
+    /// Read the foreign file `src` and write a `.deathtensors` file `dst`.
+    ///
+    /// # Errors
+    /// When `src` cannot be read or parsed, or `dst` cannot be written.
+    fn import(&self, src: &Path, dst: &Path, options: &WriteOptions) -> Result<()>;
+
+    /// Read the `.deathtensors` file `src` and write the foreign file `dst`.
+    ///
+    /// # Errors
+    /// When `src` cannot be read, or holds something the foreign format cannot express.
+    fn export(&self, src: &Path, dst: &Path) -> Result<()>;
+}
+
+/// One registration: the plugin and the crate that submitted it.
+pub struct Registration<T: ?Sized + 'static> {
+    /// `CARGO_PKG_NAME` of the registering crate (filled in by the macros).
+    pub crate_name: &'static str,
+    /// The plugin itself.
+    pub plugin: &'static T,
+}
+
+inventory::collect!(Registration<dyn Codec>);
+inventory::collect!(Registration<dyn ChecksumAlgorithm>);
+inventory::collect!(Registration<dyn DtypeHandler>);
+inventory::collect!(Registration<dyn Converter>);
+
+/// Register a [`Codec`] value (a `const`-constructible expression).
+#[macro_export]
+macro_rules! register_codec {
+    ($plugin:expr) => {
+        $crate::inventory::submit! {
+            $crate::registry::Registration::<dyn $crate::registry::Codec> {
+                crate_name: env!("CARGO_PKG_NAME"),
+                plugin: &$plugin,
+            }
+        }
+    };
+}
+
+/// Register a [`ChecksumAlgorithm`] value.
+#[macro_export]
+macro_rules! register_checksum {
+    ($plugin:expr) => {
+        $crate::inventory::submit! {
+            $crate::registry::Registration::<dyn $crate::registry::ChecksumAlgorithm> {
+                crate_name: env!("CARGO_PKG_NAME"),
+                plugin: &$plugin,
+            }
+        }
+    };
+}
+
+/// Register a [`DtypeHandler`] value.
+#[macro_export]
+macro_rules! register_dtype {
+    ($plugin:expr) => {
+        $crate::inventory::submit! {
+            $crate::registry::Registration::<dyn $crate::registry::DtypeHandler> {
+                crate_name: env!("CARGO_PKG_NAME"),
+                plugin: &$plugin,
+            }
+        }
+    };
+}
+
+/// Register a [`Converter`] value.
+#[macro_export]
+macro_rules! register_converter {
+    ($plugin:expr) => {
+        $crate::inventory::submit! {
+            $crate::registry::Registration::<dyn $crate::registry::Converter> {
+                crate_name: env!("CARGO_PKG_NAME"),
+                plugin: &$plugin,
+            }
+        }
+    };
+}
+
+/// The plugins of one kind, by id.
+pub struct Registry<T: ?Sized + 'static> {
+    kind: &'static str,
+    by_id: BTreeMap<&'static str, (&'static T, &'static str)>,
+}
+
+/// A duplicate id found while building a registry.
+#[derive(Debug, Clone)]
+struct Duplicate {
+    id: String,
+    first: &'static str,
+    second: &'static str,
+}
+
+impl<T: ?Sized + Plugin> Registry<T> {
+    fn build<'a>(
+        kind: &'static str,
+        registrations: impl Iterator<Item = &'a Registration<T>>,
+    ) -> std::result::Result<Self, Duplicate> {
+        let mut by_id = BTreeMap::new();
+        for registration in registrations {
+            let id = registration.plugin.id();
+            if let Some((_, first)) = by_id.insert(id, (registration.plugin, registration.crate_name)) {
+                let (mut a, mut b) = (first, registration.crate_name);
+                if a > b {
+                    std::mem::swap(&mut a, &mut b);
+                }
+                return Err(Duplicate {
+                    id: id.to_owned(),
+                    first: a,
+                    second: b,
+                });
+            }
+        }
+        Ok(Registry { kind, by_id })
+    }
+
+    /// The plugin with this id.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPlugin`] listing the registered ids.
+    pub fn get(&self, id: &str) -> Result<&'static T> {
+        self.by_id
+            .get(id)
+            .map(|(plugin, _)| *plugin)
+            .ok_or_else(|| Error::UnknownPlugin {
+                kind: self.kind,
+                id: id.to_owned(),
+                available: self.ids().collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    /// Registered ids, sorted.
+    pub fn ids(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.by_id.keys().copied()
+    }
+
+    /// `(plugin, crate name)` pairs, sorted by id.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static T, &'static str)> + '_ {
+        self.by_id.values().copied()
+    }
+}
+
+fn finish<T: ?Sized>(
+    kind: &'static str,
+    built: &'static std::result::Result<Registry<T>, Duplicate>,
+) -> Result<&'static Registry<T>> {
+    built.as_ref().map_err(|d| Error::DuplicatePlugin {
+        kind,
+        id: d.id.clone(),
+        first: d.first,
+        second: d.second,
+    })
+}
+
+macro_rules! registry_accessor {
+    ($(#[$doc:meta])* $name:ident, $trait:ident, $kind:literal) => {
+        $(#[$doc])*
+        ///
+        /// # Errors
+        /// [`Error::DuplicatePlugin`] when two linked crates register one id.
+        pub fn $name() -> Result<&'static Registry<dyn $trait>> {
+            static BUILT: OnceLock<std::result::Result<Registry<dyn $trait>, Duplicate>> =
+                OnceLock::new();
+            finish(
+                $kind,
+                BUILT.get_or_init(|| {
+                    Registry::build($kind, inventory::iter::<Registration<dyn $trait>>.into_iter())
+                }),
+            )
+        }
+    };
+}
+
+registry_accessor!(
+    /// The registered compression codecs.
+    codecs, Codec, "codec"
+);
+registry_accessor!(
+    /// The registered checksum algorithms.
+    checksums, ChecksumAlgorithm, "checksum"
+);
+registry_accessor!(
+    /// The registered dtypes.
+    dtypes, DtypeHandler, "dtype"
+);
+registry_accessor!(
+    /// The registered foreign-format converters.
+    converters, Converter, "converter"
+);
+
+/// One row of [`list_plugins`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// `"codec"`, `"checksum"`, `"dtype"` or `"converter"`.
+    pub kind: &'static str,
+    /// The plugin's id.
+    pub id: &'static str,
+    /// Its one-line summary.
+    pub summary: &'static str,
+    /// The crate that registered it.
+    pub crate_name: &'static str,
+}
+
+/// Every registered plugin, grouped by kind and sorted by id.
+///
+/// # Errors
+/// [`Error::DuplicatePlugin`] when any kind has a duplicate id.
+pub fn list_plugins() -> Result<Vec<PluginInfo>> {
+    fn rows<T: ?Sized + Plugin>(registry: &Registry<T>, out: &mut Vec<PluginInfo>) {
+        out.extend(registry.entries().map(|(plugin, crate_name)| PluginInfo {
+            kind: registry.kind,
+            id: plugin.id(),
+            summary: plugin.summary(),
+            crate_name,
+        }));
+    }
+    let mut out = Vec::new();
+    rows(codecs()?, &mut out);
+    rows(checksums()?, &mut out);
+    rows(dtypes()?, &mut out);
+    rows(converters()?, &mut out);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake(&'static str);
+    impl Plugin for Fake {
+        fn id(&self) -> &'static str {
+            self.0
+        }
+        fn summary(&self) -> &'static str {
+            "fake"
+        }
+    }
+
+    static A: Fake = Fake("a");
+    static B: Fake = Fake("b");
+    static A2: Fake = Fake("a");
+
+    #[test]
+    fn duplicate_ids_name_both_crates() {
+        let regs = [
+            Registration::<Fake> { crate_name: "crate-one", plugin: &A },
+            Registration::<Fake> { crate_name: "crate-two", plugin: &A2 },
+        ];
+        let dup = Registry::build("codec", regs.iter()).err().expect("duplicate must be refused");
+        assert_eq!(dup.id, "a");
+        assert_eq!((dup.first, dup.second), ("crate-one", "crate-two"));
+    }
+
+    #[test]
+    fn unknown_id_lists_available() {
+        let regs = [
+            Registration::<Fake> { crate_name: "x", plugin: &B },
+            Registration::<Fake> { crate_name: "x", plugin: &A },
+        ];
+        let reg = Registry::build("codec", regs.iter()).ok().expect("no duplicates");
+        let err = reg.get("zz").err().expect("unknown id");
+        let msg = err.to_string();
+        assert!(msg.contains("\"zz\"") && msg.contains("a, b"), "{msg}");
+        assert_eq!(reg.get("b").expect("known").id(), "b");
+    }
+}

@@ -1,0 +1,4 @@
+//! Compression codecs.
+
+pub mod lz4;
+pub mod zstd;

@@ -1,0 +1,326 @@
+"""deathtensors: safe, fast, pickle-free tensor storage with a Rust core.
+
+Opening a ``.deathtensors`` file never executes code: the header is JSON,
+parsed and validated in Rust, and tensor data is opaque bytes.
+
+>>> import deathtensors as dt
+>>> dt.save("model.deathtensors", {"w": torch.zeros(2, 2)}, compress=True, checksum=True)
+>>> with dt.open("model.deathtensors", verify=True) as f:
+...     w = f.get_tensor("w")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
+
+from . import _core
+from ._frameworks import convert, prepare
+from .errors import (
+    ChecksumError,
+    DeathtensorsError,
+    EncryptedFileError,
+    FormatError,
+    InvalidArgumentError,
+    NoChecksumError,
+    PluginError,
+    TensorNotFoundError,
+    UnsupportedDtypeError,
+)
+
+__version__: str = _core.__version__
+
+__all__ = [
+    "__version__",
+    "save",
+    "save_file",
+    "open",
+    "DtFile",
+    "plugins",
+    "expand_path",
+    "DeathtensorsError",
+    "FormatError",
+    "EncryptedFileError",
+    "ChecksumError",
+    "NoChecksumError",
+    "PluginError",
+    "TensorNotFoundError",
+    "InvalidArgumentError",
+    "UnsupportedDtypeError",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: ``compress=True`` selects this codec.
+DEFAULT_CODEC = "zstd"
+#: ``checksum=True`` selects this algorithm.
+DEFAULT_CHECKSUM = "sha256"
+
+
+def expand_path(path: PathLike) -> str:
+    """Expand ``~`` and ``$VARS`` in a path (done for every path the API takes)."""
+    return os.path.expandvars(os.path.expanduser(os.fspath(path)))
+
+
+def _choose(value: Union[bool, str, None], default: str, what: str) -> Optional[str]:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return default
+    if isinstance(value, str):
+        return value
+    raise InvalidArgumentError(f"{what} must be a bool or a plugin id string, not {value!r}")
+
+
+def _dumps(value: Any, what: str) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidArgumentError(f"{what} must be a dict, not {type(value).__name__}")
+    try:
+        return json.dumps(dict(value), allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"{what} must be JSON-serialisable: {e}") from None
+
+
+def _write(
+    path: PathLike,
+    entries: List[tuple],
+    metadata: Optional[Mapping[str, Mapping[str, Any]]],
+    global_metadata: Optional[Mapping[str, Any]],
+    checksum: Union[bool, str, None],
+    compress: Union[bool, str, None],
+    compress_level: Optional[int],
+) -> None:
+    names = {e[0] for e in entries}
+    per_tensor: Dict[str, Any] = dict(metadata or {})
+    unknown = sorted(set(per_tensor) - names)
+    if unknown:
+        raise InvalidArgumentError(f"metadata names tensors that are not saved: {unknown}")
+    rows = [(n, d, s, data, _dumps(per_tensor.get(n), f"metadata[{n!r}]")) for n, d, s, data, _ in entries]
+    codec = _choose(compress, DEFAULT_CODEC, "compress")
+    _core.save(
+        expand_path(path),
+        rows,
+        global_metadata=_dumps(global_metadata, "global_metadata"),
+        codec=codec,
+        level=compress_level if codec else None,
+        checksum=_choose(checksum, DEFAULT_CHECKSUM, "checksum"),
+    )
+
+
+def _check_mapping(tensors: Any) -> None:
+    if not isinstance(tensors, Mapping):
+        raise InvalidArgumentError(f"tensors must be a dict of name -> tensor, not {type(tensors).__name__}")
+    for name in tensors:
+        if not isinstance(name, str):
+            raise InvalidArgumentError(f"tensor names must be str, not {type(name).__name__} ({name!r})")
+
+
+def save(
+    path: PathLike,
+    tensors: Mapping[str, Any],
+    metadata: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    global_metadata: Optional[Mapping[str, Any]] = None,
+    checksum: Union[bool, str] = False,
+    compress: Union[bool, str] = False,
+    compress_level: Optional[int] = 3,
+) -> None:
+    """Save a dict of torch tensors or numpy arrays to ``path``, atomically.
+
+    Args:
+        path: Destination (``~`` and ``$VARS`` are expanded).
+        tensors: ``{name: tensor}``; order is kept. Non-contiguous tensors are
+            made contiguous and GPU tensors are copied to the CPU.
+        metadata: Per-tensor metadata, ``{name: {key: any JSON value}}``.
+        global_metadata: File metadata, ``{key: any JSON value}``.
+        checksum: ``True`` for a SHA-256 footer, or an algorithm id (``"blake3"``).
+        compress: ``True`` for zstd, or a codec id (``"lz4"``).
+        compress_level: Codec level (zstd: 1..22; lz4 ignores it). ``None``
+            uses the codec's default.
+
+    Raises:
+        InvalidArgumentError: bad names, metadata or values.
+        PluginError: unknown codec or checksum id.
+        UnsupportedDtypeError: a dtype deathtensors does not store.
+        OSError: the file cannot be written; the target is left untouched.
+    """
+    _check_mapping(tensors)
+    entries = []
+    for name, value in tensors.items():
+        dtype_id, shape, obj = prepare(name, value)
+        entries.append((name, dtype_id, shape, obj, None))
+    _write(path, entries, metadata, global_metadata, checksum, compress, compress_level)
+
+
+def save_file(
+    path: PathLike,
+    tensors: Mapping[str, Mapping[str, Any]],
+    metadata: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    global_metadata: Optional[Mapping[str, Any]] = None,
+    checksum: Union[bool, str] = False,
+    compress: Union[bool, str] = False,
+    compress_level: Optional[int] = 3,
+) -> None:
+    """Save raw bytes: ``tensors`` is ``{name: {"dtype": "F32", "shape": [2, 2], "data": bytes}}``.
+
+    ``data`` is any C-contiguous bytes-like object (``bytes``, ``bytearray``,
+    ``memoryview``) holding little-endian elements; its length must equal the
+    shape's element count times the dtype's size. Needs neither torch nor numpy.
+    Other arguments are as in :func:`save`.
+    """
+    _check_mapping(tensors)
+    entries = []
+    for name, spec in tensors.items():
+        if not isinstance(spec, Mapping) or not {"dtype", "shape", "data"} <= set(spec):
+            raise InvalidArgumentError(f"tensor {name!r} must be a dict with keys 'dtype', 'shape' and 'data'")
+        data = spec["data"]
+        if isinstance(data, memoryview) and data.format != "B":
+            data = data.cast("B")
+        entries.append((name, str(spec["dtype"]), [int(d) for d in spec["shape"]], data, None))
+    _write(path, entries, metadata, global_metadata, checksum, compress, compress_level)
+
+
+class DtFile:
+    """A lazily read ``.deathtensors`` file (also opens legacy ``.dt`` files).
+
+    Opening reads and validates the header only; each ``get_*`` call reads just
+    the tensor asked for. Use as a context manager, or call :meth:`close`.
+    Safe to share between threads.
+    """
+
+    def __init__(self, path: PathLike, verify: bool = False) -> None:
+        self._path = expand_path(path)
+        self._reader = _core.Reader(self._path)
+        desc = json.loads(self._reader.describe())
+        self._desc = desc
+        self._tensors: Dict[str, Dict[str, Any]] = {t["name"]: t for t in desc["tensors"]}
+        if verify:
+            self.verify()
+
+    # -- context management -------------------------------------------------
+    def __enter__(self) -> "DtFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the file handle; later reads raise ValueError."""
+        self._reader.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return bool(self._reader.closed)
+
+    @property
+    def path(self) -> str:
+        """The (expanded) path the file was opened from."""
+        return self._path
+
+    # -- header -------------------------------------------------------------
+    def keys(self) -> List[str]:
+        """Tensor names, in the order they were saved."""
+        return list(self._tensors)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors
+
+    def _entry(self, name: str) -> Dict[str, Any]:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise TensorNotFoundError(f"no tensor named {name!r} in {self._path}") from None
+
+    def info(self, name: str) -> Dict[str, Any]:
+        """``{name, dtype, shape, nbytes, data_offsets, file_offset, stored_nbytes, chunks, metadata}``.
+
+        ``data_offsets`` is ``[begin, end)`` relative to the data region;
+        ``chunks`` is the number of compressed chunks (``None`` if uncompressed).
+        """
+        e = self._entry(name)
+        return json.loads(json.dumps(e))
+
+    def metadata(self) -> Dict[str, Any]:
+        """The global metadata."""
+        return json.loads(json.dumps(self._desc["metadata"]))
+
+    def has_checksum(self) -> bool:
+        """Whether the file ends with a checksum footer."""
+        return self._desc["checksum"] is not None
+
+    def is_compressed(self) -> bool:
+        """Whether tensors are stored compressed."""
+        return self._desc["codec"] is not None
+
+    def checksum_algorithm(self) -> Optional[str]:
+        """The footer's algorithm id (``"sha256"``, ``"blake3"``) or ``None``."""
+        return self._desc["checksum"]
+
+    def codec(self) -> Optional[str]:
+        """The codec id (``"zstd"``, ``"lz4"``) or ``None``."""
+        return self._desc["codec"]
+
+    def digest(self) -> Optional[str]:
+        """The hex digest stored in the footer, or ``None``."""
+        return self._reader.stored_digest()
+
+    # -- data ---------------------------------------------------------------
+    def get_bytes(self, name: str) -> bytes:
+        """The tensor's raw little-endian bytes."""
+        self._entry(name)
+        return self._reader.read_bytes(name)
+
+    def get_buffer(self, name: str) -> memoryview:
+        """The tensor's bytes as a writable memoryview (no extra copy)."""
+        self._entry(name)
+        return memoryview(self._reader.read(name))
+
+    def get_tensor(self, name: str, framework: str = "torch") -> Any:
+        """Read one tensor as a ``torch.Tensor`` (default) or ``numpy.ndarray`` (``framework="numpy"``).
+
+        Only this tensor's bytes are read (and decompressed). The result owns
+        its memory; it is writable and independent of the file.
+        """
+        e = self._entry(name)
+        return convert(self._reader.read(name), e["dtype"], e["shape"], framework)
+
+    def get_tensors(self, framework: str = "torch") -> Dict[str, Any]:
+        """Every tensor, in saved order."""
+        return {name: self.get_tensor(name, framework) for name in self._tensors}
+
+    def verify(self) -> bool:
+        """Check the footer against the file's contents; returns ``True``.
+
+        Raises:
+            ChecksumError: the contents do not match the footer.
+            NoChecksumError: the file has no footer.
+        """
+        self._reader.verify()
+        return True
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self)} tensors"
+        return f"<deathtensors.DtFile {self._path!r} ({state})>"
+
+
+def open(path: PathLike, verify: bool = False) -> DtFile:  # noqa: A001 - the spec's name
+    """Open a file lazily; use as ``with deathtensors.open(path) as f:``.
+
+    With ``verify=True`` the checksum footer is checked first (a file
+    without one raises :class:`NoChecksumError`).
+    """
+    return DtFile(path, verify=verify)
+
+
+def plugins() -> List[Dict[str, str]]:
+    """Every registered plugin: ``[{kind, id, summary, crate}, ...]``."""
+    return [{"kind": k, "id": i, "summary": s, "crate": c} for k, i, s, c in _core.plugins()]

@@ -1,0 +1,126 @@
+"""Adapters between framework objects (torch, numpy) and raw bytes.
+
+torch and numpy are imported only when a function here needs them. The dtype
+correspondence comes from the Rust registry (each dtype plugin names its torch
+and numpy equivalents), so adding a dtype plugin needs no change here.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, List, Sequence, Tuple
+
+from . import _core
+from .errors import InvalidArgumentError, UnsupportedDtypeError
+
+#: What ``get_tensor(framework=...)`` accepts.
+TORCH_NAMES = ("torch", "pt", "pytorch")
+NUMPY_NAMES = ("numpy", "np")
+
+
+@functools.lru_cache(maxsize=None)
+def _dtype_table() -> Tuple[Tuple[str, int, str, Any, Any], ...]:
+    return tuple(_core.dtypes())
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_maps() -> Tuple[Dict[str, Any], Dict[Any, str]]:
+    import torch
+
+    by_id: Dict[str, Any] = {}
+    for dtype_id, _size, _kind, torch_name, _np in _dtype_table():
+        if torch_name and hasattr(torch, torch_name):
+            by_id[dtype_id] = getattr(torch, torch_name)
+    return by_id, {v: k for k, v in by_id.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _numpy_maps() -> Tuple[Dict[str, Any], Dict[str, str]]:
+    import numpy as np
+
+    by_id: Dict[str, Any] = {}
+    for dtype_id, _size, _kind, _torch, numpy_name in _dtype_table():
+        if numpy_name:
+            by_id[dtype_id] = np.dtype(numpy_name)
+    return by_id, {v.str: k for k, v in by_id.items()}
+
+
+def _is_torch(obj: Any) -> bool:
+    return type(obj).__module__.split(".")[0] == "torch" and hasattr(obj, "data_ptr")
+
+
+def _is_numpy(obj: Any) -> bool:
+    return type(obj).__module__.split(".")[0] == "numpy" and hasattr(obj, "__array_interface__")
+
+
+def prepare(name: str, value: Any) -> Tuple[str, List[int], Any]:
+    """Return ``(dtype_id, shape, contiguous CPU object)`` for a torch tensor or numpy array."""
+    if _is_torch(value):
+        import torch
+
+        if value.layout != torch.strided:
+            raise InvalidArgumentError(
+                f"tensor {name!r} has layout {value.layout}; only dense (strided) tensors can be saved"
+            )
+        by_dtype = _torch_maps()[1]
+        if value.dtype not in by_dtype:
+            raise UnsupportedDtypeError(f"tensor {name!r}: torch dtype {value.dtype} has no deathtensors dtype")
+        t = value.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        if t.is_conj():
+            t = t.resolve_conj()
+        if t.is_neg():
+            t = t.resolve_neg()
+        t = t.contiguous()
+        return by_dtype[value.dtype], list(t.shape), t
+    if _is_numpy(value):
+        import numpy as np
+
+        arr = value
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        arr = np.ascontiguousarray(arr)
+        by_str = _numpy_maps()[1]
+        if arr.dtype.str not in by_str:
+            raise UnsupportedDtypeError(f"tensor {name!r}: numpy dtype {arr.dtype} has no deathtensors dtype")
+        return by_str[arr.dtype.str], list(arr.shape), arr
+    raise InvalidArgumentError(
+        f"tensor {name!r} is a {type(value).__name__}; expected a torch.Tensor or a numpy.ndarray "
+        "(use save_file for raw bytes)"
+    )
+
+
+def to_torch(buf: Any, dtype_id: str, shape: Sequence[int]) -> Any:
+    """View a Rust-owned buffer as a torch tensor (no copy)."""
+    import torch
+
+    tdtype = _torch_maps()[0].get(dtype_id)
+    if tdtype is None:
+        raise UnsupportedDtypeError(f"this torch ({torch.__version__}) has no dtype for {dtype_id}")
+    if len(buf) == 0:
+        return torch.empty(tuple(shape), dtype=tdtype)
+    return torch.frombuffer(buf, dtype=torch.uint8).view(tdtype).reshape(tuple(shape))
+
+
+def to_numpy(buf: Any, dtype_id: str, shape: Sequence[int]) -> Any:
+    """View a Rust-owned buffer as a numpy array (no copy)."""
+    import numpy as np
+
+    npdtype = _numpy_maps()[0].get(dtype_id)
+    if npdtype is None:
+        raise UnsupportedDtypeError(
+            f"numpy has no {dtype_id} dtype; load it with framework='torch' (pip install deathtensors[torch]), "
+            "or read its raw bytes with get_bytes()"
+        )
+    return np.frombuffer(buf, dtype=npdtype).reshape(tuple(shape))
+
+
+def convert(buf: Any, dtype_id: str, shape: Sequence[int], framework: str) -> Any:
+    """Dispatch on the framework name."""
+    fw = framework.lower()
+    if fw in TORCH_NAMES:
+        return to_torch(buf, dtype_id, shape)
+    if fw in NUMPY_NAMES:
+        return to_numpy(buf, dtype_id, shape)
+    raise InvalidArgumentError(f"unknown framework {framework!r}; use 'torch' or 'numpy'")

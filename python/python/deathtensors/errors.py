@@ -1,0 +1,59 @@
+"""Exception classes raised by deathtensors.
+
+Every error the library raises about a file or an argument derives from
+:class:`DeathtensorsError`. Operating-system failures (a missing file, a
+permission problem) raise the usual built-in :class:`OSError` subclasses.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DeathtensorsError",
+    "FormatError",
+    "EncryptedFileError",
+    "ChecksumError",
+    "NoChecksumError",
+    "PluginError",
+    "TensorNotFoundError",
+    "InvalidArgumentError",
+    "UnsupportedDtypeError",
+]
+
+
+class DeathtensorsError(Exception):
+    """Base class of every deathtensors error."""
+
+
+class FormatError(DeathtensorsError):
+    """The file is not a valid ``.deathtensors`` file (bad magic, header, offsets, chunks...)."""
+
+
+class EncryptedFileError(FormatError):
+    """The file sets the reserved encryption flag; such files are refused."""
+
+
+class ChecksumError(DeathtensorsError):
+    """The checksum footer does not match the file's contents."""
+
+
+class NoChecksumError(ChecksumError):
+    """Verification was requested but the file was written without a checksum footer."""
+
+
+class PluginError(DeathtensorsError, ValueError):
+    """An unknown codec/checksum/dtype id, or two plugins registered under one id."""
+
+
+class TensorNotFoundError(DeathtensorsError, KeyError):
+    """No tensor of that name in the file."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidArgumentError(DeathtensorsError, ValueError):
+    """An argument cannot be honoured (duplicate names, wrong sizes, bad metadata...)."""
+
+
+class UnsupportedDtypeError(DeathtensorsError, TypeError):
+    """A dtype has no equivalent in the requested framework (e.g. BF16 in numpy)."""

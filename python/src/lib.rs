@@ -1,0 +1,333 @@
+//! `deathtensors._core`: the thin PyO3 layer.
+//!
+//! It converts arguments, releases the GIL, calls the framework and maps
+//! errors to the classes of `deathtensors.errors`. Everything else (torch and
+//! numpy adapters, path expansion, the public API) is Python.
+
+use std::os::raw::{c_int, c_void};
+use std::sync::{Arc, RwLock};
+
+use deathtensors::buffer::AlignedBuf;
+use deathtensors::reader::{hex, DtReader, ReadOptions};
+use deathtensors::registry;
+use deathtensors::writer::{write_file, TensorData, WriteOptions};
+use deathtensors::Error;
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::ffi;
+use serde_json::{Map, Value};
+
+/// Map a framework error to the matching `deathtensors.errors` class.
+fn to_py(py: Python<'_>, err: Error) -> PyErr {
+    if let Error::Io { path, source } = &err {
+        let errno = source.raw_os_error().unwrap_or(0);
+        return PyOSError::new_err((errno, source.to_string(), path.to_string_lossy().into_owned()));
+    }
+    let message = err.to_string();
+    match py
+        .import("deathtensors.errors")
+        .and_then(|m| m.getattr(err.class_name()))
+        .and_then(|cls| cls.call1((message.clone(),)))
+    {
+        Ok(instance) => PyErr::from_value(instance),
+        Err(_) => PyRuntimeError::new_err(message),
+    }
+}
+
+fn parse_map(py: Python<'_>, text: Option<&str>, what: &str) -> PyResult<Map<String, Value>> {
+    match text {
+        None => Ok(Map::new()),
+        Some(t) => match serde_json::from_str::<Value>(t) {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(_) => Err(to_py(py, Error::InvalidArgument(format!("{what} must be a dict")))),
+            Err(e) => Err(to_py(py, Error::InvalidArgument(format!("{what} is not JSON-serialisable: {e}")))),
+        },
+    }
+}
+
+/// Bytes owned by Rust, exposed to Python through the buffer protocol.
+///
+/// `torch.frombuffer` and `numpy.frombuffer` view it without copying; the
+/// views keep it alive.
+#[pyclass(frozen, module = "deathtensors._core")]
+struct Buffer {
+    data: AlignedBuf,
+}
+
+#[pymethods]
+impl Buffer {
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+        let (ptr, len) = {
+            let b = slf.get();
+            (b.data.as_ptr(), b.data.len())
+        };
+        // SAFETY: ptr/len describe memory owned by `slf`, which the view keeps alive
+        // (FillInfo takes a reference to the exporter). The memory is writable: each
+        // Buffer is handed to exactly one consumer and never read by Rust again.
+        let ret = unsafe { ffi::PyBuffer_FillInfo(view, slf.as_ptr(), ptr as *mut c_void, len as isize, 0, flags) };
+        if ret == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
+
+    fn __len__(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Raw bytes of one tensor to be saved: kept alive by the Python objects held here.
+struct Source {
+    _owner: Py<PyAny>,
+    _buffer: Option<PyBuffer<u8>>,
+    ptr: usize,
+    len: usize,
+}
+
+/// Borrow the bytes of a CPU-contiguous torch tensor, numpy array or bytes-like object.
+fn source(obj: &Bound<'_, PyAny>) -> PyResult<Source> {
+    let owner = obj.clone().unbind();
+    if obj.hasattr("data_ptr")? && obj.hasattr("element_size")? {
+        if !obj.call_method0("is_contiguous")?.extract::<bool>()? {
+            return Err(PyValueError::new_err("internal: tensor must be contiguous"));
+        }
+        let device: String = obj.getattr("device")?.getattr("type")?.extract()?;
+        if device != "cpu" {
+            return Err(PyValueError::new_err("internal: tensor must be on the CPU"));
+        }
+        let numel: usize = obj.call_method0("numel")?.extract()?;
+        let item: usize = obj.call_method0("element_size")?.extract()?;
+        let ptr: usize = obj.call_method0("data_ptr")?.extract()?;
+        return Ok(Source { _owner: owner, _buffer: None, ptr, len: numel * item });
+    }
+    if obj.hasattr("__array_interface__")? {
+        let c_contig: bool = obj.getattr("flags")?.getattr("c_contiguous")?.extract()?;
+        if !c_contig {
+            return Err(PyValueError::new_err("internal: array must be C-contiguous"));
+        }
+        let interface = obj.getattr("__array_interface__")?;
+        let data = interface.get_item("data")?;
+        let ptr: usize = data.get_item(0)?.extract()?;
+        let len: usize = obj.getattr("nbytes")?.extract()?;
+        return Ok(Source { _owner: owner, _buffer: None, ptr, len });
+    }
+    let buffer = PyBuffer::<u8>::get(obj)?;
+    if !buffer.is_c_contiguous() {
+        return Err(PyValueError::new_err("buffer must be C-contiguous"));
+    }
+    let (ptr, len) = (buffer.buf_ptr() as usize, buffer.len_bytes());
+    Ok(Source { _owner: owner, _buffer: Some(buffer), ptr, len })
+}
+
+/// Save tensors. `entries` is a list of `(name, dtype_id, shape, data, metadata_json | None)`
+/// where `data` is a contiguous CPU torch tensor, a C-contiguous numpy array or a bytes-like.
+#[pyfunction]
+#[pyo3(signature = (path, entries, global_metadata=None, codec=None, level=None, checksum=None, chunk_bytes=None))]
+#[allow(clippy::too_many_arguments)]
+fn save(
+    py: Python<'_>,
+    path: &str,
+    entries: &Bound<'_, PyList>,
+    global_metadata: Option<&str>,
+    codec: Option<String>,
+    level: Option<i32>,
+    checksum: Option<String>,
+    chunk_bytes: Option<u64>,
+) -> PyResult<()> {
+    let mut sources = Vec::with_capacity(entries.len());
+    let mut specs = Vec::with_capacity(entries.len());
+    for item in entries.iter() {
+        let tuple = item.cast::<PyTuple>()?;
+        let name: String = tuple.get_item(0)?.extract()?;
+        let dtype: String = tuple.get_item(1)?.extract()?;
+        let shape: Vec<u64> = tuple.get_item(2)?.extract()?;
+        sources.push(source(&tuple.get_item(3)?)?);
+        let meta: Option<String> = tuple.get_item(4)?.extract()?;
+        specs.push((name, dtype, shape, parse_map(py, meta.as_deref(), "tensor metadata")?));
+    }
+    let global = parse_map(py, global_metadata, "global_metadata")?;
+    let tensors: Vec<TensorData<'_>> = specs
+        .into_iter()
+        .zip(&sources)
+        .map(|((name, dtype, shape, metadata), s)| TensorData {
+            name,
+            dtype,
+            shape,
+            // SAFETY: `sources` holds a reference to each owning Python object (and its
+            // buffer export) until this function returns, so the memory stays valid.
+            data: unsafe { std::slice::from_raw_parts(s.ptr as *const u8, s.len) },
+            metadata,
+        })
+        .collect();
+    let mut options = WriteOptions { codec, level, checksum, ..Default::default() };
+    if let Some(c) = chunk_bytes {
+        options.chunk_bytes = c;
+    }
+    let path = path.to_owned();
+    let result = py.detach(|| write_file(&path, &tensors, &global, &options));
+    drop(sources);
+    result.map_err(|e| to_py(py, e))
+}
+
+/// An open file. Thread-safe; `close()` releases the handle.
+#[pyclass(frozen, module = "deathtensors._core")]
+struct Reader {
+    inner: RwLock<Option<Arc<DtReader>>>,
+}
+
+impl Reader {
+    fn get(&self) -> PyResult<Arc<DtReader>> {
+        self.inner
+            .read()
+            .map_err(|_| PyRuntimeError::new_err("reader lock poisoned"))?
+            .clone()
+            .ok_or_else(|| PyValueError::new_err("I/O operation on a closed deathtensors file"))
+    }
+}
+
+#[pymethods]
+impl Reader {
+    #[new]
+    #[pyo3(signature = (path, max_header_len=None))]
+    fn new(py: Python<'_>, path: String, max_header_len: Option<u64>) -> PyResult<Self> {
+        let mut options = ReadOptions::default();
+        if let Some(m) = max_header_len {
+            options.max_header_len = m;
+        }
+        let reader = py.detach(|| DtReader::open_with(&path, &options)).map_err(|e| to_py(py, e))?;
+        Ok(Reader { inner: RwLock::new(Some(Arc::new(reader))) })
+    }
+
+    /// JSON text describing the file: codec, checksum, metadata, and each tensor
+    /// with dtype, shape, nbytes, absolute offsets, stored length, chunk count and metadata.
+    fn describe(&self) -> PyResult<String> {
+        let r = self.get()?;
+        let tensors: Vec<Value> = r
+            .tensors()
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "name": t.name, "dtype": t.dtype.id(), "shape": t.shape, "nbytes": t.nbytes,
+                    "data_offsets": [t.file_offset - r.layout().data_start, t.file_offset - r.layout().data_start + t.stored_len],
+                    "file_offset": t.file_offset, "stored_nbytes": t.stored_len,
+                    "chunks": t.chunks.as_ref().map(Vec::len), "metadata": t.metadata,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "file_size": r.file_len(),
+            "data_start": r.layout().data_start,
+            "codec": r.codec().map(|c| c.id()),
+            "level": r.layout().header.compression.as_ref().map(|c| c.level),
+            "checksum": r.checksum().map(|c| c.id()),
+            "metadata": r.metadata(),
+            "tensors": tensors,
+        });
+        Ok(v.to_string())
+    }
+
+    /// Decode one tensor into a new Rust-owned buffer (GIL released).
+    fn read(&self, py: Python<'_>, name: &str) -> PyResult<Buffer> {
+        let r = self.get()?;
+        let data = py.detach(|| r.read_tensor(name)).map_err(|e| to_py(py, e))?;
+        Ok(Buffer { data })
+    }
+
+    /// Decode one tensor into `bytes`.
+    fn read_bytes<'py>(&self, py: Python<'py>, name: &'py str) -> PyResult<Bound<'py, PyBytes>> {
+        let r = self.get()?;
+        let info = r.tensor(name).map_err(|e| to_py(py, e))?.clone();
+        PyBytes::new_with(py, info.nbytes as usize, |out| {
+            py.detach(|| r.read_into(&info, out)).map_err(|e| to_py(py, e))
+        })
+    }
+
+    /// Check the footer; raises ChecksumError / NoChecksumError.
+    fn verify(&self, py: Python<'_>) -> PyResult<()> {
+        let r = self.get()?;
+        py.detach(|| r.verify()).map_err(|e| to_py(py, e))
+    }
+
+    /// Hex digest stored in the footer, or None.
+    fn stored_digest(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let r = self.get()?;
+        if r.checksum().is_none() {
+            return Ok(None);
+        }
+        r.stored_digest().map(|d| Some(hex(&d))).map_err(|e| to_py(py, e))
+    }
+
+    /// Release the file handle. Further calls raise ValueError.
+    fn close(&self) -> PyResult<()> {
+        *self.inner.write().map_err(|_| PyRuntimeError::new_err("reader lock poisoned"))? = None;
+        Ok(())
+    }
+
+    /// Whether close() was called.
+    #[getter]
+    fn closed(&self) -> PyResult<bool> {
+        Ok(self.inner.read().map_err(|_| PyRuntimeError::new_err("reader lock poisoned"))?.is_none())
+    }
+}
+
+/// Registered plugins as `(kind, id, summary, crate)` tuples.
+#[pyfunction]
+fn plugins(py: Python<'_>) -> PyResult<Vec<(String, String, String, String)>> {
+    let rows = registry::list_plugins().map_err(|e| to_py(py, e))?;
+    Ok(rows
+        .into_iter()
+        .map(|p| (p.kind.to_owned(), p.id.to_owned(), p.summary.to_owned(), p.crate_name.to_owned()))
+        .collect())
+}
+
+/// Registered dtypes as `(id, item_size, kind, torch_name, numpy_name)` tuples.
+#[pyfunction]
+fn dtypes(py: Python<'_>) -> PyResult<Vec<(String, usize, String, Option<String>, Option<String>)>> {
+    let reg = registry::dtypes().map_err(|e| to_py(py, e))?;
+    Ok(reg
+        .entries()
+        .map(|(d, _)| {
+            (
+                d.id().to_owned(),
+                d.item_size(),
+                format!("{:?}", d.kind()),
+                d.torch_name().map(str::to_owned),
+                d.numpy_name().map(str::to_owned),
+            )
+        })
+        .collect())
+}
+
+/// Ids of the registered codecs and checksums: `(codecs, checksums)`.
+#[pyfunction]
+fn codec_and_checksum_ids(py: Python<'_>) -> PyResult<(Vec<String>, Vec<String>)> {
+    let codecs = registry::codecs().map_err(|e| to_py(py, e))?;
+    let checksums = registry::checksums().map_err(|e| to_py(py, e))?;
+    Ok((codecs.ids().map(str::to_owned).collect(), checksums.ids().map(str::to_owned).collect()))
+}
+
+/// Run the command line (the same tree as the `deathtensors` binary); returns the exit code.
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
+    py.detach(|| deathtensors_cli::run(argv))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    deathtensors_plugins::link();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("TENSOR_ALIGNMENT", deathtensors::format::TENSOR_ALIGNMENT)?;
+    m.add("DEFAULT_CHUNK_BYTES", deathtensors::format::DEFAULT_CHUNK_BYTES)?;
+    m.add_class::<Buffer>()?;
+    m.add_class::<Reader>()?;
+    m.add_function(wrap_pyfunction!(save, m)?)?;
+    m.add_function(wrap_pyfunction!(plugins, m)?)?;
+    m.add_function(wrap_pyfunction!(dtypes, m)?)?;
+    m.add_function(wrap_pyfunction!(codec_and_checksum_ids, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    Ok(())
+}
