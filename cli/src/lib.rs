@@ -244,7 +244,12 @@ fn info_json(r: &DtReader) -> Value {
 fn write_info(s: &mut String, r: &DtReader) {
     let total: u64 = r.tensors().iter().map(|t| t.nbytes).sum();
     let _ = writeln!(s, "file:      {}", r.path().display());
-    let _ = writeln!(s, "size:      {} ({} of tensor data)", human(r.file_len()), human(total));
+    let _ = writeln!(
+        s,
+        "size:      {} ({} of tensor data)",
+        human(r.file_len()),
+        human(total)
+    );
     let _ = writeln!(s, "format:    deathtensors v{}", deathtensors::format::VERSION);
     let _ = writeln!(s, "codec:     {}", r.codec().map_or("none", |c| c.id()));
     let _ = writeln!(s, "checksum:  {}", r.checksum().map_or("none", |c| c.id()));
@@ -334,7 +339,10 @@ mod tests {
 
     #[test]
     fn missing_file_exits_1() {
-        assert_eq!(run(["deathtensors", "info", "/nonexistent/x.deathtensors"]), EXIT_BAD_FILE);
+        assert_eq!(
+            run(["deathtensors", "info", "/nonexistent/x.deathtensors"]),
+            EXIT_BAD_FILE
+        );
     }
 
     #[test]

@@ -45,7 +45,9 @@ pub enum Error {
     UnknownFlags(u32),
 
     /// The declared JSON header length is over the reader's limit.
-    #[error("the header declares {len} bytes, over the limit of {limit} bytes (raise it with ReadOptions::max_header_len)")]
+    #[error(
+        "the header declares {len} bytes, over the limit of {limit} bytes (raise it with ReadOptions::max_header_len)"
+    )]
     HeaderTooLarge {
         /// Declared length.
         len: u64,

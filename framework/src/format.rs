@@ -379,7 +379,10 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
             .iter()
             .try_fold(dtype.item_size() as u64, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| {
-                Error::tensor(name, format!("shape {:?} × {} bytes overflows 64 bits", t.shape, dtype.item_size()))
+                Error::tensor(
+                    name,
+                    format!("shape {:?} × {} bytes overflows 64 bits", t.shape, dtype.item_size()),
+                )
             })?;
         let [begin, end] = t.offsets;
         if begin > end || end > data_len {
@@ -394,20 +397,31 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
                 if stored_len != nbytes {
                     return Err(Error::tensor(
                         name,
-                        format!("shape {:?} of {} needs {nbytes} bytes but the byte range holds {stored_len}", t.shape, t.dtype),
+                        format!(
+                            "shape {:?} of {} needs {nbytes} bytes but the byte range holds {stored_len}",
+                            t.shape, t.dtype
+                        ),
                     ));
                 }
                 if nbytes > 0 && (data_start + begin) % TENSOR_ALIGNMENT != 0 {
                     return Err(Error::tensor(
                         name,
-                        format!("uncompressed data starts at file offset {} which is not a multiple of {TENSOR_ALIGNMENT}", data_start + begin),
+                        format!(
+                            "uncompressed data starts at file offset {} which is not a multiple of {TENSOR_ALIGNMENT}",
+                            data_start + begin
+                        ),
                     ));
                 }
                 None
             }
             (Some(chunks), true) => Some(validate_chunks(name, chunks, begin, end, nbytes, data_start)?),
             (Some(_), false) => return Err(Error::tensor(name, "has a chunk table but the file is not compressed")),
-            (None, true) => return Err(Error::tensor(name, "the file is compressed but the tensor has no chunk table")),
+            (None, true) => {
+                return Err(Error::tensor(
+                    name,
+                    "the file is compressed but the tensor has no chunk table",
+                ))
+            }
         };
         if stored_len > 0 {
             ranges.push((begin, end, i));
@@ -472,10 +486,16 @@ fn validate_chunks(
     for (k, c) in chunks.iter().enumerate() {
         let bad = |why: String| Error::tensor(name, format!("chunk {k}: {why}"));
         if c.offset() != cursor {
-            return Err(bad(format!("starts at {} but the previous chunk ends at {cursor}", c.offset())));
+            return Err(bad(format!(
+                "starts at {} but the previous chunk ends at {cursor}",
+                c.offset()
+            )));
         }
         if c.raw_len() == 0 || c.raw_len() > MAX_CHUNK_RAW_LEN {
-            return Err(bad(format!("raw length {} is not in 1..={MAX_CHUNK_RAW_LEN}", c.raw_len())));
+            return Err(bad(format!(
+                "raw length {} is not in 1..={MAX_CHUNK_RAW_LEN}",
+                c.raw_len()
+            )));
         }
         if c.stored_len() == 0 || c.stored_len() > c.raw_len() {
             return Err(bad(format!(
@@ -494,7 +514,10 @@ fn validate_chunks(
         out.push(Chunk(data_start + c.offset(), c.stored_len(), c.raw_len()));
     }
     if cursor != end {
-        return Err(Error::tensor(name, format!("chunks end at {cursor} but the byte range ends at {end}")));
+        return Err(Error::tensor(
+            name,
+            format!("chunks end at {cursor} but the byte range ends at {end}"),
+        ));
     }
     if raw_total != nbytes {
         return Err(Error::tensor(
@@ -529,7 +552,10 @@ mod tests {
 
     #[test]
     fn preamble_round_trips_and_checks() {
-        let p = Preamble { flags: FLAG_CHECKSUM, header_len: 1234 };
+        let p = Preamble {
+            flags: FLAG_CHECKSUM,
+            header_len: 1234,
+        };
         assert_eq!(Preamble::decode(&p.encode()).unwrap(), p);
         let mut bad = p.encode();
         bad[0] = b'X';
@@ -537,9 +563,17 @@ mod tests {
         let mut v2 = p.encode();
         v2[8] = 2;
         assert!(matches!(Preamble::decode(&v2), Err(Error::UnsupportedVersion(2))));
-        let enc = Preamble { flags: FLAG_ENCRYPTED, header_len: 2 }.encode();
+        let enc = Preamble {
+            flags: FLAG_ENCRYPTED,
+            header_len: 2,
+        }
+        .encode();
         assert!(matches!(Preamble::decode(&enc), Err(Error::Encrypted)));
-        let unk = Preamble { flags: 1 << 7, header_len: 2 }.encode();
+        let unk = Preamble {
+            flags: 1 << 7,
+            header_len: 2,
+        }
+        .encode();
         assert!(matches!(Preamble::decode(&unk), Err(Error::UnknownFlags(0x80))));
     }
 

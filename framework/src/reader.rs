@@ -94,7 +94,8 @@ impl DtReader {
             });
         }
         let mut text = vec![0u8; (padded_end - PREAMBLE_LEN) as usize];
-        file.read_exact_at(&mut text, PREAMBLE_LEN).map_err(|e| Error::io(&path, e))?;
+        file.read_exact_at(&mut text, PREAMBLE_LEN)
+            .map_err(|e| Error::io(&path, e))?;
         let padding = text.split_off(preamble.header_len as usize);
         if let Some(pos) = padding.iter().position(|&b| b != 0) {
             return Err(Error::InvalidHeader(format!(
@@ -237,12 +238,14 @@ impl DtReader {
                 }
                 scratch.resize(chunk.stored_len() as usize, 0);
                 self.read_at(scratch, chunk.offset())?;
-                codec.decompress_into(scratch, piece).map_err(|reason| Error::CorruptChunk {
-                    name: info.name.clone(),
-                    index,
-                    offset: chunk.offset(),
-                    reason,
-                })
+                codec
+                    .decompress_into(scratch, piece)
+                    .map_err(|reason| Error::CorruptChunk {
+                        name: info.name.clone(),
+                        index,
+                        offset: chunk.offset(),
+                        reason,
+                    })
             })
     }
 
@@ -294,7 +297,10 @@ impl DtReader {
                 while at < end {
                     let Ok(mut buf) = free_rx.recv() else { return };
                     let n = VERIFY_BLOCK.min((end - at) as usize);
-                    let result = self.file.read_exact_at(&mut buf[..n], at).map_err(|e| self.io_at(e, at));
+                    let result = self
+                        .file
+                        .read_exact_at(&mut buf[..n], at)
+                        .map_err(|e| self.io_at(e, at));
                     let failed = result.is_err();
                     if full_tx.send(result.map(|()| (buf, n))).is_err() || failed {
                         return;

@@ -340,10 +340,18 @@ mod tests {
     #[test]
     fn duplicate_ids_name_both_crates() {
         let regs = [
-            Registration::<Fake> { crate_name: "crate-one", plugin: &A },
-            Registration::<Fake> { crate_name: "crate-two", plugin: &A2 },
+            Registration::<Fake> {
+                crate_name: "crate-one",
+                plugin: &A,
+            },
+            Registration::<Fake> {
+                crate_name: "crate-two",
+                plugin: &A2,
+            },
         ];
-        let dup = Registry::build("codec", regs.iter()).err().expect("duplicate must be refused");
+        let dup = Registry::build("codec", regs.iter())
+            .err()
+            .expect("duplicate must be refused");
         assert_eq!(dup.id, "a");
         assert_eq!((dup.first, dup.second), ("crate-one", "crate-two"));
     }
@@ -351,10 +359,16 @@ mod tests {
     #[test]
     fn unknown_id_lists_available() {
         let regs = [
-            Registration::<Fake> { crate_name: "x", plugin: &B },
-            Registration::<Fake> { crate_name: "x", plugin: &A },
+            Registration::<Fake> {
+                crate_name: "x",
+                plugin: &B,
+            },
+            Registration::<Fake> {
+                crate_name: "x",
+                plugin: &A,
+            },
         ];
-        let reg = Registry::build("codec", regs.iter()).ok().expect("no duplicates");
+        let reg = Registry::build("codec", regs.iter()).expect("no duplicates");
         let err = reg.get("zz").err().expect("unknown id");
         let msg = err.to_string();
         assert!(msg.contains("\"zz\"") && msg.contains("a, b"), "{msg}");

@@ -15,8 +15,8 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    self, align_up, Chunk, CompressionHeader, Header, Preamble, TensorHeader, DEFAULT_CHUNK_BYTES,
-    FLAG_CHECKSUM, FLAG_COMPRESSED, MAX_CHUNK_RAW_LEN, PREAMBLE_LEN, TENSOR_ALIGNMENT,
+    self, align_up, Chunk, CompressionHeader, Header, Preamble, TensorHeader, DEFAULT_CHUNK_BYTES, FLAG_CHECKSUM,
+    FLAG_COMPRESSED, MAX_CHUNK_RAW_LEN, PREAMBLE_LEN, TENSOR_ALIGNMENT,
 };
 use crate::registry::{self, ChecksumAlgorithm, Codec, DtypeHandler};
 
@@ -149,7 +149,10 @@ impl Plan {
         let mut dtypes = Vec::with_capacity(tensors.len());
         for t in tensors {
             if !seen.insert(t.name.as_str()) {
-                return Err(Error::InvalidArgument(format!("tensor name {:?} is given twice", t.name)));
+                return Err(Error::InvalidArgument(format!(
+                    "tensor name {:?} is given twice",
+                    t.name
+                )));
             }
             let dtype = registry.get(&t.dtype)?;
             let nbytes = t
@@ -175,7 +178,11 @@ impl Plan {
             }
             None => None,
         };
-        let checksum = options.checksum.as_deref().map(|id| registry::checksums()?.get(id)).transpose()?;
+        let checksum = options
+            .checksum
+            .as_deref()
+            .map(|id| registry::checksums()?.get(id))
+            .transpose()?;
         if options.chunk_bytes == 0 || options.chunk_bytes > MAX_CHUNK_RAW_LEN {
             return Err(Error::InvalidArgument(format!(
                 "chunk_bytes must be in 1..={MAX_CHUNK_RAW_LEN}, not {}",
@@ -281,7 +288,9 @@ fn write_uncompressed(
                 }
             }
             drop(tx);
-            let digest = hashing.join().map_err(|_| std::io::Error::other("the hashing thread panicked"))?;
+            let digest = hashing
+                .join()
+                .map_err(|_| std::io::Error::other("the hashing thread panicked"))?;
             Ok(Some(digest))
         }),
     }

@@ -14,9 +14,9 @@ use deathtensors::writer::{write_file, TensorData, WriteOptions};
 use deathtensors::Error;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
-use pyo3::ffi;
 use serde_json::{Map, Value};
 
 /// Map a framework error to the matching `deathtensors.errors` class.
@@ -42,7 +42,10 @@ fn parse_map(py: Python<'_>, text: Option<&str>, what: &str) -> PyResult<Map<Str
         Some(t) => match serde_json::from_str::<Value>(t) {
             Ok(Value::Object(m)) => Ok(m),
             Ok(_) => Err(to_py(py, Error::InvalidArgument(format!("{what} must be a dict")))),
-            Err(e) => Err(to_py(py, Error::InvalidArgument(format!("{what} is not JSON-serialisable: {e}")))),
+            Err(e) => Err(to_py(
+                py,
+                Error::InvalidArgument(format!("{what} is not JSON-serialisable: {e}")),
+            )),
         },
     }
 }
@@ -102,7 +105,12 @@ fn source(obj: &Bound<'_, PyAny>) -> PyResult<Source> {
         let numel: usize = obj.call_method0("numel")?.extract()?;
         let item: usize = obj.call_method0("element_size")?.extract()?;
         let ptr: usize = obj.call_method0("data_ptr")?.extract()?;
-        return Ok(Source { _owner: owner, _buffer: None, ptr, len: numel * item });
+        return Ok(Source {
+            _owner: owner,
+            _buffer: None,
+            ptr,
+            len: numel * item,
+        });
     }
     if obj.hasattr("__array_interface__")? {
         let c_contig: bool = obj.getattr("flags")?.getattr("c_contiguous")?.extract()?;
@@ -113,14 +121,24 @@ fn source(obj: &Bound<'_, PyAny>) -> PyResult<Source> {
         let data = interface.get_item("data")?;
         let ptr: usize = data.get_item(0)?.extract()?;
         let len: usize = obj.getattr("nbytes")?.extract()?;
-        return Ok(Source { _owner: owner, _buffer: None, ptr, len });
+        return Ok(Source {
+            _owner: owner,
+            _buffer: None,
+            ptr,
+            len,
+        });
     }
     let buffer = PyBuffer::<u8>::get(obj)?;
     if !buffer.is_c_contiguous() {
         return Err(PyValueError::new_err("buffer must be C-contiguous"));
     }
     let (ptr, len) = (buffer.buf_ptr() as usize, buffer.len_bytes());
-    Ok(Source { _owner: owner, _buffer: Some(buffer), ptr, len })
+    Ok(Source {
+        _owner: owner,
+        _buffer: Some(buffer),
+        ptr,
+        len,
+    })
 }
 
 /// Save tensors. `entries` is a list of `(name, dtype_id, shape, data, metadata_json | None)`
@@ -163,7 +181,12 @@ fn save(
             metadata,
         })
         .collect();
-    let mut options = WriteOptions { codec, level, checksum, ..Default::default() };
+    let mut options = WriteOptions {
+        codec,
+        level,
+        checksum,
+        ..Default::default()
+    };
     if let Some(c) = chunk_bytes {
         options.chunk_bytes = c;
     }
@@ -198,8 +221,12 @@ impl Reader {
         if let Some(m) = max_header_len {
             options.max_header_len = m;
         }
-        let reader = py.detach(|| DtReader::open_with(&path, &options)).map_err(|e| to_py(py, e))?;
-        Ok(Reader { inner: RwLock::new(Some(Arc::new(reader))) })
+        let reader = py
+            .detach(|| DtReader::open_with(&path, &options))
+            .map_err(|e| to_py(py, e))?;
+        Ok(Reader {
+            inner: RwLock::new(Some(Arc::new(reader))),
+        })
     }
 
     /// JSON text describing the file: codec, checksum, metadata, and each tensor
@@ -263,14 +290,21 @@ impl Reader {
 
     /// Release the file handle. Further calls raise ValueError.
     fn close(&self) -> PyResult<()> {
-        *self.inner.write().map_err(|_| PyRuntimeError::new_err("reader lock poisoned"))? = None;
+        *self
+            .inner
+            .write()
+            .map_err(|_| PyRuntimeError::new_err("reader lock poisoned"))? = None;
         Ok(())
     }
 
     /// Whether close() was called.
     #[getter]
     fn closed(&self) -> PyResult<bool> {
-        Ok(self.inner.read().map_err(|_| PyRuntimeError::new_err("reader lock poisoned"))?.is_none())
+        Ok(self
+            .inner
+            .read()
+            .map_err(|_| PyRuntimeError::new_err("reader lock poisoned"))?
+            .is_none())
     }
 }
 
@@ -280,13 +314,23 @@ fn plugins(py: Python<'_>) -> PyResult<Vec<(String, String, String, String)>> {
     let rows = registry::list_plugins().map_err(|e| to_py(py, e))?;
     Ok(rows
         .into_iter()
-        .map(|p| (p.kind.to_owned(), p.id.to_owned(), p.summary.to_owned(), p.crate_name.to_owned()))
+        .map(|p| {
+            (
+                p.kind.to_owned(),
+                p.id.to_owned(),
+                p.summary.to_owned(),
+                p.crate_name.to_owned(),
+            )
+        })
         .collect())
 }
 
-/// Registered dtypes as `(id, item_size, kind, torch_name, numpy_name)` tuples.
+/// `(id, item_size, kind, torch_name, numpy_name)`.
+type DtypeRow = (String, usize, String, Option<String>, Option<String>);
+
+/// Registered dtypes as [`DtypeRow`] tuples.
 #[pyfunction]
-fn dtypes(py: Python<'_>) -> PyResult<Vec<(String, usize, String, Option<String>, Option<String>)>> {
+fn dtypes(py: Python<'_>) -> PyResult<Vec<DtypeRow>> {
     let reg = registry::dtypes().map_err(|e| to_py(py, e))?;
     Ok(reg
         .entries()
@@ -307,7 +351,10 @@ fn dtypes(py: Python<'_>) -> PyResult<Vec<(String, usize, String, Option<String>
 fn codec_and_checksum_ids(py: Python<'_>) -> PyResult<(Vec<String>, Vec<String>)> {
     let codecs = registry::codecs().map_err(|e| to_py(py, e))?;
     let checksums = registry::checksums().map_err(|e| to_py(py, e))?;
-    Ok((codecs.ids().map(str::to_owned).collect(), checksums.ids().map(str::to_owned).collect()))
+    Ok((
+        codecs.ids().map(str::to_owned).collect(),
+        checksums.ids().map(str::to_owned).collect(),
+    ))
 }
 
 /// Run the command line (the same tree as the `deathtensors` binary); returns the exit code.

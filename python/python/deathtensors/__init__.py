@@ -200,7 +200,7 @@ class DtFile:
             self.verify()
 
     # -- context management -------------------------------------------------
-    def __enter__(self) -> "DtFile":
+    def __enter__(self) -> DtFile:
         return self
 
     def __exit__(self, *exc: Any) -> None:
