@@ -1,7 +1,7 @@
 //! Opening and reading `.deathtensors` files.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -62,10 +62,18 @@ impl DtReader {
     /// I/O errors, and any rule of the format the file breaks.
     pub fn open_with(path: impl AsRef<Path>, options: &ReadOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore it.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
-        if meta.is_dir() {
-            return Err(Error::io(&path, std::io::Error::other("is a directory")));
+        if !meta.is_file() {
+            return Err(Error::io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+            ));
         }
         let file_len = meta.len();
         if file_len < PREAMBLE_LEN {
@@ -322,4 +330,21 @@ impl DtReader {
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifo_and_directories_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.deathtensors");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: plain libc call with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = DtReader::open(&fifo).err().expect("a FIFO is not a file");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(DtReader::open(dir.path()).is_err());
+    }
 }
