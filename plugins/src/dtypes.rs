@@ -65,22 +65,99 @@ macro_rules! dtype {
 }
 
 dtype!("BOOL", "boolean, one byte (0 or 1)", 1, Bool, Some("bool"), Some("|b1"));
-dtype!("U8", "unsigned 8-bit integer", 1, UnsignedInt, Some("uint8"), Some("|u1"));
+dtype!(
+    "U8",
+    "unsigned 8-bit integer",
+    1,
+    UnsignedInt,
+    Some("uint8"),
+    Some("|u1")
+);
 dtype!("I8", "signed 8-bit integer", 1, SignedInt, Some("int8"), Some("|i1"));
-dtype!("U16", "unsigned 16-bit integer", 2, UnsignedInt, Some("uint16"), Some("<u2"));
+dtype!(
+    "U16",
+    "unsigned 16-bit integer",
+    2,
+    UnsignedInt,
+    Some("uint16"),
+    Some("<u2")
+);
 dtype!("I16", "signed 16-bit integer", 2, SignedInt, Some("int16"), Some("<i2"));
-dtype!("U32", "unsigned 32-bit integer", 4, UnsignedInt, Some("uint32"), Some("<u4"));
+dtype!(
+    "U32",
+    "unsigned 32-bit integer",
+    4,
+    UnsignedInt,
+    Some("uint32"),
+    Some("<u4")
+);
 dtype!("I32", "signed 32-bit integer", 4, SignedInt, Some("int32"), Some("<i4"));
-dtype!("U64", "unsigned 64-bit integer", 8, UnsignedInt, Some("uint64"), Some("<u8"));
+dtype!(
+    "U64",
+    "unsigned 64-bit integer",
+    8,
+    UnsignedInt,
+    Some("uint64"),
+    Some("<u8")
+);
 dtype!("I64", "signed 64-bit integer", 8, SignedInt, Some("int64"), Some("<i8"));
 dtype!("F16", "IEEE 754 half precision", 2, Float, Some("float16"), Some("<f2"));
-dtype!("BF16", "bfloat16 (8-bit exponent, 7-bit mantissa)", 2, Float, Some("bfloat16"), None);
-dtype!("F32", "IEEE 754 single precision", 4, Float, Some("float32"), Some("<f4"));
-dtype!("F64", "IEEE 754 double precision", 8, Float, Some("float64"), Some("<f8"));
-dtype!("C64", "complex of two F32 (real, imaginary)", 8, Complex, Some("complex64"), Some("<c8"));
-dtype!("C128", "complex of two F64 (real, imaginary)", 16, Complex, Some("complex128"), Some("<c16"));
-dtype!("F8_E4M3", "8-bit float E4M3, finite-only (torch float8_e4m3fn)", 1, Float, Some("float8_e4m3fn"), None);
-dtype!("F8_E5M2", "8-bit float E5M2 (torch float8_e5m2)", 1, Float, Some("float8_e5m2"), None);
+dtype!(
+    "BF16",
+    "bfloat16 (8-bit exponent, 7-bit mantissa)",
+    2,
+    Float,
+    Some("bfloat16"),
+    None
+);
+dtype!(
+    "F32",
+    "IEEE 754 single precision",
+    4,
+    Float,
+    Some("float32"),
+    Some("<f4")
+);
+dtype!(
+    "F64",
+    "IEEE 754 double precision",
+    8,
+    Float,
+    Some("float64"),
+    Some("<f8")
+);
+dtype!(
+    "C64",
+    "complex of two F32 (real, imaginary)",
+    8,
+    Complex,
+    Some("complex64"),
+    Some("<c8")
+);
+dtype!(
+    "C128",
+    "complex of two F64 (real, imaginary)",
+    16,
+    Complex,
+    Some("complex128"),
+    Some("<c16")
+);
+dtype!(
+    "F8_E4M3",
+    "8-bit float E4M3, finite-only (torch float8_e4m3fn)",
+    1,
+    Float,
+    Some("float8_e4m3fn"),
+    None
+);
+dtype!(
+    "F8_E5M2",
+    "8-bit float E5M2 (torch float8_e5m2)",
+    1,
+    Float,
+    Some("float8_e5m2"),
+    None
+);
 
 #[cfg(test)]
 mod tests {

@@ -31,7 +31,9 @@ impl Codec for Lz4Codec {
         let expected = out.len();
         let n = lz4_flex::block::decompress_into(stored, out).map_err(|e| format!("lz4: {e}"))?;
         if n != expected {
-            return Err(format!("lz4 block decodes to {n} bytes, the header declares {expected}"));
+            return Err(format!(
+                "lz4 block decodes to {n} bytes, the header declares {expected}"
+            ));
         }
         Ok(())
     }

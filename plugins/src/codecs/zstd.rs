@@ -27,7 +27,11 @@ impl Codec for ZstdCodec {
     fn compress(&self, raw: &[u8], level: i32) -> Result<Vec<u8>, String> {
         let range = zstd::compression_level_range();
         if !range.contains(&level) {
-            return Err(format!("zstd level {level} is outside {}..={}", range.start(), range.end()));
+            return Err(format!(
+                "zstd level {level} is outside {}..={}",
+                range.start(),
+                range.end()
+            ));
         }
         zstd::bulk::compress(raw, level).map_err(|e| e.to_string())
     }
@@ -39,7 +43,9 @@ impl Codec for ZstdCodec {
             .decompress_to_buffer(stored, out)
             .map_err(|e| format!("zstd: {e}"))?;
         if n != expected {
-            return Err(format!("zstd frame decodes to {n} bytes, the header declares {expected}"));
+            return Err(format!(
+                "zstd frame decodes to {n} bytes, the header declares {expected}"
+            ));
         }
         Ok(())
     }
