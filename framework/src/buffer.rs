@@ -8,6 +8,10 @@ use crate::error::{Error, Result};
 /// Alignment of every [`AlignedBuf`]: enough for any dtype and for SIMD loads.
 pub const BUFFER_ALIGNMENT: usize = 64;
 
+/// A type whose dangling pointer is 64-byte aligned (for empty buffers).
+#[repr(align(64))]
+struct Align64;
+
 /// Zero-initialised bytes aligned to [`BUFFER_ALIGNMENT`].
 ///
 /// Allocation failure is an [`Error::OutOfMemory`], never an abort, so a file
@@ -31,7 +35,7 @@ impl AlignedBuf {
         let size = usize::try_from(len).map_err(|_| Error::OutOfMemory(len))?;
         if size == 0 {
             return Ok(AlignedBuf {
-                ptr: NonNull::<u64>::dangling().cast(),
+                ptr: NonNull::<Align64>::dangling().cast(),
                 len: 0,
             });
         }
@@ -101,7 +105,9 @@ mod tests {
         let b = AlignedBuf::zeroed(1000).unwrap();
         assert_eq!(b.as_ptr() as usize % BUFFER_ALIGNMENT, 0);
         assert!(b.iter().all(|&x| x == 0));
-        assert!(AlignedBuf::zeroed(0).unwrap().is_empty());
+        let empty = AlignedBuf::zeroed(0).unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(empty.as_ptr() as usize % BUFFER_ALIGNMENT, 0);
     }
 
     #[test]

@@ -129,6 +129,31 @@ pub fn parse_json_strict<T: for<'de> Deserialize<'de>>(text: &[u8]) -> Result<T>
     serde_json::from_slice(text).map_err(|e| Error::InvalidHeader(e.to_string()))
 }
 
+impl Header {
+    /// Parse header text: strict JSON (see [`parse_json_strict`]) whose
+    /// top level, `compression` and tensor entries are JSON objects.
+    ///
+    /// serde would also fill a struct from a JSON array; the format says
+    /// objects, so arrays in their place are refused.
+    ///
+    /// # Errors
+    /// [`Error::InvalidHeader`] naming the first problem.
+    pub fn parse(text: &[u8]) -> Result<Header> {
+        let value: Value = parse_json_strict(text)?;
+        let invalid = |what: &str| Error::InvalidHeader(format!("{what} must be a JSON object"));
+        let top = value.as_object().ok_or_else(|| invalid("the header"))?;
+        if let Some(c) = top.get("compression").filter(|c| !c.is_null()) {
+            c.as_object().ok_or_else(|| invalid("\"compression\""))?;
+        }
+        if let Some(Value::Array(tensors)) = top.get("tensors") {
+            if let Some(i) = tensors.iter().position(|t| !t.is_object()) {
+                return Err(invalid(&format!("tensors[{i}]")));
+            }
+        }
+        serde_json::from_value(value).map_err(|e| Error::InvalidHeader(e.to_string()))
+    }
+}
+
 /// A serde visitor that walks any JSON value and fails on a duplicate key.
 struct NoDuplicates;
 
@@ -295,7 +320,7 @@ impl Preamble {
 
 /// NUL bytes after a header of `header_len` bytes to reach a multiple of 8.
 pub fn nul_padding(header_len: u64) -> u64 {
-    (8 - (PREAMBLE_LEN + header_len) % 8) % 8
+    (8 - (PREAMBLE_LEN % 8 + header_len % 8) % 8) % 8
 }
 
 /// Round `value` up to a multiple of `align` (a power of two), with overflow checking.
@@ -347,9 +372,8 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
         }
     };
 
-    let header_end = PREAMBLE_LEN + preamble.header_len; // bounded by caller: header_len <= file_len
-    let data_start = header_end + nul_padding(preamble.header_len);
     let footer_len = if has_footer { FOOTER_LEN } else { 0 };
+    let data_start = PREAMBLE_LEN.saturating_add(preamble.header_len) + nul_padding(preamble.header_len);
     let needed = data_start.checked_add(footer_len).ok_or(Error::Truncated {
         what: "the header, padding and footer",
         needed: u64::MAX,
@@ -548,6 +572,18 @@ mod tests {
         assert!(parse_json_strict::<Value>(b"{\"a\": NaN}").is_err());
         assert!(parse_json_strict::<Value>(b"{\"a\": 1} x").is_err());
         assert!(parse_json_strict::<Value>(b"{\"a\": \"\xff\"}").is_err());
+    }
+
+    #[test]
+    fn header_parts_must_be_objects_not_arrays() {
+        // serde alone would accept these positional forms.
+        assert!(Header::parse(br#"[{}, null, null, []]"#).is_err());
+        let tensor_as_array = br#"{"tensors":[["a","F32",[2],[0,8]]]}"#;
+        let err = Header::parse(tensor_as_array).unwrap_err();
+        assert!(err.to_string().contains("tensors[0]"), "{err}");
+        assert!(Header::parse(br#"{"compression":["zstd",3],"tensors":[]}"#).is_err());
+        let ok = Header::parse(br#"{"tensors":[{"name":"a","dtype":"F32","shape":[2],"offsets":[0,8]}]}"#).unwrap();
+        assert_eq!(ok.tensors[0].name, "a");
     }
 
     #[test]

@@ -92,8 +92,8 @@ impl DtReader {
                 limit: options.max_header_len,
             });
         }
-        let header_end = PREAMBLE_LEN + preamble.header_len;
-        let padded_end = header_end + format::nul_padding(preamble.header_len);
+        let header_end = PREAMBLE_LEN.saturating_add(preamble.header_len);
+        let padded_end = header_end.saturating_add(format::nul_padding(preamble.header_len));
         if padded_end > file_len {
             return Err(Error::Truncated {
                 what: "the JSON header and its padding",
@@ -112,7 +112,7 @@ impl DtReader {
                 padding[pos]
             )));
         }
-        let header = format::parse_json_strict(&text)?;
+        let header = format::Header::parse(&text)?;
         let layout = format::validate(preamble, header, file_len)?;
         Ok(DtReader {
             path,

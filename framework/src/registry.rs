@@ -34,6 +34,12 @@ pub trait Codec: Plugin {
     /// The level used when the caller gives none.
     fn default_level(&self) -> i32;
 
+    /// The level actually used (and written in the header) when `requested` is asked for.
+    /// Codecs without levels return a constant.
+    fn effective_level(&self, requested: i32) -> i32 {
+        requested
+    }
+
     /// Compress `raw` at `level` and return the compressed bytes.
     ///
     /// # Errors

@@ -174,7 +174,8 @@ impl Plan {
         let codec = match &options.codec {
             Some(id) => {
                 let codec = registry::codecs()?.get(id)?;
-                Some((codec, options.level.unwrap_or_else(|| codec.default_level())))
+                let level = options.level.unwrap_or_else(|| codec.default_level());
+                Some((codec, codec.effective_level(level)))
             }
             None => None,
         };

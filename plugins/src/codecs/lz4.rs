@@ -23,6 +23,10 @@ impl Codec for Lz4Codec {
         0
     }
 
+    fn effective_level(&self, _requested: i32) -> i32 {
+        0
+    }
+
     fn compress(&self, raw: &[u8], _level: i32) -> Result<Vec<u8>, String> {
         Ok(lz4_flex::block::compress(raw))
     }
