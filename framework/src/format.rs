@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::registry::{self, ChecksumAlgorithm, Codec, DtypeHandler};
+use crate::registry::{self, ChecksumAlgorithm, Codec, DtypeHandler, Filter};
 
 /// The first eight bytes of every file.
 pub const MAGIC: &[u8; 8] = b"DTLEGION";
@@ -49,30 +49,90 @@ pub struct CompressionHeader {
     pub level: i32,
 }
 
-/// One compressed chunk: `[offset, stored length, raw length]`.
+/// One compressed chunk: `[offset, stored length, raw length]`, or
+/// `[offset, stored length, raw length, [plane stored lengths...]]` when the
+/// tensor has a filter.
 ///
-/// `offset` is relative to the start of the data region. A chunk whose stored
-/// length equals its raw length is stored raw (the codec is not applied).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Chunk(pub u64, pub u64, pub u64);
+/// `offset` is relative to the start of the data region (absolute in
+/// [`TensorInfo`]). Without planes, a chunk whose stored length equals its
+/// raw length is stored raw (the codec is not applied). With planes, the
+/// chunk is the filter's planes one after another, each compressed on its
+/// own; a plane whose stored length equals its raw length is stored raw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "ChunkRepr", into = "ChunkRepr")]
+pub struct Chunk {
+    offset: u64,
+    stored_len: u64,
+    raw_len: u64,
+    planes: Option<Vec<u64>>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ChunkRepr {
+    Plain(u64, u64, u64),
+    Planes(u64, u64, u64, Vec<u64>),
+}
+
+impl From<ChunkRepr> for Chunk {
+    fn from(r: ChunkRepr) -> Self {
+        match r {
+            ChunkRepr::Plain(o, s, r) => Chunk::new(o, s, r, None),
+            ChunkRepr::Planes(o, s, r, p) => Chunk::new(o, s, r, Some(p)),
+        }
+    }
+}
+
+impl From<Chunk> for ChunkRepr {
+    fn from(c: Chunk) -> Self {
+        match c.planes {
+            None => ChunkRepr::Plain(c.offset, c.stored_len, c.raw_len),
+            Some(p) => ChunkRepr::Planes(c.offset, c.stored_len, c.raw_len, p),
+        }
+    }
+}
 
 impl Chunk {
-    /// Offset relative to the data region.
+    /// A chunk entry.
+    pub fn new(offset: u64, stored_len: u64, raw_len: u64, planes: Option<Vec<u64>>) -> Self {
+        Chunk {
+            offset,
+            stored_len,
+            raw_len,
+            planes,
+        }
+    }
+    /// Offset (relative to the data region in the header, absolute in [`TensorInfo`]).
     pub fn offset(&self) -> u64 {
-        self.0
+        self.offset
     }
     /// Bytes stored in the file.
     pub fn stored_len(&self) -> u64 {
-        self.1
+        self.stored_len
     }
-    /// Bytes after decompression.
+    /// Bytes after decoding.
     pub fn raw_len(&self) -> u64 {
-        self.2
+        self.raw_len
     }
-    /// Whether the chunk is stored without the codec.
+    /// Stored length of each filter plane, when the tensor has a filter.
+    pub fn planes(&self) -> Option<&[u64]> {
+        self.planes.as_deref()
+    }
+    /// Whether the chunk is stored without codec or filter.
     pub fn is_raw(&self) -> bool {
-        self.1 == self.2
+        self.planes.is_none() && self.stored_len == self.raw_len
     }
+}
+
+/// The `filter` object of a tensor entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterHeader {
+    /// Filter id (a registered [`Filter`]).
+    pub id: String,
+    /// The filter's parameters.
+    #[serde(default)]
+    pub params: Map<String, Value>,
 }
 
 /// One tensor entry of the header, as written in JSON.
@@ -90,6 +150,9 @@ pub struct TensorHeader {
     /// The chunks, in order, when the file is compressed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<Vec<Chunk>>,
+    /// The filter applied to each chunk before the codec, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterHeader>,
     /// Per-tensor metadata: any JSON values.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub metadata: Map<String, Value>,
@@ -220,6 +283,8 @@ pub struct TensorInfo {
     pub stored_len: u64,
     /// Chunks with absolute file offsets, when compressed.
     pub chunks: Option<Vec<Chunk>>,
+    /// The filter and its parameters, when the tensor has one.
+    pub filter: Option<(&'static dyn Filter, Map<String, Value>)>,
     /// Per-tensor metadata.
     pub metadata: Map<String, Value>,
 }
@@ -344,7 +409,7 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
     let compressed = preamble.flags & FLAG_COMPRESSED != 0;
     let has_footer = preamble.flags & FLAG_CHECKSUM != 0;
     let codec = match (&header.compression, compressed) {
-        (Some(c), true) => Some(registry::codecs()?.get(&c.codec)?),
+        (Some(c), true) => Some(registry::codecs()?.get(&c.codec).map_err(named_by_file)?),
         (None, false) => None,
         (Some(_), false) => {
             return Err(Error::InvalidHeader(
@@ -358,7 +423,7 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
         }
     };
     let checksum = match (&header.checksum, has_footer) {
-        (Some(id), true) => Some(registry::checksums()?.get(id)?),
+        (Some(id), true) => Some(registry::checksums()?.get(id).map_err(named_by_file)?),
         (None, false) => None,
         (Some(_), false) => {
             return Err(Error::InvalidHeader(
@@ -416,6 +481,25 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
             ));
         }
         let stored_len = end - begin;
+        let filter = match &t.filter {
+            None => None,
+            Some(_) if codec.is_none() => {
+                return Err(Error::tensor(name, "has a filter but the file is not compressed"))
+            }
+            Some(f) => {
+                let plugin = registry::filters()?
+                    .get(&f.id)
+                    .map_err(|e| Error::tensor(name, e.to_string()))?;
+                let count = plugin
+                    .plane_count(&f.params, dtype)
+                    .map_err(|e| Error::tensor(name, format!("filter {}: {e}", f.id)))?;
+                if count == 0 {
+                    return Err(Error::tensor(name, format!("filter {} declares zero planes", f.id)));
+                }
+                Some((plugin, f.params.clone(), count))
+            }
+        };
+        let planes = filter.as_ref().map(|f| f.2);
         let chunks = match (&t.chunks, codec.is_some()) {
             (None, false) => {
                 if stored_len != nbytes {
@@ -438,7 +522,7 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
                 }
                 None
             }
-            (Some(chunks), true) => Some(validate_chunks(name, chunks, begin, end, nbytes, data_start)?),
+            (Some(chunks), true) => Some(validate_chunks(name, chunks, begin, end, nbytes, data_start, planes)?),
             (Some(_), false) => return Err(Error::tensor(name, "has a chunk table but the file is not compressed")),
             (None, true) => {
                 return Err(Error::tensor(
@@ -458,6 +542,7 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
             file_offset: data_start + begin,
             stored_len,
             chunks,
+            filter: filter.map(|(plugin, params, _)| (plugin, params)),
             metadata: t.metadata.clone(),
         });
     }
@@ -496,6 +581,12 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
     })
 }
 
+/// A plugin id the file names but this build lacks makes the file unreadable
+/// here: a format error (with the ids available), not a usage error.
+fn named_by_file(e: Error) -> Error {
+    Error::InvalidHeader(e.to_string())
+}
+
 fn validate_chunks(
     name: &str,
     chunks: &[Chunk],
@@ -503,6 +594,7 @@ fn validate_chunks(
     end: u64,
     nbytes: u64,
     data_start: u64,
+    planes: Option<usize>,
 ) -> Result<Vec<Chunk>> {
     let mut cursor = begin;
     let mut raw_total = 0u64;
@@ -528,6 +620,36 @@ fn validate_chunks(
                 c.raw_len()
             )));
         }
+        match (planes, c.planes()) {
+            (None, None) => {}
+            (None, Some(_)) => return Err(bad("lists planes but the tensor has no filter".into())),
+            (Some(_), None) => return Err(bad("the tensor has a filter but the chunk lists no planes".into())),
+            (Some(n), Some(lens)) => {
+                if lens.len() != n {
+                    return Err(bad(format!("lists {} planes, the filter makes {n}", lens.len())));
+                }
+                if c.raw_len() % n as u64 != 0 {
+                    return Err(bad(format!(
+                        "raw length {} is not a multiple of {n} planes",
+                        c.raw_len()
+                    )));
+                }
+                let plane_raw = c.raw_len() / n as u64;
+                let mut sum = 0u64;
+                for (p, &len) in lens.iter().enumerate() {
+                    if len == 0 || len > plane_raw {
+                        return Err(bad(format!("plane {p} stored length {len} is not in 1..={plane_raw}")));
+                    }
+                    sum += len; // n * plane_raw bounds it
+                }
+                if sum != c.stored_len() {
+                    return Err(bad(format!(
+                        "planes add up to {sum} bytes, the chunk stores {}",
+                        c.stored_len()
+                    )));
+                }
+            }
+        }
         cursor = cursor
             .checked_add(c.stored_len())
             .filter(|&e| e <= end)
@@ -535,7 +657,12 @@ fn validate_chunks(
         raw_total = raw_total
             .checked_add(c.raw_len())
             .ok_or_else(|| bad("raw lengths overflow".into()))?;
-        out.push(Chunk(data_start + c.offset(), c.stored_len(), c.raw_len()));
+        out.push(Chunk::new(
+            data_start + c.offset(),
+            c.stored_len(),
+            c.raw_len(),
+            c.planes.clone(),
+        ));
     }
     if cursor != end {
         return Err(Error::tensor(

@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod buffer;
+pub mod chunk;
 pub mod error;
 pub mod format;
 pub mod reader;

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use serde_json::{Map, Value};
 
 use crate::buffer::AlignedBuf;
+use crate::chunk::{self, AppliedFilter};
 use crate::error::{Error, Result};
 use crate::format::{self, Chunk, Layout, Preamble, TensorInfo, DEFAULT_MAX_HEADER_LEN, FOOTER_LEN, PREAMBLE_LEN};
 use crate::registry::{ChecksumAlgorithm, Codec};
@@ -69,6 +70,9 @@ impl DtReader {
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
+        if meta.is_dir() {
+            return Err(Error::io(&path, std::io::Error::from_raw_os_error(libc::EISDIR)));
+        }
         if !meta.is_file() {
             return Err(Error::io(
                 &path,
@@ -187,6 +191,14 @@ impl DtReader {
         Ok(buf)
     }
 
+    /// Read several tensors at once, in parallel across tensors and chunks.
+    ///
+    /// # Errors
+    /// As [`DtReader::read_tensor`], for the first tensor that fails.
+    pub fn read_tensors(&self, names: &[&str]) -> Result<Vec<AlignedBuf>> {
+        names.par_iter().map(|name| self.read_tensor(name)).collect()
+    }
+
     /// Decode `info`'s bytes into `out`, which must be exactly `info.nbytes` long.
     ///
     /// # Errors
@@ -236,25 +248,31 @@ impl DtReader {
             pieces.push(head);
             rest = tail;
         }
+        let filter = info.filter.as_ref().map(|(f, params)| AppliedFilter {
+            filter: *f,
+            params,
+            planes: chunks.first().and_then(|c| c.planes()).map_or(1, <[u64]>::len),
+        });
         pieces
             .into_par_iter()
             .zip(chunks.par_iter())
             .enumerate()
-            .try_for_each_init(Vec::new, |scratch, (index, (piece, chunk))| {
-                if chunk.is_raw() {
-                    return self.read_at(piece, chunk.offset());
-                }
-                scratch.resize(chunk.stored_len() as usize, 0);
-                self.read_at(scratch, chunk.offset())?;
-                codec
-                    .decompress_into(scratch, piece)
-                    .map_err(|reason| Error::CorruptChunk {
+            .try_for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(stored, planes), (index, (piece, chunk))| {
+                    if chunk.is_raw() {
+                        return self.read_at(piece, chunk.offset());
+                    }
+                    stored.resize(chunk.stored_len() as usize, 0);
+                    self.read_at(stored, chunk.offset())?;
+                    chunk::decode(stored, chunk, codec, filter, piece, planes).map_err(|reason| Error::CorruptChunk {
                         name: info.name.clone(),
                         index,
                         offset: chunk.offset(),
                         reason,
                     })
-            })
+                },
+            )
     }
 
     /// The digest stored in the footer.

@@ -3,7 +3,8 @@
 //! Plugins register themselves with [`inventory`] right beside their type,
 //! through the macros [`register_codec!`](crate::register_codec),
 //! [`register_checksum!`](crate::register_checksum),
-//! [`register_dtype!`](crate::register_dtype) and
+//! [`register_dtype!`](crate::register_dtype),
+//! [`register_filter!`](crate::register_filter) and
 //! [`register_converter!`](crate::register_converter). Lookup is by string id.
 //! An unknown id is an [`Error::UnknownPlugin`] listing the ids available; two
 //! registrations of one id are an [`Error::DuplicatePlugin`] naming both
@@ -17,6 +18,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::OnceLock;
+
+use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::writer::WriteOptions;
@@ -45,6 +48,24 @@ pub trait Codec: Plugin {
     /// # Errors
     /// A message when the codec fails (an invalid level, say).
     fn compress(&self, raw: &[u8], level: i32) -> std::result::Result<Vec<u8>, String>;
+
+    /// Compress one byte plane produced by a [`Filter`] (e.g. all exponent
+    /// bytes of a chunk). Planes are close to order-0 data, so a codec may tune
+    /// itself for entropy coding here. Defaults to [`Codec::compress`].
+    ///
+    /// # Errors
+    /// As [`Codec::compress`].
+    fn compress_plane(&self, plane: &[u8], level: i32) -> std::result::Result<Vec<u8>, String> {
+        self.compress(plane, level)
+    }
+
+    /// Whether writers should split floating-point chunks into byte planes
+    /// (with the dtype's default [`Filter`]) before this codec. True for
+    /// entropy coders such as zstd; false for pure match finders such as lz4,
+    /// which gain nothing from it.
+    fn wants_byte_planes(&self) -> bool {
+        false
+    }
 
     /// Decompress `stored` into `out`, which has exactly the chunk's declared
     /// raw length. The codec must never write past `out` nor allocate more
@@ -97,6 +118,32 @@ pub trait DtypeHandler: Plugin {
     fn numpy_name(&self) -> Option<&'static str>;
 }
 
+/// A reversible transform of a chunk into byte planes, applied before the codec.
+///
+/// A chunk of `n` bytes becomes `planes` planes of `n / planes` bytes each,
+/// laid out one after another; the framework compresses each plane on its own
+/// and stores raw any plane the codec does not shrink enough. Parameters live
+/// in the header (`{"id": ..., "params": {...}}`) so that the file says how to
+/// undo the transform.
+pub trait Filter: Plugin {
+    /// Parameters for tensors of `dtype`, or `None` if the filter does not apply to it.
+    fn params_for(&self, dtype: &dyn DtypeHandler) -> Option<Map<String, Value>>;
+
+    /// Check parameters read from a file for a tensor of `dtype`, and return
+    /// the number of planes (every chunk's raw length must be a multiple of it).
+    ///
+    /// # Errors
+    /// A message naming the bad parameter.
+    fn plane_count(&self, params: &Map<String, Value>, dtype: &dyn DtypeHandler) -> std::result::Result<usize, String>;
+
+    /// Split `raw` into planes written one after another into `out` (same length).
+    /// `params` were accepted by [`Filter::plane_count`].
+    fn encode(&self, params: &Map<String, Value>, raw: &[u8], out: &mut [u8]);
+
+    /// Undo [`Filter::encode`]: `planes` are the planes in order, each `out.len() / planes.len()` bytes.
+    fn decode(&self, params: &Map<String, Value>, planes: &[&[u8]], out: &mut [u8]);
+}
+
 /// Converts between `.deathtensors` and a foreign format.
 pub trait Converter: Plugin {
     /// File extensions (without the dot) of the foreign format.
@@ -127,6 +174,7 @@ inventory::collect!(Registration<dyn Codec>);
 inventory::collect!(Registration<dyn ChecksumAlgorithm>);
 inventory::collect!(Registration<dyn DtypeHandler>);
 inventory::collect!(Registration<dyn Converter>);
+inventory::collect!(Registration<dyn Filter>);
 
 /// Register a [`Codec`] value (a `const`-constructible expression).
 #[macro_export]
@@ -173,6 +221,19 @@ macro_rules! register_converter {
     ($plugin:expr) => {
         $crate::inventory::submit! {
             $crate::registry::Registration::<dyn $crate::registry::Converter> {
+                crate_name: env!("CARGO_PKG_NAME"),
+                plugin: &$plugin,
+            }
+        }
+    };
+}
+
+/// Register a [`Filter`] value.
+#[macro_export]
+macro_rules! register_filter {
+    ($plugin:expr) => {
+        $crate::inventory::submit! {
+            $crate::registry::Registration::<dyn $crate::registry::Filter> {
                 crate_name: env!("CARGO_PKG_NAME"),
                 plugin: &$plugin,
             }
@@ -287,6 +348,10 @@ registry_accessor!(
     dtypes, DtypeHandler, "dtype"
 );
 registry_accessor!(
+    /// The registered chunk filters.
+    filters, Filter, "filter"
+);
+registry_accessor!(
     /// The registered foreign-format converters.
     converters, Converter, "converter"
 );
@@ -294,7 +359,7 @@ registry_accessor!(
 /// One row of [`list_plugins`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginInfo {
-    /// `"codec"`, `"checksum"`, `"dtype"` or `"converter"`.
+    /// `"codec"`, `"checksum"`, `"filter"`, `"dtype"` or `"converter"`.
     pub kind: &'static str,
     /// The plugin's id.
     pub id: &'static str,
@@ -320,6 +385,7 @@ pub fn list_plugins() -> Result<Vec<PluginInfo>> {
     let mut out = Vec::new();
     rows(codecs()?, &mut out);
     rows(checksums()?, &mut out);
+    rows(filters()?, &mut out);
     rows(dtypes()?, &mut out);
     rows(converters()?, &mut out);
     Ok(out)

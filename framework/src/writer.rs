@@ -6,19 +6,23 @@
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 
+use crate::chunk::{self, AppliedFilter};
 use crate::error::{Error, Result};
 use crate::format::{
-    self, align_up, Chunk, CompressionHeader, Header, Preamble, TensorHeader, DEFAULT_CHUNK_BYTES, FLAG_CHECKSUM,
-    FLAG_COMPRESSED, MAX_CHUNK_RAW_LEN, PREAMBLE_LEN, TENSOR_ALIGNMENT,
+    self, align_up, Chunk, CompressionHeader, FilterHeader, Header, Preamble, TensorHeader, DEFAULT_CHUNK_BYTES,
+    FLAG_CHECKSUM, FLAG_COMPRESSED, MAX_CHUNK_RAW_LEN, PREAMBLE_LEN, TENSOR_ALIGNMENT,
 };
-use crate::registry::{self, ChecksumAlgorithm, Codec, DtypeHandler};
+use crate::registry::{self, ChecksumAlgorithm, Codec, DtypeHandler, Filter};
+
+/// A filter chosen for a tensor: plugin, parameters, plane count.
+type SelectedFilter = (&'static dyn Filter, Map<String, Value>, usize);
 
 /// Pieces handed to the hashing thread while writing.
 const WRITE_PIECE: usize = 8 << 20;
@@ -50,10 +54,25 @@ pub struct WriteOptions {
     pub level: Option<i32>,
     /// Checksum algorithm id for the footer; `None` writes no footer.
     pub checksum: Option<String>,
+    /// Which filter to apply before the codec (compressed files only).
+    pub filter: FilterChoice,
     /// Target raw size of a compression chunk.
     pub chunk_bytes: u64,
     /// fsync the file and its directory before returning (default true).
     pub durable: bool,
+}
+
+/// How the writer picks a chunk filter for each tensor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum FilterChoice {
+    /// Use the first registered filter (by id) that applies to the tensor's
+    /// dtype, if the codec [wants byte planes](Codec::wants_byte_planes).
+    #[default]
+    Auto,
+    /// No filter.
+    Off,
+    /// This filter id, for every tensor whose dtype it applies to.
+    Id(String),
 }
 
 impl Default for WriteOptions {
@@ -62,6 +81,7 @@ impl Default for WriteOptions {
             codec: None,
             level: None,
             checksum: None,
+            filter: FilterChoice::Auto,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             durable: true,
         }
@@ -122,6 +142,9 @@ pub fn write_file(
     if let Some(digest) = digest {
         file.write_all(&digest).map_err(io)?;
     }
+    // Temp files are created 0600; give the result the mode a plain create would.
+    file.set_permissions(std::fs::Permissions::from_mode(0o666 & !process_umask()))
+        .map_err(io)?;
     if options.durable {
         file.sync_all().map_err(io)?;
     }
@@ -134,9 +157,23 @@ pub fn write_file(
     Ok(())
 }
 
+/// The process umask, read without changing it (Linux: /proc/self/status); 0o022 if unknown.
+fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
 /// The checked inputs of a write.
 struct Plan {
     dtypes: Vec<&'static dyn DtypeHandler>,
+    /// Per tensor: the filter, its parameters and plane count (compressed files only).
+    filters: Vec<Option<SelectedFilter>>,
     codec: Option<(&'static dyn Codec, i32)>,
     checksum: Option<&'static dyn ChecksumAlgorithm>,
     chunk_bytes: u64,
@@ -184,6 +221,27 @@ impl Plan {
             .as_deref()
             .map(|id| registry::checksums()?.get(id))
             .transpose()?;
+        let candidates: Vec<&'static dyn Filter> = match (&options.filter, codec) {
+            (_, None) | (FilterChoice::Off, _) => Vec::new(),
+            (FilterChoice::Id(id), Some(_)) => vec![registry::filters()?.get(id)?],
+            (FilterChoice::Auto, Some((c, _))) if c.wants_byte_planes() => {
+                registry::filters()?.entries().map(|(f, _)| f).collect()
+            }
+            (FilterChoice::Auto, Some(_)) => Vec::new(),
+        };
+        let mut filters = Vec::with_capacity(dtypes.len());
+        for dtype in &dtypes {
+            let chosen = candidates.iter().find_map(|f| f.params_for(*dtype).map(|p| (*f, p)));
+            filters.push(match chosen {
+                None => None,
+                Some((f, params)) => {
+                    let planes = f.plane_count(&params, *dtype).map_err(|e| {
+                        Error::InvalidArgument(format!("filter {} refuses its own parameters: {e}", f.id()))
+                    })?;
+                    Some((f, params, planes))
+                }
+            });
+        }
         if options.chunk_bytes == 0 || options.chunk_bytes > MAX_CHUNK_RAW_LEN {
             return Err(Error::InvalidArgument(format!(
                 "chunk_bytes must be in 1..={MAX_CHUNK_RAW_LEN}, not {}",
@@ -192,6 +250,7 @@ impl Plan {
         }
         Ok(Plan {
             dtypes,
+            filters,
             codec,
             checksum,
             chunk_bytes: options.chunk_bytes,
@@ -229,7 +288,7 @@ fn write_uncompressed(
             align_up(cursor, TENSOR_ALIGNMENT).expect("sizes come from memory")
         };
         let end = begin + t.data.len() as u64;
-        header.tensors.push(entry(t, [begin, end], None));
+        header.tensors.push(entry(t, [begin, end], None, None));
         if !t.data.is_empty() {
             cursor = end; // an empty tensor adds no gap: nothing follows it
         }
@@ -315,9 +374,12 @@ fn write_compressed(
         .zip(&plan.dtypes)
         .map(|(t, d)| chunk_lengths(&t.shape, d.item_size() as u64, t.data.len() as u64, plan.chunk_bytes))
         .collect();
-    for (t, lens) in tensors.iter().zip(&plans) {
-        let widest = vec![Chunk(u64::MAX, u64::MAX, u64::MAX); lens.len()];
-        header.tensors.push(entry(t, [u64::MAX, u64::MAX], Some(widest)));
+    for ((t, lens), filter) in tensors.iter().zip(&plans).zip(&plan.filters) {
+        let planes = filter.as_ref().map(|f| vec![u64::MAX; f.2]);
+        let widest = vec![Chunk::new(u64::MAX, u64::MAX, u64::MAX, planes); lens.len()];
+        header
+            .tensors
+            .push(entry(t, [u64::MAX, u64::MAX], Some(widest), filter.as_ref()));
     }
     let reserved = serde_json::to_vec(&*header).expect("serializes").len();
     let data_start = data_start_for(reserved);
@@ -327,7 +389,12 @@ fn write_compressed(
     let batch = rayon::current_num_threads().max(1) * 4;
     let mut cursor = 0u64;
     let mut synced = 0u64;
-    for (t, lens) in tensors.iter().zip(&plans) {
+    for ((t, lens), filter) in tensors.iter().zip(&plans).zip(&plan.filters) {
+        let applied = filter.as_ref().map(|(f, params, planes)| AppliedFilter {
+            filter: *f,
+            params,
+            planes: *planes,
+        });
         let begin = cursor;
         let mut slices = Vec::with_capacity(lens.len());
         let mut rest = t.data;
@@ -338,15 +405,16 @@ fn write_compressed(
         }
         let mut chunks = Vec::with_capacity(lens.len());
         for group in slices.chunks(batch) {
-            let compressed: Vec<std::result::Result<Vec<u8>, String>> =
-                group.par_iter().map(|raw| codec.compress(raw, level)).collect();
-            for (raw, packed) in group.iter().zip(compressed) {
-                let packed = packed.map_err(|reason| {
+            let encoded: Vec<_> = group
+                .par_iter()
+                .map(|raw| chunk::encode(raw, codec, level, applied))
+                .collect();
+            for (raw, result) in group.iter().zip(encoded) {
+                let (stored, planes) = result.map_err(|reason| {
                     Error::InvalidArgument(format!("tensor {:?}: codec {} failed: {reason}", t.name, codec.id()))
                 })?;
-                let stored: &[u8] = if packed.len() < raw.len() { &packed } else { raw };
-                file.write_all(stored).map_err(io)?;
-                chunks.push(Chunk(cursor, stored.len() as u64, raw.len() as u64));
+                file.write_all(&stored).map_err(io)?;
+                chunks.push(Chunk::new(cursor, stored.len() as u64, raw.len() as u64, planes));
                 cursor += stored.len() as u64;
             }
             if cursor - synced >= WRITEBACK_EVERY {
@@ -354,7 +422,9 @@ fn write_compressed(
                 synced = cursor;
             }
         }
-        header.tensors.push(entry(t, [begin, cursor], Some(chunks)));
+        header
+            .tensors
+            .push(entry(t, [begin, cursor], Some(chunks), filter.as_ref()));
     }
     let text = header_bytes(header, data_start);
     let preamble = Preamble {
@@ -384,13 +454,22 @@ fn write_compressed(
     }
 }
 
-fn entry(t: &TensorData<'_>, offsets: [u64; 2], chunks: Option<Vec<Chunk>>) -> TensorHeader {
+fn entry(
+    t: &TensorData<'_>,
+    offsets: [u64; 2],
+    chunks: Option<Vec<Chunk>>,
+    filter: Option<&SelectedFilter>,
+) -> TensorHeader {
     TensorHeader {
         name: t.name.clone(),
         dtype: t.dtype.clone(),
         shape: t.shape.clone(),
         offsets,
         chunks,
+        filter: filter.map(|(f, params, _)| FilterHeader {
+            id: f.id().to_owned(),
+            params: params.clone(),
+        }),
         metadata: t.metadata.clone(),
     }
 }

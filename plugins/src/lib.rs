@@ -5,6 +5,7 @@
 //!
 //! - codecs: [`codecs::zstd`], [`codecs::lz4`]
 //! - checksums: [`checksums::sha256`], [`checksums::blake3`]
+//! - filters: [`filters::bytegroup`]
 //! - dtypes: [`dtypes`]
 //!
 //! Binaries and the Python module link this crate with
@@ -16,6 +17,7 @@
 pub mod checksums;
 pub mod codecs;
 pub mod dtypes;
+pub mod filters;
 
 /// Make sure this crate is linked into the final artifact.
 ///

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use deathtensors::buffer::AlignedBuf;
 use deathtensors::reader::{hex, DtReader, ReadOptions};
 use deathtensors::registry;
-use deathtensors::writer::{write_file, TensorData, WriteOptions};
+use deathtensors::writer::{write_file, FilterChoice, TensorData, WriteOptions};
 use deathtensors::Error;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
@@ -141,10 +141,11 @@ fn source(obj: &Bound<'_, PyAny>) -> PyResult<Source> {
     })
 }
 
-/// Save tensors. `entries` is a list of `(name, dtype_id, shape, data, metadata_json | None)`
+/// Save tensors. `filter` is `"auto"` (default), `"none"` or a filter id.
+/// `entries` is a list of `(name, dtype_id, shape, data, metadata_json | None)`
 /// where `data` is a contiguous CPU torch tensor, a C-contiguous numpy array or a bytes-like.
 #[pyfunction]
-#[pyo3(signature = (path, entries, global_metadata=None, codec=None, level=None, checksum=None, chunk_bytes=None))]
+#[pyo3(signature = (path, entries, global_metadata=None, codec=None, level=None, checksum=None, chunk_bytes=None, filter=None))]
 #[allow(clippy::too_many_arguments)]
 fn save(
     py: Python<'_>,
@@ -155,6 +156,7 @@ fn save(
     level: Option<i32>,
     checksum: Option<String>,
     chunk_bytes: Option<u64>,
+    filter: Option<String>,
 ) -> PyResult<()> {
     let mut sources = Vec::with_capacity(entries.len());
     let mut specs = Vec::with_capacity(entries.len());
@@ -190,6 +192,11 @@ fn save(
     if let Some(c) = chunk_bytes {
         options.chunk_bytes = c;
     }
+    options.filter = match filter.as_deref() {
+        None | Some("auto") => FilterChoice::Auto,
+        Some("none") => FilterChoice::Off,
+        Some(id) => FilterChoice::Id(id.to_owned()),
+    };
     let path = path.to_owned();
     let result = py.detach(|| write_file(&path, &tensors, &global, &options));
     drop(sources);
@@ -262,6 +269,14 @@ impl Reader {
         let r = self.get()?;
         let data = py.detach(|| r.read_tensor(name)).map_err(|e| to_py(py, e))?;
         Ok(Buffer { data })
+    }
+
+    /// Decode several tensors in parallel (GIL released).
+    fn read_many(&self, py: Python<'_>, names: Vec<String>) -> PyResult<Vec<Buffer>> {
+        let r = self.get()?;
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let bufs = py.detach(|| r.read_tensors(&refs)).map_err(|e| to_py(py, e))?;
+        Ok(bufs.into_iter().map(|data| Buffer { data }).collect())
     }
 
     /// Decode one tensor into `bytes`.

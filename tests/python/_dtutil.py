@@ -14,7 +14,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 MAGIC = b"DTLEGION"
 PREAMBLE_LEN = 24
@@ -128,7 +128,7 @@ class Layout:
         return self.raw[self.data_start + begin : self.data_start + end]
 
 
-def layout(path: "os.PathLike[str] | str") -> Layout:
+def layout(path: Union[str, os.PathLike]) -> Layout:
     return Layout(Path(path).read_bytes())
 
 

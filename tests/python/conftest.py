@@ -27,15 +27,15 @@ def no_code_execution(monkeypatch: pytest.MonkeyPatch) -> List[str]:
 
         return raiser
 
-    monkeypatch.setattr(builtins, "eval", forbidden("eval"))
-    monkeypatch.setattr(builtins, "exec", forbidden("exec"))
-    monkeypatch.setattr(pickle, "loads", forbidden("pickle.loads"))
-    monkeypatch.setattr(pickle, "load", forbidden("pickle.load"))
-    monkeypatch.setattr(pickle, "Unpickler", forbidden("pickle.Unpickler"))
-    try:
+    try:  # imported before exec is patched: an import runs exec
         import torch
     except ImportError:  # pragma: no cover - torch is a dev dependency
         torch = None
     if torch is not None:
         monkeypatch.setattr(torch, "load", forbidden("torch.load"))
+    monkeypatch.setattr(pickle, "loads", forbidden("pickle.loads"))
+    monkeypatch.setattr(pickle, "load", forbidden("pickle.load"))
+    monkeypatch.setattr(pickle, "Unpickler", forbidden("pickle.Unpickler"))
+    monkeypatch.setattr(builtins, "eval", forbidden("eval"))
+    monkeypatch.setattr(builtins, "exec", forbidden("exec"))
     return calls

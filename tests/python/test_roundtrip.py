@@ -81,7 +81,9 @@ def test_special_float_values_survive(tmp_path):
         name: torch.tensor(values, dtype=getattr(torch, name)) for name in ["float16", "bfloat16", "float32", "float64"]
     }
     # A NaN with a payload, built from its bits.
-    tensors["payload_nan"] = torch.tensor([0x7FC00001, 0xFFC12345], dtype=torch.int64).to(torch.int32).view(torch.float32)
+    tensors["payload_nan"] = (
+        torch.tensor([0x7FC00001, 0xFFC12345], dtype=torch.int64).to(torch.int32).view(torch.float32)
+    )
     path = tmp_path / "f.deathtensors"
     dt.save(path, tensors, compress=True)
     with dt.open(path) as f:
@@ -368,10 +370,6 @@ def test_non_contiguous_and_big_endian_numpy_inputs(tmp_path):
         assert f.get_tensor("be_i4").tolist() == list(range(-5, 5))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _frameworks.prepare uses np.ascontiguousarray, which turns a 0-d array into shape (1,)",
-)
 def test_numpy_zero_d_array_keeps_its_shape(tmp_path):
     path = tmp_path / "s.deathtensors"
     dt.save(path, {"s": np.array(3.25)})
@@ -486,11 +484,6 @@ def test_metadata_of_any_json_type_round_trips(tmp_path, compress):
     assert lay.tensor("w")["metadata"] == per_tensor["w"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: integers outside the 64-bit range are silently turned into floats (serde_json without "
-    "arbitrary_precision); they should round-trip exactly or be refused with InvalidArgumentError",
-)
 @pytest.mark.parametrize("value", [2**64, 2**70, -(2**63) - 1, 10**30])
 def test_huge_integer_metadata_is_exact_or_refused(tmp_path, value):
     path = tmp_path / "big.deathtensors"
@@ -542,11 +535,6 @@ def test_non_json_metadata_is_refused(tmp_path, kwargs):
         dt.save(tmp_path / "x.deathtensors", {"a": torch.zeros(1)}, **kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a lone surrogate in a name or metadata string raises UnicodeEncodeError from the PyO3 "
-    "layer instead of deathtensors.InvalidArgumentError",
-)
 @pytest.mark.parametrize("where", ["name", "metadata"])
 def test_unencodable_strings_raise_invalid_argument(tmp_path, where):
     tensors = {"\ud800": torch.zeros(1)} if where == "name" else {"a": torch.zeros(1)}

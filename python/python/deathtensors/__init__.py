@@ -73,11 +73,41 @@ def _choose(value: Union[bool, str, None], default: str, what: str) -> Optional[
     raise InvalidArgumentError(f"{what} must be a bool or a plugin id string, not {value!r}")
 
 
+_INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _check_json(value: Any, what: str) -> None:
+    """Refuse what JSON cannot carry exactly: integers beyond 64 bits, unencodable strings."""
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return
+    if isinstance(value, int):
+        if not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+            raise InvalidArgumentError(f"{what}: integer {value} does not fit in 64 bits; store it as a string")
+    elif isinstance(value, str):
+        _check_text(value, what)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            if isinstance(k, str):
+                _check_text(k, what)
+            _check_json(v, what)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_json(v, what)
+
+
+def _check_text(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidArgumentError(f"{what}: {text!r} is not valid Unicode ({e.reason})") from None
+
+
 def _dumps(value: Any, what: str) -> Optional[str]:
     if value is None:
         return None
     if not isinstance(value, Mapping):
         raise InvalidArgumentError(f"{what} must be a dict, not {type(value).__name__}")
+    _check_json(value, what)
     try:
         return json.dumps(dict(value), allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as e:
@@ -116,6 +146,7 @@ def _check_mapping(tensors: Any) -> None:
     for name in tensors:
         if not isinstance(name, str):
             raise InvalidArgumentError(f"tensor names must be str, not {type(name).__name__} ({name!r})")
+        _check_text(name, "tensor name")
 
 
 def save(
@@ -294,8 +325,13 @@ class DtFile:
         return convert(self._reader.read(name), e["dtype"], e["shape"], framework)
 
     def get_tensors(self, framework: str = "torch") -> Dict[str, Any]:
-        """Every tensor, in saved order."""
-        return {name: self.get_tensor(name, framework) for name in self._tensors}
+        """Every tensor, in saved order (read and decompressed in parallel)."""
+        names = list(self._tensors)
+        buffers = self._reader.read_many(names)
+        return {
+            n: convert(b, self._tensors[n]["dtype"], self._tensors[n]["shape"], framework)
+            for n, b in zip(names, buffers)
+        }
 
     def verify(self) -> bool:
         """Check the footer against the file's contents; returns ``True``.

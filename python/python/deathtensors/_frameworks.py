@@ -50,7 +50,9 @@ def _is_torch(obj: Any) -> bool:
 
 
 def _is_numpy(obj: Any) -> bool:
-    return type(obj).__module__.split(".")[0] == "numpy" and hasattr(obj, "__array_interface__")
+    return type(obj).__module__.split(".")[0] == "numpy" and (
+        hasattr(obj, "__array_interface__") or hasattr(obj, "dtype")
+    )
 
 
 def prepare(name: str, value: Any) -> Tuple[str, List[int], Any]:
@@ -77,14 +79,16 @@ def prepare(name: str, value: Any) -> Tuple[str, List[int], Any]:
     if _is_numpy(value):
         import numpy as np
 
-        arr = value
+        arr = np.asarray(value)  # numpy scalars become 0-d arrays
+        shape = list(arr.shape)  # before ascontiguousarray, which turns 0-d into 1-d
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
-        arr = np.ascontiguousarray(arr)
+        if not arr.flags.c_contiguous:
+            arr = arr.copy(order="C")
         by_str = _numpy_maps()[1]
         if arr.dtype.str not in by_str:
             raise UnsupportedDtypeError(f"tensor {name!r}: numpy dtype {arr.dtype} has no deathtensors dtype")
-        return by_str[arr.dtype.str], list(arr.shape), arr
+        return by_str[arr.dtype.str], shape, arr
     raise InvalidArgumentError(
         f"tensor {name!r} is a {type(value).__name__}; expected a torch.Tensor or a numpy.ndarray "
         "(use save_file for raw bytes)"

@@ -1,0 +1,117 @@
+//! Encoding and decoding one compressed chunk: the filter, the codec per
+//! plane, and the raw fallback. The writer and the reader both go through
+//! here, so the rules live in one place.
+
+use std::borrow::Cow;
+
+use serde_json::{Map, Value};
+
+use crate::format::Chunk;
+use crate::registry::{Codec, Filter};
+
+/// A chunk or plane is stored compressed only if the codec saves at least
+/// 1/20 (5%) of it; otherwise it is stored raw and decoding it is a copy.
+pub fn worth_compressing(packed_len: usize, raw_len: usize) -> bool {
+    (packed_len as u64) * 20 <= (raw_len as u64) * 19
+}
+
+/// An encoded chunk: its stored bytes and, when filtered, each plane's stored length.
+pub type Encoded<'r> = (Cow<'r, [u8]>, Option<Vec<u64>>);
+
+/// A filter with its parameters and plane count, as applied to one tensor.
+#[derive(Clone, Copy)]
+pub struct AppliedFilter<'a> {
+    /// The filter plugin.
+    pub filter: &'a dyn Filter,
+    /// Its parameters (as in the header).
+    pub params: &'a Map<String, Value>,
+    /// Number of planes per chunk.
+    pub planes: usize,
+}
+
+/// Encode one chunk. Returns the stored bytes and, when filtered, the stored
+/// length of each plane.
+///
+/// # Errors
+/// The codec's message when it fails.
+pub fn encode<'r>(
+    raw: &'r [u8],
+    codec: &dyn Codec,
+    level: i32,
+    filter: Option<AppliedFilter<'_>>,
+) -> Result<Encoded<'r>, String> {
+    let Some(f) = filter else {
+        let packed = codec.compress(raw, level)?;
+        return Ok(if worth_compressing(packed.len(), raw.len()) {
+            (Cow::Owned(packed), None)
+        } else {
+            (Cow::Borrowed(raw), None)
+        });
+    };
+    let mut planes = vec![0u8; raw.len()];
+    f.filter.encode(f.params, raw, &mut planes);
+    let plane_len = raw.len() / f.planes;
+    let mut out = Vec::with_capacity(raw.len());
+    let mut lens = Vec::with_capacity(f.planes);
+    for plane in planes.chunks_exact(plane_len.max(1)).take(f.planes) {
+        let packed = codec.compress_plane(plane, level)?;
+        let stored: &[u8] = if worth_compressing(packed.len(), plane.len()) {
+            &packed
+        } else {
+            plane
+        };
+        out.extend_from_slice(stored);
+        lens.push(stored.len() as u64);
+    }
+    Ok((Cow::Owned(out), Some(lens)))
+}
+
+/// Decode one chunk's `stored` bytes into `out` (exactly its raw length).
+/// `scratch` is reused between calls to hold decompressed planes.
+///
+/// # Errors
+/// A message when a plane or the chunk does not decode to its declared length.
+pub fn decode(
+    stored: &[u8],
+    chunk: &Chunk,
+    codec: &dyn Codec,
+    filter: Option<AppliedFilter<'_>>,
+    out: &mut [u8],
+    scratch: &mut Vec<u8>,
+) -> Result<(), String> {
+    let (Some(lens), Some(f)) = (chunk.planes(), filter) else {
+        if stored.len() == out.len() {
+            out.copy_from_slice(stored);
+            return Ok(());
+        }
+        return codec.decompress_into(stored, out);
+    };
+    let plane_len = out.len() / f.planes;
+    scratch.resize(out.len(), 0);
+    // First decompress the compressed planes into their slots of `scratch`...
+    let mut at = 0usize;
+    for (p, &len) in lens.iter().enumerate() {
+        let len = len as usize;
+        if len != plane_len {
+            let slot = &mut scratch[p * plane_len..(p + 1) * plane_len];
+            codec
+                .decompress_into(&stored[at..at + len], slot)
+                .map_err(|e| format!("plane {p}: {e}"))?;
+        }
+        at += len;
+    }
+    // ...then hand the filter raw planes straight from `stored`.
+    let mut planes: Vec<&[u8]> = Vec::with_capacity(lens.len());
+    let mut at = 0usize;
+    for (p, &len) in lens.iter().enumerate() {
+        let len = len as usize;
+        planes.push(if len == plane_len {
+            &stored[at..at + len]
+        } else {
+            &scratch[p * plane_len..(p + 1) * plane_len]
+        });
+        at += len;
+    }
+    f.filter.decode(f.params, &planes, out);
+    Ok(())
+}

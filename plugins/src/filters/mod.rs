@@ -1,0 +1,3 @@
+//! Chunk filters applied before the codec.
+
+pub mod bytegroup;

@@ -1,0 +1,541 @@
+"""The Python API: accessors, errors, paths, atomic writes, threads, packaging, optional frameworks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from _dtutil import DTYPE_IDS, layout, torch_bytes
+
+import deathtensors as dt
+
+torch = pytest.importorskip("torch")
+np = pytest.importorskip("numpy")
+
+
+@pytest.fixture
+def sample(tmp_path):
+    tensors = {
+        "w": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+        "odd": torch.arange(3, dtype=torch.uint8),  # 3 bytes: the next tensor needs padding
+        "b": torch.tensor([1.5, -2.0], dtype=torch.float64),
+        "e": torch.zeros(0, 2, dtype=torch.int16),
+        "h": torch.tensor([1.0, 2.0], dtype=torch.bfloat16),
+    }
+    path = tmp_path / "sample.deathtensors"
+    dt.save(path, tensors, metadata={"w": {"layer": "fc1"}}, global_metadata={"model": "tiny"})
+    return path, tensors
+
+
+# -- accessors ------------------------------------------------------------------------------------
+
+
+def test_info_fields(sample):
+    path, tensors = sample
+    lay = layout(path)
+    with dt.open(path) as f:
+        info = f.info("w")
+        assert info["name"] == "w"
+        assert info["dtype"] == "F32"
+        assert info["shape"] == [3, 4]
+        assert info["nbytes"] == 48
+        assert info["metadata"] == {"layer": "fc1"}
+        begin, end = info["data_offsets"]
+        assert end - begin == 48
+        assert info["data_offsets"] == lay.tensor("w")["offsets"]
+        assert info["file_offset"] == lay.data_start + begin
+        assert info["stored_nbytes"] == 48
+        assert info["chunks"] is None
+        for name, t in tensors.items():
+            i = f.info(name)
+            assert i["nbytes"] == t.numel() * t.element_size()
+            if i["nbytes"]:
+                assert i["file_offset"] % 64 == 0, (name, i["file_offset"])
+            raw = path.read_bytes()[i["file_offset"] : i["file_offset"] + i["nbytes"]]
+            assert raw == torch_bytes(t), name
+        assert f.info("odd")["dtype"] == "U8"
+        assert f.info("h")["dtype"] == "BF16"
+        assert f.metadata() == {"model": "tiny"}
+
+
+def test_get_bytes_buffer_and_tensors(sample):
+    path, tensors = sample
+    with dt.open(path) as f:
+        assert f.get_bytes("w") == torch_bytes(tensors["w"])
+        assert isinstance(f.get_bytes("w"), bytes)
+        buf = f.get_buffer("b")
+        assert isinstance(buf, memoryview)
+        assert buf.nbytes == 16 and bytes(buf) == torch_bytes(tensors["b"])
+        buf[0] = 0xFF  # writable, and private to the caller
+        assert f.get_bytes("b") == torch_bytes(tensors["b"])
+        assert f.get_buffer("e").nbytes == 0
+        all_t = f.get_tensors()
+        assert list(all_t) == list(tensors)
+        for name, t in tensors.items():
+            assert torch.equal(all_t[name], t)
+        t = f.get_tensor("w")
+        t += 100  # the result owns its memory
+        assert torch.equal(f.get_tensor("w"), tensors["w"])
+        arr = f.get_tensor("w", framework="numpy")
+        assert arr.flags.writeable
+        arr[0, 0] = -1
+        assert f.get_tensor("w", framework="numpy")[0, 0] == 0
+        with pytest.raises(dt.InvalidArgumentError):
+            f.get_tensor("w", framework="jax")
+
+
+def test_get_tensors_numpy(tmp_path):
+    path = tmp_path / "n.deathtensors"
+    arrays = {"z": np.arange(6, dtype=np.int64).reshape(2, 3), "a": np.array([True, False]), "c": np.ones(2, "<c16")}
+    dt.save(path, arrays)
+    with dt.open(path) as f:
+        got = f.get_tensors(framework="numpy")
+    assert list(got) == ["z", "a", "c"]
+    for name, arr in arrays.items():
+        assert isinstance(got[name], np.ndarray)
+        assert got[name].dtype == arr.dtype
+        assert np.array_equal(got[name], arr)
+
+
+def test_missing_name_raises_tensor_not_found(sample):
+    path, _ = sample
+    with dt.open(path) as f:
+        for method in (f.info, f.get_bytes, f.get_buffer, f.get_tensor):
+            with pytest.raises(dt.TensorNotFoundError) as exc:
+                method("nope")
+            assert isinstance(exc.value, KeyError)
+            assert isinstance(exc.value, dt.DeathtensorsError)
+            assert "nope" in str(exc.value)
+        with pytest.raises(KeyError):
+            f.get_tensor("W")  # names are case-sensitive
+        assert "nope" not in f
+
+
+def test_context_manager_closes(sample):
+    path, tensors = sample
+    with dt.open(path) as f:
+        assert isinstance(f, dt.DtFile)
+        assert not f.closed
+        assert f.path == str(path)
+        assert "sample.deathtensors" in repr(f)
+    assert f.closed
+    assert "closed" in repr(f)
+    for call in (
+        lambda: f.get_tensor("w"),
+        lambda: f.get_bytes("w"),
+        lambda: f.get_buffer("w"),
+        lambda: f.get_tensors(),
+        lambda: f.verify(),
+    ):
+        with pytest.raises(ValueError):
+            call()
+    f.close()  # closing twice is fine
+    # header information stays available
+    assert f.keys() == list(tensors)
+    # also closed when the block raises
+    with pytest.raises(RuntimeError):
+        with dt.open(path) as g:
+            raise RuntimeError("boom")
+    assert g.closed
+    # DtFile directly, without a with block
+    h = dt.DtFile(path)
+    assert torch.equal(h.get_tensor("b"), tensors["b"])
+    h.close()
+    assert h.closed
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        dt.open(tmp_path / "missing.deathtensors")
+    with pytest.raises(OSError):
+        dt.open(tmp_path)
+    with pytest.raises(OSError):
+        dt.save(tmp_path / "no" / "such" / "dir" / "x.deathtensors", {"a": torch.zeros(1)})
+
+
+def test_opening_a_directory_raises_is_a_directory_error(tmp_path):
+    with pytest.raises(IsADirectoryError):
+        dt.open(tmp_path)
+
+
+def test_uncompressed_alignment_for_many_sizes(tmp_path):
+    tensors = {f"t{n}": torch.arange(n, dtype=torch.uint8) for n in [1, 3, 63, 64, 65, 127, 0, 5]}
+    tensors["f64"] = torch.ones(3, dtype=torch.float64)
+    path = tmp_path / "al.deathtensors"
+    dt.save(path, tensors, checksum=True)
+    with dt.open(path, verify=True) as f:
+        for name, t in tensors.items():
+            info = f.info(name)
+            if info["nbytes"]:
+                assert info["file_offset"] % 64 == 0, name
+            assert torch.equal(f.get_tensor(name), t)
+
+
+# -- packaging --------------------------------------------------------------------------------------
+
+
+def test_version_and_typing_files():
+    assert dt.__version__ == "0.3.0"
+    pkg = Path(dt.__file__).parent
+    assert (pkg / "_core.pyi").is_file()
+    assert (pkg / "py.typed").is_file()
+    stub = (pkg / "_core.pyi").read_text()
+    for name in ("class Reader", "def save", "def plugins"):
+        assert name in stub
+
+
+def test_public_names():
+    for name in ("save", "save_file", "open", "DtFile", "plugins", "expand_path"):
+        assert callable(getattr(dt, name))
+    for name in (
+        "FormatError",
+        "EncryptedFileError",
+        "ChecksumError",
+        "NoChecksumError",
+        "PluginError",
+        "TensorNotFoundError",
+        "InvalidArgumentError",
+        "UnsupportedDtypeError",
+    ):
+        assert issubclass(getattr(dt, name), dt.DeathtensorsError)
+    assert issubclass(dt.EncryptedFileError, dt.FormatError)
+    assert issubclass(dt.NoChecksumError, dt.ChecksumError)
+    assert issubclass(dt.TensorNotFoundError, KeyError)
+
+
+def test_plugins_lists_codecs_checksums_and_dtypes():
+    rows = dt.plugins()
+    by_kind = {}
+    for row in rows:
+        assert set(row) == {"kind", "id", "summary", "crate"}
+        assert row["summary"]
+        by_kind.setdefault(row["kind"], []).append(row["id"])
+    assert {"zstd", "lz4"} <= set(by_kind["codec"])
+    assert {"sha256", "blake3"} <= set(by_kind["checksum"])
+    assert sorted(by_kind["dtype"]) == sorted(DTYPE_IDS)
+    assert len(DTYPE_IDS) == 17
+    for ids in by_kind.values():
+        assert len(ids) == len(set(ids))
+
+
+# -- paths -------------------------------------------------------------------------------------------
+
+
+def test_tilde_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    dt.save("~/home.deathtensors", {"a": torch.arange(3)})
+    assert (tmp_path / "home.deathtensors").is_file()
+    with dt.open("~/home.deathtensors") as f:
+        assert f.get_tensor("a").tolist() == [0, 1, 2]
+        assert f.path == str(tmp_path / "home.deathtensors")
+    dt.save_file("~/raw.deathtensors", {"r": {"dtype": "U8", "shape": [1], "data": b"\x07"}})
+    with dt.DtFile("~/raw.deathtensors") as f:
+        assert f.get_bytes("r") == b"\x07"
+    assert dt.expand_path("~/x") == str(tmp_path / "x")
+
+
+def test_env_vars_are_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("DT_TEST_DIR", str(tmp_path))
+    monkeypatch.setenv("DT_TEST_NAME", "model")
+    dt.save("$DT_TEST_DIR/${DT_TEST_NAME}.deathtensors", {"a": torch.ones(2)})
+    assert (tmp_path / "model.deathtensors").is_file()
+    with dt.open("${DT_TEST_DIR}/$DT_TEST_NAME.deathtensors") as f:
+        assert f.get_tensor("a").tolist() == [1.0, 1.0]
+
+
+def test_pathlike_and_dt_extension(tmp_path):
+    tensors = {"a": torch.arange(4.0), "b": torch.ones(2, dtype=torch.int8)}
+    dt.save(tmp_path / "legacy.dt", tensors, compress=True, checksum=True)
+    dt.save(str(tmp_path / "new.deathtensors"), tensors, compress=True, checksum=True)
+    assert (tmp_path / "legacy.dt").read_bytes() == (tmp_path / "new.deathtensors").read_bytes()
+    shutil.copy(tmp_path / "new.deathtensors", tmp_path / "copy.dt")
+    shutil.copy(tmp_path / "new.deathtensors", tmp_path / "no_extension")
+    for name in ("legacy.dt", "copy.dt", "no_extension"):
+        with dt.open(tmp_path / name, verify=True) as f:
+            assert f.keys() == ["a", "b"]
+            assert torch.equal(f.get_tensor("a"), tensors["a"])
+
+
+# -- atomic writes -----------------------------------------------------------------------------------
+
+
+def _leftovers(directory: Path):
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_saving_over_an_open_file_keeps_the_reader_valid(tmp_path, compress):
+    path = tmp_path / "m.deathtensors"
+    old = {"w": torch.arange(10_000, dtype=torch.float32), "x": torch.ones(3)}
+    new = {"w": -torch.arange(20_000, dtype=torch.float64), "y": torch.zeros(1)}
+    dt.save(path, old, compress=compress, checksum=True)
+    with dt.open(path) as f:
+        dt.save(path, new, compress=not compress)
+        assert f.keys() == ["w", "x"]
+        assert torch.equal(f.get_tensor("w"), old["w"])
+        assert torch.equal(f.get_tensor("x"), old["x"])
+        assert f.verify()
+        with dt.open(path) as g:
+            assert g.keys() == ["w", "y"]
+            assert torch.equal(g.get_tensor("w"), new["w"])
+    assert _leftovers(tmp_path) == []
+
+
+def test_no_temp_files_are_left_behind(tmp_path):
+    for i in range(5):
+        dt.save(tmp_path / "a.deathtensors", {"a": torch.full((100,), float(i))}, compress=i % 2 == 0, checksum=True)
+        dt.save_file(tmp_path / "b.deathtensors", {"b": {"dtype": "U8", "shape": [1], "data": bytes([i])}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.deathtensors", "b.deathtensors"]
+
+
+@pytest.mark.parametrize(
+    "bad_kwargs",
+    [
+        {"checksum": "nope"},
+        {"compress": "nope"},
+        {"compress": True, "compress_level": 1000},
+        {"metadata": {"ghost": {}}},
+        {"global_metadata": {"x": float("nan")}},
+    ],
+    ids=["checksum", "codec", "level", "metadata", "nan"],
+)
+def test_a_failing_save_leaves_the_target_unchanged(tmp_path, bad_kwargs):
+    path = tmp_path / "keep.deathtensors"
+    dt.save(path, {"a": torch.arange(5)}, checksum=True)
+    before = path.read_bytes()
+    with pytest.raises(dt.DeathtensorsError):
+        dt.save(path, {"a": torch.arange(1000)}, **bad_kwargs)
+    assert path.read_bytes() == before
+    with pytest.raises(dt.InvalidArgumentError):
+        dt.save_file(path, {"a": {"dtype": "F64", "shape": [3], "data": b"short"}})
+    assert path.read_bytes() == before
+    assert _leftovers(tmp_path) == []
+    with dt.open(path, verify=True) as f:
+        assert f.get_tensor("a").tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_unwritable_directory_leaves_nothing(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError):
+            dt.save(ro / "x.deathtensors", {"a": torch.zeros(1)})
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def test_saved_file_permissions_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "perm.deathtensors"
+        dt.save(path, {"a": torch.zeros(1)})
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
+
+
+# -- threads -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compress", [False, True, "lz4"])
+def test_concurrent_reads_from_one_file(tmp_path, compress):
+    rng = np.random.default_rng(8)
+    tensors = {f"t{i}": torch.from_numpy(rng.standard_normal((64, 257)).astype(np.float32)) for i in range(24)}
+    tensors["big"] = torch.arange(400_000, dtype=torch.int32) % 1000  # several chunks when compressed
+    path = tmp_path / "thr.deathtensors"
+    dt.save(path, tensors, compress=compress, checksum=True)
+    with dt.open(path) as f:
+        serial = {name: f.get_bytes(name) for name in f.keys()}
+        names = f.keys()
+        barrier = threading.Barrier(8)
+
+        def worker(k):
+            barrier.wait()
+            order = names[k:] + names[:k]
+            out = {}
+            for name in order:
+                if k % 3 == 0:
+                    out[name] = f.get_bytes(name)
+                elif k % 3 == 1:
+                    out[name] = torch_bytes(f.get_tensor(name))
+                else:
+                    out[name] = f.get_tensor(name, framework="numpy").tobytes()
+            if k == 0:
+                f.verify()
+            return out
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(worker, range(8)))
+    for out in results:
+        assert out == serial
+    for name, t in tensors.items():
+        assert serial[name] == torch_bytes(t)
+
+
+# -- GPU ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_tensors_are_saved_from_the_device(tmp_path):
+    cpu = {"a": torch.randn(64, 33), "b": torch.arange(10, dtype=torch.int64), "h": torch.randn(5).to(torch.bfloat16)}
+    gpu = {name: t.cuda() for name, t in cpu.items()}
+    gpu["nc"] = gpu["a"].t()
+    path = tmp_path / "gpu.deathtensors"
+    dt.save(path, gpu, compress=True, checksum=True)
+    with dt.open(path, verify=True) as f:
+        for name, t in cpu.items():
+            got = f.get_tensor(name)
+            assert got.device.type == "cpu"
+            assert torch.equal(got, t)
+        assert torch.equal(f.get_tensor("nc"), cpu["a"].t())
+
+
+# -- optional frameworks -------------------------------------------------------------------------------
+
+
+def _run_python(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_import_does_not_import_frameworks(tmp_path):
+    code = """
+        import sys
+        import deathtensors as dt
+        heavy = [m for m in ("torch", "numpy", "huggingface_hub", "safetensors") if m in sys.modules]
+        assert heavy == [], heavy
+        one = b"\\0\\0\\x80\\x3f"
+        dt.save_file("a.deathtensors", {"x": {"dtype": "F32", "shape": [1], "data": one}}, checksum=True)
+        with dt.open("a.deathtensors", verify=True) as f:
+            assert f.get_bytes("x") == one
+            f.info("x"); f.metadata(); f.get_buffer("x")
+        dt.plugins()
+        heavy = [m for m in ("torch", "numpy", "huggingface_hub", "safetensors") if m in sys.modules]
+        assert heavy == [], heavy
+        print("OK")
+    """
+    result = _run_python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "OK"
+
+
+def test_works_without_torch_and_numpy(tmp_path):
+    code = """
+        import sys
+        sys.modules["torch"] = None
+        sys.modules["numpy"] = None
+        import deathtensors as dt
+        assert dt.__version__ == "0.3.0"
+        data = bytes(range(12))
+        dt.save_file(
+            "raw.deathtensors",
+            {
+                "u8": {"dtype": "U8", "shape": [3, 4], "data": data},
+                "bf": {"dtype": "BF16", "shape": [1], "data": b"\\x80\\x3f"},
+            },
+            metadata={"u8": {"k": [1, None]}},
+            global_metadata={"g": True},
+            compress=True,
+            checksum="blake3",
+        )
+        with dt.open("raw.deathtensors", verify=True) as f:
+            assert f.keys() == ["u8", "bf"]
+            assert f.get_bytes("u8") == data
+            assert bytes(f.get_buffer("bf")) == b"\\x80\\x3f"
+            assert f.info("u8")["shape"] == [3, 4]
+            assert f.info("u8")["metadata"] == {"k": [1, None]}
+            assert f.metadata() == {"g": True}
+            for fw in ("torch", "numpy"):
+                try:
+                    f.get_tensor("u8", framework=fw)
+                except ImportError:
+                    pass
+                else:
+                    raise AssertionError("get_tensor without " + fw + " should raise ImportError")
+        try:
+            dt.save("x.deathtensors", {"a": [1, 2]})
+        except dt.InvalidArgumentError:
+            pass
+        else:
+            raise AssertionError("a list is not a tensor")
+        print("OK")
+    """
+    result = _run_python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "OK"
+
+
+# -- odd inputs and resources --------------------------------------------------------------------------
+
+
+def test_unusual_names_and_unaligned_input(tmp_path):
+    raw = np.arange(5, dtype="<f4").tobytes()
+    unaligned = np.frombuffer(b"\0" + raw, dtype="<f4", offset=1)
+    assert not unaligned.flags.aligned
+    tensors = {
+        "unaligned": unaligned,
+        "nul\x00inside": np.ones(1, dtype=np.int8),
+        'tab\tnewline\nquote"backslash\\': np.zeros(2, dtype=np.uint16),
+        "a/b/../c": np.ones(1),
+        "x" * 10_000: np.arange(3),
+    }
+    path = tmp_path / "odd.deathtensors"
+    dt.save(path, tensors)
+    with dt.open(path) as f:
+        assert f.keys() == list(tensors)
+        assert f.get_tensor("unaligned", framework="numpy").tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+        for name, arr in tensors.items():
+            assert f.get_bytes(name) == np.ascontiguousarray(arr).tobytes(), name[:20]
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_no_file_descriptor_leaks(tmp_path):
+    good = tmp_path / "g.deathtensors"
+    dt.save(good, {"a": torch.ones(100)}, checksum=True)
+    bad = tmp_path / "b.deathtensors"
+    raw = bytearray(good.read_bytes())
+    raw[-40] ^= 1
+    bad.write_bytes(bytes(raw))
+    garbage = tmp_path / "x.deathtensors"
+    garbage.write_bytes(b"DTLEGION" + b"\xff" * 40)
+    before = _open_fds()
+    for _ in range(100):
+        with pytest.raises(dt.ChecksumError):
+            dt.open(bad, verify=True)
+        with pytest.raises(dt.FormatError):
+            dt.open(garbage)
+        with dt.open(good) as f:
+            f.get_tensor("a")
+        g = dt.open(good)
+        g.close()
+    assert _open_fds() <= before + 2
+
+
+def test_reader_survives_the_file_being_deleted(tmp_path):
+    path = tmp_path / "gone.deathtensors"
+    dt.save(path, {"a": torch.arange(1000)}, compress=True, checksum=True)
+    with dt.open(path) as f:
+        path.unlink()
+        assert f.get_tensor("a").tolist() == list(range(1000))
+        assert f.verify()

@@ -1,0 +1,247 @@
+"""The command line, run both as ``python -m deathtensors`` and as the installed ``deathtensors`` script."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+
+import pytest
+from _dtutil import DTYPE_IDS, FLAG_ENCRYPTED, build_file, cli_commands, layout, run_cli
+
+import deathtensors as dt
+
+torch = pytest.importorskip("torch")
+
+COMMANDS = cli_commands()
+
+
+@pytest.fixture(params=list(COMMANDS), ids=list(COMMANDS))
+def cli(request):
+    prefix = COMMANDS[request.param]
+    if request.param == "script" and not os.access(prefix[0], os.X_OK):
+        pytest.fail(f"the console script is not installed next to {prefix[0]}")
+    return lambda *args, **kw: run_cli(prefix, *args, **kw)
+
+
+NAMES = ["zeta", "alpha", "日本", "10", "9"]
+
+
+@pytest.fixture
+def files(tmp_path):
+    tensors = {name: torch.full((2, i + 1), float(i)) for i, name in enumerate(NAMES)}
+    tensors["alpha"] = torch.arange(6, dtype=torch.int16).reshape(2, 3)
+    good = tmp_path / "good.deathtensors"
+    dt.save(
+        good, tensors, metadata={"zeta": {"layer": 1}}, global_metadata={"model": "tiny"}, compress=True, checksum=True
+    )
+    plain = tmp_path / "plain.deathtensors"
+    dt.save(plain, tensors)
+    corrupt = tmp_path / "corrupt.deathtensors"
+    raw = bytearray(good.read_bytes())
+    raw[-40] ^= 0xFF  # a data byte (the footer is the last 32)
+    corrupt.write_bytes(bytes(raw))
+    return {"good": good, "plain": plain, "corrupt": corrupt, "tensors": tensors}
+
+
+def _one_clean_error_line(result):
+    err = result.stderr.decode()
+    assert result.stdout == b"" or result.returncode == 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "panicked" not in err and "backtrace" not in err.lower() and "Traceback" not in err
+    return lines[0]
+
+
+def test_both_entry_points_exist():
+    assert os.access(COMMANDS["script"][0], os.X_OK), COMMANDS["script"][0]
+
+
+def test_version(cli):
+    result = cli("--version")
+    assert result.returncode == 0
+    assert "0.3.0" in result.stdout.decode()
+
+
+def test_help(cli):
+    result = cli("--help")
+    assert result.returncode == 0
+    out = result.stdout.decode()
+    for command in ("info", "list", "verify", "plugins"):
+        assert command in out
+    sub = cli("verify", "--help")
+    assert sub.returncode == 0 and "verify" in sub.stdout.decode().lower()
+
+
+@pytest.mark.parametrize("args", [["no-such-command"], [], ["info"], ["list", "a", "b"], ["info", "--bogus", "x"]])
+def test_usage_errors_exit_2(cli, args):
+    result = cli(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr
+    assert b"panicked" not in result.stderr
+
+
+def test_list(cli, files):
+    result = cli("list", str(files["good"]))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode("utf-8").splitlines() == NAMES
+    as_json = cli("list", "--json", str(files["plain"]))
+    assert as_json.returncode == 0
+    assert json.loads(as_json.stdout) == NAMES
+
+
+def test_info_table(cli, files):
+    result = cli("info", str(files["good"]))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode("utf-8")
+    for text in ["zstd", "sha256", "I16", "F32", "日本", "[2, 3]", "tiny"]:
+        assert text in out, text
+    plain = cli("info", str(files["plain"])).stdout.decode()
+    assert "none" in plain
+
+
+def test_info_json(cli, files):
+    result = cli("info", "--json", str(files["good"]))
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    lay = layout(files["good"])
+    assert info["codec"] == "zstd"
+    assert info["checksum"] == "sha256"
+    assert info["metadata"] == {"model": "tiny"}
+    assert info["file_size"] == files["good"].stat().st_size
+    assert info["format_version"] == 1
+    assert [t["name"] for t in info["tensors"]] == NAMES
+    by_name = {t["name"]: t for t in info["tensors"]}
+    assert by_name["alpha"]["dtype"] == "I16"
+    assert by_name["alpha"]["shape"] == [2, 3]
+    assert by_name["alpha"]["nbytes"] == 12
+    assert by_name["zeta"]["metadata"] == {"layer": 1}
+    for t in info["tensors"]:
+        assert t["file_offset"] == lay.data_start + lay.tensor(t["name"])["offsets"][0]
+    plain = json.loads(cli("info", "--json", str(files["plain"])).stdout)
+    assert plain["codec"] is None and plain["checksum"] is None
+    for t in plain["tensors"]:
+        assert t["file_offset"] % 64 == 0
+
+
+def test_verify_good_file(cli, files):
+    result = cli("verify", str(files["good"]))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    raw = files["good"].read_bytes()
+    digest = hashlib.sha256(raw[24:-32]).hexdigest()
+    assert "sha256" in out
+    assert digest in out
+    as_json = json.loads(cli("verify", "--json", str(files["good"])).stdout)
+    assert as_json["ok"] is True
+    assert as_json["algorithm"] == "sha256"
+    assert as_json["digest"] == digest
+
+
+def test_verify_blake3_file(cli, tmp_path):
+    path = tmp_path / "b3.deathtensors"
+    dt.save(path, {"a": torch.ones(5)}, checksum="blake3", compress="lz4")
+    result = cli("verify", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "blake3" in result.stdout.decode()
+
+
+@pytest.mark.parametrize("which", ["corrupt", "plain"])
+def test_verify_bad_or_unverifiable_file_exits_1(cli, files, which):
+    result = cli("verify", str(files[which]))
+    assert result.returncode == 1
+    line = _one_clean_error_line(result)
+    assert "checksum" in line.lower()
+    assert result.stdout == b""
+
+
+def test_missing_file_exits_1(cli, tmp_path):
+    for command in ("info", "list", "verify"):
+        result = cli(command, str(tmp_path / "missing.deathtensors"))
+        assert result.returncode == 1, command
+        line = _one_clean_error_line(result)
+        assert "missing.deathtensors" in line
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not a deathtensors file at all",
+        build_file("__import__('os').system('id')"),
+        build_file({"tensors": []}, flags=FLAG_ENCRYPTED),
+        build_file({"tensors": []}, header_len=2**64 - 1),
+        build_file('{"metadata":{"a":' + "[" * 50_000 + "]" * 50_000 + '},"tensors":[]}'),
+    ],
+    ids=["garbage", "python-header", "encrypted", "huge-header-len", "deep-json"],
+)
+def test_bad_files_exit_1_with_one_line(cli, tmp_path, data):
+    path = tmp_path / "bad.deathtensors"
+    path.write_bytes(data)
+    for command in ("info", "list", "verify"):
+        result = cli(command, str(path))
+        assert result.returncode == 1, (command, result.stderr)
+        _one_clean_error_line(result)
+
+
+def test_truncated_file_exits_1(cli, files, tmp_path):
+    raw = files["good"].read_bytes()
+    path = tmp_path / "trunc.deathtensors"
+    for cut in (10, 24, len(raw) // 2, len(raw) - 1):
+        path.write_bytes(raw[:cut])
+        result = cli("info", str(path))
+        assert result.returncode == 1
+        _one_clean_error_line(result)
+
+
+def test_file_with_unknown_codec_exits_1(cli, tmp_path):
+    header = {
+        "compression": {"codec": "brotli", "level": 3},
+        "tensors": [{"name": "a", "dtype": "U8", "shape": [4], "offsets": [0, 4], "chunks": [[0, 4, 4]]}],
+    }
+    path = tmp_path / "codec.deathtensors"
+    path.write_bytes(build_file(header, b"\x01\x02\x03\x04", flags=1))
+    result = cli("info", str(path))
+    assert result.returncode == 1
+    assert "brotli" in _one_clean_error_line(result)
+
+
+def test_encrypted_flag_message(cli, files, tmp_path):
+    raw = bytearray(files["good"].read_bytes())
+    flags = struct.unpack_from("<I", raw, 12)[0]
+    struct.pack_into("<I", raw, 12, flags | FLAG_ENCRYPTED)
+    path = tmp_path / "enc.deathtensors"
+    path.write_bytes(bytes(raw))
+    result = cli("info", str(path))
+    assert result.returncode == 1
+    assert "encrypt" in _one_clean_error_line(result).lower()
+
+
+def test_plugins(cli):
+    result = cli("plugins")
+    assert result.returncode == 0
+    out = result.stdout.decode()
+    for plugin_id in ["zstd", "lz4", "sha256", "blake3", *DTYPE_IDS]:
+        assert plugin_id in out, plugin_id
+    rows = json.loads(cli("plugins", "--json").stdout)
+    assert {r["id"] for r in rows if r["kind"] == "codec"} >= {"zstd", "lz4"}
+    assert {r["id"] for r in rows if r["kind"] == "checksum"} >= {"sha256", "blake3"}
+    assert sorted(r["id"] for r in rows if r["kind"] == "dtype") == sorted(DTYPE_IDS)
+    assert rows == [
+        {"kind": p["kind"], "id": p["id"], "summary": p["summary"], "crate": p["crate"]} for p in dt.plugins()
+    ]
+
+
+def test_cli_expands_paths(cli, files, tmp_path):
+    env = {"HOME": str(tmp_path), "DT_CLI_DIR": str(tmp_path)}
+    for spelled in ("~/good.deathtensors", "$DT_CLI_DIR/good.deathtensors", "${DT_CLI_DIR}/good.deathtensors"):
+        result = cli("list", spelled, env=env)
+        assert result.returncode == 0, (spelled, result.stderr)
+        assert result.stdout.decode().splitlines() == NAMES
+
+
+def test_dt_extension_works_in_cli(cli, files, tmp_path):
+    legacy = tmp_path / "legacy.dt"
+    legacy.write_bytes(files["good"].read_bytes())
+    assert cli("verify", str(legacy)).returncode == 0
+    assert cli("list", str(legacy)).stdout.decode().splitlines() == NAMES
