@@ -414,36 +414,35 @@ fn unknown_dtype_is_an_invalid_tensor_naming_it() {
     }
 }
 
+/// A plugin id named by a file but not registered here makes the file unreadable:
+/// a format error (CLI exit 1) whose message still lists the ids available.
 #[test]
-fn unknown_codec_is_an_unknown_plugin() {
+fn unknown_codec_named_by_a_file_is_a_format_error() {
     let json = r#"{"compression":{"codec":"brotli","level":1},"tensors":[]}"#;
     let err = open_err(&craft(FLAG_COMPRESSED, json.as_bytes(), &[]));
     match &err {
-        Error::UnknownPlugin { kind, id, available } => {
-            assert_eq!(*kind, "codec");
-            assert_eq!(id, "brotli");
-            assert!(available.contains("zstd") && available.contains("lz4"), "{available}");
+        Error::InvalidHeader(msg) => {
+            assert!(msg.contains("codec \"brotli\""), "{msg}");
+            assert!(msg.contains("zstd") && msg.contains("lz4"), "{msg}");
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(err.class_name(), "PluginError");
+    assert_eq!(err.class_name(), "FormatError");
+    assert!(err.is_bad_file());
 }
 
 #[test]
-fn unknown_checksum_is_an_unknown_plugin() {
+fn unknown_checksum_named_by_a_file_is_a_format_error() {
     let json = r#"{"checksum":"md5","tensors":[]}"#;
     let err = open_err(&craft(FLAG_CHECKSUM, json.as_bytes(), &[0; 32]));
     match &err {
-        Error::UnknownPlugin { kind, id, available } => {
-            assert_eq!(*kind, "checksum");
-            assert_eq!(id, "md5");
-            assert!(
-                available.contains("sha256") && available.contains("blake3"),
-                "{available}"
-            );
+        Error::InvalidHeader(msg) => {
+            assert!(msg.contains("checksum \"md5\""), "{msg}");
+            assert!(msg.contains("sha256") && msg.contains("blake3"), "{msg}");
         }
         other => panic!("{other:?}"),
     }
+    assert_eq!(err.class_name(), "FormatError");
 }
 
 // ---------------------------------------------------------------- shapes and byte ranges

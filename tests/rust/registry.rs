@@ -133,10 +133,11 @@ fn list_plugins_shows_every_builtin_with_its_crate() {
     let of = |kind: &str| -> Vec<&str> { rows.iter().filter(|r| r.kind == kind).map(|r| r.id).collect() };
     assert_eq!(of("codec"), ["lz4", "zstd"]);
     assert_eq!(of("checksum"), ["blake3", "sha256"]);
+    assert_eq!(of("filter"), ["bytegroup"]);
     assert_eq!(of("dtype"), sorted(DTYPES.iter().map(|d| d.0).collect()));
     for row in &rows {
         assert!(
-            ["codec", "checksum", "dtype", "converter"].contains(&row.kind),
+            ["codec", "checksum", "filter", "dtype", "converter"].contains(&row.kind),
             "{row:?}"
         );
         assert!(!row.summary.is_empty(), "{row:?}");
