@@ -149,12 +149,12 @@ fn list_plugins_shows_every_builtin_with_its_crate() {
     let kinds: Vec<&str> = rows.iter().map(|r| r.kind).collect();
     let mut grouped = kinds.clone();
     grouped.dedup();
-    let order = ["codec", "checksum", "dtype", "converter"];
+    let order = ["codec", "checksum", "filter", "dtype", "converter"];
     assert!(grouped.iter().all(|k| order.contains(k)));
     assert!(grouped
         .windows(2)
         .all(|w| order.iter().position(|k| k == &w[0]) < order.iter().position(|k| k == &w[1])));
-    assert_eq!(rows.len(), 2 + 2 + 17 + of("converter").len());
+    assert_eq!(rows.len(), 2 + 2 + 1 + 17 + of("converter").len());
     // Stable across calls.
     assert_eq!(registry::list_plugins().unwrap(), rows);
 }
