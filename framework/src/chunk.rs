@@ -53,15 +53,21 @@ pub fn encode<'r>(
     let plane_len = raw.len() / f.planes;
     let mut out = Vec::with_capacity(raw.len());
     let mut lens = Vec::with_capacity(f.planes);
+    let mut any_packed = false;
     for plane in planes.chunks_exact(plane_len.max(1)).take(f.planes) {
         let packed = codec.compress_plane(plane, level)?;
         let stored: &[u8] = if worth_compressing(packed.len(), plane.len()) {
+            any_packed = true;
             &packed
         } else {
             plane
         };
         out.extend_from_slice(stored);
         lens.push(stored.len() as u64);
+    }
+    if !any_packed {
+        // Nothing shrank: store the chunk as it came, so reading it is a plain copy.
+        return Ok((Cow::Borrowed(raw), None));
     }
     Ok((Cow::Owned(out), Some(lens)))
 }

@@ -55,9 +55,10 @@ pub struct CompressionHeader {
 ///
 /// `offset` is relative to the start of the data region (absolute in
 /// [`TensorInfo`]). Without planes, a chunk whose stored length equals its
-/// raw length is stored raw (the codec is not applied). With planes, the
-/// chunk is the filter's planes one after another, each compressed on its
-/// own; a plane whose stored length equals its raw length is stored raw.
+/// raw length is stored raw (neither filter nor codec applied; writers do
+/// this when nothing shrinks by 5%). With planes, the chunk is the filter's
+/// planes one after another, each compressed on its own; a plane whose
+/// stored length equals its raw length is stored raw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "ChunkRepr", into = "ChunkRepr")]
 pub struct Chunk {
@@ -623,7 +624,12 @@ fn validate_chunks(
         match (planes, c.planes()) {
             (None, None) => {}
             (None, Some(_)) => return Err(bad("lists planes but the tensor has no filter".into())),
-            (Some(_), None) => return Err(bad("the tensor has a filter but the chunk lists no planes".into())),
+            (Some(_), None) if c.stored_len() != c.raw_len() => {
+                return Err(bad(
+                    "the tensor has a filter but the compressed chunk lists no planes".into()
+                ))
+            }
+            (Some(_), None) => {} // stored raw, unfiltered
             (Some(n), Some(lens)) => {
                 if lens.len() != n {
                     return Err(bad(format!("lists {} planes, the filter makes {n}", lens.len())));

@@ -867,3 +867,118 @@ fn fuzz_flips_and_truncations_of_other_files() {
     fuzz(Some("lz4"), 500, 100);
     fuzz(None, 500, 100);
 }
+
+// ---------------------------------------------------------------- the bytegroup filter
+
+/// A compressed file with one F32 tensor of 8 elements (32 bytes) whose entry
+/// carries `filter` and `chunks`, followed by `data`.
+fn filtered(filter: &str, chunks: &str, end: usize, data: &[u8]) -> Vec<u8> {
+    let json = format!(
+        r#"{{"compression":{{"codec":"zstd","level":3}},"tensors":[{{"name":"f","dtype":"F32","shape":[8],"offsets":[0,{end}],"chunks":{chunks},"filter":{filter}}}]}}"#
+    );
+    craft(FLAG_COMPRESSED, json.as_bytes(), data)
+}
+
+const BYTEGROUP_F32: &str = r#"{"id":"bytegroup","params":{"width":4,"rotate":1}}"#;
+
+#[test]
+fn a_valid_filtered_chunk_of_raw_planes_opens_and_decodes() {
+    // Four raw planes of 8 bytes: plane p holds byte p of each rotated unit.
+    let values: Vec<f32> = (0..8).map(|i| i as f32 - 3.5).collect();
+    let mut planes = vec![0u8; 32];
+    for (i, v) in values.iter().enumerate() {
+        for (p, b) in v.to_bits().rotate_left(1).to_le_bytes().iter().enumerate() {
+            planes[p * 8 + i] = *b;
+        }
+    }
+    let bytes = filtered(BYTEGROUP_F32, "[[0,32,32,[8,8,8,8]]]", 32, &planes);
+    let reader = open_bytes(&bytes).unwrap();
+    let got = reader.read_tensor("f").unwrap();
+    let expected: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    assert_eq!(&got[..], &expected[..]);
+}
+
+#[test]
+fn filter_rules_are_enforced_at_open() {
+    let data = vec![0u8; 32];
+    let cases: [(&str, &str, &str); 8] = [
+        (r#"{"id":"shuffle9","params":{}}"#, "[[0,32,32,[8,8,8,8]]]", "shuffle9"),
+        (
+            r#"{"id":"bytegroup","params":{"width":3,"rotate":1}}"#,
+            "[[0,32,32,[8,8,8,8]]]",
+            "width 3",
+        ),
+        (
+            r#"{"id":"bytegroup","params":{"width":4,"rotate":40}}"#,
+            "[[0,32,32,[8,8,8,8]]]",
+            "rotate 40",
+        ),
+        (BYTEGROUP_F32, "[[0,32,32,[8,8,16]]]", "3 planes"),
+        (BYTEGROUP_F32, "[[0,32,32,[8,8,8,9]]]", "plane 3"),
+        (BYTEGROUP_F32, "[[0,32,32,[8,8,8,0]]]", "plane 3"),
+        (BYTEGROUP_F32, "[[0,30,32,[8,8,8,8]]]", "planes add up to 32"),
+        (BYTEGROUP_F32, "[[0,30,32]]", "lists no planes"),
+    ];
+    for (filter, chunks, needle) in cases {
+        let err = open_err(&filtered(filter, chunks, 32, &data));
+        assert_invalid_tensor(&err, "f", needle);
+    }
+    // Planes without a filter, and a filter in an uncompressed file.
+    let json = r#"{"compression":{"codec":"zstd","level":3},"tensors":[{"name":"f","dtype":"F32","shape":[8],"offsets":[0,32],"chunks":[[0,32,32,[8,8,8,8]]]}]}"#;
+    assert_invalid_tensor(
+        &open_err(&craft(FLAG_COMPRESSED, json.as_bytes(), &data)),
+        "f",
+        "no filter",
+    );
+    let json = r#"{"tensors":[{"name":"f","dtype":"F32","shape":[8],"offsets":[0,32],"filter":{"id":"bytegroup","params":{"width":4,"rotate":1}}}]}"#;
+    assert_invalid_tensor(&open_err(&craft_aligned(0, json, &data)), "f", "not compressed");
+    // A filter on a dtype it does not divide (U8 with width 4).
+    let json = r#"{"compression":{"codec":"zstd","level":3},"tensors":[{"name":"f","dtype":"U8","shape":[32],"offsets":[0,32],"chunks":[[0,32,32,[8,8,8,8]]],"filter":{"id":"bytegroup","params":{"width":4,"rotate":1}}}]}"#;
+    assert_invalid_tensor(
+        &open_err(&craft(FLAG_COMPRESSED, json.as_bytes(), &data)),
+        "f",
+        "does not divide",
+    );
+}
+
+#[test]
+fn damaged_compressed_planes_are_corrupt_chunk_errors_without_a_footer() {
+    // Weights-like floats: the exponent plane compresses, the others are stored raw.
+    let mut lcg = Lcg::new(7);
+    let values: Vec<u8> = (0..1 << 16)
+        .flat_map(|_| (((lcg.next_u64() % 2001) as f32 - 1000.0) * 1e-5).to_le_bytes())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_valid(
+        dir.path(),
+        "w",
+        &[tensor("w", "F32", &[1 << 16], &values)],
+        &Map::new(),
+        &opts(Some("zstd"), None),
+    );
+    let reader = DtReader::open(&path).unwrap();
+    let info = reader.tensor("w").unwrap().clone();
+    let chunk = info.chunks.as_ref().unwrap()[0].clone();
+    let planes = chunk.planes().expect("float chunks are filtered").to_vec();
+    let plane_raw = chunk.raw_len() / 4;
+    let (p, &len) = planes
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l < plane_raw)
+        .expect("a compressed plane");
+    let start = chunk.offset() + planes[..p].iter().sum::<u64>();
+    drop(reader);
+    let bytes = std::fs::read(&path).unwrap();
+    // Flip bytes inside the compressed plane's frame (past its 4-byte magic).
+    for k in [4u64, len / 2, len - 2] {
+        let mut damaged = bytes.clone();
+        damaged[(start + k) as usize] ^= 0x5a;
+        match open_bytes(&damaged).unwrap().read_tensor("w") {
+            Err(Error::CorruptChunk { name, index, .. }) => {
+                assert_eq!((name.as_str(), index), ("w", 0));
+            }
+            other => panic!("flip at {k}: expected CorruptChunk, got {:?}", other.map(|b| b.len())),
+        }
+    }
+    assert_eq!(&open_bytes(&bytes).unwrap().read_tensor("w").unwrap()[..], &values[..]);
+}

@@ -54,6 +54,9 @@ fn compress_with(raw: &[u8], level: i32, plane: bool) -> Result<Vec<u8>, String>
             // target length would otherwise act as an acceleration factor).
             let fast_plane = plane && level <= PLANE_FAST_SEARCH_MAX_LEVEL;
             let mut c = Compressor::new(if fast_plane { 1 } else { level }).map_err(|e| e.to_string())?;
+            // Frames carry zstd's content checksum, so damage to compressed bytes is
+            // an error even in files without a footer.
+            c.include_checksum(true).map_err(|e| e.to_string())?;
             if plane {
                 c.set_parameter(CParameter::MinMatch(7)).map_err(|e| e.to_string())?;
             }
