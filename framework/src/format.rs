@@ -284,8 +284,8 @@ pub struct TensorInfo {
     pub stored_len: u64,
     /// Chunks with absolute file offsets, when compressed.
     pub chunks: Option<Vec<Chunk>>,
-    /// The filter and its parameters, when the tensor has one.
-    pub filter: Option<(&'static dyn Filter, Map<String, Value>)>,
+    /// The filter, its parameters and its plane count, when the tensor has one.
+    pub filter: Option<(&'static dyn Filter, Map<String, Value>, usize)>,
     /// Per-tensor metadata.
     pub metadata: Map<String, Value>,
 }
@@ -523,7 +523,15 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
                 }
                 None
             }
-            (Some(chunks), true) => Some(validate_chunks(name, chunks, begin, end, nbytes, data_start, planes)?),
+            (Some(chunks), true) => Some(validate_chunks(
+                name,
+                chunks,
+                [begin, end],
+                nbytes,
+                dtype.item_size() as u64,
+                data_start,
+                planes,
+            )?),
             (Some(_), false) => return Err(Error::tensor(name, "has a chunk table but the file is not compressed")),
             (None, true) => {
                 return Err(Error::tensor(
@@ -543,7 +551,7 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
             file_offset: data_start + begin,
             stored_len,
             chunks,
-            filter: filter.map(|(plugin, params, _)| (plugin, params)),
+            filter,
             metadata: t.metadata.clone(),
         });
     }
@@ -591,9 +599,9 @@ fn named_by_file(e: Error) -> Error {
 fn validate_chunks(
     name: &str,
     chunks: &[Chunk],
-    begin: u64,
-    end: u64,
+    [begin, end]: [u64; 2],
     nbytes: u64,
+    item_size: u64,
     data_start: u64,
     planes: Option<usize>,
 ) -> Result<Vec<Chunk>> {
@@ -611,6 +619,12 @@ fn validate_chunks(
         if c.raw_len() == 0 || c.raw_len() > MAX_CHUNK_RAW_LEN {
             return Err(bad(format!(
                 "raw length {} is not in 1..={MAX_CHUNK_RAW_LEN}",
+                c.raw_len()
+            )));
+        }
+        if c.raw_len() % item_size != 0 {
+            return Err(bad(format!(
+                "raw length {} is not a whole number of {item_size}-byte elements",
                 c.raw_len()
             )));
         }

@@ -30,6 +30,7 @@ pub mod error;
 pub mod format;
 pub mod reader;
 pub mod registry;
+pub mod stats;
 pub mod writer;
 
 pub use error::{Error, Result};
