@@ -12,7 +12,7 @@ use deathtensors::reader::DtReader;
 use deathtensors::registry;
 use deathtensors::writer::{write_file, TensorData, WriteOptions};
 use deathtensors::Error;
-use deathtensors_integration_tests::{hidden_entries, noise, opts, pattern, tensor, write_valid};
+use deathtensors_integration_tests::{hidden_entries, noise, opts, pattern, tensor, write_valid, Lcg};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -996,4 +996,59 @@ proptest! {
             reader.verify().unwrap();
         }
     }
+}
+
+/// Regression: a filtered tensor whose first chunk is stored raw (nothing in it
+/// shrank) and whose later chunks have planes must decode every chunk with the
+/// filter's plane count, not one read off the first chunk.
+#[test]
+fn filtered_tensor_whose_first_chunk_is_raw_round_trips() {
+    let mut data = noise(4096, 11); // incompressible first rows
+    let mut lcg = Lcg::new(3);
+    while data.len() < 4096 * 8 {
+        let v = ((lcg.next_u64() % 2001) as f32 - 1000.0) * 1e-4;
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = opts(Some("zstd"), Some("sha256"));
+    options.chunk_bytes = 4096;
+    let tensors = [tensor("w", "F32", &[8, 1024], &data)];
+    let path = write_valid(dir.path(), "mixed", &tensors, &Map::new(), &options);
+    let reader = DtReader::open(&path).unwrap();
+    let chunks = reader.tensor("w").unwrap().chunks.clone().unwrap();
+    assert!(chunks[0].planes().is_none() && chunks[0].stored_len() == chunks[0].raw_len());
+    assert!(chunks[1..].iter().all(|c| c.planes().map(<[u64]>::len) == Some(4)));
+    assert_eq!(&reader.read_tensor("w").unwrap()[..], &data[..]);
+    reader.verify().unwrap();
+}
+
+#[test]
+fn read_range_decodes_only_the_covering_chunks() {
+    let data = pattern(64 * 1000, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = opts(Some("zstd"), None);
+    options.chunk_bytes = 6400; // 100 rows of 64 bytes per chunk
+    let tensors = [tensor("t", "U8", &[1000, 64], &data)];
+    let path = write_valid(dir.path(), "range", &tensors, &Map::new(), &options);
+    let reader = DtReader::open(&path).unwrap();
+    let info = reader.tensor("t").unwrap().clone();
+    for (start, len) in [
+        (0u64, 64usize),
+        (6400 - 10, 20),
+        (12_345, 7_000),
+        (64_000 - 1, 1),
+        (0, 64_000),
+    ] {
+        let before = reader.decoded_bytes();
+        let mut out = vec![0u8; len];
+        reader.read_range(&info, start, &mut out).unwrap();
+        assert_eq!(&out[..], &data[start as usize..start as usize + len]);
+        let decoded = reader.decoded_bytes() - before;
+        assert!(decoded <= len as u64 + 2 * 6400, "decoded {decoded} bytes for {len}");
+    }
+    let mut out = vec![0u8; 2];
+    assert!(matches!(
+        reader.read_range(&info, 63_999, &mut out),
+        Err(Error::InvalidArgument(_))
+    ));
 }
