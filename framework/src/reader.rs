@@ -4,7 +4,9 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, OnceLock};
+
+use memmap2::MmapMut;
 
 use rayon::prelude::*;
 use serde_json::{Map, Value};
@@ -46,6 +48,7 @@ pub struct DtReader {
     file_len: u64,
     layout: Layout,
     decoded: AtomicU64,
+    mapping: OnceLock<Arc<MmapMut>>,
 }
 
 /// Per-thread scratch of chunk decoding: stored bytes and decoded planes.
@@ -132,6 +135,7 @@ impl DtReader {
             file_len,
             layout,
             decoded: AtomicU64::new(0),
+            mapping: OnceLock::new(),
         })
     }
 
@@ -302,14 +306,17 @@ impl DtReader {
     /// [`Error::InvalidArgument`] if the range is outside the tensor; I/O
     /// errors; corrupt chunks.
     pub fn read_range(&self, info: &TensorInfo, start: u64, out: &mut [u8]) -> Result<()> {
-        let end = start.checked_add(out.len() as u64).filter(|&e| e <= info.nbytes).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "byte range [{start}, {start} + {}) is outside tensor {:?} of {} bytes",
-                out.len(),
-                info.name,
-                info.nbytes
-            ))
-        })?;
+        let end = start
+            .checked_add(out.len() as u64)
+            .filter(|&e| e <= info.nbytes)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "byte range [{start}, {start} + {}) is outside tensor {:?} of {} bytes",
+                    out.len(),
+                    info.name,
+                    info.nbytes
+                ))
+            })?;
         let (Some(chunks), Some(codec)) = (&info.chunks, self.layout.codec) else {
             return self.read_at(out, info.file_offset + start);
         };
@@ -380,6 +387,41 @@ impl DtReader {
                     .collect()
             }
         }
+    }
+
+    /// A private (copy-on-write) memory map of the whole file, shared by every
+    /// caller, plus the byte range of `name` in it: zero-copy access to an
+    /// uncompressed tensor. Writing through the map never changes the file;
+    /// the map stays valid as long as any clone of the `Arc` lives, even after
+    /// this reader is dropped. Like every `MAP_PRIVATE` map, pages not yet
+    /// written reflect the file, so a file changed in place (not replaced, as
+    /// deathtensors' own atomic saves do) shows through.
+    ///
+    /// # Errors
+    /// [`Error::TensorNotFound`]; [`Error::InvalidArgument`] for a compressed
+    /// file; I/O errors from `mmap`.
+    pub fn tensor_mapping(&self, name: &str) -> Result<(Arc<MmapMut>, usize, usize)> {
+        let info = self.tensor(name)?;
+        if info.chunks.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {name:?} is stored compressed, so it cannot be memory-mapped; use get_tensor (which decompresses it)"
+            )));
+        }
+        let map = match self.mapping.get() {
+            Some(m) => m.clone(),
+            None => {
+                // SAFETY: a private map of a file we hold open; validation bounded every
+                // offset by the length the file had, and the map is never shrunk by us.
+                let m = unsafe {
+                    memmap2::MmapOptions::new()
+                        .len(self.file_len as usize)
+                        .map_copy(&self.file)
+                }
+                .map_err(|e| Error::io(&self.path, e))?;
+                self.mapping.get_or_init(|| Arc::new(m)).clone()
+            }
+        };
+        Ok((map, info.file_offset as usize, info.nbytes as usize))
     }
 
     /// Raw bytes produced from chunks so far (decompressed or copied), for

@@ -83,6 +83,46 @@ impl Buffer {
     }
 }
 
+/// A tensor's bytes inside a private memory map of its file (zero-copy).
+///
+/// Holds the map, so the memory stays valid after the file is closed. Writes
+/// land in private copy-on-write pages and never reach the file.
+#[pyclass(frozen, module = "deathtensors._core")]
+struct MappedBuffer {
+    map: Arc<memmap2::MmapMut>,
+    offset: usize,
+    len: usize,
+}
+
+#[pymethods]
+impl MappedBuffer {
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+        let (ptr, len) = {
+            let b = slf.get();
+            // The map is private and writable; Rust never reads or writes it, so handing
+            // out a mutable pointer creates no aliasing Rust could observe.
+            (b.map.as_ptr().wrapping_add(b.offset) as *mut c_void, b.len)
+        };
+        // SAFETY: [ptr, ptr+len) lies in the map (validated offsets), which `slf` keeps alive.
+        let ret = unsafe { ffi::PyBuffer_FillInfo(view, slf.as_ptr(), ptr, len as isize, 0, flags) };
+        if ret == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
+
+    fn __len__(&self) -> usize {
+        self.len
+    }
+
+    /// `(address, length)` of the whole map, to check that views point into it.
+    fn mapping_range(&self) -> (usize, usize) {
+        (self.map.as_ptr() as usize, self.map.len())
+    }
+}
+
 /// Raw bytes of one tensor to be saved: kept alive by the Python objects held here.
 struct Source {
     _owner: Py<PyAny>,
@@ -279,6 +319,33 @@ impl Reader {
         Ok(bufs.into_iter().map(|data| Buffer { data }).collect())
     }
 
+    /// Decode bytes `[start, start + length)` of one tensor, decompressing only
+    /// the chunks that cover them (GIL released).
+    fn read_range(&self, py: Python<'_>, name: &str, start: u64, length: u64) -> PyResult<Buffer> {
+        let r = self.get()?;
+        let data = py
+            .detach(|| {
+                let info = r.tensor(name)?;
+                let mut buf = AlignedBuf::zeroed(length)?;
+                r.read_range(info, start, &mut buf)?;
+                Ok(buf)
+            })
+            .map_err(|e| to_py(py, e))?;
+        Ok(Buffer { data })
+    }
+
+    /// Zero-copy view of an uncompressed tensor in a private map of the file.
+    fn map(&self, py: Python<'_>, name: &str) -> PyResult<MappedBuffer> {
+        let r = self.get()?;
+        let (map, offset, len) = py.detach(|| r.tensor_mapping(name)).map_err(|e| to_py(py, e))?;
+        Ok(MappedBuffer { map, offset, len })
+    }
+
+    /// Raw bytes produced from chunks so far (proves that reads stay lazy).
+    fn decoded_bytes(&self) -> PyResult<u64> {
+        Ok(self.get()?.decoded_bytes())
+    }
+
     /// Decode one tensor into `bytes`.
     fn read_bytes<'py>(&self, py: Python<'py>, name: &'py str) -> PyResult<Bound<'py, PyBytes>> {
         let r = self.get()?;
@@ -386,6 +453,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEFAULT_CHUNK_BYTES", deathtensors::format::DEFAULT_CHUNK_BYTES)?;
     m.add_class::<Buffer>()?;
     m.add_class::<Reader>()?;
+    m.add_class::<MappedBuffer>()?;
     m.add_function(wrap_pyfunction!(save, m)?)?;
     m.add_function(wrap_pyfunction!(plugins, m)?)?;
     m.add_function(wrap_pyfunction!(dtypes, m)?)?;

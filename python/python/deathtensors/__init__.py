@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
 from . import _core
 from ._frameworks import convert, prepare
+from ._slicing import TensorSlice, read_rows, row_bounds
 from .errors import (
     ChecksumError,
     DeathtensorsError,
@@ -37,6 +38,7 @@ __all__ = [
     "save_file",
     "open",
     "DtFile",
+    "TensorSlice",
     "plugins",
     "expand_path",
     "DeathtensorsError",
@@ -323,6 +325,36 @@ class DtFile:
         """
         e = self._entry(name)
         return convert(self._reader.read(name), e["dtype"], e["shape"], framework)
+
+    def get_tensor_mmap(self, name: str, framework: str = "torch") -> Any:
+        """A zero-copy tensor (or numpy array) whose memory is the mapped file.
+
+        The map is private and copy-on-write: writing to the tensor never
+        changes the file. It stays valid after the file is closed, for as long
+        as any tensor uses it. Only uncompressed files can be mapped; a
+        compressed one raises :class:`InvalidArgumentError` (use
+        :meth:`get_tensor`).
+        """
+        e = self._entry(name)
+        return convert(self._reader.map(name), e["dtype"], e["shape"], framework)
+
+    def get_tensor_slice(self, name: str, start: int, count: int, framework: str = "torch") -> Any:
+        """Rows ``[start, start + count)`` along the first dimension, reading only those rows.
+
+        A negative ``start`` counts from the end; a range past either end is
+        clamped, as Python slicing clamps (so fewer rows may come back). In a
+        compressed file only the chunks holding those rows are decompressed.
+        0-d tensors have no rows and raise :class:`InvalidArgumentError`.
+        """
+        rows = self._entry(name)["shape"][:1]
+        if not rows:
+            raise InvalidArgumentError(f"tensor {name!r} is 0-d: it has no rows to slice")
+        lo, hi = row_bounds(rows[0], start, count)
+        return read_rows(self, name, lo, hi, framework)
+
+    def get_slice(self, name: str, framework: str = "torch") -> TensorSlice:
+        """A lazy handle: ``f.get_slice(name)[a:b]`` reads only rows ``a..b``."""
+        return TensorSlice(self, name, framework)
 
     def get_tensors(self, framework: str = "torch") -> Dict[str, Any]:
         """Every tensor, in saved order (read and decompressed in parallel)."""

@@ -1,0 +1,98 @@
+"""Row slices of a tensor, read lazily: ``f.get_tensor_slice`` and ``f.get_slice(name)[a:b]``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, List, Tuple
+
+from ._frameworks import convert
+from .errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import DtFile
+
+
+def row_bounds(rows: int, start: int, count: int) -> Tuple[int, int]:
+    """``[lo, hi)`` rows for ``start``/``count``: a negative start counts from the
+    end; the range is clamped to the tensor, as Python slicing clamps."""
+    if count < 0:
+        raise InvalidArgumentError(f"count must be >= 0, not {count}")
+    if start < 0:
+        start += rows
+    lo = min(max(start, 0), rows)
+    hi = min(lo + count, rows)
+    return lo, hi
+
+
+def read_rows(f: DtFile, name: str, lo: int, hi: int, framework: str) -> Any:
+    """Rows ``[lo, hi)`` of ``name``, decoding only the chunks that hold them."""
+    e = f._entry(name)
+    shape: List[int] = e["shape"]
+    if not shape:
+        raise InvalidArgumentError(f"tensor {name!r} is 0-d: it has no rows to slice")
+    rows = shape[0]
+    row_bytes = e["nbytes"] // rows if rows else 0
+    buf = f._reader.read_range(name, lo * row_bytes, (hi - lo) * row_bytes)
+    return convert(buf, e["dtype"], [hi - lo, *shape[1:]], framework)
+
+
+class TensorSlice:
+    """A lazy handle on one tensor, sliced along its first dimension on demand.
+
+    ``f.get_slice("emb")[1000:2000]`` reads only those rows (and, in a
+    compressed file, decompresses only the chunks that hold them). Indexing
+    with a tuple applies the first item to rows lazily and the rest to the
+    rows read. Mirrors ``safetensors``' ``get_slice``.
+    """
+
+    def __init__(self, file: DtFile, name: str, framework: str = "torch") -> None:
+        self._file = file
+        self._name = name
+        self._framework = framework
+        self._entry = file._entry(name)
+
+    def get_shape(self) -> List[int]:
+        """The tensor's full shape."""
+        return list(self._entry["shape"])
+
+    def get_dtype(self) -> str:
+        """The tensor's dtype id (``"F32"``, ``"BF16"``...)."""
+        return str(self._entry["dtype"])
+
+    def __len__(self) -> int:
+        shape = self._entry["shape"]
+        if not shape:
+            raise TypeError("len() of a 0-d tensor")
+        return int(shape[0])
+
+    def __getitem__(self, key: Any) -> Any:
+        rest: Tuple[Any, ...] = ()
+        if isinstance(key, tuple):
+            key, rest = (key[0], key[1:]) if key else (slice(None), ())
+        if key is Ellipsis:
+            key, rest = slice(None), (Ellipsis, *rest)
+        rows = len(self)
+        if isinstance(key, int):
+            index = key + rows if key < 0 else key
+            if not 0 <= index < rows:
+                raise IndexError(f"row {key} is out of range for {rows} rows")
+            out = read_rows(self._file, self._name, index, index + 1, self._framework)[0]
+            return out[rest] if rest else out
+        if isinstance(key, slice):
+            start, stop, step = key.indices(rows)
+            picked = range(start, stop, step)
+            if not picked:
+                out = read_rows(self._file, self._name, 0, 0, self._framework)
+            else:
+                lo, hi = min(picked), max(picked) + 1
+                block = read_rows(self._file, self._name, lo, hi, self._framework)
+                out = block if step == 1 else _take(block, [i - lo for i in picked], self._framework)
+            return out[(slice(None), *rest)] if rest else out
+        raise TypeError(f"tensor slices take an int, a slice or a tuple, not {type(key).__name__}")
+
+
+def _take(block: Any, rows: List[int], framework: str) -> Any:
+    if framework.lower() in ("numpy", "np"):
+        return block[rows]
+    import torch
+
+    return block[torch.tensor(rows, dtype=torch.long)]

@@ -1,0 +1,181 @@
+"""Zero-copy mmap and lazy row slices (issue #4 points 2 and 3)."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import deathtensors as dt
+from deathtensors import _core
+from deathtensors._frameworks import prepare
+
+
+def _save_chunked(path, tensors, chunk_bytes, codec="zstd"):
+    rows = [(name, *prepare(name, t), None) for name, t in tensors.items()]
+    _core.save(str(path), rows, codec=codec, chunk_bytes=chunk_bytes)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# ---------------------------------------------------------------- mmap
+
+
+def test_mmap_tensor_points_into_the_mapping(tmp_path):
+    t = torch.arange(4096, dtype=torch.float32).reshape(64, 64)
+    p = tmp_path / "m.deathtensors"
+    dt.save(p, {"pad": torch.zeros(3), "t": t})
+    with dt.open(p) as f:
+        m = f.get_tensor_mmap("t")
+        base, length = f._reader.map("t").mapping_range()
+        info = f.info("t")
+    assert torch.equal(m, t)
+    assert base <= m.data_ptr() < base + length
+    assert m.data_ptr() == base + info["file_offset"]  # no copy: the file's bytes, in place
+    assert m.data_ptr() % 64 == 0
+
+
+def test_mmap_writes_never_reach_the_file(tmp_path):
+    t = torch.ones(256, 256)
+    p = tmp_path / "m.deathtensors"
+    dt.save(p, {"t": t})
+    before = p.read_bytes()
+    f = dt.open(p)
+    m = f.get_tensor_mmap("t")
+    m.mul_(7)
+    assert float(m[0, 0]) == 7.0
+    assert p.read_bytes() == before
+    with dt.open(p) as g:
+        assert torch.equal(g.get_tensor("t"), t)
+
+
+def test_mmap_outlives_the_closed_file(tmp_path):
+    t = torch.randn(128, 32)
+    p = tmp_path / "m.deathtensors"
+    dt.save(p, {"t": t})
+    f = dt.open(p)
+    m = f.get_tensor_mmap("t")
+    arr = f.get_tensor_mmap("t", framework="numpy")
+    f.close()
+    del f
+    gc.collect()
+    os.remove(p)  # even the directory entry is gone
+    assert torch.equal(m, t)
+    np.testing.assert_array_equal(arr, t.numpy())
+
+
+def test_mmap_of_a_compressed_file_says_to_use_get_tensor(tmp_path):
+    p = tmp_path / "c.deathtensors"
+    dt.save(p, {"t": torch.zeros(10)}, compress=True)
+    with dt.open(p) as f, pytest.raises(dt.InvalidArgumentError, match="get_tensor"):
+        f.get_tensor_mmap("t")
+
+
+def test_mmap_every_dtype_and_empty(tmp_path):
+    tensors = {
+        "bf": torch.randn(5, 3).to(torch.bfloat16),
+        "i64": torch.arange(7, dtype=torch.int64),
+        "c": torch.randn(4, dtype=torch.complex64),
+        "b": torch.tensor([True, False, True]),
+        "e": torch.zeros(0, 4),
+        "s": torch.tensor(2.5, dtype=torch.float64),
+    }
+    p = tmp_path / "m.deathtensors"
+    dt.save(p, tensors)
+    with dt.open(p) as f:
+        for name, t in tensors.items():
+            m = f.get_tensor_mmap(name)
+            assert m.dtype == t.dtype and m.shape == t.shape, name
+            assert torch.equal(m, t), name
+
+
+def test_mapping_a_large_tensor_does_not_load_it(tmp_path):
+    n = 256 << 20  # 256 MiB
+    p = tmp_path / "big.deathtensors"
+    dt.save_file(p, {"big": {"dtype": "U8", "shape": [n], "data": bytes(n)}})
+    gc.collect()
+    with dt.open(p) as f:
+        before = _rss_bytes()
+        m = f.get_tensor_mmap("big")
+        grown = _rss_bytes() - before
+        assert m.numel() == n
+        assert grown < 32 << 20, f"RSS grew by {grown} bytes for a mapped 256 MiB tensor"
+        assert int(m[n // 2]) == 0  # touching one page is fine
+
+
+# ---------------------------------------------------------------- row slices
+
+
+@pytest.mark.parametrize("codec", [None, "zstd", "lz4"])
+def test_slices_at_chunk_boundaries(tmp_path, codec):
+    t = torch.arange(1000 * 16, dtype=torch.float32).reshape(1000, 16)  # 64-byte rows
+    p = tmp_path / "s.deathtensors"
+    chunk = 64 * 100  # 100 rows per chunk
+    if codec:
+        _save_chunked(p, {"t": t}, chunk, codec)
+    else:
+        dt.save(p, {"t": t})
+    with dt.open(p) as f:
+        for start, count in [(0, 100), (99, 2), (100, 100), (199, 1), (950, 50), (0, 1000), (333, 444)]:
+            got = f.get_tensor_slice("t", start, count)
+            assert torch.equal(got, t[start : start + count]), (start, count)
+
+
+def test_compressed_slices_decode_at_most_two_extra_chunks(tmp_path):
+    t = torch.randn(4000, 64)  # 256-byte rows
+    chunk = 256 * 50
+    p = tmp_path / "s.deathtensors"
+    _save_chunked(p, {"other": torch.randn(3000, 64), "t": t}, chunk)
+    with dt.open(p) as f:
+        for start, count in [(0, 1), (49, 2), (1234, 300), (3999, 1), (10, 3980)]:
+            before = f._reader.decoded_bytes()
+            got = f.get_tensor_slice("t", start, count)
+            decoded = f._reader.decoded_bytes() - before
+            assert torch.equal(got, t[start : start + count])
+            assert decoded <= count * 256 + 2 * chunk, (start, count, decoded)
+        # The whole tensor decodes everything; the other tensor was never touched.
+        assert f._reader.decoded_bytes() < t.numel() * 4 * 5
+
+
+def test_slice_arguments_behave_like_python_slicing(tmp_path):
+    t = torch.arange(10 * 3).reshape(10, 3)
+    p = tmp_path / "s.deathtensors"
+    dt.save(p, {"t": t, "scalar": torch.tensor(1)}, compress=True)
+    with dt.open(p) as f:
+        assert torch.equal(f.get_tensor_slice("t", -3, 2), t[-3:-1])
+        assert torch.equal(f.get_tensor_slice("t", -3, 100), t[-3:])
+        assert torch.equal(f.get_tensor_slice("t", 8, 100), t[8:])
+        assert f.get_tensor_slice("t", 20, 5).shape == (0, 3)
+        assert torch.equal(f.get_tensor_slice("t", -100, 2), t[:2])
+        with pytest.raises(dt.InvalidArgumentError):
+            f.get_tensor_slice("t", 0, -1)
+        with pytest.raises(dt.InvalidArgumentError, match="0-d"):
+            f.get_tensor_slice("scalar", 0, 1)
+        with pytest.raises(dt.TensorNotFoundError):
+            f.get_tensor_slice("nope", 0, 1)
+        np.testing.assert_array_equal(f.get_tensor_slice("t", 2, 3, framework="numpy"), t[2:5].numpy())
+
+
+def test_get_slice_handle(tmp_path):
+    t = torch.randn(300, 7, 5)
+    p = tmp_path / "s.deathtensors"
+    _save_chunked(p, {"t": t}, 7 * 5 * 4 * 16)
+    with dt.open(p) as f:
+        h = f.get_slice("t")
+        assert h.get_shape() == [300, 7, 5] and h.get_dtype() == "F32" and len(h) == 300
+        for key in [slice(10, 20), slice(None, None, 7), slice(-5, None), slice(250, 10, -3), 4, -1, slice(0, 0)]:
+            assert torch.equal(
+                h[key],
+                t[key] if not isinstance(key, slice) or (key.step or 1) > 0 else t[list(range(*key.indices(300)))],
+            ), key
+        assert torch.equal(h[2:9, 1:3, ::2], t[2:9, 1:3, ::2])
+        assert torch.equal(h[5, 2], t[5, 2])
+        assert torch.equal(h[...], t)
+        with pytest.raises(IndexError):
+            h[300]
