@@ -154,6 +154,11 @@ pub struct TensorHeader {
     /// The filter applied to each chunk before the codec, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<FilterHeader>,
+    /// For a second name of an earlier tensor (tied weights): that tensor's
+    /// name. The entry then repeats the target's dtype, shape, offsets,
+    /// chunks and filter, and shares its bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias_of: Option<String>,
     /// Per-tensor metadata: any JSON values.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub metadata: Map<String, Value>,
@@ -286,6 +291,8 @@ pub struct TensorInfo {
     pub chunks: Option<Vec<Chunk>>,
     /// The filter, its parameters and its plane count, when the tensor has one.
     pub filter: Option<(&'static dyn Filter, Map<String, Value>, usize)>,
+    /// The tensor this entry is a second name of (tied weights), if any.
+    pub alias_of: Option<String>,
     /// Per-tensor metadata.
     pub metadata: Map<String, Value>,
 }
@@ -540,7 +547,9 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
                 ))
             }
         };
-        if stored_len > 0 {
+        if let Some(target) = &t.alias_of {
+            check_alias(&header.tensors, &index, i, target)?;
+        } else if stored_len > 0 {
             ranges.push((begin, end, i));
         }
         tensors.push(TensorInfo {
@@ -552,6 +561,7 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
             stored_len,
             chunks,
             filter,
+            alias_of: t.alias_of.clone(),
             metadata: t.metadata.clone(),
         });
     }
@@ -588,6 +598,36 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
         tensors,
         index,
     })
+}
+
+/// An alias (entry `i`) must name an earlier, non-alias tensor and repeat its
+/// dtype, shape, offsets, chunks and filter: it shares those bytes, and is the
+/// only way two entries may share bytes.
+fn check_alias(tensors: &[TensorHeader], index: &HashMap<String, usize>, i: usize, target: &str) -> Result<()> {
+    let t = &tensors[i];
+    let j = match index.get(target) {
+        Some(&j) if j < i => j,
+        _ => {
+            return Err(Error::tensor(
+                &t.name,
+                format!("alias_of {target:?} does not name an earlier tensor"),
+            ))
+        }
+    };
+    let u = &tensors[j];
+    if u.alias_of.is_some() {
+        return Err(Error::tensor(
+            &t.name,
+            format!("alias_of {target:?} names another alias"),
+        ));
+    }
+    if (&t.dtype, &t.shape, t.offsets, &t.chunks, &t.filter) != (&u.dtype, &u.shape, u.offsets, &u.chunks, &u.filter) {
+        return Err(Error::tensor(
+            &t.name,
+            format!("an alias must repeat the dtype, shape, offsets, chunks and filter of {target:?}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A plugin id the file names but this build lacks makes the file unreadable

@@ -299,6 +299,23 @@ impl DtReader {
         })
     }
 
+    /// Read stored bytes at absolute file `offset` (for copying tensors
+    /// verbatim into another file). The range must lie in the data region.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] outside the data region; I/O errors.
+    pub fn read_stored(&self, offset: u64, out: &mut [u8]) -> Result<()> {
+        let start = self.layout.data_start;
+        let end = start + self.layout.data_len;
+        if offset < start || offset.checked_add(out.len() as u64).map_or(true, |e| e > end) {
+            return Err(Error::InvalidArgument(format!(
+                "stored range at {offset} (+{}) is outside the data region [{start}, {end})",
+                out.len()
+            )));
+        }
+        self.read_at(out, offset)
+    }
+
     /// Decode bytes `[start, start + out.len())` of `info` into `out`,
     /// decompressing only the chunks that cover that range.
     ///

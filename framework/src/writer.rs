@@ -4,6 +4,7 @@
 //! and renamed over the target, so an interrupted save never leaves a partial
 //! file at the target path and readers of the old file keep reading it.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -13,12 +14,14 @@ use std::sync::mpsc;
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 
+use crate::buffer::AlignedBuf;
 use crate::chunk::{self, AppliedFilter};
 use crate::error::{Error, Result};
 use crate::format::{
-    self, align_up, Chunk, CompressionHeader, FilterHeader, Header, Preamble, TensorHeader, DEFAULT_CHUNK_BYTES,
-    FLAG_CHECKSUM, FLAG_COMPRESSED, MAX_CHUNK_RAW_LEN, PREAMBLE_LEN, TENSOR_ALIGNMENT,
+    self, align_up, Chunk, CompressionHeader, FilterHeader, Header, Preamble, TensorHeader, TensorInfo,
+    DEFAULT_CHUNK_BYTES, FLAG_CHECKSUM, FLAG_COMPRESSED, MAX_CHUNK_RAW_LEN, PREAMBLE_LEN, TENSOR_ALIGNMENT,
 };
+use crate::reader::DtReader;
 use crate::registry::{self, ChecksumAlgorithm, Codec, DtypeHandler, Filter};
 
 /// A filter chosen for a tensor: plugin, parameters, plane count.
@@ -88,6 +91,51 @@ impl Default for WriteOptions {
     }
 }
 
+/// One entry of a file to write.
+#[derive(Clone)]
+pub enum Entry<'a> {
+    /// A tensor given as bytes.
+    Data(TensorData<'a>),
+    /// A second name for an earlier tensor of this write (tied weights): no
+    /// bytes are written; the header entry shares the target's bytes.
+    Alias {
+        /// The new name.
+        name: String,
+        /// Name of an earlier `Data` or `Copy` entry.
+        target: String,
+        /// Per-tensor metadata of the alias.
+        metadata: Map<String, Value>,
+    },
+    /// A tensor of another open file, copied as stored (no decompression when
+    /// the compression of source and destination agree), e.g. by append.
+    Copy {
+        /// The file to copy from.
+        source: &'a DtReader,
+        /// The tensor's name in `source` (and in the new file).
+        name: String,
+        /// Per-tensor metadata in the new file.
+        metadata: Map<String, Value>,
+    },
+}
+
+impl std::fmt::Debug for Entry<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Entry::Data(t) => f.debug_tuple("Data").field(&t.name).finish(),
+            Entry::Alias { name, target, .. } => f
+                .debug_struct("Alias")
+                .field("name", name)
+                .field("target", target)
+                .finish(),
+            Entry::Copy { source, name, .. } => f
+                .debug_struct("Copy")
+                .field("source", &source.path())
+                .field("name", name)
+                .finish(),
+        }
+    }
+}
+
 /// Write `tensors` to `path` atomically.
 ///
 /// # Errors
@@ -100,8 +148,25 @@ pub fn write_file(
     global_metadata: &Map<String, Value>,
     options: &WriteOptions,
 ) -> Result<()> {
+    let entries: Vec<Entry<'_>> = tensors.iter().cloned().map(Entry::Data).collect();
+    write_entries(path, &entries, global_metadata, options)
+}
+
+/// Write `entries` (tensors, aliases, copies from other files) to `path` atomically.
+///
+/// `path` may be the file a `Copy` source reads: the source keeps reading its
+/// open handle while the new file replaces the name.
+///
+/// # Errors
+/// As [`write_file`]; also an alias whose target is unknown, later, or an alias.
+pub fn write_entries(
+    path: impl AsRef<Path>,
+    entries: &[Entry<'_>],
+    global_metadata: &Map<String, Value>,
+    options: &WriteOptions,
+) -> Result<()> {
     let path = path.as_ref();
-    let plan = Plan::new(tensors, options)?;
+    let plan = Plan::new(entries, options)?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -125,7 +190,7 @@ pub fn write_file(
             level,
         }),
         checksum: plan.checksum.map(|c| c.id().to_owned()),
-        tensors: Vec::with_capacity(tensors.len()),
+        tensors: Vec::with_capacity(entries.len()),
     };
     let mut flags = 0;
     if plan.codec.is_some() {
@@ -136,8 +201,8 @@ pub fn write_file(
     }
 
     let digest = match plan.codec {
-        None => write_uncompressed(file, tensors, &plan, &mut header, flags).map_err(io)?,
-        Some((codec, level)) => write_compressed(file, tensors, &plan, &mut header, flags, codec, level, &tmp_path)?,
+        None => write_uncompressed(file, &plan, &mut header, flags, &tmp_path)?,
+        Some((codec, level)) => write_compressed(file, &plan, &mut header, flags, codec, level, &tmp_path)?,
     };
     if let Some(digest) = digest {
         file.write_all(&digest).map_err(io)?;
@@ -157,6 +222,74 @@ pub fn write_file(
     Ok(())
 }
 
+/// Add `new` entries to the file at `path` without decoding its tensors: the
+/// old tensors are copied as stored into a new file that atomically replaces
+/// the old one, so a crash at any moment leaves the old file intact. The
+/// file keeps its codec, level and checksum algorithm (the footer is
+/// recomputed); `extra_global_metadata` is merged over the file's global
+/// metadata. A name that exists is an error unless `overwrite`, which
+/// replaces that tensor in place (aliases of a replaced tensor keep the old
+/// bytes as tensors of their own). Peak memory is a few copy buffers, not the
+/// file's size.
+///
+/// # Errors
+/// A name that exists without `overwrite`; anything [`write_entries`] refuses;
+/// I/O and format errors from reading the old file.
+pub fn append_file(
+    path: impl AsRef<Path>,
+    new: &[Entry<'_>],
+    extra_global_metadata: &Map<String, Value>,
+    overwrite: bool,
+) -> Result<()> {
+    let path = path.as_ref();
+    let source = DtReader::open(path)?;
+    let name_of = |e: &Entry<'_>| match e {
+        Entry::Data(t) => t.name.clone(),
+        Entry::Alias { name, .. } | Entry::Copy { name, .. } => name.clone(),
+    };
+    let new_names: std::collections::HashMap<String, usize> =
+        new.iter().enumerate().map(|(i, e)| (name_of(e), i)).collect();
+    if !overwrite {
+        if let Some(name) = source.keys().find(|k| new_names.contains_key(*k)) {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {name:?} is already in {}; pass overwrite=True to replace it",
+                path.display()
+            )));
+        }
+    }
+    let mut placed = vec![false; new.len()];
+    let mut entries = Vec::with_capacity(source.tensors().len() + new.len());
+    for t in source.tensors() {
+        if let Some(&i) = new_names.get(&t.name) {
+            entries.push(new[i].clone());
+            placed[i] = true;
+            continue;
+        }
+        entries.push(match &t.alias_of {
+            Some(target) if !new_names.contains_key(target) => Entry::Alias {
+                name: t.name.clone(),
+                target: target.clone(),
+                metadata: t.metadata.clone(),
+            },
+            _ => Entry::Copy {
+                source: &source,
+                name: t.name.clone(),
+                metadata: t.metadata.clone(),
+            },
+        });
+    }
+    entries.extend(new.iter().zip(&placed).filter(|(_, &p)| !p).map(|(e, _)| e.clone()));
+    let mut global = source.metadata().clone();
+    global.extend(extra_global_metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let options = WriteOptions {
+        codec: source.codec().map(|c| c.id().to_owned()),
+        level: source.layout().header.compression.as_ref().map(|c| c.level),
+        checksum: source.checksum().map(|c| c.id().to_owned()),
+        ..WriteOptions::default()
+    };
+    write_entries(path, &entries, &global, &options)
+}
+
 /// The process umask, read without changing it (Linux: /proc/self/status); 0o022 if unknown.
 fn process_umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")
@@ -169,45 +302,51 @@ fn process_umask() -> u32 {
         .unwrap_or(0o022)
 }
 
+/// Where an item's bytes come from.
+enum Body<'a> {
+    /// Bytes to store (and compress, in a compressed file).
+    Bytes(&'a [u8]),
+    /// Bytes decoded from a source whose compression differs from this write's.
+    Decoded(AlignedBuf),
+    /// A tensor of another file whose stored form is copied verbatim.
+    Stored(&'a DtReader, &'a TensorInfo),
+    /// Shares the bytes of the item at this index.
+    Alias(usize),
+}
+
+/// One checked entry.
+struct Item<'a> {
+    name: String,
+    dtype: &'static dyn DtypeHandler,
+    shape: Vec<u64>,
+    nbytes: u64,
+    metadata: Map<String, Value>,
+    body: Body<'a>,
+    /// The filter for newly compressed bytes (compressed files only).
+    filter: Option<SelectedFilter>,
+}
+
+impl Item<'_> {
+    /// The bytes to encode, for `Bytes` and `Decoded` bodies.
+    fn bytes(&self) -> Option<&[u8]> {
+        match &self.body {
+            Body::Bytes(b) => Some(b),
+            Body::Decoded(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
 /// The checked inputs of a write.
-struct Plan {
-    dtypes: Vec<&'static dyn DtypeHandler>,
-    /// Per tensor: the filter, its parameters and plane count (compressed files only).
-    filters: Vec<Option<SelectedFilter>>,
+struct Plan<'a> {
+    items: Vec<Item<'a>>,
     codec: Option<(&'static dyn Codec, i32)>,
     checksum: Option<&'static dyn ChecksumAlgorithm>,
     chunk_bytes: u64,
 }
 
-impl Plan {
-    fn new(tensors: &[TensorData<'_>], options: &WriteOptions) -> Result<Self> {
-        let registry = registry::dtypes()?;
-        let mut seen = std::collections::HashSet::with_capacity(tensors.len());
-        let mut dtypes = Vec::with_capacity(tensors.len());
-        for t in tensors {
-            if !seen.insert(t.name.as_str()) {
-                return Err(Error::InvalidArgument(format!(
-                    "tensor name {:?} is given twice",
-                    t.name
-                )));
-            }
-            let dtype = registry.get(&t.dtype)?;
-            let nbytes = t
-                .shape
-                .iter()
-                .try_fold(dtype.item_size() as u64, |acc, &d| acc.checked_mul(d))
-                .ok_or_else(|| Error::InvalidArgument(format!("tensor {:?}: shape {:?} overflows", t.name, t.shape)))?;
-            if nbytes != t.data.len() as u64 {
-                return Err(Error::InvalidArgument(format!(
-                    "tensor {:?}: shape {:?} of {} needs {nbytes} bytes but {} were given",
-                    t.name,
-                    t.shape,
-                    t.dtype,
-                    t.data.len()
-                )));
-            }
-            dtypes.push(dtype);
-        }
+impl<'a> Plan<'a> {
+    fn new(entries: &'a [Entry<'a>], options: &WriteOptions) -> Result<Self> {
         let codec = match &options.codec {
             Some(id) => {
                 let codec = registry::codecs()?.get(id)?;
@@ -221,6 +360,12 @@ impl Plan {
             .as_deref()
             .map(|id| registry::checksums()?.get(id))
             .transpose()?;
+        if options.chunk_bytes == 0 || options.chunk_bytes > MAX_CHUNK_RAW_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "chunk_bytes must be in 1..={MAX_CHUNK_RAW_LEN}, not {}",
+                options.chunk_bytes
+            )));
+        }
         let candidates: Vec<&'static dyn Filter> = match (&options.filter, codec) {
             (_, None) | (FilterChoice::Off, _) => Vec::new(),
             (FilterChoice::Id(id), Some(_)) => vec![registry::filters()?.get(id)?],
@@ -229,33 +374,112 @@ impl Plan {
             }
             (FilterChoice::Auto, Some(_)) => Vec::new(),
         };
-        let mut filters = Vec::with_capacity(dtypes.len());
-        for dtype in &dtypes {
-            let chosen = candidates.iter().find_map(|f| f.params_for(*dtype).map(|p| (*f, p)));
-            filters.push(match chosen {
-                None => None,
-                Some((f, params)) => {
-                    let planes = f.plane_count(&params, *dtype).map_err(|e| {
-                        Error::InvalidArgument(format!("filter {} refuses its own parameters: {e}", f.id()))
-                    })?;
-                    Some((f, params, planes))
+        let registry = registry::dtypes()?;
+        let mut index = std::collections::HashMap::with_capacity(entries.len());
+        let mut items: Vec<Item<'a>> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let item = match entry {
+                Entry::Data(t) => {
+                    let dtype = registry.get(&t.dtype)?;
+                    let nbytes = byte_size(&t.name, &t.shape, dtype)?;
+                    if nbytes != t.data.len() as u64 {
+                        return Err(Error::InvalidArgument(format!(
+                            "tensor {:?}: shape {:?} of {} needs {nbytes} bytes but {} were given",
+                            t.name,
+                            t.shape,
+                            t.dtype,
+                            t.data.len()
+                        )));
+                    }
+                    Item {
+                        name: t.name.clone(),
+                        dtype,
+                        shape: t.shape.clone(),
+                        nbytes,
+                        metadata: t.metadata.clone(),
+                        body: Body::Bytes(t.data),
+                        filter: None,
+                    }
                 }
-            });
+                Entry::Alias { name, target, metadata } => {
+                    let &j = index.get(target.as_str()).ok_or_else(|| {
+                        Error::InvalidArgument(format!("alias {name:?}: no earlier tensor named {target:?}"))
+                    })?;
+                    let t: &Item<'_> = &items[j];
+                    if matches!(t.body, Body::Alias(_)) {
+                        return Err(Error::InvalidArgument(format!(
+                            "alias {name:?}: {target:?} is itself an alias; point at the tensor it names"
+                        )));
+                    }
+                    Item {
+                        name: name.clone(),
+                        dtype: t.dtype,
+                        shape: t.shape.clone(),
+                        nbytes: t.nbytes,
+                        metadata: metadata.clone(),
+                        body: Body::Alias(j),
+                        filter: None,
+                    }
+                }
+                Entry::Copy { source, name, metadata } => {
+                    let info = source.tensor(name)?;
+                    let same_storage = match (source.codec(), codec) {
+                        (None, None) => true,
+                        (Some(a), Some((b, _))) => a.id() == b.id(),
+                        _ => false,
+                    };
+                    let body = if same_storage {
+                        Body::Stored(source, info)
+                    } else {
+                        Body::Decoded(source.read_tensor(name)?)
+                    };
+                    Item {
+                        name: name.clone(),
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        nbytes: info.nbytes,
+                        metadata: metadata.clone(),
+                        body,
+                        filter: None,
+                    }
+                }
+            };
+            if index.insert(item.name.clone(), items.len()).is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "tensor name {:?} is given twice",
+                    item.name
+                )));
+            }
+            items.push(item);
         }
-        if options.chunk_bytes == 0 || options.chunk_bytes > MAX_CHUNK_RAW_LEN {
-            return Err(Error::InvalidArgument(format!(
-                "chunk_bytes must be in 1..={MAX_CHUNK_RAW_LEN}, not {}",
-                options.chunk_bytes
-            )));
+        for item in &mut items {
+            if item.bytes().is_none() {
+                continue;
+            }
+            let chosen = candidates
+                .iter()
+                .find_map(|f| f.params_for(item.dtype).map(|p| (*f, p)));
+            if let Some((f, params)) = chosen {
+                let planes = f.plane_count(&params, item.dtype).map_err(|e| {
+                    Error::InvalidArgument(format!("filter {} refuses its own parameters: {e}", f.id()))
+                })?;
+                item.filter = Some((f, params, planes));
+            }
         }
         Ok(Plan {
-            dtypes,
-            filters,
+            items,
             codec,
             checksum,
             chunk_bytes: options.chunk_bytes,
         })
     }
+}
+
+fn byte_size(name: &str, shape: &[u64], dtype: &dyn DtypeHandler) -> Result<u64> {
+    shape
+        .iter()
+        .try_fold(dtype.item_size() as u64, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::InvalidArgument(format!("tensor {name:?}: shape {shape:?} overflows")))
 }
 
 /// Serialize the header and pad it with spaces so the data starts at `data_start`.
@@ -272,26 +496,69 @@ fn data_start_for(json_len: usize) -> u64 {
     align_up(PREAMBLE_LEN + json_len as u64, TENSOR_ALIGNMENT).expect("header length is small")
 }
 
+/// Writes pieces to the file, feeds the hashing thread, and starts writeback.
+struct Sink<'f, 'p> {
+    file: &'f mut File,
+    hash: Option<mpsc::SyncSender<Cow<'p, [u8]>>>,
+    written: u64,
+    synced: u64,
+}
+
+impl<'p> Sink<'_, 'p> {
+    fn put(&mut self, piece: Cow<'p, [u8]>) -> std::io::Result<()> {
+        self.file.write_all(&piece)?;
+        self.written += piece.len() as u64;
+        if self.written - self.synced >= WRITEBACK_EVERY {
+            start_writeback(self.file, self.synced, self.written - self.synced);
+            self.synced = self.written;
+        }
+        if let Some(tx) = &self.hash {
+            tx.send(piece)
+                .map_err(|_| std::io::Error::other("the hashing thread stopped"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Copy `len` stored bytes at `offset` of `source` through `put`, a piece at a time.
+fn copy_stored(
+    source: &DtReader,
+    offset: u64,
+    len: u64,
+    put: &mut dyn FnMut(Cow<'_, [u8]>) -> Result<()>,
+) -> Result<()> {
+    let mut at = 0u64;
+    while at < len {
+        let n = (WRITE_PIECE as u64).min(len - at) as usize;
+        let mut buf = vec![0u8; n];
+        source.read_stored(offset + at, &mut buf)?;
+        put(Cow::Owned(buf))?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 fn write_uncompressed(
     file: &mut File,
-    tensors: &[TensorData<'_>],
-    plan: &Plan,
+    plan: &Plan<'_>,
     header: &mut Header,
     flags: u32,
-) -> std::io::Result<Option<[u8; 32]>> {
+    tmp_path: &Path,
+) -> Result<Option<[u8; 32]>> {
+    let io = |e| Error::io(tmp_path, e);
     let mut cursor = 0u64;
-    for t in tensors {
-        // Empty tensors sit at the cursor: they hold no bytes to align.
-        let begin = if t.data.is_empty() {
-            cursor
-        } else {
-            align_up(cursor, TENSOR_ALIGNMENT).expect("sizes come from memory")
+    for item in &plan.items {
+        let offsets = match item.body {
+            Body::Alias(j) => header.tensors[j].offsets,
+            // Empty tensors sit at the cursor: they hold no bytes to align.
+            _ if item.nbytes == 0 => [cursor, cursor],
+            _ => {
+                let begin = align_up(cursor, TENSOR_ALIGNMENT).expect("sizes come from memory or a file");
+                cursor = begin + item.nbytes;
+                [begin, cursor]
+            }
         };
-        let end = begin + t.data.len() as u64;
-        header.tensors.push(entry(t, [begin, end], None, None));
-        if !t.data.is_empty() {
-            cursor = end; // an empty tensor adds no gap: nothing follows it
-        }
+        header.tensors.push(entry(plan, item, offsets, None));
     }
     let json_len = serde_json::to_vec(&*header).expect("serializes").len();
     let data_start = data_start_for(json_len);
@@ -302,65 +569,81 @@ fn write_uncompressed(
     }
     .encode();
     debug_assert_eq!(format::nul_padding(text.len() as u64), 0);
+    file.write_all(&preamble).map_err(io)?;
 
-    let mut pieces: Vec<&[u8]> = vec![&text];
-    let mut cursor = 0u64;
-    for (t, h) in tensors.iter().zip(&header.tensors).filter(|(t, _)| !t.data.is_empty()) {
-        let gap = (h.offsets[0] - cursor) as usize;
-        if gap > 0 {
-            pieces.push(&ZEROS[..gap]);
-        }
-        pieces.extend(t.data.chunks(WRITE_PIECE));
-        cursor = h.offsets[1];
-    }
-    file.write_all(&preamble)?;
-    let mut written = PREAMBLE_LEN;
-    let mut synced = 0u64;
-    let mut write = |piece: &[u8]| -> std::io::Result<()> {
-        file.write_all(piece)?;
-        written += piece.len() as u64;
-        if written - synced >= WRITEBACK_EVERY {
-            start_writeback(file, synced, written - synced);
-            synced = written;
-        }
-        Ok(())
+    let entries = &header.tensors;
+    let mut sink = Sink {
+        file,
+        hash: None,
+        written: PREAMBLE_LEN,
+        synced: 0,
     };
     match plan.checksum {
         None => {
-            for piece in pieces {
-                write(piece)?;
-            }
+            put_body(&mut sink, &text, plan, entries, tmp_path)?;
             Ok(None)
         }
         Some(algorithm) => std::thread::scope(|scope| {
-            let (tx, rx) = mpsc::sync_channel::<&[u8]>(8);
+            let (tx, rx) = mpsc::sync_channel::<Cow<'_, [u8]>>(8);
             let hashing = scope.spawn(move || {
                 let mut hasher = algorithm.hasher();
                 for piece in rx {
-                    hasher.update(piece);
+                    hasher.update(&piece);
                 }
                 hasher.finish()
             });
-            for piece in pieces {
-                write(piece)?;
-                if tx.send(piece).is_err() {
-                    break;
-                }
-            }
-            drop(tx);
+            sink.hash = Some(tx);
+            let written = put_body(&mut sink, &text, plan, entries, tmp_path);
+            sink.hash = None; // closes the channel
             let digest = hashing
                 .join()
-                .map_err(|_| std::io::Error::other("the hashing thread panicked"))?;
-            Ok(Some(digest))
+                .map_err(|_| io(std::io::Error::other("the hashing thread panicked")))?;
+            written.map(|()| Some(digest))
         }),
     }
+}
+
+/// The header text and every tensor's bytes, with the zero gaps between them.
+fn put_body<'p>(
+    sink: &mut Sink<'_, 'p>,
+    text: &'p [u8],
+    plan: &'p Plan<'_>,
+    entries: &[TensorHeader],
+    tmp_path: &Path,
+) -> Result<()> {
+    let io = |e| Error::io(tmp_path, e);
+    sink.put(Cow::Borrowed(text)).map_err(io)?;
+    let mut cursor = 0u64;
+    for (item, h) in plan.items.iter().zip(entries) {
+        if item.nbytes == 0 || matches!(item.body, Body::Alias(_)) {
+            continue;
+        }
+        let gap = (h.offsets[0] - cursor) as usize;
+        if gap > 0 {
+            sink.put(Cow::Borrowed(&ZEROS[..gap])).map_err(io)?;
+        }
+        match (&item.body, item.bytes()) {
+            (_, Some(bytes)) => {
+                for piece in bytes.chunks(WRITE_PIECE) {
+                    sink.put(Cow::Borrowed(piece)).map_err(io)?;
+                }
+            }
+            (Body::Stored(source, info), None) => {
+                copy_stored(source, info.file_offset, info.stored_len, &mut |p| {
+                    sink.put(Cow::Owned(p.into_owned())).map_err(io)
+                })?;
+            }
+            _ => {}
+        }
+        cursor = h.offsets[1];
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
 fn write_compressed(
     file: &mut File,
-    tensors: &[TensorData<'_>],
-    plan: &Plan,
+    plan: &Plan<'_>,
     header: &mut Header,
     flags: u32,
     codec: &'static dyn Codec,
@@ -368,18 +651,49 @@ fn write_compressed(
     tmp_path: &Path,
 ) -> Result<Option<[u8; 32]>> {
     let io = |e| Error::io(tmp_path, e);
-    // Reserve room for the header: every number in it at its widest.
-    let plans: Vec<Vec<u64>> = tensors
+    // Chunk raw lengths of the bytes to encode; copied and aliased tensors reuse theirs.
+    let plans: Vec<Vec<u64>> = plan
+        .items
         .iter()
-        .zip(&plan.dtypes)
-        .map(|(t, d)| chunk_lengths(&t.shape, d.item_size() as u64, t.data.len() as u64, plan.chunk_bytes))
+        .map(|item| match item.bytes() {
+            Some(b) => chunk_lengths(
+                &item.shape,
+                item.dtype.item_size() as u64,
+                b.len() as u64,
+                plan.chunk_bytes,
+            ),
+            None => Vec::new(),
+        })
         .collect();
-    for ((t, lens), filter) in tensors.iter().zip(&plans).zip(&plan.filters) {
-        let planes = filter.as_ref().map(|f| vec![u64::MAX; f.2]);
-        let widest = vec![Chunk::new(u64::MAX, u64::MAX, u64::MAX, planes); lens.len()];
-        header
-            .tensors
-            .push(entry(t, [u64::MAX, u64::MAX], Some(widest), filter.as_ref()));
+    // Reserve room for the header: every number in it at its widest.
+    for (i, (item, lens)) in plan.items.iter().zip(&plans).enumerate() {
+        let widest = |planes: Option<usize>, n: usize| {
+            vec![Chunk::new(u64::MAX, u64::MAX, u64::MAX, planes.map(|p| vec![u64::MAX; p])); n]
+        };
+        let e = match &item.body {
+            Body::Stored(_, info) => {
+                let chunks = info.chunks.as_deref().unwrap_or_default();
+                let planes = info.filter.as_ref().map(|f| f.2);
+                let mut e = entry(plan, item, [u64::MAX; 2], Some(widest(planes, chunks.len())));
+                e.filter = info.filter.as_ref().map(filter_header);
+                e
+            }
+            Body::Alias(j) => {
+                let mut e = header.tensors[*j].clone();
+                e.name = item.name.clone();
+                e.metadata = item.metadata.clone();
+                e.alias_of = Some(plan.items[*j].name.clone());
+                e
+            }
+            _ => entry(
+                plan,
+                item,
+                [u64::MAX; 2],
+                Some(widest(item.filter.as_ref().map(|f| f.2), lens.len())),
+            ),
+        };
+        debug_assert_eq!(header.tensors.len(), i);
+        header.tensors.push(e);
     }
     let reserved = serde_json::to_vec(&*header).expect("serializes").len();
     let data_start = data_start_for(reserved);
@@ -389,42 +703,75 @@ fn write_compressed(
     let batch = rayon::current_num_threads().max(1) * 4;
     let mut cursor = 0u64;
     let mut synced = 0u64;
-    for ((t, lens), filter) in tensors.iter().zip(&plans).zip(&plan.filters) {
-        let applied = filter.as_ref().map(|(f, params, planes)| AppliedFilter {
-            filter: *f,
-            params,
-            planes: *planes,
-        });
+    for (item, lens) in plan.items.iter().zip(&plans) {
         let begin = cursor;
-        let mut slices = Vec::with_capacity(lens.len());
-        let mut rest = t.data;
-        for &len in lens {
-            let (head, tail) = rest.split_at(len as usize);
-            slices.push(head);
-            rest = tail;
-        }
-        let mut chunks = Vec::with_capacity(lens.len());
-        for group in slices.chunks(batch) {
-            let encoded: Vec<_> = group
-                .par_iter()
-                .map(|raw| chunk::encode(raw, codec, level, applied))
-                .collect();
-            for (raw, result) in group.iter().zip(encoded) {
-                let (stored, planes) = result.map_err(|reason| {
-                    Error::InvalidArgument(format!("tensor {:?}: codec {} failed: {reason}", t.name, codec.id()))
+        let e = match (&item.body, item.bytes()) {
+            (Body::Alias(j), _) => {
+                let mut e = header.tensors[*j].clone();
+                e.name = item.name.clone();
+                e.metadata = item.metadata.clone();
+                e.alias_of = Some(plan.items[*j].name.clone());
+                e
+            }
+            (Body::Stored(source, info), None) => {
+                copy_stored(source, info.file_offset, info.stored_len, &mut |p| {
+                    file.write_all(&p).map_err(io)
                 })?;
-                file.write_all(&stored).map_err(io)?;
-                chunks.push(Chunk::new(cursor, stored.len() as u64, raw.len() as u64, planes));
-                cursor += stored.len() as u64;
+                cursor += info.stored_len;
+                let chunks = info
+                    .chunks
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|c| {
+                        let at = begin + (c.offset() - info.file_offset);
+                        Chunk::new(at, c.stored_len(), c.raw_len(), c.planes().map(<[u64]>::to_vec))
+                    })
+                    .collect();
+                let mut e = entry(plan, item, [begin, cursor], Some(chunks));
+                e.filter = info.filter.as_ref().map(filter_header);
+                e
             }
-            if cursor - synced >= WRITEBACK_EVERY {
-                start_writeback(file, data_start + synced, cursor - synced);
-                synced = cursor;
+            (_, bytes) => {
+                let applied = item.filter.as_ref().map(|(f, params, planes)| AppliedFilter {
+                    filter: *f,
+                    params,
+                    planes: *planes,
+                });
+                let mut slices = Vec::with_capacity(lens.len());
+                let mut rest = bytes.unwrap_or_default();
+                for &len in lens {
+                    let (head, tail) = rest.split_at(len as usize);
+                    slices.push(head);
+                    rest = tail;
+                }
+                let mut chunks = Vec::with_capacity(lens.len());
+                for group in slices.chunks(batch) {
+                    let encoded: Vec<_> = group
+                        .par_iter()
+                        .map(|raw| chunk::encode(raw, codec, level, applied))
+                        .collect();
+                    for (raw, result) in group.iter().zip(encoded) {
+                        let (stored, planes) = result.map_err(|reason| {
+                            Error::InvalidArgument(format!(
+                                "tensor {:?}: codec {} failed: {reason}",
+                                item.name,
+                                codec.id()
+                            ))
+                        })?;
+                        file.write_all(&stored).map_err(io)?;
+                        chunks.push(Chunk::new(cursor, stored.len() as u64, raw.len() as u64, planes));
+                        cursor += stored.len() as u64;
+                    }
+                }
+                entry(plan, item, [begin, cursor], Some(chunks))
             }
+        };
+        if cursor - synced >= WRITEBACK_EVERY {
+            start_writeback(file, data_start + synced, cursor - synced);
+            synced = cursor;
         }
-        header
-            .tensors
-            .push(entry(t, [begin, cursor], Some(chunks), filter.as_ref()));
+        header.tensors.push(e);
     }
     let text = header_bytes(header, data_start);
     let preamble = Preamble {
@@ -454,23 +801,27 @@ fn write_compressed(
     }
 }
 
-fn entry(
-    t: &TensorData<'_>,
-    offsets: [u64; 2],
-    chunks: Option<Vec<Chunk>>,
-    filter: Option<&SelectedFilter>,
-) -> TensorHeader {
+fn filter_header((f, params, _): &SelectedFilter) -> FilterHeader {
+    FilterHeader {
+        id: f.id().to_owned(),
+        params: params.clone(),
+    }
+}
+
+fn entry(plan: &Plan<'_>, item: &Item<'_>, offsets: [u64; 2], chunks: Option<Vec<Chunk>>) -> TensorHeader {
+    let alias_of = match item.body {
+        Body::Alias(j) => Some(plan.items[j].name.clone()),
+        _ => None,
+    };
     TensorHeader {
-        name: t.name.clone(),
-        dtype: t.dtype.clone(),
-        shape: t.shape.clone(),
+        name: item.name.clone(),
+        dtype: item.dtype.id().to_owned(),
+        shape: item.shape.clone(),
         offsets,
         chunks,
-        filter: filter.map(|(f, params, _)| FilterHeader {
-            id: f.id().to_owned(),
-            params: params.clone(),
-        }),
-        metadata: t.metadata.clone(),
+        filter: item.filter.as_ref().map(filter_header),
+        alias_of,
+        metadata: item.metadata.clone(),
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use deathtensors::buffer::AlignedBuf;
 use deathtensors::reader::{hex, DtReader, ReadOptions};
 use deathtensors::registry;
-use deathtensors::writer::{write_file, FilterChoice, TensorData, WriteOptions};
+use deathtensors::writer::{append_file, write_entries, Entry, FilterChoice, TensorData, WriteOptions};
 use deathtensors::Error;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
@@ -181,9 +181,64 @@ fn source(obj: &Bound<'_, PyAny>) -> PyResult<Source> {
     })
 }
 
-/// Save tensors. `filter` is `"auto"` (default), `"none"` or a filter id.
-/// `entries` is a list of `(name, dtype_id, shape, data, metadata_json | None)`
-/// where `data` is a contiguous CPU torch tensor, a C-contiguous numpy array or a bytes-like.
+/// One parsed entry tuple: bytes to save, or an alias of an earlier name.
+enum Spec {
+    Data(String, String, Vec<u64>, Map<String, Value>),
+    Alias(String, String, Map<String, Value>),
+}
+
+/// Parse `(name, dtype_id, shape, data, metadata_json | None[, alias_of | None])` tuples.
+/// `data` is a contiguous CPU torch tensor, a C-contiguous numpy array or a
+/// bytes-like; with `alias_of` set, `data` is `None` and no bytes are written.
+fn parse_entries(py: Python<'_>, entries: &Bound<'_, PyList>) -> PyResult<(Vec<Spec>, Vec<Source>)> {
+    let mut sources = Vec::with_capacity(entries.len());
+    let mut specs = Vec::with_capacity(entries.len());
+    for item in entries.iter() {
+        let tuple = item.cast::<PyTuple>()?;
+        let name: String = tuple.get_item(0)?.extract()?;
+        let meta: Option<String> = tuple.get_item(4)?.extract()?;
+        let metadata = parse_map(py, meta.as_deref(), "tensor metadata")?;
+        let alias: Option<String> = if tuple.len() > 5 {
+            tuple.get_item(5)?.extract()?
+        } else {
+            None
+        };
+        if let Some(target) = alias {
+            specs.push(Spec::Alias(name, target, metadata));
+            continue;
+        }
+        let dtype: String = tuple.get_item(1)?.extract()?;
+        let shape: Vec<u64> = tuple.get_item(2)?.extract()?;
+        sources.push(source(&tuple.get_item(3)?)?);
+        specs.push(Spec::Data(name, dtype, shape, metadata));
+    }
+    Ok((specs, sources))
+}
+
+/// Framework entries over parsed specs; `sources` must outlive them.
+fn to_entries<'a>(specs: Vec<Spec>, sources: &'a [Source]) -> Vec<Entry<'a>> {
+    let mut data = sources.iter();
+    specs
+        .into_iter()
+        .filter_map(|spec| match spec {
+            Spec::Alias(name, target, metadata) => Some(Entry::Alias { name, target, metadata }),
+            Spec::Data(name, dtype, shape, metadata) => data.next().map(|s| {
+                Entry::Data(TensorData {
+                    name,
+                    dtype,
+                    shape,
+                    // SAFETY: `sources` holds a reference to each owning Python object (and its
+                    // buffer export) for as long as the entries borrow it.
+                    data: unsafe { std::slice::from_raw_parts(s.ptr as *const u8, s.len) },
+                    metadata,
+                })
+            }),
+        })
+        .collect()
+}
+
+/// Save tensors (see [`parse_entries`] for `entries`). `filter` is `"auto"`
+/// (default), `"none"` or a filter id.
 #[pyfunction]
 #[pyo3(signature = (path, entries, global_metadata=None, codec=None, level=None, checksum=None, chunk_bytes=None, filter=None))]
 #[allow(clippy::too_many_arguments)]
@@ -198,31 +253,9 @@ fn save(
     chunk_bytes: Option<u64>,
     filter: Option<String>,
 ) -> PyResult<()> {
-    let mut sources = Vec::with_capacity(entries.len());
-    let mut specs = Vec::with_capacity(entries.len());
-    for item in entries.iter() {
-        let tuple = item.cast::<PyTuple>()?;
-        let name: String = tuple.get_item(0)?.extract()?;
-        let dtype: String = tuple.get_item(1)?.extract()?;
-        let shape: Vec<u64> = tuple.get_item(2)?.extract()?;
-        sources.push(source(&tuple.get_item(3)?)?);
-        let meta: Option<String> = tuple.get_item(4)?.extract()?;
-        specs.push((name, dtype, shape, parse_map(py, meta.as_deref(), "tensor metadata")?));
-    }
+    let (specs, sources) = parse_entries(py, entries)?;
     let global = parse_map(py, global_metadata, "global_metadata")?;
-    let tensors: Vec<TensorData<'_>> = specs
-        .into_iter()
-        .zip(&sources)
-        .map(|((name, dtype, shape, metadata), s)| TensorData {
-            name,
-            dtype,
-            shape,
-            // SAFETY: `sources` holds a reference to each owning Python object (and its
-            // buffer export) until this function returns, so the memory stays valid.
-            data: unsafe { std::slice::from_raw_parts(s.ptr as *const u8, s.len) },
-            metadata,
-        })
-        .collect();
+    let entries = to_entries(specs, &sources);
     let mut options = WriteOptions {
         codec,
         level,
@@ -238,7 +271,29 @@ fn save(
         Some(id) => FilterChoice::Id(id.to_owned()),
     };
     let path = path.to_owned();
-    let result = py.detach(|| write_file(&path, &tensors, &global, &options));
+    let result = py.detach(|| write_entries(&path, &entries, &global, &options));
+    drop(entries);
+    drop(sources);
+    result.map_err(|e| to_py(py, e))
+}
+
+/// Add tensors to an existing file without decoding its tensors, replacing it
+/// atomically; the file keeps its codec, level and checksum.
+#[pyfunction]
+#[pyo3(signature = (path, entries, extra_global_metadata=None, overwrite=false))]
+fn append(
+    py: Python<'_>,
+    path: &str,
+    entries: &Bound<'_, PyList>,
+    extra_global_metadata: Option<&str>,
+    overwrite: bool,
+) -> PyResult<()> {
+    let (specs, sources) = parse_entries(py, entries)?;
+    let extra = parse_map(py, extra_global_metadata, "extra_global_metadata")?;
+    let entries = to_entries(specs, &sources);
+    let path = path.to_owned();
+    let result = py.detach(|| append_file(&path, &entries, &extra, overwrite));
+    drop(entries);
     drop(sources);
     result.map_err(|e| to_py(py, e))
 }
@@ -289,6 +344,7 @@ impl Reader {
                     "data_offsets": [t.file_offset - r.layout().data_start, t.file_offset - r.layout().data_start + t.stored_len],
                     "file_offset": t.file_offset, "stored_nbytes": t.stored_len,
                     "chunks": t.chunks.as_ref().map(Vec::len), "metadata": t.metadata,
+                    "alias_of": t.alias_of,
                 })
             })
             .collect();
@@ -455,6 +511,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Reader>()?;
     m.add_class::<MappedBuffer>()?;
     m.add_function(wrap_pyfunction!(save, m)?)?;
+    m.add_function(wrap_pyfunction!(append, m)?)?;
     m.add_function(wrap_pyfunction!(plugins, m)?)?;
     m.add_function(wrap_pyfunction!(dtypes, m)?)?;
     m.add_function(wrap_pyfunction!(codec_and_checksum_ids, m)?)?;

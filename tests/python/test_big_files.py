@@ -179,3 +179,105 @@ def test_get_slice_handle(tmp_path):
         assert torch.equal(h[...], t)
         with pytest.raises(IndexError):
             h[300]
+
+
+# ---------------------------------------------------------------- tied weights
+
+
+@pytest.mark.parametrize("compress", [False, True, "lz4"])
+def test_tied_weights_are_stored_once_and_share_memory_again(tmp_path, compress):
+    emb = torch.randn(500, 64)
+    tied = {"embed.weight": emb, "lm_head.weight": emb, "first_rows": emb[:10], "other": torch.ones(3)}
+    untied = {"embed.weight": emb, "lm_head.weight": emb.clone(), "first_rows": emb[:10], "other": torch.ones(3)}
+    p, q = tmp_path / "tied.deathtensors", tmp_path / "untied.deathtensors"
+    dt.save(p, tied, compress=compress, checksum=True)
+    dt.save(q, untied, compress=compress, checksum=True)
+    # The alias costs a header entry, not 128 KB of bytes.
+    assert os.path.getsize(q) - os.path.getsize(p) >= emb.numel() * 4 * 0.8
+    with dt.open(p, verify=True) as f:
+        assert f.info("lm_head.weight")["alias_of"] == "embed.weight"
+        assert f.info("first_rows")["alias_of"] is None  # a partial view is its own bytes
+        loaded = f.get_tensors()
+        assert loaded["lm_head.weight"].data_ptr() == loaded["embed.weight"].data_ptr()
+        assert torch.equal(loaded["lm_head.weight"], emb)
+        assert torch.equal(loaded["first_rows"], emb[:10])
+        assert torch.equal(f.get_tensor("lm_head.weight"), emb)  # alone, it reads the shared bytes
+
+
+def test_same_storage_with_another_shape_is_saved_separately(tmp_path):
+    w = torch.randn(4, 6)
+    dt.save(tmp_path / "v.deathtensors", {"w": w, "flat": w.view(24)})
+    with dt.open(tmp_path / "v.deathtensors") as f:
+        assert f.info("flat")["alias_of"] is None
+        assert torch.equal(f.get_tensor("flat"), w.view(24))
+
+
+# ---------------------------------------------------------------- append
+
+
+@pytest.mark.parametrize("compress", [False, True, "lz4"])
+@pytest.mark.parametrize("checksum", [False, True, "blake3"])
+def test_append_keeps_old_tensors_and_settings(tmp_path, compress, checksum):
+    p = tmp_path / "a.deathtensors"
+    old = {"a": torch.randn(300, 40), "b": torch.arange(10), "tied": None}
+    old["tied"] = old["a"]
+    dt.save(p, old, metadata={"a": {"k": 1}}, global_metadata={"g": "x"}, compress=compress, checksum=checksum)
+    new = {"c": torch.randn(7, 7).to(torch.bfloat16), "d": torch.tensor(True)}
+    dt.append(p, new, metadata={"c": {"m": [1, 2]}}, extra_global_metadata={"step": 2})
+    with dt.open(p) as f:
+        assert f.keys() == ["a", "b", "tied", "c", "d"]
+        assert f.is_compressed() == bool(compress)
+        assert f.checksum_algorithm() == {False: None, True: "sha256", "blake3": "blake3"}[checksum]
+        if checksum:
+            assert f.verify()
+        assert f.metadata() == {"g": "x", "step": 2}
+        assert f.info("a")["metadata"] == {"k": 1} and f.info("c")["metadata"] == {"m": [1, 2]}
+        got = f.get_tensors()
+        for name, t in {**old, **new}.items():
+            assert torch.equal(got[name], t), name
+        assert got["tied"] is got["a"]
+
+
+def test_append_refuses_existing_names_unless_overwrite(tmp_path):
+    p = tmp_path / "a.deathtensors"
+    dt.save(p, {"a": torch.zeros(3), "b": torch.ones(2)}, compress=True, checksum=True)
+    before = p.read_bytes()
+    with pytest.raises(dt.InvalidArgumentError, match="overwrite"):
+        dt.append(p, {"b": torch.zeros(1)})
+    assert p.read_bytes() == before  # untouched
+    dt.append(p, {"b": torch.full((5,), 7.0)}, overwrite=True)
+    with dt.open(p, verify=True) as f:
+        assert f.keys() == ["a", "b"]
+        assert torch.equal(f.get_tensor("b"), torch.full((5,), 7.0))
+
+
+def test_append_does_not_decompress_old_tensors(tmp_path):
+    p = tmp_path / "a.deathtensors"
+    dt.save(p, {"big": torch.randn(2000, 256)}, compress=True)
+    with dt.open(p) as f:
+        stored = f.info("big")["stored_nbytes"]
+    dt.append(p, {"small": torch.zeros(1)})
+    with dt.open(p) as f:
+        assert f.info("big")["stored_nbytes"] == stored  # copied as stored, chunk by chunk
+        f.get_tensor("small")
+        assert f._reader.decoded_bytes() == 4  # only the new tensor was decoded
+
+
+def test_append_peak_memory_does_not_grow_with_the_file(tmp_path):
+    import subprocess
+    import sys
+
+    p = tmp_path / "big.deathtensors"
+    n = 384 << 20
+    dt.save_file(p, {"big": {"dtype": "U8", "shape": [n], "data": bytes(n)}}, checksum=True)
+    code = (
+        "import resource, torch, deathtensors as dt, sys\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "dt.append(sys.argv[1], {'x': torch.ones(10)})\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(p)], check=True, capture_output=True, text=True)
+    grown = int(out.stdout.strip().splitlines()[-1])
+    assert grown < 96 << 20, f"append of a 384 MiB file grew peak RSS by {grown} bytes"
+    with dt.open(p, verify=True) as f:
+        assert f.keys() == ["big", "x"]

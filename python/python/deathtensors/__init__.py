@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
 from . import _core
 from ._frameworks import convert, prepare
+from ._sharded import ShardedReader, open_sharded, save_sharded
 from ._slicing import TensorSlice, read_rows, row_bounds
 from .errors import (
     ChecksumError,
@@ -36,9 +37,13 @@ __all__ = [
     "__version__",
     "save",
     "save_file",
+    "append",
     "open",
     "DtFile",
     "TensorSlice",
+    "save_sharded",
+    "open_sharded",
+    "ShardedReader",
     "plugins",
     "expand_path",
     "DeathtensorsError",
@@ -125,12 +130,7 @@ def _write(
     compress: Union[bool, str, None],
     compress_level: Optional[int],
 ) -> None:
-    names = {e[0] for e in entries}
-    per_tensor: Dict[str, Any] = dict(metadata or {})
-    unknown = sorted(set(per_tensor) - names)
-    if unknown:
-        raise InvalidArgumentError(f"metadata names tensors that are not saved: {unknown}")
-    rows = [(n, d, s, data, _dumps(per_tensor.get(n), f"metadata[{n!r}]")) for n, d, s, data, _ in entries]
+    rows = _rows(entries, metadata)
     codec = _choose(compress, DEFAULT_CODEC, "compress")
     _core.save(
         expand_path(path),
@@ -140,6 +140,53 @@ def _write(
         level=compress_level if codec else None,
         checksum=_choose(checksum, DEFAULT_CHECKSUM, "checksum"),
     )
+
+
+def _rows(entries: List[tuple], metadata: Optional[Mapping[str, Mapping[str, Any]]]) -> List[tuple]:
+    """Entry tuples for ``_core``: ``(name, dtype, shape, data, metadata_json, alias_of)``."""
+    names = {e[0] for e in entries}
+    per_tensor: Dict[str, Any] = dict(metadata or {})
+    unknown = sorted(set(per_tensor) - names)
+    if unknown:
+        raise InvalidArgumentError(f"metadata names tensors that are not saved: {unknown}")
+    return [(n, d, s, data, _dumps(per_tensor.get(n), f"metadata[{n!r}]"), alias) for n, d, s, data, alias in entries]
+
+
+def _entries(tensors: Mapping[str, Any]) -> List[tuple]:
+    """``(name, dtype_id, shape, data, alias_of)`` per tensor, in order.
+
+    Tensors that share one storage (tied weights) and cover all of it with the
+    same dtype and shape are saved once: later names become aliases of the
+    first. Views of part of a storage are saved as their own bytes.
+    """
+    _check_mapping(tensors)
+    entries = []
+    owners: Dict[tuple, tuple] = {}
+    for name, value in tensors.items():
+        dtype_id, shape, obj = prepare(name, value)
+        key = _storage_key(value)
+        owner = owners.get(key) if key else None
+        if owner is not None and owner[1:] == (dtype_id, shape):
+            entries.append((name, dtype_id, shape, None, owner[0]))
+            continue
+        if key and owner is None:
+            owners[key] = (name, dtype_id, shape)
+        entries.append((name, dtype_id, shape, obj, None))
+    return entries
+
+
+def _storage_key(value: Any) -> Optional[tuple]:
+    """Identity of a torch tensor's storage when the tensor covers all of it, else None."""
+    if not (hasattr(value, "untyped_storage") and hasattr(value, "storage_offset")):
+        return None
+    try:
+        storage = value.untyped_storage()
+        whole = value.storage_offset() == 0 and value.is_contiguous()
+        if not whole or value.numel() * value.element_size() != storage.nbytes() or storage.nbytes() == 0:
+            return None
+        return (str(value.device), storage.data_ptr(), storage.nbytes())
+    except (RuntimeError, NotImplementedError):  # sparse, meta or other storage-less tensors
+        return None
 
 
 def _check_mapping(tensors: Any) -> None:
@@ -179,12 +226,7 @@ def save(
         UnsupportedDtypeError: a dtype deathtensors does not store.
         OSError: the file cannot be written; the target is left untouched.
     """
-    _check_mapping(tensors)
-    entries = []
-    for name, value in tensors.items():
-        dtype_id, shape, obj = prepare(name, value)
-        entries.append((name, dtype_id, shape, obj, None))
-    _write(path, entries, metadata, global_metadata, checksum, compress, compress_level)
+    _write(path, _entries(tensors), metadata, global_metadata, checksum, compress, compress_level)
 
 
 def save_file(
@@ -213,6 +255,34 @@ def save_file(
             data = data.cast("B")
         entries.append((name, str(spec["dtype"]), [int(d) for d in spec["shape"]], data, None))
     _write(path, entries, metadata, global_metadata, checksum, compress, compress_level)
+
+
+def append(
+    path: PathLike,
+    tensors: Mapping[str, Any],
+    metadata: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    extra_global_metadata: Optional[Mapping[str, Any]] = None,
+    overwrite: bool = False,
+) -> None:
+    """Add tensors to an existing file without loading its tensors.
+
+    The old tensors are copied as stored (never decompressed, never in
+    Python memory) into a new file that atomically replaces the old one: a
+    crash at any moment leaves the old file intact. The file keeps its own
+    compression and checksum settings; its footer is recomputed.
+    ``extra_global_metadata`` is merged over the file's global metadata.
+
+    Raises:
+        InvalidArgumentError: a name already in the file (unless
+            ``overwrite=True``, which replaces that tensor in place).
+    """
+    rows = _rows(_entries(tensors), metadata)
+    _core.append(
+        expand_path(path),
+        rows,
+        extra_global_metadata=_dumps(extra_global_metadata, "extra_global_metadata"),
+        overwrite=bool(overwrite),
+    )
 
 
 class DtFile:
@@ -357,13 +427,18 @@ class DtFile:
         return TensorSlice(self, name, framework)
 
     def get_tensors(self, framework: str = "torch") -> Dict[str, Any]:
-        """Every tensor, in saved order (read and decompressed in parallel)."""
-        names = list(self._tensors)
-        buffers = self._reader.read_many(names)
-        return {
+        """Every tensor, in saved order (read and decompressed in parallel).
+
+        Tied weights (a name saved as an alias of another) come back as the
+        same tensor object, sharing memory as they did when saved.
+        """
+        owners = [n for n, e in self._tensors.items() if not e.get("alias_of")]
+        buffers = self._reader.read_many(owners)
+        loaded = {
             n: convert(b, self._tensors[n]["dtype"], self._tensors[n]["shape"], framework)
-            for n, b in zip(names, buffers)
+            for n, b in zip(owners, buffers)
         }
+        return {n: loaded[e.get("alias_of") or n] for n, e in self._tensors.items()}
 
     def verify(self) -> bool:
         """Check the footer against the file's contents; returns ``True``.

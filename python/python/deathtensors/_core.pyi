@@ -36,13 +36,19 @@ class Reader:
 
 def save(
     path: str,
-    entries: List[Tuple[str, str, List[int], Any, Optional[str]]],
+    entries: List[Tuple[Any, ...]],
     global_metadata: Optional[str] = None,
     codec: Optional[str] = None,
     level: Optional[int] = None,
     checksum: Optional[str] = None,
     chunk_bytes: Optional[int] = None,
     filter: Optional[str] = None,  # noqa: A002
+) -> None: ...
+def append(
+    path: str,
+    entries: List[Tuple[Any, ...]],
+    extra_global_metadata: Optional[str] = None,
+    overwrite: bool = False,
 ) -> None: ...
 def plugins() -> List[Tuple[str, str, str, str]]: ...
 def dtypes() -> List[Tuple[str, int, str, Optional[str], Optional[str]]]: ...

@@ -1,0 +1,619 @@
+"""Sharded checkpoints: many ``.deathtensors`` files plus a JSON index.
+
+The layout follows the convention Hugging Face users know from
+``model.safetensors.index.json``::
+
+    big_model-00001-of-00003.deathtensors
+    big_model-00002-of-00003.deathtensors
+    big_model-00003-of-00003.deathtensors
+    big_model.deathtensors.index.json
+
+The index is a JSON object::
+
+    {
+      "metadata": {
+        "total_size": 123456789,          # sum of the tensors' raw (uncompressed) bytes
+        "format": "deathtensors",
+        "global_metadata": {...}          # only when save_sharded got global_metadata
+      },
+      "weight_map": {"layer.0.weight": "big_model-00001-of-00003.deathtensors", ...}
+    }
+
+``weight_map`` lists the tensors in saved order. Every shard also carries the
+global metadata in its own header, and each tensor's per-tensor metadata.
+
+The index is untrusted input when it is opened: it must be a JSON object of at
+most :data:`MAX_INDEX_BYTES` bytes whose ``weight_map`` maps strings to plain
+file names in the index's own folder (no separators, no ``..``, no absolute or
+drive paths, no NUL). Anything else raises :class:`FormatError` at
+:func:`open_sharded`, before any shard is touched. Symbolic links that sit in
+the folder itself are followed (the Hugging Face hub cache stores files that
+way); a hostile index alone cannot reach outside the folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import ntpath
+import operator
+import os
+import re
+import stat
+import sys
+import tempfile
+import threading
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+
+from ._frameworks import _is_torch, _torch_maps, prepare
+from .errors import (
+    ChecksumError,
+    DeathtensorsError,
+    FormatError,
+    InvalidArgumentError,
+    TensorNotFoundError,
+    UnsupportedDtypeError,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import DtFile
+
+__all__ = ["ShardedReader", "open_sharded", "save_sharded", "MAX_INDEX_BYTES", "INDEX_SUFFIX", "SHARD_SUFFIX"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: An index larger than this is refused (a real one for 10^6 tensors is ~100 MB at most).
+MAX_INDEX_BYTES = 100 * 1024 * 1024
+#: What :func:`save_sharded` appends to the stem to name the index.
+INDEX_SUFFIX = ".deathtensors.index.json"
+#: The extension of every shard :func:`save_sharded` writes.
+SHARD_SUFFIX = ".deathtensors"
+#: The value of ``metadata.format`` in indexes this module writes.
+INDEX_FORMAT = "deathtensors"
+
+_DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+_STEM_EXTENSIONS = (INDEX_SUFFIX, ".dt.index.json", ".deathtensors", ".dt")
+
+
+def _pkg() -> Any:
+    # The package imports this module while it initialises, so its attributes
+    # (save, DtFile, expand_path, private helpers) are looked up when called.
+    return sys.modules[__name__.rpartition(".")[0]]
+
+
+def _stem(path: str) -> str:
+    for ext in _STEM_EXTENSIONS:
+        if path.endswith(ext):
+            return path[: -len(ext)]
+    return path
+
+
+def _shard_name(base: str, index: int, count: int) -> str:
+    return f"{base}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
+
+
+def _raw_nbytes(name: str, value: Any) -> int:
+    """The bytes ``value`` occupies once stored, checked the way :func:`deathtensors.save` checks it.
+
+    torch tensors are sized without a copy (a GPU tensor stays on its GPU);
+    numpy arrays and anything else go through the same ``prepare`` as ``save``.
+    """
+    if _is_torch(value):
+        import torch
+
+        if value.layout != torch.strided:
+            raise InvalidArgumentError(
+                f"tensor {name!r} has layout {value.layout}; only dense (strided) tensors can be saved"
+            )
+        if value.dtype not in _torch_maps()[1]:
+            raise UnsupportedDtypeError(f"tensor {name!r}: torch dtype {value.dtype} has no deathtensors dtype")
+        return int(value.numel()) * int(value.element_size())
+    _dtype_id, _shape, obj = prepare(name, value)
+    return int(obj.nbytes)
+
+
+def _plan(sizes: List[Tuple[str, int]], max_shard_bytes: int) -> List[List[str]]:
+    """Split names, in order, into groups of at most ``max_shard_bytes`` (a bigger tensor stands alone)."""
+    groups: List[List[str]] = []
+    current: List[str] = []
+    used = 0
+    for name, nbytes in sizes:
+        if current and used + nbytes > max_shard_bytes:
+            groups.append(current)
+            current, used = [], 0
+        current.append(name)
+        used += nbytes
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _write_json_atomically(path: str, value: Any) -> None:
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, indent=2) + "\n"
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(dfd)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def save_sharded(
+    path: PathLike,
+    tensors: Mapping[str, Any],
+    max_shard_bytes: int = _DEFAULT_MAX_SHARD_BYTES,
+    metadata: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    global_metadata: Optional[Mapping[str, Any]] = None,
+    checksum: Union[bool, str] = False,
+    compress: Union[bool, str] = False,
+    compress_level: Optional[int] = 3,
+) -> List[str]:
+    """Save ``tensors`` as several ``.deathtensors`` shards plus a JSON index.
+
+    The dict is split in order: a shard takes tensors while their raw
+    (uncompressed) bytes stay within ``max_shard_bytes``; a tensor bigger than
+    the limit gets a shard of its own. No shard is ever empty (an empty dict
+    writes no shard and an index with an empty ``weight_map``).
+
+    With ``path="dir/big_model.deathtensors"`` (stem ``dir/big_model``; a
+    ``.dt``, ``.deathtensors.index.json`` or no extension works the same) this
+    writes ``dir/big_model-00001-of-00010.deathtensors`` ... and the index
+    ``dir/big_model.deathtensors.index.json``, whose schema is in this
+    module's docstring (the global metadata sits under
+    ``metadata.global_metadata``).
+
+    Each shard is written atomically by :func:`deathtensors.save`. The index of
+    an earlier save to the same stem is removed first and the new one is
+    written last (temporary file + ``os.replace``), so a save that fails
+    midway leaves no index and a half-written checkpoint cannot be opened;
+    the shards it had already written are removed. After success, shards of
+    the same stem left by an earlier save with a different shard count
+    (``{stem}-NNNNN-of-MMMMM.deathtensors`` not among the new names) are
+    deleted.
+
+    Args:
+        path: Base path of the checkpoint (``~`` and ``$VARS`` are expanded).
+            Its folder must exist.
+        tensors: ``{name: tensor}`` of torch tensors or numpy arrays.
+        max_shard_bytes: Most raw tensor bytes per shard (>= 1). Default 5 GiB.
+        metadata: Per-tensor metadata ``{name: {key: JSON value}}``; each goes
+            into the shard holding that tensor.
+        global_metadata: ``{key: JSON value}``, stored in every shard and in
+            the index under ``metadata.global_metadata``.
+        checksum, compress, compress_level: As in :func:`deathtensors.save`,
+            applied to every shard.
+
+    Returns:
+        The shard paths, in order.
+
+    Raises:
+        InvalidArgumentError: ``tensors`` is not a dict, ``max_shard_bytes``
+            is not an integer >= 1, bad names, metadata or values. Checked
+            before anything is written.
+        PluginError, UnsupportedDtypeError, OSError: as in :func:`deathtensors.save`.
+    """
+    pkg = _pkg()
+    pkg._check_mapping(tensors)
+    if isinstance(max_shard_bytes, bool):
+        raise InvalidArgumentError(f"max_shard_bytes must be an integer >= 1, not {max_shard_bytes!r}")
+    try:
+        limit = operator.index(max_shard_bytes)
+    except TypeError:
+        raise InvalidArgumentError(f"max_shard_bytes must be an integer >= 1, not {max_shard_bytes!r}") from None
+    if limit < 1:
+        raise InvalidArgumentError(f"max_shard_bytes must be >= 1, not {limit}")
+
+    # Validate everything up front so that a bad argument writes nothing.
+    per_tensor: Dict[str, Any] = {}
+    if metadata is not None:
+        if not isinstance(metadata, Mapping):
+            raise InvalidArgumentError(f"metadata must be a dict of name -> dict, not {type(metadata).__name__}")
+        per_tensor = dict(metadata)
+        unknown = sorted(str(n) for n in set(per_tensor) - set(tensors))
+        if unknown:
+            raise InvalidArgumentError(f"metadata names tensors that are not saved: {unknown}")
+        for n, v in per_tensor.items():
+            pkg._dumps(v, f"metadata[{n!r}]")
+    global_text = pkg._dumps(global_metadata, "global_metadata")
+    pkg._choose(compress, pkg.DEFAULT_CODEC, "compress")
+    pkg._choose(checksum, pkg.DEFAULT_CHECKSUM, "checksum")
+    sizes = [(name, _raw_nbytes(name, value)) for name, value in tensors.items()]
+
+    full = pkg.expand_path(path)
+    stem = _stem(full)
+    folder = os.path.dirname(stem) or "."
+    base = os.path.basename(stem)
+    if not base:
+        raise InvalidArgumentError(f"path {os.fspath(path)!r} names a folder, not a checkpoint")
+    index_path = stem + INDEX_SUFFIX
+
+    groups = _plan(sizes, limit)
+    count = len(groups)
+    names = [_shard_name(base, i + 1, count) for i in range(count)]
+    shard_of = {t: names[i] for i, group in enumerate(groups) for t in group}
+
+    _remove_quietly(index_path)
+    written: List[str] = []
+    try:
+        for group, name in zip(groups, names):
+            shard_path = os.path.join(folder, name)
+            pkg.save(
+                shard_path,
+                {t: tensors[t] for t in group},
+                metadata={t: per_tensor[t] for t in group if t in per_tensor} or None,
+                global_metadata=global_metadata,
+                checksum=checksum,
+                compress=compress,
+                compress_level=compress_level,
+            )
+            written.append(shard_path)
+        index_meta: Dict[str, Any] = {"total_size": sum(n for _, n in sizes), "format": INDEX_FORMAT}
+        if global_text is not None:
+            index_meta["global_metadata"] = json.loads(global_text)
+        _write_json_atomically(index_path, {"metadata": index_meta, "weight_map": {t: shard_of[t] for t in tensors}})
+    except BaseException:
+        for p in written:
+            try:
+                _remove_quietly(p)
+            except OSError:  # pragma: no cover - best effort
+                pass
+        raise
+
+    stale = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}" + re.escape(SHARD_SUFFIX))
+    keep = set(names)
+    for entry in os.listdir(folder):
+        if entry not in keep and stale.fullmatch(entry):
+            _remove_quietly(os.path.join(folder, entry))
+    return written
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+
+def _bad_shard_name(name: Any) -> Optional[str]:
+    """Why ``name`` is not a plain file name in the index's folder, or ``None`` if it is."""
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, not a string"
+    if not name:
+        return "is empty"
+    if "\x00" in name:
+        return "contains a NUL character"
+    if "/" in name or "\\" in name or (os.sep in name) or (os.altsep and os.altsep in name):
+        return "contains a path separator"
+    if name in (".", ".."):
+        return "is a relative folder reference"
+    if os.path.isabs(name) or ntpath.isabs(name) or ntpath.splitdrive(name)[0]:
+        return "is an absolute path"
+    if os.path.basename(name) != name:  # pragma: no cover - covered by the checks above
+        return "is not a plain file name"
+    return None
+
+
+def _reject_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise FormatError(f"duplicate key {k!r} in a JSON object")
+        out[k] = v
+    return out
+
+
+def _read_index(index_path: str) -> Dict[str, Any]:
+    with open(index_path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError(f"sharded index {index_path!r} is not a regular file")
+        if st.st_size > MAX_INDEX_BYTES:
+            raise FormatError(
+                f"sharded index {index_path!r} is {st.st_size} bytes; more than the {MAX_INDEX_BYTES}-byte limit"
+            )
+        raw = fh.read(MAX_INDEX_BYTES + 1)
+    if len(raw) > MAX_INDEX_BYTES:
+        raise FormatError(f"sharded index {index_path!r} is larger than the {MAX_INDEX_BYTES}-byte limit")
+    try:
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicates)
+    except FormatError as e:
+        raise FormatError(f"sharded index {index_path!r}: {e}") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise FormatError(f"sharded index {index_path!r} is not valid UTF-8 JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise FormatError(f"sharded index {index_path!r} must be a JSON object, not {type(doc).__name__}")
+    return doc
+
+
+def _resolve_index(path: str) -> str:
+    if path.endswith(".json") or (os.path.isfile(path) and not path.endswith((".deathtensors", ".dt"))):
+        return path
+    candidates = []
+    for c in (path + ".index.json", _stem(path) + INDEX_SUFFIX):
+        if c not in candidates:
+            candidates.append(c)
+    for c in candidates:
+        if os.path.exists(c):
+            return c
+    raise FileNotFoundError(
+        errno.ENOENT, f"no sharded index for {path!r} (tried {', '.join(repr(c) for c in candidates)})", path
+    )
+
+
+class ShardedReader:
+    """A lazily read sharded checkpoint (see :func:`open_sharded`).
+
+    Opening reads and validates the index only. A shard is opened (its header
+    read) the first time one of its tensors is asked for, and stays open until
+    :meth:`close`; :meth:`opened_shards` tells which. Use as a context manager.
+    Safe to share between threads.
+    """
+
+    def __init__(self, path: PathLike, verify: bool = False) -> None:
+        pkg = _pkg()
+        self._index_path = os.path.abspath(_resolve_index(pkg.expand_path(path)))
+        self._folder = os.path.dirname(self._index_path)
+        self._verify_on_open = bool(verify)
+        doc = _read_index(self._index_path)
+        where = f"sharded index {self._index_path!r}"
+
+        meta = doc.get("metadata", {})
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict):
+            raise FormatError(f"{where}: 'metadata' must be a JSON object, not {type(meta).__name__}")
+        fmt = meta.get("format", INDEX_FORMAT)
+        if fmt != INDEX_FORMAT:
+            raise FormatError(f"{where}: metadata.format is {fmt!r}, not {INDEX_FORMAT!r}")
+        total = meta.get("total_size")
+        if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
+            raise FormatError(f"{where}: metadata.total_size must be a non-negative integer, not {total!r}")
+        gm = meta.get("global_metadata", {})
+        if not isinstance(gm, dict):
+            raise FormatError(f"{where}: metadata.global_metadata must be a JSON object, not {type(gm).__name__}")
+        self._index_meta: Dict[str, Any] = meta
+
+        if "weight_map" not in doc:
+            raise FormatError(f"{where} has no 'weight_map'")
+        wm = doc["weight_map"]
+        if not isinstance(wm, dict):
+            raise FormatError(f"{where}: 'weight_map' must be a JSON object, not {type(wm).__name__}")
+        for tensor, shard in wm.items():
+            why = _bad_shard_name(shard)
+            if why is not None:
+                raise FormatError(
+                    f"{where}: weight_map entry {tensor!r} -> {shard!r} {why}; "
+                    "shards must be plain file names in the index's folder"
+                )
+        self._weight_map: Dict[str, str] = dict(wm)
+        by_shard: Dict[str, List[str]] = {}
+        for tensor, shard in self._weight_map.items():
+            by_shard.setdefault(shard, []).append(tensor)
+        self._by_shard = by_shard
+        self._open: Dict[str, DtFile] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- context management -------------------------------------------------
+    def __enter__(self) -> ShardedReader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every opened shard; later reads raise ValueError."""
+        with self._lock:
+            self._closed = True
+            files, self._open = list(self._open.values()), {}
+        for f in files:
+            f.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def path(self) -> str:
+        """The absolute path of the index."""
+        return self._index_path
+
+    @property
+    def folder(self) -> str:
+        """The folder holding the index and every shard."""
+        return self._folder
+
+    # -- index ----------------------------------------------------------------
+    def keys(self) -> List[str]:
+        """Tensor names, in index (saved) order."""
+        return list(self._weight_map)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self._weight_map)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._weight_map
+
+    def which_shard(self, name: str) -> str:
+        """The file name (not the path) of the shard holding ``name``."""
+        try:
+            return self._weight_map[name]
+        except (KeyError, TypeError):
+            raise TensorNotFoundError(f"no tensor named {name!r} in {self._index_path}") from None
+
+    def shards(self) -> List[str]:
+        """Every shard file name the index refers to, sorted."""
+        return sorted(self._by_shard)
+
+    def shard_path(self, shard: str) -> str:
+        """The path of a shard named by the index (``os.path.join(folder, shard)``)."""
+        if shard not in self._by_shard:
+            raise InvalidArgumentError(f"{shard!r} is not a shard of {self._index_path}")
+        return os.path.join(self._folder, shard)
+
+    def opened_shards(self) -> List[str]:
+        """File names of the shards opened so far (and not yet closed), sorted."""
+        with self._lock:
+            return sorted(self._open)
+
+    def metadata(self) -> Dict[str, Any]:
+        """The global metadata given to :func:`save_sharded` (``{}`` if none)."""
+        return json.loads(json.dumps(self._index_meta.get("global_metadata", {})))
+
+    def index_metadata(self) -> Dict[str, Any]:
+        """The index's whole ``metadata`` object (``total_size``, ``format``, ``global_metadata``...)."""
+        return json.loads(json.dumps(self._index_meta))
+
+    @property
+    def total_size(self) -> Optional[int]:
+        """``metadata.total_size`` from the index: the raw bytes of every tensor (``None`` if absent)."""
+        return self._index_meta.get("total_size")
+
+    # -- shards -----------------------------------------------------------------
+    def _shard(self, shard: str) -> DtFile:
+        with self._lock:
+            if self._closed:
+                raise ValueError("I/O operation on a closed deathtensors ShardedReader")
+            f = self._open.get(shard)
+            if f is not None:
+                return f
+            f = self._open_shard(shard, self._verify_on_open)
+            self._open[shard] = f
+            return f
+
+    def _open_shard(self, shard: str, verify: bool) -> DtFile:
+        pkg = _pkg()
+        path = os.path.join(self._folder, shard)
+        try:
+            f = pkg.DtFile(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                errno.ENOENT, f"shard {shard!r} named by {self._index_path!r} is missing", path
+            ) from None
+        except DeathtensorsError as e:
+            raise type(e)(f"shard {shard!r}: {e}") from e
+        try:
+            missing = [t for t in self._by_shard.get(shard, []) if t not in f]
+            if missing:
+                raise FormatError(
+                    f"shard {shard!r} lacks tensors the index {self._index_path!r} places there: {missing[:10]}"
+                )
+            if verify:
+                try:
+                    f.verify()
+                except ChecksumError as e:
+                    raise type(e)(f"shard {shard!r}: {e}") from e
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    def _entry_shard(self, name: str) -> DtFile:
+        return self._shard(self.which_shard(name))
+
+    # -- data -------------------------------------------------------------------
+    def info(self, name: str) -> Dict[str, Any]:
+        """:meth:`DtFile.info` of ``name`` plus ``"shard"`` (its file name). Opens that shard."""
+        out = self._entry_shard(name).info(name)
+        out["shard"] = self._weight_map[name]
+        return out
+
+    def get_tensor(self, name: str, framework: str = "torch") -> Any:
+        """Read one tensor (``framework="torch"`` or ``"numpy"``), opening only its shard."""
+        return self._entry_shard(name).get_tensor(name, framework)
+
+    def get_tensors(self, framework: str = "torch") -> Dict[str, Any]:
+        """Every tensor, in index order (each shard read in parallel by the Rust core)."""
+        got: Dict[str, Any] = {}
+        for shard in self.shards():
+            f = self._shard(shard)
+            wanted = self._by_shard[shard]
+            if set(f.keys()) == set(wanted):
+                got.update(f.get_tensors(framework))
+            else:
+                for t in wanted:
+                    got[t] = f.get_tensor(t, framework)
+        return {t: got[t] for t in self._weight_map}
+
+    def verify(self) -> bool:
+        """Verify every shard's checksum footer and the index against the shards; returns ``True``.
+
+        Opens every shard. Checks that each shard holds the tensors the index
+        places there and that ``metadata.total_size`` (when present) equals
+        their raw bytes.
+
+        Raises:
+            ChecksumError: a shard's contents do not match its footer (the
+                message names the shard).
+            NoChecksumError: a shard has no footer (named likewise).
+            FormatError: a shard is malformed or disagrees with the index.
+            FileNotFoundError: a shard is missing.
+        """
+        total = 0
+        for shard in self.shards():
+            f = self._shard(shard)
+            try:
+                f.verify()
+            except ChecksumError as e:
+                raise type(e)(f"shard {shard!r}: {e}") from e
+            total += sum(int(f.info(t)["nbytes"]) for t in self._by_shard[shard])
+        declared = self.total_size
+        if declared is not None and declared != total:
+            raise FormatError(
+                f"sharded index {self._index_path!r} says total_size={declared} but its tensors hold {total} bytes"
+            )
+        return True
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self)} tensors in {len(self._by_shard)} shards"
+        return f"<deathtensors.ShardedReader {self._index_path!r} ({state})>"
+
+
+def open_sharded(path: PathLike, verify: bool = False) -> ShardedReader:
+    """Open a sharded checkpoint lazily: ``with deathtensors.open_sharded(path) as sr:``.
+
+    ``path`` is the index (``big_model.deathtensors.index.json``, or any
+    ``.json`` file) or the base path given to :func:`save_sharded`
+    (``big_model.deathtensors`` finds ``big_model.deathtensors.index.json``).
+    With ``verify=True`` each shard's checksum footer is checked when that
+    shard is first opened (a shard without one raises
+    :class:`NoChecksumError`); call :meth:`ShardedReader.verify` to check
+    them all now.
+
+    Raises:
+        FileNotFoundError: no index at ``path``. A missing shard raises it
+            later, when one of its tensors is read.
+        FormatError: the index is not valid JSON, is over
+            :data:`MAX_INDEX_BYTES`, or names a shard that is not a plain file
+            name in the index's folder (the message names the entry).
+    """
+    return ShardedReader(path, verify=verify)

@@ -1,0 +1,580 @@
+"""Sharded save/open: the spec's example, splitting rules, laziness, verification, hostile indexes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import deathtensors as dt
+from deathtensors import _sharded
+
+torch = pytest.importorskip("torch")
+np = pytest.importorskip("numpy")
+
+SPEC_SHARDS = [f"big_model-{i:05d}-of-00010.deathtensors" for i in range(1, 11)]
+
+
+def _index(folder: Path, stem: str = "big_model") -> dict:
+    return json.loads((folder / f"{stem}.deathtensors.index.json").read_text(encoding="utf-8"))
+
+
+def _f32(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, generator=g)
+
+
+# -- the spec README's example, run as written -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spec_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("spec")
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        # The README's "Sharded save for huge models" example, verbatim.
+        tensors = {f"layer.{i}.weight": torch.randn(500, 500) for i in range(100)}
+        shards = dt.save_sharded(
+            "big_model.deathtensors",
+            tensors,
+            max_shard_bytes=10 * 1024 * 1024,  # 10 MiB per shard
+            compress=True,
+            checksum=True,
+        )
+        with dt.open_sharded("big_model.deathtensors") as sr:
+            shown = sr.which_shard("layer.42.weight")
+            w = sr.get_tensor("layer.42.weight")  # only opens that one shard
+            opened = sr.opened_shards()
+    finally:
+        os.chdir(old)
+    return folder, tensors, shards, shown, w, opened
+
+
+def test_spec_example_writes_ten_shards(spec_checkpoint):
+    folder, tensors, shards, shown, w, opened = spec_checkpoint
+    assert len(shards) == 10
+    # 500*500*4 = 1_000_000 bytes per tensor: ten fit in 10 MiB (10_485_760), eleven do not.
+    assert [os.path.basename(p) for p in shards] == SPEC_SHARDS
+    assert all(os.path.isfile(folder / name) for name in SPEC_SHARDS)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*SPEC_SHARDS, "big_model.deathtensors.index.json"])
+    assert shown == "big_model-00005-of-00010.deathtensors"
+    assert torch.equal(w, tensors["layer.42.weight"])
+    assert opened == ["big_model-00005-of-00010.deathtensors"]
+    for name in SPEC_SHARDS:
+        with dt.open(folder / name) as f:
+            assert f.is_compressed() and f.has_checksum()
+            assert len(f) == 10
+
+
+def test_spec_example_index_schema(spec_checkpoint):
+    folder, tensors, *_ = spec_checkpoint
+    index = _index(folder)
+    assert index["metadata"] == {"total_size": 100 * 500 * 500 * 4, "format": "deathtensors"}
+    assert list(index["weight_map"]) == list(tensors)
+    assert index["weight_map"]["layer.0.weight"] == SPEC_SHARDS[0]
+    assert index["weight_map"]["layer.99.weight"] == SPEC_SHARDS[9]
+    assert set(index) == {"metadata", "weight_map"}
+
+
+def test_spec_example_every_name_reads_back(spec_checkpoint):
+    folder, tensors, *_ = spec_checkpoint
+    with dt.open_sharded(folder / "big_model.deathtensors.index.json") as sr:
+        assert len(sr) == 100
+        assert sr.keys() == list(tensors)
+        assert sr.shards() == SPEC_SHARDS
+        assert sr.total_size == 100_000_000
+        for i, (name, t) in enumerate(tensors.items()):
+            assert sr.which_shard(name) == SPEC_SHARDS[i // 10]
+            got = sr.get_tensor(name)
+            assert got.dtype == torch.float32 and got.shape == (500, 500)
+            assert torch.equal(got, t), name
+        assert sr.opened_shards() == SPEC_SHARDS
+        assert sr.verify() is True
+
+
+# -- splitting ---------------------------------------------------------------------------------------
+
+
+def test_tensor_bigger_than_limit_gets_its_own_shard(tmp_path):
+    tensors = {
+        "a": _f32(10, 1),  # 40 bytes
+        "b": _f32(10, 2),  # 40
+        "big": _f32(50, 3),  # 200 > limit of 100
+        "c": _f32(10, 4),
+        "d": _f32(15, 5),  # 60: c + d = 100 = the limit, still one shard
+        "e": _f32(1, 6),  # 4: 104 would overflow
+    }
+    shards = dt.save_sharded(tmp_path / "m.deathtensors", tensors, max_shard_bytes=100)
+    names = [os.path.basename(p) for p in shards]
+    assert names == [f"m-0000{i}-of-00004.deathtensors" for i in range(1, 5)]
+    groups = []
+    for p in shards:
+        with dt.open(p) as f:
+            groups.append(f.keys())
+    assert groups == [["a", "b"], ["big"], ["c", "d"], ["e"]]
+    with dt.open_sharded(tmp_path / "m.deathtensors") as sr:
+        assert sr.which_shard("big") == "m-00002-of-00004.deathtensors"
+        for name, t in tensors.items():
+            assert torch.equal(sr.get_tensor(name), t)
+
+
+def test_big_first_tensor_and_no_empty_shard(tmp_path):
+    tensors = {"big": _f32(100), "small": _f32(1), "big2": _f32(100), "big3": _f32(100)}
+    shards = dt.save_sharded(tmp_path / "m", tensors, max_shard_bytes=8)
+    keys = []
+    for p in shards:
+        with dt.open(p) as f:
+            keys.append(f.keys())
+    assert keys == [["big"], ["small"], ["big2"], ["big3"]]
+
+
+def test_one_byte_limit_puts_each_nonempty_tensor_alone(tmp_path):
+    tensors = {"a": torch.zeros(2, dtype=torch.uint8), "empty": torch.zeros(0), "b": torch.ones(1, dtype=torch.uint8)}
+    shards = dt.save_sharded(tmp_path / "m", tensors, max_shard_bytes=1)
+    keys = []
+    for p in shards:
+        with dt.open(p) as f:
+            keys.append(f.keys())
+    assert keys == [["a"], ["empty", "b"]]
+    with dt.open_sharded(tmp_path / "m") as sr:
+        assert sr.get_tensor("empty").shape == (0,)
+        assert sr.total_size == 3
+
+
+def test_order_and_mixed_frameworks_preserved(tmp_path):
+    base = torch.arange(24, dtype=torch.float64).reshape(4, 6)
+    tensors = {
+        "zeta": base.t(),  # non-contiguous
+        "alpha": np.arange(7, dtype=np.int16),
+        "mid": torch.tensor([True, False, True]),
+        "beta": torch.tensor([1.5, 2.5], dtype=torch.bfloat16),
+        "aa": np.array([[1, 2], [3, 4]], dtype=">i4"),  # big-endian input
+    }
+    dt.save_sharded(tmp_path / "o.deathtensors", tensors, max_shard_bytes=64)
+    with dt.open_sharded(tmp_path / "o.deathtensors") as sr:
+        assert sr.keys() == ["zeta", "alpha", "mid", "beta", "aa"]
+        assert list(sr) == sr.keys()
+        everything = sr.get_tensors()
+        assert list(everything) == sr.keys()
+        assert torch.equal(everything["zeta"], base.t().contiguous())
+        assert torch.equal(everything["alpha"], torch.arange(7, dtype=torch.int16))
+        assert torch.equal(everything["mid"], tensors["mid"])
+        assert torch.equal(everything["beta"], tensors["beta"])
+        assert np.array_equal(sr.get_tensor("aa", framework="numpy"), [[1, 2], [3, 4]])
+        with pytest.raises(dt.UnsupportedDtypeError):  # numpy has no BF16
+            sr.get_tensors(framework="numpy")
+        assert sr.get_tensor("alpha", framework="numpy").dtype == np.int16
+        assert sr.total_size == 24 * 8 + 7 * 2 + 3 + 2 * 2 + 4 * 4
+    assert list(_index(tmp_path, "o")["weight_map"]) == ["zeta", "alpha", "mid", "beta", "aa"]
+
+
+def test_metadata_round_trip(tmp_path):
+    tensors = {"a": _f32(4, 1), "b": _f32(4, 2), "c": _f32(4, 3)}
+    gm = {"model": "tiny", "step": 12, "nested": {"lr": 0.5, "tags": ["x", "é"]}}
+    shards = dt.save_sharded(
+        tmp_path / "m.deathtensors",
+        tensors,
+        max_shard_bytes=16,
+        metadata={"a": {"layer": 0}, "c": {"layer": 2, "tied": None}},
+        global_metadata=gm,
+    )
+    assert len(shards) == 3
+    assert _index(tmp_path, "m")["metadata"] == {"total_size": 48, "format": "deathtensors", "global_metadata": gm}
+    with dt.open_sharded(tmp_path / "m.deathtensors") as sr:
+        assert sr.metadata() == gm
+        assert sr.index_metadata()["global_metadata"] == gm
+        assert sr.info("a")["metadata"] == {"layer": 0}
+        assert sr.info("b")["metadata"] in ({}, None)
+        info = sr.info("c")
+        assert info["metadata"] == {"layer": 2, "tied": None}
+        assert info["shard"] == "m-00003-of-00003.deathtensors"
+        assert info["dtype"] == "F32" and info["shape"] == [4] and info["nbytes"] == 16
+        sr.metadata()["model"] = "mutated"
+        assert sr.metadata()["model"] == "tiny"
+    for p in shards:  # every shard carries the global metadata too
+        with dt.open(p) as f:
+            assert f.metadata() == gm
+
+
+def test_no_global_metadata_reads_as_empty(tmp_path):
+    dt.save_sharded(tmp_path / "m", {"a": _f32(2)})
+    with dt.open_sharded(tmp_path / "m") as sr:
+        assert sr.metadata() == {}
+        assert "global_metadata" not in sr.index_metadata()
+
+
+def test_empty_dict_writes_no_shard(tmp_path):
+    assert dt.save_sharded(tmp_path / "m.deathtensors", {}) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.deathtensors.index.json"]
+    with dt.open_sharded(tmp_path / "m.deathtensors") as sr:
+        assert len(sr) == 0 and sr.shards() == [] and sr.get_tensors() == {}
+        assert sr.verify() is True
+
+
+# -- paths -------------------------------------------------------------------------------------------
+
+
+def test_open_by_index_path_base_path_and_dt_extension(tmp_path):
+    tensors = {"a": _f32(3, 1), "b": _f32(3, 2)}
+    dt.save_sharded(str(tmp_path / "m.dt"), tensors, max_shard_bytes=12)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m-00001-of-00002.deathtensors",
+        "m-00002-of-00002.deathtensors",
+        "m.deathtensors.index.json",
+    ]
+    for arg in (
+        tmp_path / "m.deathtensors.index.json",
+        str(tmp_path / "m.deathtensors.index.json"),
+        tmp_path / "m.deathtensors",
+        tmp_path / "m.dt",
+        tmp_path / "m",
+    ):
+        with dt.open_sharded(arg) as sr:
+            assert sr.path == str(tmp_path / "m.deathtensors.index.json")
+            assert torch.equal(sr.get_tensor("b"), tensors["b"])
+
+
+def test_paths_expand_home_and_vars(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DT_SHARD_DIR", str(tmp_path / "sub"))
+    (tmp_path / "sub").mkdir()
+    shards = dt.save_sharded("~/m.deathtensors", {"a": _f32(2)})
+    assert shards == [str(tmp_path / "m-00001-of-00001.deathtensors")]
+    dt.save_sharded("$DT_SHARD_DIR/n.deathtensors", {"a": _f32(2)})
+    assert (tmp_path / "sub" / "n.deathtensors.index.json").is_file()
+    with dt.open_sharded("~/m.deathtensors") as a, dt.open_sharded("$DT_SHARD_DIR/n.deathtensors.index.json") as b:
+        assert torch.equal(a.get_tensor("a"), b.get_tensor("a"))
+
+
+def test_missing_index_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no sharded index"):
+        dt.open_sharded(tmp_path / "nothing.deathtensors")
+    dt.save(tmp_path / "single.deathtensors", {"a": _f32(2)})  # a plain file is not a sharded checkpoint
+    with pytest.raises(FileNotFoundError):
+        dt.open_sharded(tmp_path / "single.deathtensors")
+    with pytest.raises(FileNotFoundError):
+        dt.open_sharded(tmp_path / "nothing.deathtensors.index.json")
+
+
+def test_resave_with_fewer_shards_removes_stale_ones(tmp_path):
+    dt.save_sharded(tmp_path / "m.deathtensors", {f"t{i}": _f32(4, i) for i in range(3)}, max_shard_bytes=16)
+    (tmp_path / "other-00001-of-00003.deathtensors").write_bytes(b"not ours")
+    (tmp_path / "m-notes.txt").write_bytes(b"keep")
+    new = {"x": _f32(4, 7), "y": _f32(4, 8)}
+    dt.save_sharded(tmp_path / "m.deathtensors", new, max_shard_bytes=16, checksum=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m-00001-of-00002.deathtensors",
+        "m-00002-of-00002.deathtensors",
+        "m-notes.txt",
+        "m.deathtensors.index.json",
+        "other-00001-of-00003.deathtensors",
+    ]
+    with dt.open_sharded(tmp_path / "m.deathtensors") as sr:
+        assert sr.keys() == ["x", "y"]
+        assert sr.verify() is True
+        assert torch.equal(sr.get_tensor("y"), new["y"])
+
+
+def test_failed_save_leaves_no_index_and_no_partial_shards(tmp_path, monkeypatch):
+    old = {f"t{i}": _f32(4, i) for i in range(3)}
+    dt.save_sharded(tmp_path / "m.deathtensors", old, max_shard_bytes=16)
+    real_save = dt.save
+    calls = []
+
+    def failing_save(path, *args, **kwargs):
+        calls.append(os.path.basename(path))
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(dt, "save", failing_save)
+    with pytest.raises(OSError, match="No space"):
+        dt.save_sharded(tmp_path / "m.deathtensors", {f"n{i}": _f32(4, i) for i in range(3)}, max_shard_bytes=16)
+    assert calls == ["m-00001-of-00003.deathtensors", "m-00002-of-00003.deathtensors"]
+    # The old index is gone, so the mix of old and new shards cannot be opened as one checkpoint.
+    assert not (tmp_path / "m.deathtensors.index.json").exists()
+    assert not (tmp_path / "m-00001-of-00003.deathtensors").exists()
+    with pytest.raises(FileNotFoundError):
+        dt.open_sharded(tmp_path / "m.deathtensors")
+
+
+# -- arguments ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5, 1e9, "10", None, True])
+def test_bad_max_shard_bytes(tmp_path, limit):
+    with pytest.raises(dt.InvalidArgumentError, match="max_shard_bytes"):
+        dt.save_sharded(tmp_path / "m", {"a": _f32(2)}, max_shard_bytes=limit)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"tensors": [("a", 1)]},
+        {"tensors": {"a": [1.0, 2.0]}},
+        {"tensors": {1: torch.zeros(1)}},
+        {"metadata": {"nope": {"x": 1}}},
+        {"metadata": {"a": {"x": float("nan")}}},
+        {"global_metadata": ["not", "a", "dict"]},
+        {"compress": 3},
+        {"tensors": {"a": torch.zeros(2), "s": torch.zeros(2, 2).to_sparse()}},
+    ],
+)
+def test_bad_arguments_write_nothing(tmp_path, kwargs):
+    args = {"tensors": {"a": _f32(2), "b": _f32(2)}, **kwargs}
+    with pytest.raises(dt.InvalidArgumentError):
+        dt.save_sharded(tmp_path / "m.deathtensors", args.pop("tensors"), max_shard_bytes=8, **args)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- reading -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small(tmp_path):
+    tensors = {f"t{i}": _f32(8, i) for i in range(6)}  # 32 bytes each, two per 64-byte shard
+    shards = dt.save_sharded(tmp_path / "s.deathtensors", tensors, max_shard_bytes=64, checksum=True, compress=True)
+    assert len(shards) == 3
+    return tmp_path, tensors, [os.path.basename(p) for p in shards]
+
+
+def test_lazy_opening(small):
+    folder, tensors, names = small
+    with dt.open_sharded(folder / "s.deathtensors") as sr:
+        assert sr.opened_shards() == []
+        assert sr.keys() == list(tensors) and sr.shards() == names  # the index alone answers these
+        assert sr.which_shard("t5") == names[2]
+        assert sr.opened_shards() == []
+        assert torch.equal(sr.get_tensor("t3"), tensors["t3"])
+        assert sr.opened_shards() == [names[1]]
+        first = sr._open[names[1]]
+        assert torch.equal(sr.get_tensor("t2"), tensors["t2"])
+        assert sr._open[names[1]] is first  # cached, not reopened
+        assert sr.opened_shards() == [names[1]]
+    assert sr.closed and first.closed
+    assert sr.opened_shards() == []
+    with pytest.raises(ValueError, match="closed"):
+        sr.get_tensor("t0")
+
+
+def test_other_shards_are_never_touched(small):
+    folder, tensors, names = small
+    os.remove(folder / names[0])
+    os.remove(folder / names[2])
+    with dt.open_sharded(folder / "s.deathtensors") as sr:
+        assert torch.equal(sr.get_tensor("t2"), tensors["t2"])
+        assert torch.equal(sr.get_tensor("t3"), tensors["t3"])
+        with pytest.raises(FileNotFoundError, match=names[0]) as exc:
+            sr.get_tensor("t0")
+        assert exc.value.filename == str(folder / names[0])
+        with pytest.raises(FileNotFoundError, match=names[0]):
+            sr.verify()
+        assert sr.opened_shards() == [names[1]]
+
+
+def test_unknown_names(small):
+    folder, tensors, _ = small
+    with dt.open_sharded(folder / "s.deathtensors.index.json") as sr:
+        assert "t1" in sr and "nope" not in sr and 3 not in sr
+        assert len(sr) == 6
+        for call in (sr.get_tensor, sr.which_shard, sr.info):
+            with pytest.raises(dt.TensorNotFoundError, match="nope"):
+                call("nope")
+        with pytest.raises(KeyError):
+            sr.get_tensor("nope")
+        assert sr.opened_shards() == []
+
+
+def test_verify_passes_then_names_the_flipped_shard(small):
+    folder, tensors, names = small
+    with dt.open_sharded(folder / "s.deathtensors", verify=True) as sr:
+        assert sr.verify() is True
+        assert torch.equal(sr.get_tensor("t4"), tensors["t4"])
+    data = bytearray((folder / names[1]).read_bytes())
+    data[-40] ^= 0x01  # inside the compressed data, before the 32-byte footer
+    (folder / names[1]).write_bytes(bytes(data))
+    with dt.open_sharded(folder / "s.deathtensors") as sr:
+        with pytest.raises(dt.ChecksumError, match=names[1]):
+            sr.verify()
+    with dt.open_sharded(folder / "s.deathtensors", verify=True) as sr:
+        assert torch.equal(sr.get_tensor("t0"), tensors["t0"])  # an intact shard reads
+        with pytest.raises(dt.ChecksumError, match=names[1]):
+            sr.get_tensor("t2")
+        assert sr.opened_shards() == [names[0]]  # the bad shard is not cached
+
+
+def test_verify_without_checksum_names_the_shard(tmp_path):
+    dt.save_sharded(tmp_path / "m", {"a": _f32(2), "b": _f32(2)}, max_shard_bytes=8)
+    with dt.open_sharded(tmp_path / "m") as sr:
+        with pytest.raises(dt.NoChecksumError, match="m-00001-of-00002"):
+            sr.verify()
+        assert torch.equal(sr.get_tensor("b"), _f32(2))
+
+
+def test_verify_checks_index_against_shards(small):
+    folder, _, names = small
+    idx = _index(folder, "s")
+    idx["metadata"]["total_size"] = 1
+    (folder / "s.deathtensors.index.json").write_text(json.dumps(idx))
+    with dt.open_sharded(folder / "s.deathtensors") as sr:
+        with pytest.raises(dt.FormatError, match="total_size"):
+            sr.verify()
+    idx = _index(folder, "s")
+    idx["weight_map"]["t0"] = names[2]  # t0 actually lives in the first shard
+    (folder / "s.deathtensors.index.json").write_text(json.dumps(idx))
+    with dt.open_sharded(folder / "s.deathtensors") as sr:
+        with pytest.raises(dt.FormatError, match="t0"):
+            sr.get_tensor("t0")
+
+
+def test_corrupt_shard_header_is_format_error_naming_shard(small):
+    folder, _, names = small
+    (folder / names[2]).write_bytes(b"garbage")
+    with dt.open_sharded(folder / "s.deathtensors") as sr:
+        with pytest.raises(dt.FormatError, match=names[2]):
+            sr.get_tensor("t4")
+
+
+def test_threads_share_a_reader(small):
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder, tensors, names = small
+    with dt.open_sharded(folder / "s.deathtensors") as sr:
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(sr.get_tensor, [n for n in tensors for _ in range(5)]))
+        assert all(torch.equal(g, tensors[n]) for g, n in zip(got, [n for n in tensors for _ in range(5)]))
+        assert sr.opened_shards() == names
+
+
+# -- hostile indexes ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hostile(tmp_path, monkeypatch):
+    """A checkpoint folder plus a valid deathtensors file just outside it; records every DtFile opened."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    dt.save_sharded(folder / "m.deathtensors", {"ok": _f32(2)})
+    dt.save(tmp_path / "secret.deathtensors", {"ok": _f32(2, 9), "secret": _f32(2, 9)})
+    (folder / "sub").mkdir()
+    shutil.copy(tmp_path / "secret.deathtensors", folder / "sub" / "dir.deathtensors")
+    opened = []
+    real = dt.DtFile
+
+    class Recording(real):
+        def __init__(self, path, *a, **k):
+            opened.append(os.path.abspath(path))
+            super().__init__(path, *a, **k)
+
+    monkeypatch.setattr(dt, "DtFile", Recording)
+
+    def write(doc) -> Path:
+        index = folder / "m.deathtensors.index.json"
+        if isinstance(doc, (bytes, str)):
+            index.write_bytes(doc.encode("utf-8") if isinstance(doc, str) else doc)
+        else:
+            index.write_text(json.dumps(doc), encoding="utf-8")
+        return index
+
+    return folder, write, opened
+
+
+BAD_SHARD_NAMES = [
+    "../../etc/passwd",
+    "/etc/passwd",
+    "../secret.deathtensors",
+    "sub/dir.deathtensors",
+    "sub\\dir.deathtensors",
+    "..",
+    ".",
+    "",
+    "m-00001-of-00001.deathtensors\x00.txt",
+    "C:\\Windows\\system.ini",
+    "C:secret.deathtensors",
+    "\\\\server\\share\\x.deathtensors",
+]
+
+
+@pytest.mark.parametrize("bad", BAD_SHARD_NAMES)
+def test_hostile_shard_names_are_refused(hostile, bad):
+    folder, write, opened = hostile
+    index = write(
+        {"metadata": {"total_size": 16}, "weight_map": {"ok": "m-00001-of-00001.deathtensors", "secret": bad}}
+    )
+    with pytest.raises(dt.FormatError) as exc:
+        dt.open_sharded(index)
+    assert "secret" in str(exc.value) and repr(bad) in str(exc.value)
+    assert opened == []
+
+
+@pytest.mark.parametrize(
+    ("doc", "match"),
+    [
+        ({"weight_map": ["ok", "m-00001-of-00001.deathtensors"]}, "weight_map"),
+        ({"weight_map": "m-00001-of-00001.deathtensors"}, "weight_map"),
+        ({"weight_map": None}, "weight_map"),
+        ({"metadata": {"total_size": 8}}, "weight_map"),
+        ({"weight_map": {"ok": 1}}, "ok"),
+        ({"weight_map": {"ok": None}}, "ok"),
+        ({"weight_map": {"ok": ["m-00001-of-00001.deathtensors"]}}, "ok"),
+        ({"weight_map": {"ok": {"path": "x"}}}, "ok"),
+        ([{"weight_map": {}}], "JSON object"),
+        ("null", "JSON object"),
+        ('"weight_map"', "JSON object"),
+        ("{not json", "JSON"),
+        ("", "JSON"),
+        (b"\xff\xfe{}", "UTF-8"),
+        ('{"weight_map": {"ok": "a.deathtensors", "ok": "../secret.deathtensors"}}', "duplicate"),
+        ("[" * 100_000 + "]" * 100_000, "JSON"),
+        ({"metadata": [], "weight_map": {}}, "metadata"),
+        ({"metadata": {"total_size": -1}, "weight_map": {}}, "total_size"),
+        ({"metadata": {"total_size": "8"}, "weight_map": {}}, "total_size"),
+        ({"metadata": {"format": "safetensors"}, "weight_map": {}}, "format"),
+        ({"metadata": {"global_metadata": 3}, "weight_map": {}}, "global_metadata"),
+    ],
+)
+def test_malformed_indexes_are_format_errors(hostile, doc, match):
+    _, write, opened = hostile
+    index = write(doc)
+    with pytest.raises(dt.FormatError, match=match):
+        dt.open_sharded(index)
+    assert opened == []
+
+
+def test_oversized_index_is_refused_before_parsing(hostile, monkeypatch):
+    folder, write, opened = hostile
+    index = write({"weight_map": {"ok": "m-00001-of-00001.deathtensors"}, "metadata": {"pad": "x" * 5000}})
+    monkeypatch.setattr(_sharded, "MAX_INDEX_BYTES", 4096)
+    with pytest.raises(dt.FormatError, match="4096"):
+        dt.open_sharded(index)
+    monkeypatch.setattr(_sharded, "MAX_INDEX_BYTES", 100 * 1024 * 1024)
+    with dt.open_sharded(index) as sr:
+        assert torch.equal(sr.get_tensor("ok"), _f32(2))
+    assert opened == [str(folder / "m-00001-of-00001.deathtensors")]
+
+
+def test_index_that_is_a_folder_is_refused(hostile):
+    folder, _, _ = hostile
+    (folder / "dir.index.json").mkdir()
+    with pytest.raises((dt.FormatError, IsADirectoryError)):
+        dt.open_sharded(folder / "dir.index.json")
+
+
+def test_hf_style_index_without_format_key_opens(hostile):
+    folder, write, opened = hostile
+    index = write({"metadata": {"total_size": 8}, "weight_map": {"ok": "m-00001-of-00001.deathtensors"}})
+    with dt.open_sharded(index) as sr:
+        assert sr.verify is not None and sr.keys() == ["ok"]
+        assert torch.equal(sr.get_tensor("ok"), _f32(2))
+    assert opened == [str(folder / "m-00001-of-00001.deathtensors")]
+
+
+def test_public_api_names():
+    for name in ("save_sharded", "open_sharded", "ShardedReader"):
+        assert name in dt.__all__ and hasattr(dt, name)
+    assert dt.open_sharded.__doc__ and dt.save_sharded.__doc__ and dt.ShardedReader.verify.__doc__
