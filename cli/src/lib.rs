@@ -169,10 +169,17 @@ fn execute(command: Command) -> Result<String, Error> {
         }
         Command::List { path, json } => {
             let r = DtReader::open(expand_path(&path))?;
+            // Parts of non-dense tensors (sparse indices) are not tensors of their own.
+            let names: Vec<&str> = r
+                .tensors()
+                .iter()
+                .filter(|t| t.part_of.is_none())
+                .map(|t| t.name.as_str())
+                .collect();
             if json {
-                s = pretty(&json!(r.keys().collect::<Vec<_>>()));
+                s = pretty(&json!(names));
             } else {
-                for k in r.keys() {
+                for k in names {
                     let _ = writeln!(s, "{k}");
                 }
             }
@@ -227,6 +234,7 @@ fn info_json(r: &DtReader) -> Value {
                 "name": t.name, "dtype": t.dtype.id(), "shape": t.shape, "nbytes": t.nbytes,
                 "stored_nbytes": t.stored_len, "file_offset": t.file_offset,
                 "chunks": t.chunks.as_ref().map(Vec::len), "metadata": t.metadata,
+                "alias_of": t.alias_of, "layout": t.layout, "part_of": t.part_of,
             })
         })
         .collect();
@@ -261,16 +269,22 @@ fn write_info(s: &mut String, r: &DtReader) {
         .tensors()
         .iter()
         .map(|t| {
+            let name = match (&t.part_of, &t.layout) {
+                (Some(owner), _) => format!("  {} (part of {owner})", t.name),
+                (None, Some(l)) => format!("{} ({} {:?})", t.name, l.id, l.shape),
+                _ => t.name.clone(),
+            };
+            let stored = match (&t.alias_of, &t.chunks) {
+                (Some(target), _) => format!("alias of {target}"),
+                (None, Some(_)) => format!("{} ({:.1}%)", human(t.stored_len), percent(t.stored_len, t.nbytes)),
+                (None, None) => human(t.stored_len),
+            };
             [
-                t.name.clone(),
+                name,
                 t.dtype.id().to_owned(),
                 format!("{:?}", t.shape),
                 human(t.nbytes),
-                if t.chunks.is_some() {
-                    format!("{} ({:.1}%)", human(t.stored_len), percent(t.stored_len, t.nbytes))
-                } else {
-                    human(t.stored_len)
-                },
+                stored,
             ]
         })
         .collect();

@@ -125,6 +125,21 @@ impl Chunk {
     }
 }
 
+/// The `layout` object of a tensor entry (a non-dense tensor such as sparse COO).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayoutHeader {
+    /// Layout id (a registered [`Layout`](crate::registry::Layout)).
+    pub id: String,
+    /// The logical (dense) shape of the tensor.
+    pub shape: Vec<u64>,
+    /// The layout's parameters.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub params: Map<String, Value>,
+    /// Part name → name of the entry holding it (marked `part_of` this tensor).
+    pub parts: Map<String, Value>,
+}
+
 /// The `filter` object of a tensor entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,6 +174,14 @@ pub struct TensorHeader {
     /// chunks and filter, and shares its bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alias_of: Option<String>,
+    /// For the primary part of a non-dense tensor: its layout. The entry's
+    /// dtype and shape are those of the primary part (e.g. sparse values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<LayoutHeader>,
+    /// For a secondary part of a non-dense tensor: that tensor's name. Such
+    /// entries are not listed as tensors of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_of: Option<String>,
     /// Per-tensor metadata: any JSON values.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub metadata: Map<String, Value>,
@@ -293,6 +316,10 @@ pub struct TensorInfo {
     pub filter: Option<(&'static dyn Filter, Map<String, Value>, usize)>,
     /// The tensor this entry is a second name of (tied weights), if any.
     pub alias_of: Option<String>,
+    /// The layout, for the primary part of a non-dense tensor.
+    pub layout: Option<LayoutHeader>,
+    /// The tensor this entry is a secondary part of, if any.
+    pub part_of: Option<String>,
     /// Per-tensor metadata.
     pub metadata: Map<String, Value>,
 }
@@ -562,9 +589,12 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
             chunks,
             filter,
             alias_of: t.alias_of.clone(),
+            layout: t.layout.clone(),
+            part_of: t.part_of.clone(),
             metadata: t.metadata.clone(),
         });
     }
+    check_layouts(&tensors, &index)?;
 
     ranges.sort_unstable();
     let mut last_end = 0u64;
@@ -626,6 +656,60 @@ fn check_alias(tensors: &[TensorHeader], index: &HashMap<String, usize>, i: usiz
             &t.name,
             format!("an alias must repeat the dtype, shape, offsets, chunks and filter of {target:?}"),
         ));
+    }
+    Ok(())
+}
+
+/// Each layout names a registered plugin, exactly its parts, each an entry
+/// marked `part_of` it, and the plugin accepts their dtypes and shapes; each
+/// `part_of` entry is listed by the layout of the tensor it names.
+fn check_layouts(tensors: &[TensorInfo], index: &HashMap<String, usize>) -> Result<()> {
+    let layouts = registry::layouts()?;
+    for t in tensors {
+        if let Some(owner) = &t.part_of {
+            let listed = index
+                .get(owner)
+                .and_then(|&o| tensors[o].layout.as_ref())
+                .is_some_and(|l| l.parts.values().any(|v| v.as_str() == Some(t.name.as_str())));
+            if !listed || t.layout.is_some() || t.alias_of.is_some() {
+                return Err(Error::tensor(
+                    &t.name,
+                    format!("part_of {owner:?} but that tensor's layout does not list it"),
+                ));
+            }
+        }
+        let Some(l) = &t.layout else { continue };
+        if t.part_of.is_some() || t.alias_of.is_some() {
+            return Err(Error::tensor(&t.name, "a layout entry cannot be a part or an alias"));
+        }
+        let plugin = layouts.get(&l.id).map_err(|e| Error::tensor(&t.name, e.to_string()))?;
+        let wanted = plugin.part_names();
+        if l.parts.len() != wanted.len() {
+            return Err(Error::tensor(
+                &t.name,
+                format!("layout {} needs parts {wanted:?}", l.id),
+            ));
+        }
+        let mut parts = Vec::with_capacity(wanted.len());
+        for part in wanted {
+            let entry = l.parts.get(*part).and_then(Value::as_str).ok_or_else(|| {
+                Error::tensor(&t.name, format!("layout {} needs part {part:?} naming an entry", l.id))
+            })?;
+            let p = index
+                .get(entry)
+                .map(|&i| &tensors[i])
+                .filter(|p| p.part_of.as_deref() == Some(&t.name));
+            let p = p.ok_or_else(|| {
+                Error::tensor(
+                    &t.name,
+                    format!("part {part:?} names {entry:?}, which is not an entry part_of it"),
+                )
+            })?;
+            parts.push((p.dtype, p.shape.as_slice()));
+        }
+        plugin
+            .check(&l.shape, &l.params, (t.dtype, &t.shape), &parts)
+            .map_err(|e| Error::tensor(&t.name, format!("layout {}: {e}", l.id)))?;
     }
     Ok(())
 }

@@ -116,6 +116,33 @@ pub trait DtypeHandler: Plugin {
     fn torch_name(&self) -> Option<&'static str>;
     /// The matching numpy dtype string (`"<f4"`), if numpy has one.
     fn numpy_name(&self) -> Option<&'static str>;
+
+    /// Decode whole elements to `f64`, for algorithms that work on values
+    /// (stats, diff) without naming a concrete dtype.
+    ///
+    /// `bytes` holds whole elements as stored (little-endian). `out` holds one
+    /// value per element, or two (real part, then imaginary part) for
+    /// [`DtypeKind::Complex`]; callers pass exactly that many. Floating-point
+    /// values convert exactly, NaN and ±Inf included; integers round to the
+    /// nearest `f64`; BOOL gives 0.0 or 1.0 (any non-zero byte is true).
+    ///
+    /// Returns `false`, leaving `out` untouched, when the dtype has no numeric
+    /// value (the default). Callers ask whether a dtype supports decoding by
+    /// passing empty slices.
+    fn decode_f64(&self, _bytes: &[u8], _out: &mut [f64]) -> bool {
+        false
+    }
+
+    /// Decode whole elements of an integer or BOOL dtype exactly to `i128`,
+    /// one value per element (`out` has exactly as many values as `bytes` has
+    /// elements). BOOL gives 0 or 1 (any non-zero byte is true).
+    ///
+    /// Returns `false`, leaving `out` untouched, when the dtype is not an
+    /// integer dtype or has no numeric value (the default). Callers ask whether
+    /// a dtype supports it by passing empty slices.
+    fn decode_i128(&self, _bytes: &[u8], _out: &mut [i128]) -> bool {
+        false
+    }
 }
 
 /// A reversible transform of a chunk into byte planes, applied before the codec.
@@ -142,6 +169,31 @@ pub trait Filter: Plugin {
 
     /// Undo [`Filter::encode`]: `planes` are the planes in order, each `out.len() / planes.len()` bytes.
     fn decode(&self, params: &Map<String, Value>, planes: &[&[u8]], out: &mut [u8]);
+}
+
+/// A tensor layout other than dense: how several stored parts make one tensor.
+///
+/// The header entry of such a tensor holds its primary part (e.g. the values
+/// of a sparse tensor) and a `layout` object naming the plugin, the logical
+/// (dense) shape and the other parts, which are ordinary tensor entries marked
+/// `part_of` the tensor. Readers list the tensor once.
+pub trait Layout: Plugin {
+    /// Names of the parts besides the primary one (e.g. `["indices"]`).
+    fn part_names(&self) -> &'static [&'static str];
+
+    /// Check dtypes and shapes of the parts against the logical shape.
+    /// `primary` and each of `parts` (in [`Layout::part_names`] order) are
+    /// `(dtype, shape)`.
+    ///
+    /// # Errors
+    /// A message saying what does not fit.
+    fn check(
+        &self,
+        shape: &[u64],
+        params: &Map<String, Value>,
+        primary: (&dyn DtypeHandler, &[u64]),
+        parts: &[(&dyn DtypeHandler, &[u64])],
+    ) -> std::result::Result<(), String>;
 }
 
 /// Converts between `.deathtensors` and a foreign format.
@@ -175,6 +227,7 @@ inventory::collect!(Registration<dyn ChecksumAlgorithm>);
 inventory::collect!(Registration<dyn DtypeHandler>);
 inventory::collect!(Registration<dyn Converter>);
 inventory::collect!(Registration<dyn Filter>);
+inventory::collect!(Registration<dyn Layout>);
 
 /// Register a [`Codec`] value (a `const`-constructible expression).
 #[macro_export]
@@ -234,6 +287,19 @@ macro_rules! register_filter {
     ($plugin:expr) => {
         $crate::inventory::submit! {
             $crate::registry::Registration::<dyn $crate::registry::Filter> {
+                crate_name: env!("CARGO_PKG_NAME"),
+                plugin: &$plugin,
+            }
+        }
+    };
+}
+
+/// Register a [`Layout`] value.
+#[macro_export]
+macro_rules! register_layout {
+    ($plugin:expr) => {
+        $crate::inventory::submit! {
+            $crate::registry::Registration::<dyn $crate::registry::Layout> {
                 crate_name: env!("CARGO_PKG_NAME"),
                 plugin: &$plugin,
             }
@@ -352,6 +418,10 @@ registry_accessor!(
     filters, Filter, "filter"
 );
 registry_accessor!(
+    /// The registered tensor layouts (sparse formats).
+    layouts, Layout, "layout"
+);
+registry_accessor!(
     /// The registered foreign-format converters.
     converters, Converter, "converter"
 );
@@ -359,7 +429,7 @@ registry_accessor!(
 /// One row of [`list_plugins`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginInfo {
-    /// `"codec"`, `"checksum"`, `"filter"`, `"dtype"` or `"converter"`.
+    /// `"codec"`, `"checksum"`, `"filter"`, `"dtype"`, `"layout"` or `"converter"`.
     pub kind: &'static str,
     /// The plugin's id.
     pub id: &'static str,
@@ -387,6 +457,7 @@ pub fn list_plugins() -> Result<Vec<PluginInfo>> {
     rows(checksums()?, &mut out);
     rows(filters()?, &mut out);
     rows(dtypes()?, &mut out);
+    rows(layouts()?, &mut out);
     rows(converters()?, &mut out);
     Ok(out)
 }

@@ -18,7 +18,7 @@ use crate::buffer::AlignedBuf;
 use crate::chunk::{self, AppliedFilter};
 use crate::error::{Error, Result};
 use crate::format::{
-    self, align_up, Chunk, CompressionHeader, FilterHeader, Header, Preamble, TensorHeader, TensorInfo,
+    self, align_up, Chunk, CompressionHeader, FilterHeader, Header, LayoutHeader, Preamble, TensorHeader, TensorInfo,
     DEFAULT_CHUNK_BYTES, FLAG_CHECKSUM, FLAG_COMPRESSED, MAX_CHUNK_RAW_LEN, PREAMBLE_LEN, TENSOR_ALIGNMENT,
 };
 use crate::reader::DtReader;
@@ -93,6 +93,7 @@ impl Default for WriteOptions {
 
 /// One entry of a file to write.
 #[derive(Clone)]
+#[allow(clippy::large_enum_variant)] // a handful per write, built once: boxing would only add noise
 pub enum Entry<'a> {
     /// A tensor given as bytes.
     Data(TensorData<'a>),
@@ -105,6 +106,17 @@ pub enum Entry<'a> {
         target: String,
         /// Per-tensor metadata of the alias.
         metadata: Map<String, Value>,
+    },
+    /// A non-dense tensor (e.g. sparse COO): its primary part, which carries
+    /// the layout, and its other parts, written as entries `part_of` it.
+    /// `layout.parts` maps each part name to the name of its entry in `parts`.
+    Layout {
+        /// The primary part (e.g. sparse values), named as the tensor.
+        primary: TensorData<'a>,
+        /// The layout object of the header.
+        layout: LayoutHeader,
+        /// The other parts (e.g. sparse indices), under their entry names.
+        parts: Vec<TensorData<'a>>,
     },
     /// A tensor of another open file, copied as stored (no decompression when
     /// the compression of source and destination agree), e.g. by append.
@@ -122,6 +134,11 @@ impl std::fmt::Debug for Entry<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Entry::Data(t) => f.debug_tuple("Data").field(&t.name).finish(),
+            Entry::Layout { primary, layout, .. } => f
+                .debug_struct("Layout")
+                .field("name", &primary.name)
+                .field("layout", &layout.id)
+                .finish(),
             Entry::Alias { name, target, .. } => f
                 .debug_struct("Alias")
                 .field("name", name)
@@ -244,7 +261,7 @@ pub fn append_file(
     let path = path.as_ref();
     let source = DtReader::open(path)?;
     let name_of = |e: &Entry<'_>| match e {
-        Entry::Data(t) => t.name.clone(),
+        Entry::Data(t) | Entry::Layout { primary: t, .. } => t.name.clone(),
         Entry::Alias { name, .. } | Entry::Copy { name, .. } => name.clone(),
     };
     let new_names: std::collections::HashMap<String, usize> =
@@ -260,6 +277,9 @@ pub fn append_file(
     let mut placed = vec![false; new.len()];
     let mut entries = Vec::with_capacity(source.tensors().len() + new.len());
     for t in source.tensors() {
+        if t.part_of.as_ref().is_some_and(|owner| new_names.contains_key(owner)) {
+            continue; // a part of a tensor being replaced
+        }
         if let Some(&i) = new_names.get(&t.name) {
             entries.push(new[i].clone());
             placed[i] = true;
@@ -324,6 +344,38 @@ struct Item<'a> {
     body: Body<'a>,
     /// The filter for newly compressed bytes (compressed files only).
     filter: Option<SelectedFilter>,
+    /// Layout of a non-dense tensor's primary part.
+    layout: Option<LayoutHeader>,
+    /// The tensor this item is a secondary part of.
+    part_of: Option<String>,
+}
+
+impl<'a> Item<'a> {
+    /// An item for bytes given by the caller.
+    fn from_data(t: &TensorData<'a>) -> Result<Self> {
+        let dtype = registry::dtypes()?.get(&t.dtype)?;
+        let nbytes = byte_size(&t.name, &t.shape, dtype)?;
+        if nbytes != t.data.len() as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {:?}: shape {:?} of {} needs {nbytes} bytes but {} were given",
+                t.name,
+                t.shape,
+                t.dtype,
+                t.data.len()
+            )));
+        }
+        Ok(Item {
+            name: t.name.clone(),
+            dtype,
+            shape: t.shape.clone(),
+            nbytes,
+            metadata: t.metadata.clone(),
+            body: Body::Bytes(t.data),
+            filter: None,
+            layout: None,
+            part_of: None,
+        })
+    }
 }
 
 impl Item<'_> {
@@ -374,39 +426,38 @@ impl<'a> Plan<'a> {
             }
             (FilterChoice::Auto, Some(_)) => Vec::new(),
         };
-        let registry = registry::dtypes()?;
-        let mut index = std::collections::HashMap::with_capacity(entries.len());
+        let mut index = std::collections::HashSet::with_capacity(entries.len());
         let mut items: Vec<Item<'a>> = Vec::with_capacity(entries.len());
+        let mut add = |item: Item<'a>, items: &mut Vec<Item<'a>>| {
+            if !index.insert(item.name.clone()) {
+                return Err(Error::InvalidArgument(format!(
+                    "tensor name {:?} is given twice",
+                    item.name
+                )));
+            }
+            items.push(item);
+            Ok(())
+        };
         for entry in entries {
             let item = match entry {
-                Entry::Data(t) => {
-                    let dtype = registry.get(&t.dtype)?;
-                    let nbytes = byte_size(&t.name, &t.shape, dtype)?;
-                    if nbytes != t.data.len() as u64 {
-                        return Err(Error::InvalidArgument(format!(
-                            "tensor {:?}: shape {:?} of {} needs {nbytes} bytes but {} were given",
-                            t.name,
-                            t.shape,
-                            t.dtype,
-                            t.data.len()
-                        )));
+                Entry::Data(t) => Item::from_data(t)?,
+                Entry::Layout { primary, layout, parts } => {
+                    let mut item = Item::from_data(primary)?;
+                    item.layout = Some(layout.clone());
+                    add(item, &mut items)?;
+                    for part in parts {
+                        let mut item = Item::from_data(part)?;
+                        item.part_of = Some(primary.name.clone());
+                        add(item, &mut items)?;
                     }
-                    Item {
-                        name: t.name.clone(),
-                        dtype,
-                        shape: t.shape.clone(),
-                        nbytes,
-                        metadata: t.metadata.clone(),
-                        body: Body::Bytes(t.data),
-                        filter: None,
-                    }
+                    continue;
                 }
                 Entry::Alias { name, target, metadata } => {
-                    let &j = index.get(target.as_str()).ok_or_else(|| {
+                    let j = items.iter().position(|i| &i.name == target).ok_or_else(|| {
                         Error::InvalidArgument(format!("alias {name:?}: no earlier tensor named {target:?}"))
                     })?;
                     let t: &Item<'_> = &items[j];
-                    if matches!(t.body, Body::Alias(_)) {
+                    if matches!(t.body, Body::Alias(_)) || t.layout.is_some() || t.part_of.is_some() {
                         return Err(Error::InvalidArgument(format!(
                             "alias {name:?}: {target:?} is itself an alias; point at the tensor it names"
                         )));
@@ -419,6 +470,8 @@ impl<'a> Plan<'a> {
                         metadata: metadata.clone(),
                         body: Body::Alias(j),
                         filter: None,
+                        layout: None,
+                        part_of: None,
                     }
                 }
                 Entry::Copy { source, name, metadata } => {
@@ -441,16 +494,12 @@ impl<'a> Plan<'a> {
                         metadata: metadata.clone(),
                         body,
                         filter: None,
+                        layout: info.layout.clone(),
+                        part_of: info.part_of.clone(),
                     }
                 }
             };
-            if index.insert(item.name.clone(), items.len()).is_some() {
-                return Err(Error::InvalidArgument(format!(
-                    "tensor name {:?} is given twice",
-                    item.name
-                )));
-            }
-            items.push(item);
+            add(item, &mut items)?;
         }
         for item in &mut items {
             if item.bytes().is_none() {
@@ -821,6 +870,8 @@ fn entry(plan: &Plan<'_>, item: &Item<'_>, offsets: [u64; 2], chunks: Option<Vec
         chunks,
         filter: item.filter.as_ref().map(filter_header),
         alias_of,
+        layout: item.layout.clone(),
+        part_of: item.part_of.clone(),
         metadata: item.metadata.clone(),
     }
 }

@@ -7,6 +7,7 @@
 //! - checksums: [`checksums::sha256`], [`checksums::blake3`]
 //! - filters: [`filters::bytegroup`]
 //! - dtypes: [`dtypes`]
+//! - layouts: [`layouts::sparse_coo`]
 //!
 //! Binaries and the Python module link this crate with
 //! `use deathtensors_plugins as _;` and call [`link`] so that the linker
@@ -18,6 +19,7 @@ pub mod checksums;
 pub mod codecs;
 pub mod dtypes;
 pub mod filters;
+pub mod layouts;
 
 /// Make sure this crate is linked into the final artifact.
 ///

@@ -8,6 +8,7 @@ use std::os::raw::{c_int, c_void};
 use std::sync::{Arc, RwLock};
 
 use deathtensors::buffer::AlignedBuf;
+use deathtensors::format::LayoutHeader;
 use deathtensors::reader::{hex, DtReader, ReadOptions};
 use deathtensors::registry;
 use deathtensors::writer::{append_file, write_entries, Entry, FilterChoice, TensorData, WriteOptions};
@@ -185,11 +186,17 @@ fn source(obj: &Bound<'_, PyAny>) -> PyResult<Source> {
 enum Spec {
     Data(String, String, Vec<u64>, Map<String, Value>),
     Alias(String, String, Map<String, Value>),
+    /// A non-dense tensor: primary part as `Data`, its layout, and its parts
+    /// `(entry name, dtype, shape)`; their bytes follow the primary's in `sources`.
+    Layout(Box<Spec>, LayoutHeader, Vec<(String, String, Vec<u64>)>),
 }
 
-/// Parse `(name, dtype_id, shape, data, metadata_json | None[, alias_of | None])` tuples.
-/// `data` is a contiguous CPU torch tensor, a C-contiguous numpy array or a
-/// bytes-like; with `alias_of` set, `data` is `None` and no bytes are written.
+/// Parse `(name, dtype_id, shape, data, metadata_json | None[, alias_of | None[, layout | None]])`
+/// tuples. `data` is a contiguous CPU torch tensor, a C-contiguous numpy array
+/// or a bytes-like; with `alias_of` set, `data` is `None` and no bytes are
+/// written. `layout` is `(layout_id, logical_shape, params_json | None,
+/// [(part, entry_name, dtype_id, shape, data), ...])` for a non-dense tensor
+/// whose primary part is `data`.
 fn parse_entries(py: Python<'_>, entries: &Bound<'_, PyList>) -> PyResult<(Vec<Spec>, Vec<Source>)> {
     let mut sources = Vec::with_capacity(entries.len());
     let mut specs = Vec::with_capacity(entries.len());
@@ -210,31 +217,84 @@ fn parse_entries(py: Python<'_>, entries: &Bound<'_, PyList>) -> PyResult<(Vec<S
         let dtype: String = tuple.get_item(1)?.extract()?;
         let shape: Vec<u64> = tuple.get_item(2)?.extract()?;
         sources.push(source(&tuple.get_item(3)?)?);
-        specs.push(Spec::Data(name, dtype, shape, metadata));
+        let data = Spec::Data(name, dtype, shape, metadata);
+        let layout = if tuple.len() > 6 {
+            tuple.get_item(6)?
+        } else {
+            py.None().into_bound(py)
+        };
+        if layout.is_none() {
+            specs.push(data);
+            continue;
+        }
+        let (id, logical, params, parts): (String, Vec<u64>, Option<String>, Vec<Bound<'_, PyTuple>>) =
+            layout.extract()?;
+        let mut part_map = Map::new();
+        let mut part_specs = Vec::with_capacity(parts.len());
+        for part in parts {
+            let (part_name, entry, dtype, shape, obj): (String, String, String, Vec<u64>, Bound<'_, PyAny>) =
+                part.extract()?;
+            sources.push(source(&obj)?);
+            part_map.insert(part_name, Value::String(entry.clone()));
+            part_specs.push((entry, dtype, shape));
+        }
+        let header = LayoutHeader {
+            id,
+            shape: logical,
+            params: parse_map(py, params.as_deref(), "layout params")?,
+            parts: part_map,
+        };
+        specs.push(Spec::Layout(Box::new(data), header, part_specs));
     }
     Ok((specs, sources))
 }
 
 /// Framework entries over parsed specs; `sources` must outlive them.
 fn to_entries<'a>(specs: Vec<Spec>, sources: &'a [Source]) -> Vec<Entry<'a>> {
+    fn bytes(s: &Source) -> &[u8] {
+        // SAFETY: `sources` holds a reference to each owning Python object (and its
+        // buffer export) for as long as the entries borrow it.
+        unsafe { std::slice::from_raw_parts(s.ptr as *const u8, s.len) }
+    }
     let mut data = sources.iter();
-    specs
-        .into_iter()
-        .filter_map(|spec| match spec {
-            Spec::Alias(name, target, metadata) => Some(Entry::Alias { name, target, metadata }),
-            Spec::Data(name, dtype, shape, metadata) => data.next().map(|s| {
-                Entry::Data(TensorData {
-                    name,
-                    dtype,
-                    shape,
-                    // SAFETY: `sources` holds a reference to each owning Python object (and its
-                    // buffer export) for as long as the entries borrow it.
-                    data: unsafe { std::slice::from_raw_parts(s.ptr as *const u8, s.len) },
-                    metadata,
-                })
-            }),
-        })
-        .collect()
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let (primary, layout, parts) = match spec {
+            Spec::Alias(name, target, metadata) => {
+                out.push(Entry::Alias { name, target, metadata });
+                continue;
+            }
+            Spec::Layout(primary, layout, parts) => (*primary, Some(layout), parts),
+            data_spec => (data_spec, None, Vec::new()),
+        };
+        let (Spec::Data(name, dtype, shape, metadata), Some(s)) = (primary, data.next()) else {
+            continue;
+        };
+        let primary = TensorData {
+            name,
+            dtype,
+            shape,
+            data: bytes(s),
+            metadata,
+        };
+        let Some(layout) = layout else {
+            out.push(Entry::Data(primary));
+            continue;
+        };
+        let parts = parts
+            .into_iter()
+            .zip(data.by_ref())
+            .map(|((name, dtype, shape), s)| TensorData {
+                name,
+                dtype,
+                shape,
+                data: bytes(s),
+                metadata: Map::new(),
+            })
+            .collect();
+        out.push(Entry::Layout { primary, layout, parts });
+    }
+    out
 }
 
 /// Save tensors (see [`parse_entries`] for `entries`). `filter` is `"auto"`
@@ -344,7 +404,7 @@ impl Reader {
                     "data_offsets": [t.file_offset - r.layout().data_start, t.file_offset - r.layout().data_start + t.stored_len],
                     "file_offset": t.file_offset, "stored_nbytes": t.stored_len,
                     "chunks": t.chunks.as_ref().map(Vec::len), "metadata": t.metadata,
-                    "alias_of": t.alias_of,
+                    "alias_of": t.alias_of, "layout": t.layout, "part_of": t.part_of,
                 })
             })
             .collect();

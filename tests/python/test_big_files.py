@@ -281,3 +281,74 @@ def test_append_peak_memory_does_not_grow_with_the_file(tmp_path):
     assert grown < 96 << 20, f"append of a 384 MiB file grew peak RSS by {grown} bytes"
     with dt.open(p, verify=True) as f:
         assert f.keys() == ["big", "x"]
+
+
+# ---------------------------------------------------------------- sparse COO
+
+
+def _sparse_cases():
+    g = torch.Generator().manual_seed(0)
+    uncoalesced = torch.sparse_coo_tensor(
+        torch.tensor([[0, 1, 1, 0], [2, 0, 2, 2]]), torch.tensor([3.0, 4.0, 5.0, 6.0]), (2, 3), check_invariants=True
+    )
+    hybrid = torch.sparse_coo_tensor(
+        torch.tensor([[0, 3, 4]]), torch.randn(3, 2, 5, generator=g, dtype=torch.float64), (6, 2, 5)
+    ).coalesce()
+    three_d = torch.sparse_coo_tensor(
+        torch.tensor([[0, 1], [2, 2], [1, 0]]), torch.tensor([1, -7], dtype=torch.int32), (2, 3, 2)
+    ).coalesce()
+    empty = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (4, 4), check_invariants=True)
+    bf = torch.sparse_coo_tensor(torch.tensor([[1]]), torch.tensor([2.5]).to(torch.bfloat16), (3,)).coalesce()
+    return {"uncoalesced": uncoalesced, "hybrid": hybrid, "three_d": three_d, "empty": empty, "bf": bf}
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_sparse_round_trip_mixed_with_dense(tmp_path, compress):
+    cases = _sparse_cases()
+    dense = torch.arange(6.0)
+    p = tmp_path / "sp.deathtensors"
+    dt.save_sparse(p, {"dense": dense, **cases}, compress=compress, checksum=True)
+    with dt.open(p, verify=True) as f:
+        assert f.keys() == ["dense", *cases]  # each sparse tensor listed once
+        assert len(f) == 1 + len(cases) and not f.is_sparse("dense") and f.is_sparse("hybrid")
+        for name, sp in cases.items():
+            got = dt.get_sparse(f, name)
+            assert got.layout == torch.sparse_coo and got.shape == sp.shape and got.dtype == sp.dtype, name
+            assert got.is_coalesced() == sp.is_coalesced(), name
+            assert torch.equal(got._indices(), sp._indices()) and torch.equal(got._values(), sp._values()), name
+            assert torch.equal(f.get_tensor(name).to_dense(), sp.to_dense()), name
+        everything = f.get_tensors()
+        assert torch.equal(everything["dense"], dense)
+        assert torch.equal(everything["three_d"].to_dense(), cases["three_d"].to_dense())
+        with pytest.raises(dt.InvalidArgumentError, match="not sparse"):
+            dt.get_sparse(f, "dense")
+        with pytest.raises(dt.InvalidArgumentError, match="torch"):
+            f.get_tensor("hybrid", framework="numpy")
+
+
+def test_sparse_survives_append_and_overwrite(tmp_path):
+    cases = _sparse_cases()
+    p = tmp_path / "sp.deathtensors"
+    dt.save(p, {"sp": cases["uncoalesced"], "x": torch.ones(2)}, compress=True, checksum=True)
+    dt.append(p, {"more": cases["hybrid"]})
+    with dt.open(p, verify=True) as f:
+        assert f.keys() == ["sp", "x", "more"]
+        assert torch.equal(f.get_tensor("sp").to_dense(), cases["uncoalesced"].to_dense())
+        assert torch.equal(f.get_tensor("more").to_dense(), cases["hybrid"].to_dense())
+    dt.append(p, {"sp": torch.zeros(3)}, overwrite=True)  # a sparse tensor replaced by a dense one
+    with dt.open(p, verify=True) as f:
+        assert f.keys() == ["sp", "x", "more"] and not f.is_sparse("sp")
+        assert torch.equal(f.get_tensor("sp"), torch.zeros(3))
+
+
+def test_sparse_indices_out_of_bounds_are_a_format_error(tmp_path):
+    p = tmp_path / "sp.deathtensors"
+    ok = torch.sparse_coo_tensor(torch.tensor([[0, 1]]), torch.tensor([1.0, 2.0]), (2,))
+    dt.save(p, {"sp": ok})
+    with dt.open(p) as f:
+        offset = f._parts["sp" + "/__sparse_indices__"]["file_offset"]
+    raw = bytearray(p.read_bytes())
+    raw[offset + 8 : offset + 16] = (99).to_bytes(8, "little")  # index 99 in a tensor of size 2
+    p.write_bytes(bytes(raw))
+    with dt.open(p) as f, pytest.raises(dt.FormatError, match="sp"):
+        f.get_tensor("sp")

@@ -982,3 +982,97 @@ fn damaged_compressed_planes_are_corrupt_chunk_errors_without_a_footer() {
     }
     assert_eq!(&open_bytes(&bytes).unwrap().read_tensor("w").unwrap()[..], &values[..]);
 }
+
+// ---------------------------------------------------------------- aliases and layouts
+
+/// Two uncompressed F32 entries over bytes [0, 16); `second` is JSON for the second entry's extra fields.
+fn aliased(second: &str) -> Vec<u8> {
+    let json = format!(
+        r#"{{"tensors":[{{"name":"a","dtype":"F32","shape":[4],"offsets":[0,16]}},{{"name":"b","dtype":"F32","shape":[4],"offsets":[0,16]{second}}}]}}"#
+    );
+    craft_aligned(0, &json, &sixteen())
+}
+
+#[test]
+fn aliases_share_bytes_only_when_they_repeat_their_target() {
+    let reader = open_bytes(&aliased(r#","alias_of":"a""#)).unwrap();
+    assert_eq!(reader.tensor("b").unwrap().alias_of.as_deref(), Some("a"));
+    assert_eq!(&reader.read_tensor("b").unwrap()[..], &sixteen()[..]);
+    // Without alias_of the same bytes are an overlap.
+    assert_invalid_tensor(&open_err(&aliased("")), "b", "overlaps");
+    // Unknown, later or self targets.
+    assert_invalid_tensor(&open_err(&aliased(r#","alias_of":"zz""#)), "b", "earlier tensor");
+    assert_invalid_tensor(&open_err(&aliased(r#","alias_of":"b""#)), "b", "earlier tensor");
+    // An alias must repeat dtype and shape.
+    let json = r#"{"tensors":[{"name":"a","dtype":"F32","shape":[4],"offsets":[0,16]},{"name":"b","dtype":"I32","shape":[4],"offsets":[0,16],"alias_of":"a"}]}"#;
+    assert_invalid_tensor(&open_err(&craft_aligned(0, json, &sixteen())), "b", "must repeat");
+    // Alias of an alias.
+    let json = r#"{"tensors":[{"name":"a","dtype":"F32","shape":[4],"offsets":[0,16]},{"name":"b","dtype":"F32","shape":[4],"offsets":[0,16],"alias_of":"a"},{"name":"c","dtype":"F32","shape":[4],"offsets":[0,16],"alias_of":"b"}]}"#;
+    assert_invalid_tensor(&open_err(&craft_aligned(0, json, &sixteen())), "c", "another alias");
+}
+
+/// A sparse COO tensor "s" of shape [4]: values F32 [2] at [0, 8), indices I64 [1, 2] at [64, 80).
+fn sparse(layout: &str, indices_extra: &str) -> Vec<u8> {
+    let json = format!(
+        r#"{{"tensors":[{{"name":"s","dtype":"F32","shape":[2],"offsets":[0,8],"layout":{layout}}},{{"name":"s/i","dtype":"I64","shape":[1,2],"offsets":[64,80]{indices_extra}}}]}}"#
+    );
+    let mut data = vec![0u8; 80];
+    data[64] = 1;
+    data[72] = 3;
+    craft_aligned(0, &json, &data)
+}
+
+const SPARSE_OK: &str = r#"{"id":"sparse_coo","shape":[4],"params":{"coalesced":true},"parts":{"indices":"s/i"}}"#;
+const PART_OF_S: &str = r#","part_of":"s""#;
+
+#[test]
+fn layouts_are_checked_by_their_plugin() {
+    let reader = open_bytes(&sparse(SPARSE_OK, PART_OF_S)).unwrap();
+    assert!(reader.tensor("s").unwrap().layout.is_some());
+    assert_eq!(reader.tensor("s/i").unwrap().part_of.as_deref(), Some("s"));
+    let cases = [
+        (
+            r#"{"id":"csr9","shape":[4],"parts":{"indices":"s/i"}}"#,
+            PART_OF_S,
+            "s",
+            "csr9",
+        ),
+        (
+            r#"{"id":"sparse_coo","shape":[4],"parts":{}}"#,
+            PART_OF_S,
+            "s",
+            "needs parts",
+        ),
+        (
+            r#"{"id":"sparse_coo","shape":[4],"parts":{"indices":"nope"}}"#,
+            PART_OF_S,
+            "s",
+            "not an entry part_of it",
+        ),
+        (
+            r#"{"id":"sparse_coo","shape":[4,4],"parts":{"indices":"s/i"}}"#,
+            PART_OF_S,
+            "s",
+            "sparse",
+        ),
+        (
+            r#"{"id":"sparse_coo","shape":[4],"params":{"x":1},"parts":{"indices":"s/i"}}"#,
+            PART_OF_S,
+            "s",
+            "unknown parameter",
+        ),
+        (SPARSE_OK, "", "s", "not an entry part_of it"),
+    ];
+    for (layout, extra, tensor, needle) in cases {
+        let err = open_err(&sparse(layout, extra));
+        assert_invalid_tensor(&err, tensor, needle);
+    }
+}
+
+#[test]
+fn parts_must_be_listed_by_their_owner() {
+    let json = r#"{"tensors":[{"name":"a","dtype":"F32","shape":[4],"offsets":[0,16],"part_of":"a2"},{"name":"a2","dtype":"F32","shape":[4],"offsets":[64,80]}]}"#;
+    let mut data = sixteen();
+    data.resize(80, 0);
+    assert_invalid_tensor(&open_err(&craft_aligned(0, json, &data)), "a", "does not list it");
+}

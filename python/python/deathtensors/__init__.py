@@ -19,6 +19,7 @@ from . import _core
 from ._frameworks import convert, prepare
 from ._sharded import ShardedReader, open_sharded, save_sharded
 from ._slicing import TensorSlice, read_rows, row_bounds
+from ._sparse import is_sparse, load_sparse, sparse_entry
 from .errors import (
     ChecksumError,
     DeathtensorsError,
@@ -38,6 +39,8 @@ __all__ = [
     "save",
     "save_file",
     "append",
+    "save_sparse",
+    "get_sparse",
     "open",
     "DtFile",
     "TensorSlice",
@@ -143,17 +146,23 @@ def _write(
 
 
 def _rows(entries: List[tuple], metadata: Optional[Mapping[str, Mapping[str, Any]]]) -> List[tuple]:
-    """Entry tuples for ``_core``: ``(name, dtype, shape, data, metadata_json, alias_of)``."""
+    """Entry tuples for ``_core``: ``(name, dtype, shape, data, metadata_json, alias_of, layout)``."""
     names = {e[0] for e in entries}
     per_tensor: Dict[str, Any] = dict(metadata or {})
     unknown = sorted(set(per_tensor) - names)
     if unknown:
         raise InvalidArgumentError(f"metadata names tensors that are not saved: {unknown}")
-    return [(n, d, s, data, _dumps(per_tensor.get(n), f"metadata[{n!r}]"), alias) for n, d, s, data, alias in entries]
+    return [
+        (n, d, s, data, _dumps(per_tensor.get(n), f"metadata[{n!r}]"), alias, layout)
+        for n, d, s, data, alias, layout in entries
+    ]
 
 
 def _entries(tensors: Mapping[str, Any]) -> List[tuple]:
-    """``(name, dtype_id, shape, data, alias_of)`` per tensor, in order.
+    """``(name, dtype_id, shape, data, alias_of, layout)`` per tensor, in order.
+
+    Sparse COO tensors become their values with a ``sparse_coo`` layout and
+    their indices as a part.
 
     Tensors that share one storage (tied weights) and cover all of it with the
     same dtype and shape are saved once: later names become aliases of the
@@ -163,15 +172,18 @@ def _entries(tensors: Mapping[str, Any]) -> List[tuple]:
     entries = []
     owners: Dict[tuple, tuple] = {}
     for name, value in tensors.items():
+        if is_sparse(value):
+            entries.append(sparse_entry(name, value))
+            continue
         dtype_id, shape, obj = prepare(name, value)
         key = _storage_key(value)
         owner = owners.get(key) if key else None
         if owner is not None and owner[1:] == (dtype_id, shape):
-            entries.append((name, dtype_id, shape, None, owner[0]))
+            entries.append((name, dtype_id, shape, None, owner[0], None))
             continue
         if key and owner is None:
             owners[key] = (name, dtype_id, shape)
-        entries.append((name, dtype_id, shape, obj, None))
+        entries.append((name, dtype_id, shape, obj, None, None))
     return entries
 
 
@@ -253,7 +265,7 @@ def save_file(
         data = spec["data"]
         if isinstance(data, memoryview) and data.format != "B":
             data = data.cast("B")
-        entries.append((name, str(spec["dtype"]), [int(d) for d in spec["shape"]], data, None))
+        entries.append((name, str(spec["dtype"]), [int(d) for d in spec["shape"]], data, None, None))
     _write(path, entries, metadata, global_metadata, checksum, compress, compress_level)
 
 
@@ -285,6 +297,32 @@ def append(
     )
 
 
+def save_sparse(
+    path: PathLike,
+    tensors: Mapping[str, Any],
+    metadata: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    global_metadata: Optional[Mapping[str, Any]] = None,
+    checksum: Union[bool, str] = False,
+    compress: Union[bool, str] = False,
+    compress_level: Optional[int] = 3,
+) -> None:
+    """Save torch sparse COO tensors (dense tensors may be mixed in); as :func:`save`.
+
+    Each sparse tensor is stored as its values and I64 indices through the
+    ``sparse_coo`` layout plugin, coalesced or not, keeping its dense shape.
+    """
+    save(path, tensors, metadata, global_metadata, checksum, compress, compress_level)
+
+
+def get_sparse(f: DtFile, name: str) -> Any:
+    """The sparse COO tensor ``name`` of the open file ``f``.
+
+    Raises:
+        InvalidArgumentError: ``name`` is a dense tensor.
+    """
+    return load_sparse(f, name)
+
+
 class DtFile:
     """A lazily read ``.deathtensors`` file (also opens legacy ``.dt`` files).
 
@@ -298,7 +336,9 @@ class DtFile:
         self._reader = _core.Reader(self._path)
         desc = json.loads(self._reader.describe())
         self._desc = desc
-        self._tensors: Dict[str, Dict[str, Any]] = {t["name"]: t for t in desc["tensors"]}
+        # Listed tensors, and the hidden parts of non-dense ones (sparse indices).
+        self._tensors: Dict[str, Dict[str, Any]] = {t["name"]: t for t in desc["tensors"] if not t.get("part_of")}
+        self._parts: Dict[str, Dict[str, Any]] = {t["name"]: t for t in desc["tensors"] if t.get("part_of")}
         if verify:
             self.verify()
 
@@ -391,10 +431,17 @@ class DtFile:
         """Read one tensor as a ``torch.Tensor`` (default) or ``numpy.ndarray`` (``framework="numpy"``).
 
         Only this tensor's bytes are read (and decompressed). The result owns
-        its memory; it is writable and independent of the file.
+        its memory; it is writable and independent of the file. A sparse
+        tensor comes back as a torch sparse COO tensor (see :func:`get_sparse`).
         """
         e = self._entry(name)
+        if e.get("layout"):
+            return load_sparse(self, name, framework)
         return convert(self._reader.read(name), e["dtype"], e["shape"], framework)
+
+    def is_sparse(self, name: str) -> bool:
+        """Whether ``name`` is a sparse tensor."""
+        return bool(self._entry(name).get("layout"))
 
     def get_tensor_mmap(self, name: str, framework: str = "torch") -> Any:
         """A zero-copy tensor (or numpy array) whose memory is the mapped file.
@@ -432,12 +479,15 @@ class DtFile:
         Tied weights (a name saved as an alias of another) come back as the
         same tensor object, sharing memory as they did when saved.
         """
-        owners = [n for n, e in self._tensors.items() if not e.get("alias_of")]
+        owners = [n for n, e in self._tensors.items() if not e.get("alias_of") and not e.get("layout")]
         buffers = self._reader.read_many(owners)
         loaded = {
             n: convert(b, self._tensors[n]["dtype"], self._tensors[n]["shape"], framework)
             for n, b in zip(owners, buffers)
         }
+        for n, e in self._tensors.items():
+            if e.get("layout"):
+                loaded[n] = load_sparse(self, n, framework)
         return {n: loaded[e.get("alias_of") or n] for n, e in self._tensors.items()}
 
     def verify(self) -> bool:

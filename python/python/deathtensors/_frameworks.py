@@ -62,7 +62,7 @@ def prepare(name: str, value: Any) -> Tuple[str, List[int], Any]:
 
         if value.layout != torch.strided:
             raise InvalidArgumentError(
-                f"tensor {name!r} has layout {value.layout}; only dense (strided) tensors can be saved"
+                f"tensor {name!r} has layout {value.layout}; dense (strided) and sparse COO tensors can be saved"
             )
         by_dtype = _torch_maps()[1]
         if value.dtype not in by_dtype:

@@ -1,0 +1,3 @@
+//! Tensor layouts other than dense.
+
+pub mod sparse_coo;
