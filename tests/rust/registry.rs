@@ -134,10 +134,11 @@ fn list_plugins_shows_every_builtin_with_its_crate() {
     assert_eq!(of("codec"), ["lz4", "zstd"]);
     assert_eq!(of("checksum"), ["blake3", "sha256"]);
     assert_eq!(of("filter"), ["bytegroup"]);
+    assert_eq!(of("layout"), ["sparse_coo"]);
     assert_eq!(of("dtype"), sorted(DTYPES.iter().map(|d| d.0).collect()));
     for row in &rows {
         assert!(
-            ["codec", "checksum", "filter", "dtype", "converter"].contains(&row.kind),
+            ["codec", "checksum", "filter", "dtype", "layout", "converter"].contains(&row.kind),
             "{row:?}"
         );
         assert!(!row.summary.is_empty(), "{row:?}");
@@ -149,12 +150,12 @@ fn list_plugins_shows_every_builtin_with_its_crate() {
     let kinds: Vec<&str> = rows.iter().map(|r| r.kind).collect();
     let mut grouped = kinds.clone();
     grouped.dedup();
-    let order = ["codec", "checksum", "filter", "dtype", "converter"];
+    let order = ["codec", "checksum", "filter", "dtype", "layout", "converter"];
     assert!(grouped.iter().all(|k| order.contains(k)));
     assert!(grouped
         .windows(2)
         .all(|w| order.iter().position(|k| k == &w[0]) < order.iter().position(|k| k == &w[1])));
-    assert_eq!(rows.len(), 2 + 2 + 1 + 17 + of("converter").len());
+    assert_eq!(rows.len(), 2 + 2 + 1 + 17 + 1 + of("converter").len());
     // Stable across calls.
     assert_eq!(registry::list_plugins().unwrap(), rows);
 }
