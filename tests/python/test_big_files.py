@@ -96,16 +96,16 @@ def test_mmap_every_dtype_and_empty(tmp_path):
 
 
 def test_mapping_a_large_tensor_does_not_load_it(tmp_path):
-    n = 256 << 20  # 256 MiB
+    n = 1 << 30  # 1 GiB
     p = tmp_path / "big.deathtensors"
-    dt.save_file(p, {"big": {"dtype": "U8", "shape": [n], "data": bytes(n)}})
+    dt.save(p, {"big": np.zeros(n, dtype=np.uint8)})  # calloc'd: saving it does not make it resident
     gc.collect()
     with dt.open(p) as f:
         before = _rss_bytes()
         m = f.get_tensor_mmap("big")
         grown = _rss_bytes() - before
         assert m.numel() == n
-        assert grown < 32 << 20, f"RSS grew by {grown} bytes for a mapped 256 MiB tensor"
+        assert grown < 64 << 20, f"RSS grew by {grown} bytes for a mapped 1 GiB tensor"
         assert int(m[n // 2]) == 0  # touching one page is fine
 
 
