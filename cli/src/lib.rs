@@ -62,7 +62,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List registered plugins: codecs, checksums, dtypes, converters.
+    /// Per-tensor statistics (min/max/mean/stddev/nnz, NaN and Inf counts), computed without loading tensors.
+    Stats {
+        /// The file.
+        path: String,
+        /// Only these tensors (default: all).
+        names: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List registered plugins: codecs, checksums, filters, dtypes, layouts, converters.
     Plugins {
         /// Print a JSON array.
         #[arg(long)]
@@ -195,6 +205,24 @@ fn execute(command: Command) -> Result<String, Error> {
                 let _ = writeln!(s, "OK  {path}  {algorithm}:{digest}");
             }
         }
+        Command::Stats { path, names, json } => {
+            let r = DtReader::open(expand_path(&path))?;
+            let rows = if names.is_empty() {
+                let mut all = deathtensors::stats::all_stats(&r)?;
+                all.retain(|row| r.tensor(&row.name).is_ok_and(|t| t.part_of.is_none()));
+                all
+            } else {
+                names
+                    .iter()
+                    .map(|n| deathtensors::stats::tensor_stats(&r, n))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            if json {
+                s = pretty(&serde_json::to_value(&rows).unwrap_or_default());
+            } else {
+                write_stats(&mut s, &rows);
+            }
+        }
         Command::Plugins { json } => {
             let rows = registry::list_plugins()?;
             if json {
@@ -302,6 +330,56 @@ fn write_info(s: &mut String, r: &DtReader) {
     line(s, &heads);
     for row in &rows {
         line(s, &row.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+}
+
+fn write_stats(s: &mut String, rows: &[deathtensors::stats::TensorStats]) {
+    fn g(x: f64) -> String {
+        if x == 0.0 || (1e-4..1e6).contains(&x.abs()) {
+            format!("{x:.6}")
+        } else {
+            format!("{x:.4e}")
+        }
+    }
+    let num = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), g);
+    let val = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::Number(n) if n.is_f64() => g(n.as_f64().unwrap_or_default()),
+        other => other.to_string(),
+    };
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.dtype.clone(),
+                r.count.to_string(),
+                val(&r.min),
+                val(&r.max),
+                num(r.mean),
+                num(r.stddev),
+                r.nnz.to_string(),
+                r.nan_count.to_string(),
+                r.inf_count.to_string(),
+            ]
+        })
+        .collect();
+    let heads = [
+        "name", "dtype", "count", "min", "max", "mean", "stddev", "nnz", "nan", "inf",
+    ];
+    let mut widths: Vec<usize> = heads.iter().map(|h| h.len()).collect();
+    for row in &table {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:w$}")).collect();
+        let _ = writeln!(s, "{}", parts.join("  ").trim_end());
+    };
+    line(heads.to_vec());
+    for row in &table {
+        line(row.iter().map(String::as_str).collect());
     }
 }
 

@@ -135,7 +135,9 @@ pub trait DtypeHandler: Plugin {
 
     /// Decode whole elements of an integer or BOOL dtype exactly to `i128`,
     /// one value per element (`out` has exactly as many values as `bytes` has
-    /// elements). BOOL gives 0 or 1 (any non-zero byte is true).
+    /// elements). BOOL gives 0 or 1 (any non-zero byte is true). Values must
+    /// lie in the range of `i64` or `u64`, so that exact sums over any tensor
+    /// fit in `i128`.
     ///
     /// Returns `false`, leaving `out` untouched, when the dtype is not an
     /// integer dtype or has no numeric value (the default). Callers ask whether

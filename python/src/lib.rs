@@ -457,6 +457,24 @@ impl Reader {
         Ok(MappedBuffer { map, offset, len })
     }
 
+    /// Statistics of one tensor as JSON, computed in Rust block by block (GIL released).
+    fn stats(&self, py: Python<'_>, name: &str) -> PyResult<String> {
+        let r = self.get()?;
+        let s = py
+            .detach(|| deathtensors::stats::tensor_stats(&r, name))
+            .map_err(|e| to_py(py, e))?;
+        serde_json::to_string(&s).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+    }
+
+    /// Statistics of every tensor as a JSON list, tensors in parallel (GIL released).
+    fn all_stats(&self, py: Python<'_>) -> PyResult<String> {
+        let r = self.get()?;
+        let s = py
+            .detach(|| deathtensors::stats::all_stats(&r))
+            .map_err(|e| to_py(py, e))?;
+        serde_json::to_string(&s).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+    }
+
     /// Raw bytes produced from chunks so far (proves that reads stay lazy).
     fn decoded_bytes(&self) -> PyResult<u64> {
         Ok(self.get()?.decoded_bytes())

@@ -490,6 +490,26 @@ class DtFile:
                 loaded[n] = load_sparse(self, n, framework)
         return {n: loaded[e.get("alias_of") or n] for n, e in self._tensors.items()}
 
+    def stats(self, name: str) -> Dict[str, Any]:
+        """Statistics of one tensor, computed in Rust over the stored bytes (chunk by chunk).
+
+        Keys: ``name, dtype, shape, nbytes, count, min, max, mean, stddev, nnz,
+        nan_count, inf_count``. Floats: ``min/max/mean/stddev`` (population)
+        cover finite values only; NaN and ±Inf are counted, never propagated.
+        Integers: exact ``min``/``max``. BOOL: ``min``/``max`` are booleans and
+        ``mean`` is the fraction true. Complex: ``min/max/mean/stddev`` of
+        ``|z|`` plus ``mean_real, mean_imag, stddev_real, stddev_imag``.
+        Values are ``None`` when there is nothing to describe (no finite value).
+        No Python tensor is created. For a sparse tensor, the stats describe
+        its stored values.
+        """
+        self._entry(name)
+        return json.loads(self._reader.stats(name))
+
+    def all_stats(self) -> Dict[str, Dict[str, Any]]:
+        """:meth:`stats` of every tensor, in one parallel pass (GIL released)."""
+        return {s["name"]: s for s in json.loads(self._reader.all_stats()) if s["name"] in self._tensors}
+
     def verify(self) -> bool:
         """Check the footer against the file's contents; returns ``True``.
 
