@@ -1,9 +1,8 @@
 //! A buffer aligned to 64 bytes, allocated fallibly.
 //!
-//! Large buffers are anonymous memory maps advised to use transparent huge
-//! pages: filling a fresh 4 KiB-page buffer costs one page fault per page,
-//! which caps a copy into it at about 1.8 GB/s here; with huge pages the same
-//! copy runs at about 5.5 GB/s.
+//! (Transparent huge pages for large buffers were tried and measured: they
+//! help a warm process but cost 2-3x on a fresh one, whose first faults pay
+//! for compaction, so buffers are plain heap memory.)
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
@@ -12,8 +11,6 @@ use crate::error::{Error, Result};
 
 /// Alignment of every [`AlignedBuf`]: enough for any dtype and for SIMD loads.
 pub const BUFFER_ALIGNMENT: usize = 64;
-/// Buffers at least this large are memory maps with huge pages.
-pub const HUGE_PAGE_THRESHOLD: usize = 2 << 20;
 
 /// A type whose dangling pointer is 64-byte aligned (for empty buffers).
 #[repr(align(64))]
@@ -26,8 +23,6 @@ struct Align64;
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
-    /// Owns the memory when the buffer is a map; `None` for heap buffers.
-    map: Option<memmap2::MmapMut>,
 }
 
 // SAFETY: AlignedBuf uniquely owns its allocation, like Vec<u8>.
@@ -46,29 +41,13 @@ impl AlignedBuf {
             return Ok(AlignedBuf {
                 ptr: NonNull::<Align64>::dangling().cast(),
                 len: 0,
-                map: None,
-            });
-        }
-        if size >= HUGE_PAGE_THRESHOLD {
-            let mut map = memmap2::MmapMut::map_anon(size).map_err(|_| Error::OutOfMemory(len))?;
-            #[cfg(target_os = "linux")]
-            let _ = map.advise(memmap2::Advice::HugePage); // a hint; fine if refused
-            let ptr = NonNull::new(map.as_mut_ptr()).ok_or(Error::OutOfMemory(len))?;
-            return Ok(AlignedBuf {
-                ptr,
-                len: size,
-                map: Some(map),
             });
         }
         let layout = Layout::from_size_align(size, BUFFER_ALIGNMENT).map_err(|_| Error::OutOfMemory(len))?;
         // SAFETY: layout has non-zero size.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).ok_or(Error::OutOfMemory(len))?;
-        Ok(AlignedBuf {
-            ptr,
-            len: size,
-            map: None,
-        })
+        Ok(AlignedBuf { ptr, len: size })
     }
 
     /// Length in bytes.
@@ -109,7 +88,7 @@ impl std::ops::DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        if self.len != 0 && self.map.is_none() {
+        if self.len != 0 {
             // SAFETY: allocated in `zeroed` with this exact layout.
             unsafe {
                 alloc::dealloc(
@@ -133,16 +112,6 @@ mod tests {
         let empty = AlignedBuf::zeroed(0).unwrap();
         assert!(empty.is_empty());
         assert_eq!(empty.as_ptr() as usize % BUFFER_ALIGNMENT, 0);
-    }
-
-    #[test]
-    fn large_buffers_are_maps_zeroed_and_writable() {
-        let mut b = AlignedBuf::zeroed(HUGE_PAGE_THRESHOLD as u64 + 3).unwrap();
-        assert!(b.map.is_some());
-        assert_eq!(b.as_ptr() as usize % BUFFER_ALIGNMENT, 0);
-        assert!(b.iter().all(|&x| x == 0));
-        b[HUGE_PAGE_THRESHOLD + 2] = 7;
-        assert_eq!(b[HUGE_PAGE_THRESHOLD + 2], 7);
     }
 
     #[test]

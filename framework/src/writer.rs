@@ -621,6 +621,9 @@ fn write_uncompressed(
     file.write_all(&preamble).map_err(io)?;
 
     let entries = &header.tensors;
+    if plan.items.iter().all(|i| !matches!(i.body, Body::Stored(..))) {
+        return write_in_parallel(file, &text, plan, entries, tmp_path);
+    }
     let mut sink = Sink {
         file,
         hash: None,
@@ -650,6 +653,65 @@ fn write_uncompressed(
             written.map(|()| Some(digest))
         }),
     }
+}
+
+/// Write the header text and every tensor's bytes at their offsets from all
+/// cores (page-cache copies scale with cores), while one more thread hashes
+/// the same bytes in file order, zero gaps included. Gaps are never written:
+/// the new file reads zeros there.
+fn write_in_parallel(
+    file: &mut File,
+    text: &[u8],
+    plan: &Plan<'_>,
+    entries: &[TensorHeader],
+    tmp_path: &Path,
+) -> Result<Option<[u8; 32]>> {
+    let io = |e| Error::io(tmp_path, e);
+    let data_start = PREAMBLE_LEN + text.len() as u64;
+    let mut pieces: Vec<(u64, &[u8])> = vec![(PREAMBLE_LEN, text)];
+    let mut in_order: Vec<&[u8]> = vec![text];
+    let mut cursor = 0u64;
+    let mut end = data_start;
+    for (item, h) in plan.items.iter().zip(entries) {
+        let Some(bytes) = item.bytes().filter(|b| !b.is_empty()) else {
+            continue;
+        };
+        let gap = (h.offsets[0] - cursor) as usize;
+        if gap > 0 {
+            in_order.push(&ZEROS[..gap]);
+        }
+        for (k, piece) in bytes.chunks(WRITE_PIECE).enumerate() {
+            pieces.push((data_start + h.offsets[0] + (k * WRITE_PIECE) as u64, piece));
+            in_order.push(piece);
+        }
+        cursor = h.offsets[1];
+        end = data_start + cursor;
+    }
+    let file_ref = &*file;
+    let digest = std::thread::scope(|scope| {
+        let hashing = plan.checksum.map(|algorithm| {
+            scope.spawn(move || {
+                let mut hasher = algorithm.hasher();
+                for piece in &in_order {
+                    hasher.update(piece);
+                }
+                hasher.finish()
+            })
+        });
+        let written = pieces
+            .par_iter()
+            .try_for_each(|(at, piece)| file_ref.write_all_at(piece, *at));
+        let digest = hashing
+            .map(|h| {
+                h.join()
+                    .map_err(|_| std::io::Error::other("the hashing thread panicked"))
+            })
+            .transpose();
+        written.and(digest)
+    })
+    .map_err(io)?;
+    file.seek(SeekFrom::Start(end)).map_err(io)?;
+    Ok(digest)
 }
 
 /// The header text and every tensor's bytes, with the zero gaps between them.
