@@ -24,6 +24,11 @@ pub const EXIT_BAD_FILE: i32 = 1;
 /// Exit code for a usage error.
 pub const EXIT_USAGE: i32 = 2;
 
+mod convert;
+mod diff;
+mod manifest;
+mod progress;
+
 #[derive(Parser)]
 #[command(
     name = "deathtensors",
@@ -72,6 +77,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare two files: added, removed, changed tensors (exit 1 when they differ, like diff(1)).
+    Diff(diff::DiffArgs),
+    /// Write (or print) the JSON manifest sidecar of a file.
+    Manifest(manifest::ManifestArgs),
+    /// Convert between .deathtensors and other formats (safetensors, ...).
+    Convert(convert::ConvertArgs),
     /// List registered plugins: codecs, checksums, filters, dtypes, layouts, converters.
     Plugins {
         /// Print a JSON array.
@@ -98,10 +109,10 @@ where
         }
     };
     match execute(cli.command) {
-        Ok(text) => {
+        Ok((text, code)) => {
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
-            EXIT_OK
+            code
         }
         Err(e) => {
             let line = e.to_string().replace('\n', " ");
@@ -166,9 +177,13 @@ pub fn expand_path(raw: &str) -> PathBuf {
     PathBuf::from(out)
 }
 
-fn execute(command: Command) -> Result<String, Error> {
+/// Run one command: its output and exit code.
+fn execute(command: Command) -> Result<(String, i32), Error> {
     let mut s = String::new();
     match command {
+        Command::Diff(args) => return diff::run(args),
+        Command::Manifest(args) => return manifest::run(args),
+        Command::Convert(args) => return convert::run(args),
         Command::Info { path, json } => {
             let r = DtReader::open(expand_path(&path))?;
             if json {
@@ -196,7 +211,19 @@ fn execute(command: Command) -> Result<String, Error> {
         }
         Command::Verify { path, json } => {
             let r = DtReader::open(expand_path(&path))?;
-            r.verify()?;
+            let total = r
+                .file_len()
+                .saturating_sub(deathtensors::format::PREAMBLE_LEN + deathtensors::format::FOOTER_LEN);
+            let pb = progress::bar(total, "verify");
+            let verified = r.verify_with_progress(&|done| {
+                if let Some(pb) = &pb {
+                    pb.set_position(done);
+                }
+            });
+            if let Some(pb) = pb {
+                pb.finish_and_clear();
+            }
+            verified?;
             let algorithm = r.checksum().map(|c| c.id()).unwrap_or_default();
             let digest = hex(&r.stored_digest()?);
             if json {
@@ -208,7 +235,16 @@ fn execute(command: Command) -> Result<String, Error> {
         Command::Stats { path, names, json } => {
             let r = DtReader::open(expand_path(&path))?;
             let rows = if names.is_empty() {
-                let mut all = deathtensors::stats::all_stats(&r)?;
+                let pb = progress::bar(r.tensors().iter().map(|t| t.nbytes).sum(), "stats");
+                let all = deathtensors::stats::all_stats_with_progress(&r, &|n| {
+                    if let Some(pb) = &pb {
+                        pb.inc(n);
+                    }
+                });
+                if let Some(pb) = pb {
+                    pb.finish_and_clear();
+                }
+                let mut all = all?;
                 all.retain(|row| r.tensor(&row.name).is_ok_and(|t| t.part_of.is_none()));
                 all
             } else {
@@ -244,7 +280,7 @@ fn execute(command: Command) -> Result<String, Error> {
             }
         }
     }
-    Ok(s)
+    Ok((s, EXIT_OK))
 }
 
 fn pretty(v: &Value) -> String {

@@ -24,10 +24,13 @@
 
 #![warn(missing_docs)]
 
+pub mod atomic;
 pub mod buffer;
 pub mod chunk;
+pub mod diff;
 pub mod error;
 pub mod format;
+pub mod manifest;
 pub mod reader;
 pub mod registry;
 pub mod stats;

@@ -307,7 +307,7 @@ impl DtReader {
     pub fn read_stored(&self, offset: u64, out: &mut [u8]) -> Result<()> {
         let start = self.layout.data_start;
         let end = start + self.layout.data_len;
-        if offset < start || offset.checked_add(out.len() as u64).map_or(true, |e| e > end) {
+        if offset < start || offset.checked_add(out.len() as u64).is_none_or(|e| e > end) {
             return Err(Error::InvalidArgument(format!(
                 "stored range at {offset} (+{}) is outside the data region [{start}, {end})",
                 out.len()
@@ -469,9 +469,19 @@ impl DtReader {
     /// # Errors
     /// [`Error::NoChecksum`], [`Error::ChecksumMismatch`], I/O errors.
     pub fn verify(&self) -> Result<()> {
+        self.verify_with_progress(&|_| {})
+    }
+
+    /// [`DtReader::verify`], calling `progress` with the number of bytes
+    /// hashed after each block (for progress bars). The total is
+    /// `file_len() - 24 - 32`.
+    ///
+    /// # Errors
+    /// As [`DtReader::verify`].
+    pub fn verify_with_progress(&self, progress: &dyn Fn(u64)) -> Result<()> {
         let algorithm = self.layout.checksum.ok_or(Error::NoChecksum)?;
         let expected = self.stored_digest()?;
-        let computed = self.compute_digest(algorithm)?;
+        let computed = self.compute_digest(algorithm, progress)?;
         if computed != expected {
             return Err(Error::ChecksumMismatch {
                 algorithm: algorithm.id().to_owned(),
@@ -482,7 +492,7 @@ impl DtReader {
         Ok(())
     }
 
-    fn compute_digest(&self, algorithm: &dyn ChecksumAlgorithm) -> Result<[u8; 32]> {
+    fn compute_digest(&self, algorithm: &dyn ChecksumAlgorithm, progress: &dyn Fn(u64)) -> Result<[u8; 32]> {
         let end = self.file_len - FOOTER_LEN;
         let (full_tx, full_rx) = mpsc::sync_channel::<Result<(Vec<u8>, usize)>>(2);
         let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(3);
@@ -507,9 +517,12 @@ impl DtReader {
                 }
             });
             let mut hasher = algorithm.hasher();
+            let mut done = 0u64;
             while let Ok(block) = full_rx.recv() {
                 let (buf, n) = block?;
                 hasher.update(&buf[..n]);
+                done += n as u64;
+                progress(done);
                 let _ = free_tx.send(buf);
             }
             Ok(hasher.finish())

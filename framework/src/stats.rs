@@ -143,7 +143,24 @@ pub fn tensor_stats(reader: &DtReader, name: &str) -> Result<TensorStats> {
 /// # Errors
 /// As [`tensor_stats`], for the first tensor that fails.
 pub fn all_stats(reader: &DtReader) -> Result<Vec<TensorStats>> {
-    reader.tensors().par_iter().map(|info| stats_of(reader, info)).collect()
+    all_stats_with_progress(reader, &|_| {})
+}
+
+/// [`all_stats`], calling `progress` with a tensor's byte size as each
+/// tensor finishes (from any thread; for progress bars).
+///
+/// # Errors
+/// As [`all_stats`].
+pub fn all_stats_with_progress(reader: &DtReader, progress: &(dyn Fn(u64) + Sync)) -> Result<Vec<TensorStats>> {
+    reader
+        .tensors()
+        .par_iter()
+        .map(|info| {
+            let s = stats_of(reader, info);
+            progress(info.nbytes);
+            s
+        })
+        .collect()
 }
 
 fn stats_of(reader: &DtReader, info: &TensorInfo) -> Result<TensorStats> {

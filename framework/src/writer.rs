@@ -7,13 +7,14 @@
 use std::borrow::Cow;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::mpsc;
 
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 
+use crate::atomic::AtomicFile;
 use crate::buffer::AlignedBuf;
 use crate::chunk::{self, AppliedFilter};
 use crate::error::{Error, Result};
@@ -182,23 +183,11 @@ pub fn write_entries(
     global_metadata: &Map<String, Value>,
     options: &WriteOptions,
 ) -> Result<()> {
-    let path = path.as_ref();
     let plan = Plan::new(entries, options)?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", path.display())))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", file_name.to_string_lossy()))
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| Error::io(&dir, e))?;
-    let tmp_path = tmp.path().to_path_buf();
+    let mut out = AtomicFile::create(path)?;
+    let tmp_path = out.path().to_path_buf();
     let io = |e| Error::io(&tmp_path, e);
-    let file = tmp.as_file_mut();
+    let file = out.file();
 
     let mut header = Header {
         metadata: global_metadata.clone(),
@@ -224,19 +213,7 @@ pub fn write_entries(
     if let Some(digest) = digest {
         file.write_all(&digest).map_err(io)?;
     }
-    // Temp files are created 0600; give the result the mode a plain create would.
-    file.set_permissions(std::fs::Permissions::from_mode(0o666 & !process_umask()))
-        .map_err(io)?;
-    if options.durable {
-        file.sync_all().map_err(io)?;
-    }
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    if options.durable {
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    out.commit(options.durable)
 }
 
 /// Add `new` entries to the file at `path` without decoding its tensors: the
@@ -308,18 +285,6 @@ pub fn append_file(
         ..WriteOptions::default()
     };
     write_entries(path, &entries, &global, &options)
-}
-
-/// The process umask, read without changing it (Linux: /proc/self/status); 0o022 if unknown.
-fn process_umask() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Umask:"))
-                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        })
-        .unwrap_or(0o022)
 }
 
 /// Where an item's bytes come from.

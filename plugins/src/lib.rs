@@ -8,6 +8,7 @@
 //! - filters: [`filters::bytegroup`]
 //! - dtypes: [`dtypes`]
 //! - layouts: [`layouts::sparse_coo`]
+//! - converters: [`converters::safetensors`]
 //!
 //! Binaries and the Python module link this crate with
 //! `use deathtensors_plugins as _;` and call [`link`] so that the linker
@@ -17,6 +18,7 @@
 
 pub mod checksums;
 pub mod codecs;
+pub mod converters;
 pub mod dtypes;
 pub mod filters;
 pub mod layouts;

@@ -20,8 +20,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use serde_json::{Map, Value};
 
+mod convert;
+mod diff;
+mod manifest;
+
 /// Map a framework error to the matching `deathtensors.errors` class.
-fn to_py(py: Python<'_>, err: Error) -> PyErr {
+pub(crate) fn to_py(py: Python<'_>, err: Error) -> PyErr {
     if let Error::Io { path, source } = &err {
         let errno = source.raw_os_error().unwrap_or(0);
         return PyOSError::new_err((errno, source.to_string(), path.to_string_lossy().into_owned()));
@@ -300,7 +304,7 @@ fn to_entries<'a>(specs: Vec<Spec>, sources: &'a [Source]) -> Vec<Entry<'a>> {
 /// Save tensors (see [`parse_entries`] for `entries`). `filter` is `"auto"`
 /// (default), `"none"` or a filter id.
 #[pyfunction]
-#[pyo3(signature = (path, entries, global_metadata=None, codec=None, level=None, checksum=None, chunk_bytes=None, filter=None))]
+#[pyo3(signature = (path, entries, global_metadata=None, codec=None, level=None, checksum=None, chunk_bytes=None, filter=None, durable=true))]
 #[allow(clippy::too_many_arguments)]
 fn save(
     py: Python<'_>,
@@ -312,6 +316,7 @@ fn save(
     checksum: Option<String>,
     chunk_bytes: Option<u64>,
     filter: Option<String>,
+    durable: bool,
 ) -> PyResult<()> {
     let (specs, sources) = parse_entries(py, entries)?;
     let global = parse_map(py, global_metadata, "global_metadata")?;
@@ -320,6 +325,7 @@ fn save(
         codec,
         level,
         checksum,
+        durable,
         ..Default::default()
     };
     if let Some(c) = chunk_bytes {
@@ -594,5 +600,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dtypes, m)?)?;
     m.add_function(wrap_pyfunction!(codec_and_checksum_ids, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    diff::register(m)?;
+    manifest::register(m)?;
+    convert::register(m)?;
     Ok(())
 }

@@ -16,7 +16,11 @@ import os
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
 from . import _core
+from ._convert import from_safetensors, to_safetensors
+from ._diff import diff
 from ._frameworks import convert, prepare
+from ._manifest import read_manifest, write_manifest
+from ._schema import Schema
 from ._sharded import ShardedReader, open_sharded, save_sharded
 from ._slicing import TensorSlice, read_rows, row_bounds
 from ._sparse import is_sparse, load_sparse, sparse_entry
@@ -28,6 +32,7 @@ from .errors import (
     InvalidArgumentError,
     NoChecksumError,
     PluginError,
+    SchemaError,
     TensorNotFoundError,
     UnsupportedDtypeError,
 )
@@ -41,6 +46,12 @@ __all__ = [
     "append",
     "save_sparse",
     "get_sparse",
+    "Schema",
+    "diff",
+    "write_manifest",
+    "read_manifest",
+    "from_safetensors",
+    "to_safetensors",
     "open",
     "DtFile",
     "TensorSlice",
@@ -58,6 +69,7 @@ __all__ = [
     "TensorNotFoundError",
     "InvalidArgumentError",
     "UnsupportedDtypeError",
+    "SchemaError",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -132,6 +144,7 @@ def _write(
     checksum: Union[bool, str, None],
     compress: Union[bool, str, None],
     compress_level: Optional[int],
+    durable: bool = True,
 ) -> None:
     rows = _rows(entries, metadata)
     codec = _choose(compress, DEFAULT_CODEC, "compress")
@@ -142,6 +155,7 @@ def _write(
         codec=codec,
         level=compress_level if codec else None,
         checksum=_choose(checksum, DEFAULT_CHECKSUM, "checksum"),
+        durable=bool(durable),
     )
 
 
@@ -218,6 +232,7 @@ def save(
     checksum: Union[bool, str] = False,
     compress: Union[bool, str] = False,
     compress_level: Optional[int] = 3,
+    durable: bool = True,
 ) -> None:
     """Save a dict of torch tensors or numpy arrays to ``path``, atomically.
 
@@ -231,6 +246,10 @@ def save(
         compress: ``True`` for zstd, or a codec id (``"lz4"``).
         compress_level: Codec level (zstd: 1..22; lz4 ignores it). ``None``
             uses the codec's default.
+        durable: fsync the file and its directory before returning (default).
+            ``False`` skips the fsyncs: much faster on slow disks, and the
+            rename is still atomic for other processes, but after a power
+            loss the target may hold the old file or an incomplete new one.
 
     Raises:
         InvalidArgumentError: bad names, metadata or values.
@@ -238,7 +257,7 @@ def save(
         UnsupportedDtypeError: a dtype deathtensors does not store.
         OSError: the file cannot be written; the target is left untouched.
     """
-    _write(path, _entries(tensors), metadata, global_metadata, checksum, compress, compress_level)
+    _write(path, _entries(tensors), metadata, global_metadata, checksum, compress, compress_level, durable)
 
 
 def save_file(

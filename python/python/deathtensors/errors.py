@@ -7,6 +7,8 @@ permission problem) raise the usual built-in :class:`OSError` subclasses.
 
 from __future__ import annotations
 
+from typing import Any, List, Optional, Sequence, Tuple
+
 __all__ = [
     "DeathtensorsError",
     "FormatError",
@@ -17,6 +19,7 @@ __all__ = [
     "TensorNotFoundError",
     "InvalidArgumentError",
     "UnsupportedDtypeError",
+    "SchemaError",
 ]
 
 
@@ -57,3 +60,18 @@ class InvalidArgumentError(DeathtensorsError, ValueError):
 
 class UnsupportedDtypeError(DeathtensorsError, TypeError):
     """A dtype has no equivalent in the requested framework (e.g. BF16 in numpy)."""
+
+
+class SchemaError(DeathtensorsError):
+    """A file does not match a :class:`deathtensors.Schema`.
+
+    The message lists every violation, one per line; :attr:`violations` holds
+    the same lines as a list of strings.
+    """
+
+    def __init__(self, message: str, violations: Optional[Sequence[str]] = None) -> None:
+        super().__init__(message)
+        self.violations: List[str] = list(violations or [])
+
+    def __reduce__(self) -> Tuple[Any, ...]:  # keep violations through pickling (multiprocessing)
+        return (type(self), (str(self), self.violations))

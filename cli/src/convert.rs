@@ -1,0 +1,298 @@
+//! `deathtensors convert`: conversion to and from other formats.
+//!
+//! ```text
+//! deathtensors convert to-safetensors SRC DST [--json]
+//! deathtensors convert from-safetensors SRC DST [--compress[=CODEC]] [--level N] [--checksum ALGO] [--json]
+//! deathtensors convert SRC DST [--to FORMAT] [--from FORMAT] [--compress[=CODEC]] [--checksum ALGO] [--json]
+//! ```
+//!
+//! The generic form picks the converter from the registry: `--to FORMAT` is a
+//! converter id or one of its extensions (default: DST's extension), and
+//! `--to deathtensors` (or a DST ending in `.deathtensors`) imports, with the
+//! converter picked by `--from` or SRC's extension. Imports write a SHA-256
+//! footer unless `--checksum none`, like `from_safetensors(checksum=True)`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use deathtensors::reader::DtReader;
+use deathtensors::registry::{self, Converter};
+use deathtensors::writer::WriteOptions;
+use deathtensors::Error;
+use serde_json::json;
+
+use crate::{expand_path, human, pretty, EXIT_OK};
+
+/// Extensions that name the deathtensors format itself.
+const NATIVE: [&str; 2] = ["deathtensors", "dt"];
+
+/// Arguments of `deathtensors convert`.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub(crate) struct ConvertArgs {
+    #[command(subcommand)]
+    direction: Option<Direction>,
+    /// The file to convert (generic form); ~ and $VARS are expanded.
+    #[arg(required = true)]
+    src: Option<String>,
+    /// The file to write, replaced atomically.
+    #[arg(required = true)]
+    dst: Option<String>,
+    /// Target format: a converter id or extension (`safetensors`), or `deathtensors` to import.
+    /// Default: DST's extension.
+    #[arg(long, value_name = "FORMAT")]
+    to: Option<String>,
+    /// Source format of an import: a converter id or extension. Default: SRC's extension.
+    #[arg(long, value_name = "FORMAT")]
+    from: Option<String>,
+    #[command(flatten)]
+    write: WriteArgs,
+    /// Print a JSON summary (converter, tensors, bytes in and out).
+    #[arg(long)]
+    json: bool,
+}
+
+/// How an import writes the `.deathtensors` file.
+#[derive(clap::Args)]
+struct WriteArgs {
+    /// Compress the .deathtensors file: `--compress` uses zstd, `--compress=lz4` names the codec.
+    #[arg(long, value_name = "CODEC", num_args = 0..=1, require_equals = true, default_missing_value = "zstd")]
+    compress: Option<String>,
+    /// Compression level (default: the codec's).
+    #[arg(long, requires = "compress", allow_negative_numbers = true)]
+    level: Option<i32>,
+    /// Checksum algorithm of the footer (sha256, blake3), or `none`. Default: sha256.
+    #[arg(long, value_name = "ALGO")]
+    checksum: Option<String>,
+}
+
+impl WriteArgs {
+    fn given(&self) -> bool {
+        self.compress.is_some() || self.checksum.is_some()
+    }
+
+    fn options(&self) -> WriteOptions {
+        let checksum = match self.checksum.as_deref() {
+            None => Some("sha256".to_owned()),
+            Some("none") => None,
+            Some(id) => Some(id.to_owned()),
+        };
+        WriteOptions {
+            codec: self.compress.clone(),
+            level: self.level,
+            checksum,
+            ..WriteOptions::default()
+        }
+    }
+}
+
+#[derive(clap::Subcommand)]
+enum Direction {
+    /// Convert a .deathtensors file to .safetensors (complex and sparse tensors are refused).
+    ToSafetensors {
+        /// The .deathtensors file.
+        src: String,
+        /// The .safetensors file to write.
+        dst: String,
+        /// Print a JSON summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert a .safetensors file to .deathtensors.
+    FromSafetensors {
+        /// The .safetensors file.
+        src: String,
+        /// The .deathtensors file to write.
+        dst: String,
+        #[command(flatten)]
+        write: WriteArgs,
+        /// Print a JSON summary.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// One conversion to run.
+struct Job {
+    converter: &'static dyn Converter,
+    import: Option<WriteOptions>,
+    src: String,
+    dst: String,
+    json: bool,
+}
+
+/// Run the command: its output and exit code.
+pub(crate) fn run(args: ConvertArgs) -> Result<(String, i32), Error> {
+    let safetensors = || registry::converters()?.get("safetensors");
+    let job = match args.direction {
+        Some(Direction::ToSafetensors { src, dst, json }) => Job {
+            converter: safetensors()?,
+            import: None,
+            src,
+            dst,
+            json,
+        },
+        Some(Direction::FromSafetensors { src, dst, write, json }) => Job {
+            converter: safetensors()?,
+            import: Some(write.options()),
+            src,
+            dst,
+            json,
+        },
+        None => {
+            let (Some(src), Some(dst)) = (args.src, args.dst) else {
+                return Err(Error::InvalidArgument("convert needs SRC and DST".into()));
+            };
+            plan(src, dst, args.to, args.from, &args.write, args.json)?
+        }
+    };
+    execute(job)
+}
+
+/// The lower-cased extension of a path, without the dot.
+fn extension(path: &str) -> Option<String> {
+    Path::new(path)
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+}
+
+/// The converter named by `format`: its id, or one of its extensions.
+fn find(format: &str) -> Result<&'static dyn Converter, Error> {
+    let registry = registry::converters()?;
+    let wanted = format.trim_start_matches('.');
+    if let Ok(c) = registry.get(wanted) {
+        return Ok(c);
+    }
+    let lower = wanted.to_ascii_lowercase();
+    registry
+        .entries()
+        .map(|(c, _)| c)
+        .find(|c| c.extensions().iter().any(|e| e.eq_ignore_ascii_case(&lower)))
+        .ok_or_else(|| {
+            let available: Vec<String> = registry
+                .entries()
+                .map(|(c, _)| format!("{} (.{})", c.id(), c.extensions().join(", .")))
+                .collect();
+            Error::UnknownPlugin {
+                kind: "converter",
+                id: format.to_owned(),
+                available: format!("deathtensors, {}", available.join(", ")),
+            }
+        })
+}
+
+/// Work out the converter and direction of the generic form.
+fn plan(
+    src: String,
+    dst: String,
+    to: Option<String>,
+    from: Option<String>,
+    write: &WriteArgs,
+    json: bool,
+) -> Result<Job, Error> {
+    let target = match to {
+        Some(t) => t,
+        None => extension(&dst).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "cannot tell the target format from {dst:?}: give --to FORMAT (a converter id, or deathtensors)"
+            ))
+        })?,
+    };
+    let importing = NATIVE.contains(&target.trim_start_matches('.').to_ascii_lowercase().as_str());
+    if importing {
+        let source = match from {
+            Some(f) => f,
+            None => extension(&src).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "cannot tell the format of {src:?}: give --from FORMAT (a converter id)"
+                ))
+            })?,
+        };
+        if NATIVE.contains(&source.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "{src:?} is already a deathtensors file; give --from FORMAT if it is not"
+            )));
+        }
+        return Ok(Job {
+            converter: find(&source)?,
+            import: Some(write.options()),
+            src,
+            dst,
+            json,
+        });
+    }
+    let converter = find(&target)?;
+    if from.is_some() || write.given() {
+        return Err(Error::InvalidArgument(
+            "--from, --compress and --checksum apply to imports (to a .deathtensors file) only".into(),
+        ));
+    }
+    if let Some(ext) = extension(&src) {
+        if !NATIVE.contains(&ext.as_str()) && find(&ext).is_ok() {
+            return Err(Error::InvalidArgument(format!(
+                "{src:?} is not a deathtensors file: conversions go through .deathtensors \
+                 (convert it with --to deathtensors first)"
+            )));
+        }
+    }
+    Ok(Job {
+        converter,
+        import: None,
+        src,
+        dst,
+        json,
+    })
+}
+
+fn execute(job: Job) -> Result<(String, i32), Error> {
+    let src = expand_path(&job.src);
+    let dst = expand_path(&job.dst);
+    let size = std::fs::metadata(&src).map(|m| m.len()).unwrap_or(0);
+    let spinner = crate::progress::spinner(size, "converting");
+    let converted = match &job.import {
+        Some(options) => job.converter.import(&src, &dst, options),
+        None => job.converter.export(&src, &dst),
+    };
+    if let Some(pb) = spinner {
+        pb.finish_and_clear();
+    }
+    converted?;
+    // One side is always a deathtensors file: count its tensors (parts of sparse ones are not).
+    let native = if job.import.is_some() { &dst } else { &src };
+    let tensors = DtReader::open(native)?
+        .tensors()
+        .iter()
+        .filter(|t| t.part_of.is_none())
+        .count();
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(|e| Error::io(p, e));
+    let (bytes_in, bytes_out) = (size(&src)?, size(&dst)?);
+    let direction = if job.import.is_some() { "import" } else { "export" };
+    let mut s = String::new();
+    if job.json {
+        let mut v = json!({
+            "converter": job.converter.id(),
+            "direction": direction,
+            "src": job.src,
+            "dst": job.dst,
+            "tensors": tensors,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+        });
+        if let Some(options) = &job.import {
+            v["codec"] = json!(options.codec);
+            v["checksum"] = json!(options.checksum);
+        }
+        s = pretty(&v);
+    } else {
+        let _ = writeln!(
+            s,
+            "converted {} -> {} ({} {direction}): {tensors} tensors, {} -> {}",
+            job.src,
+            job.dst,
+            job.converter.id(),
+            human(bytes_in),
+            human(bytes_out)
+        );
+    }
+    Ok((s, EXIT_OK))
+}

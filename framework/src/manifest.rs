@@ -1,0 +1,280 @@
+//! The JSON manifest sidecar: a small file that describes a `.deathtensors`
+//! file (its full header, size, codec, checksum algorithm and footer digest)
+//! so that it can be browsed without downloading the file itself.
+//!
+//! The sidecar of `model.deathtensors` is `model.deathtensors.manifest.json`
+//! ([`sidecar_path`]), in the same folder. `docs/format_spec.md` (§13) is the
+//! normative description of its schema:
+//!
+//! ```json
+//! {
+//!   "manifest_version": 1,
+//!   "generator": "deathtensors 0.3.0",
+//!   "file_name": "model.deathtensors",
+//!   "file_size": 2180900,
+//!   "format_version": 1,
+//!   "flags": 3,
+//!   "header_len": 1064,
+//!   "data_start": 1088,
+//!   "codec": "zstd",
+//!   "compression_level": 3,
+//!   "checksum": "blake3",
+//!   "digest": "9d0c...",
+//!   "metadata": {"model": "demo"},
+//!   "tensor_count": 3,
+//!   "total_nbytes": 2621952,
+//!   "tensors": [{"name": "w", "dtype": "F32", "shape": [640, 1024], "numel": 655360,
+//!                "nbytes": 2621440, "stored_nbytes": 2179716, "chunks": 3, "metadata": {}}],
+//!   "header": {"metadata": {"model": "demo"}, "compression": {"codec": "zstd", "level": 3}, "...": "..."}
+//! }
+//! ```
+//!
+//! Building a manifest reads the header and the 32-byte footer only: no
+//! tensor data is read, and the digest is the one stored in the footer (not
+//! recomputed; use [`DtReader::verify`] for that).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+use crate::atomic::AtomicFile;
+use crate::error::{Error, Result};
+use crate::format::{parse_json_strict, Header, VERSION};
+use crate::reader::{hex, DtReader};
+
+/// The value of the `manifest_version` key this crate writes and reads.
+pub const MANIFEST_VERSION: u64 = 1;
+
+/// What the sidecar's name adds to the file's name.
+pub const SIDECAR_SUFFIX: &str = ".manifest.json";
+
+/// Largest manifest [`read`] accepts, in bytes (a manifest is about the size
+/// of the header, which readers bound at 100 MB by default).
+pub const MAX_MANIFEST_LEN: u64 = 256 << 20;
+
+/// The default sidecar path of `dt_path`: the same path with
+/// [`SIDECAR_SUFFIX`] appended (`model.deathtensors` →
+/// `model.deathtensors.manifest.json`).
+pub fn sidecar_path(dt_path: impl AsRef<Path>) -> PathBuf {
+    let mut name = dt_path.as_ref().as_os_str().to_owned();
+    name.push(SIDECAR_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// The manifest of an open file, as a JSON object.
+///
+/// It holds the full header (as parsed), the file's name (without its
+/// folder) and size, the format version, the flags, the codec and level, the
+/// checksum algorithm and the footer's digest in lower-case hex (`null` when
+/// the file has no footer), the global metadata and a summary row per header
+/// entry. Reads nothing but the 32-byte footer.
+///
+/// # Errors
+/// I/O errors reading the footer.
+pub fn manifest(reader: &DtReader) -> Result<Value> {
+    let layout = reader.layout();
+    let digest = match reader.checksum() {
+        Some(_) => Some(hex(&reader.stored_digest()?)),
+        None => None,
+    };
+    let tensors: Vec<Value> = reader
+        .tensors()
+        .iter()
+        .map(|t| {
+            let mut row = Map::new();
+            row.insert("name".into(), json!(t.name));
+            row.insert("dtype".into(), json!(t.dtype.id()));
+            row.insert("shape".into(), json!(t.shape));
+            row.insert("numel".into(), json!(t.numel()));
+            row.insert("nbytes".into(), json!(t.nbytes));
+            row.insert("stored_nbytes".into(), json!(t.stored_len));
+            row.insert("chunks".into(), json!(t.chunks.as_ref().map(Vec::len)));
+            if let Some(target) = &t.alias_of {
+                row.insert("alias_of".into(), json!(target));
+            }
+            if let Some(l) = &t.layout {
+                row.insert("layout".into(), json!({"id": l.id, "shape": l.shape}));
+            }
+            if let Some(owner) = &t.part_of {
+                row.insert("part_of".into(), json!(owner));
+            }
+            row.insert("metadata".into(), Value::Object(t.metadata.clone()));
+            Value::Object(row)
+        })
+        .collect();
+    let listed = reader.tensors().iter().filter(|t| t.part_of.is_none()).count();
+    let total: u64 = reader
+        .tensors()
+        .iter()
+        .filter(|t| t.alias_of.is_none())
+        .map(|t| t.nbytes)
+        .sum();
+    // Serialising plain maps, strings and integers cannot fail.
+    let header = serde_json::to_value(&layout.header).unwrap_or(Value::Null);
+    let file_name = reader
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(json!({
+        "manifest_version": MANIFEST_VERSION,
+        "generator": concat!("deathtensors ", env!("CARGO_PKG_VERSION")),
+        "file_name": file_name,
+        "file_size": reader.file_len(),
+        "format_version": VERSION,
+        "flags": layout.flags,
+        "header_len": layout.header_len,
+        "data_start": layout.data_start,
+        "codec": reader.codec().map(|c| c.id()),
+        "compression_level": layout.header.compression.as_ref().map(|c| c.level),
+        "checksum": reader.checksum().map(|c| c.id()),
+        "digest": digest,
+        "metadata": reader.metadata(),
+        "tensor_count": listed,
+        "total_nbytes": total,
+        "tensors": tensors,
+        "header": header,
+    }))
+}
+
+/// Write the manifest of `reader` to `out`, or to [`sidecar_path`] of the
+/// file when `out` is `None`, and return the path written.
+///
+/// The JSON (indented, with a final newline) goes to a temporary file in the
+/// target's folder which is synced and renamed over the target, so readers
+/// never see a partial manifest.
+///
+/// # Errors
+/// I/O errors reading the footer or writing the sidecar.
+pub fn write_manifest(reader: &DtReader, out: Option<&Path>) -> Result<PathBuf> {
+    let target = out.map_or_else(|| sidecar_path(reader.path()), Path::to_path_buf);
+    let value = manifest(reader)?;
+    let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    text.push('\n');
+    write_atomically(&target, text.as_bytes())?;
+    Ok(target)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut out = AtomicFile::create(path)?;
+    out.file().write_all(bytes).map_err(|e| Error::io(path, e))?;
+    out.commit(true)
+}
+
+/// Read a manifest written by [`write_manifest`] and check that it is one.
+///
+/// The text must be strict JSON (no duplicate keys) holding an object with
+/// `"manifest_version": 1`, the keys of §13 of the format spec with their
+/// types, and a `header` that is a valid header object.
+///
+/// # Errors
+/// I/O errors; [`Error::InvalidHeader`] (a format error) naming what makes
+/// the file not a manifest, or a `manifest_version` this crate does not know.
+pub fn read(path: impl AsRef<Path>) -> Result<Value> {
+    let path = path.as_ref();
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    let bad = |why: String| Error::InvalidHeader(format!("{} is not a deathtensors manifest: {why}", path.display()));
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.len() > MAX_MANIFEST_LEN {
+        return Err(bad(format!(
+            "it has {} bytes, over the limit of {MAX_MANIFEST_LEN}",
+            meta.len()
+        )));
+    }
+    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let value: Value = parse_json_strict(&text).map_err(|e| match e {
+        Error::InvalidHeader(why) => bad(format!("not valid JSON ({why})")),
+        other => other,
+    })?;
+    check(&value).map_err(bad)?;
+    Ok(value)
+}
+
+/// Check the shape of a manifest value; the reason it is not one otherwise.
+///
+/// # Errors
+/// A message naming the first missing or ill-typed key.
+pub fn check(value: &Value) -> std::result::Result<(), String> {
+    let top = value.as_object().ok_or("the top level is not a JSON object")?;
+    match top.get("manifest_version") {
+        None => return Err("it has no \"manifest_version\" key".into()),
+        Some(v) => match v.as_u64() {
+            Some(MANIFEST_VERSION) => {}
+            Some(n) if n > MANIFEST_VERSION => {
+                return Err(format!(
+                    "manifest_version {n} is newer than this reader understands ({MANIFEST_VERSION})"
+                ))
+            }
+            _ => return Err(format!("manifest_version is {v}, expected {MANIFEST_VERSION}")),
+        },
+    }
+    let need = |key: &str, ok: fn(&Value) -> bool, what: &str| match top.get(key) {
+        Some(v) if ok(v) => Ok(()),
+        Some(v) => Err(format!("{key:?} must be {what}, not {v}")),
+        None => Err(format!("the key {key:?} is missing")),
+    };
+    let nullable_str = |v: &Value| v.is_null() || v.is_string();
+    need("file_name", Value::is_string, "a string")?;
+    need("file_size", Value::is_u64, "a non-negative integer")?;
+    need("format_version", Value::is_u64, "a non-negative integer")?;
+    need("codec", nullable_str, "a string or null")?;
+    need("checksum", nullable_str, "a string or null")?;
+    need("digest", nullable_str, "a string or null")?;
+    need("metadata", Value::is_object, "an object")?;
+    need("tensors", Value::is_array, "an array")?;
+    need("header", Value::is_object, "an object")?;
+    let header_text = serde_json::to_vec(&top["header"]).map_err(|e| e.to_string())?;
+    let header = Header::parse(&header_text).map_err(|e| format!("\"header\": {e}"))?;
+    let rows = top["tensors"].as_array().map_or(0, Vec::len);
+    if rows != header.tensors.len() {
+        return Err(format!(
+            "\"tensors\" has {rows} rows but the header has {} entries",
+            header.tensors.len()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn sidecar_name_appends_suffix() {
+        assert_eq!(
+            sidecar_path("/a/b/model.deathtensors"),
+            PathBuf::from("/a/b/model.deathtensors.manifest.json")
+        );
+        assert_eq!(sidecar_path("m.dt"), PathBuf::from("m.dt.manifest.json"));
+    }
+
+    #[test]
+    fn check_names_what_is_wrong() {
+        let ok = json!({
+            "manifest_version": 1, "file_name": "m", "file_size": 10, "format_version": 1,
+            "codec": null, "checksum": "sha256", "digest": "00", "metadata": {},
+            "tensors": [{"name": "a"}],
+            "header": {"tensors": [{"name": "a", "dtype": "F32", "shape": [], "offsets": [0, 4]}]},
+        });
+        assert_eq!(check(&ok), Ok(()));
+        let mut v = ok.clone();
+        v["manifest_version"] = json!(2);
+        assert!(check(&v).unwrap_err().contains("newer"));
+        let mut v = ok.clone();
+        v.as_object_mut().unwrap().remove("manifest_version");
+        assert!(check(&v).unwrap_err().contains("manifest_version"));
+        let mut v = ok.clone();
+        v["file_size"] = json!("ten");
+        assert!(check(&v).unwrap_err().contains("file_size"));
+        let mut v = ok.clone();
+        v["header"]["extra"] = json!(1);
+        assert!(check(&v).unwrap_err().contains("header"));
+        let mut v = ok;
+        v["tensors"] = json!([]);
+        assert!(check(&v).unwrap_err().contains("rows"));
+        assert!(check(&json!([1])).is_err());
+    }
+}

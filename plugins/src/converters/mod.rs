@@ -1,0 +1,3 @@
+//! Converters between `.deathtensors` and foreign formats.
+
+pub mod safetensors;

@@ -1,0 +1,682 @@
+//! The `safetensors` converter: Hugging Face `.safetensors` files in and out,
+//! through the `safetensors` crate.
+//!
+//! Registry id `"safetensors"`, extension `safetensors`.
+//!
+//! # Import (`.safetensors` → `.deathtensors`)
+//!
+//! The source is memory-mapped and parsed with
+//! [`SafeTensors::read_metadata`] (the crate's validation: header size,
+//! contiguous offsets, byte lengths that match dtype and shape). Each tensor
+//! is handed to the writer as a slice of the map, so the bytes go from the
+//! page cache to the new file tensor by tensor: the pages are file-backed and
+//! reclaimable, and the only anonymous memory is the writer's per-chunk
+//! buffers (compression) — never a copy of the file. The destination is
+//! written atomically with the caller's [`WriteOptions`] (codec, checksum).
+//! Tensors keep the order of their bytes in the source (or the order recorded
+//! by an export, below); global metadata keys are sorted, since safetensors
+//! keeps them in a map without order.
+//!
+//! # Export (`.deathtensors` → `.safetensors`)
+//!
+//! Every tensor is presented to [`safetensors::serialize_to_file`] as a lazy
+//! [`View`]: an uncompressed tensor is a borrowed slice of a memory map of the
+//! source; a compressed one is decoded into one buffer when the crate asks for
+//! its bytes and dropped once they are written. Peak memory is bounded by the
+//! largest tensor. The crate lays out the file (8-byte aligned header, tensors
+//! sorted by dtype alignment, then name); it is written to a temporary file in
+//! the destination's folder, synced and renamed over the destination.
+//!
+//! Refused, with an error naming the tensor: dtypes safetensors lacks (`C64`,
+//! `C128`, third-party dtypes), sparse tensors (a `layout` or `part_of`
+//! entry: densify them first), and a tensor named `__metadata__`. A second
+//! name of a tensor (`alias_of`, tied weights) is written as a tensor of its
+//! own with a copy of the bytes, since safetensors has no aliases; importing
+//! the result gives two independent tensors.
+//!
+//! # Dtypes
+//!
+//! Bit-exact both ways for every dtype both formats share; the ids are the
+//! same in both: `BOOL U8 I8 U16 I16 U32 I32 U64 I64 F16 BF16 F32 F64 F8_E4M3
+//! F8_E5M2` (`F8_E4M3` is torch's `float8_e4m3fn` in both). Importing a
+//! safetensors dtype deathtensors lacks (`F4`, `F6_*`, `F8_E8M0`) is an error.
+//!
+//! # Metadata
+//!
+//! safetensors metadata (`__metadata__`) maps strings to strings; deathtensors
+//! metadata is any JSON, global and per tensor. An export writes:
+//!
+//! - each global metadata value that is a JSON string, as is;
+//! - each other global value as its compact JSON text, and the JSON array of
+//!   those keys under [`JSON_KEYS_KEY`] (`"__deathtensors_json__"`);
+//! - per-tensor metadata, as the JSON object `{tensor name: {key: value}}` of
+//!   the tensors that have any, under [`TENSOR_METADATA_KEY`]
+//!   (`"__deathtensors_tensor_metadata__"`);
+//! - the deathtensors tensor order, as a JSON array of names under
+//!   [`TENSOR_ORDER_KEY`] (`"__deathtensors_tensor_order__"`), only when it
+//!   differs from the order safetensors stores them in.
+//!
+//! Example: global `{"model": "mlp", "epoch": 3, "cfg": {"lr": 0.1}}` and
+//! metadata `{"layer": 1}` on tensor `w` become
+//!
+//! ```json
+//! {"model": "mlp", "epoch": "3", "cfg": "{\"lr\":0.1}",
+//!  "__deathtensors_json__": "[\"epoch\",\"cfg\"]",
+//!  "__deathtensors_tensor_metadata__": "{\"w\":{\"layer\":1}}"}
+//! ```
+//!
+//! An import reverses this: the keys listed in `__deathtensors_json__` are
+//! decoded back to their JSON values, per-tensor metadata and order are
+//! restored, and the reserved keys are removed. Files written by other tools
+//! have no reserved keys, so every value imports as a string. Reserved keys
+//! that are not valid JSON of the expected shape make the import fail; names
+//! they list that the file does not hold are ignored. A deathtensors global
+//! metadata key equal to a reserved key cannot be exported.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use deathtensors::atomic::AtomicFile;
+use deathtensors::format::TensorInfo;
+use deathtensors::reader::DtReader;
+use deathtensors::registry::{self, Converter, Plugin};
+use deathtensors::writer::{write_entries, Entry, TensorData, WriteOptions};
+use deathtensors::{Error, Result};
+use memmap2::{Mmap, MmapMut, UncheckedAdvice};
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
+use serde_json::{Map, Value};
+
+/// Reserved `__metadata__` key: JSON array of the global keys whose values are JSON text.
+pub const JSON_KEYS_KEY: &str = "__deathtensors_json__";
+/// Reserved `__metadata__` key: JSON object `{tensor name: metadata object}`.
+pub const TENSOR_METADATA_KEY: &str = "__deathtensors_tensor_metadata__";
+/// Reserved `__metadata__` key: JSON array of tensor names in deathtensors order.
+pub const TENSOR_ORDER_KEY: &str = "__deathtensors_tensor_order__";
+/// Every reserved key.
+pub const RESERVED_KEYS: [&str; 3] = [JSON_KEYS_KEY, TENSOR_METADATA_KEY, TENSOR_ORDER_KEY];
+
+/// Bytes of the little-endian header length that starts every safetensors file.
+const LEN_PREFIX: u64 = 8;
+
+/// Hugging Face safetensors.
+pub struct SafetensorsConverter;
+
+impl Plugin for SafetensorsConverter {
+    fn id(&self) -> &'static str {
+        "safetensors"
+    }
+    fn summary(&self) -> &'static str {
+        "Hugging Face .safetensors files, in and out (bit-exact; JSON metadata kept in reserved keys)"
+    }
+}
+
+deathtensors::register_converter!(SafetensorsConverter);
+
+impl Converter for SafetensorsConverter {
+    fn extensions(&self) -> &'static [&'static str] {
+        &["safetensors"]
+    }
+
+    fn import(&self, src: &Path, dst: &Path, options: &WriteOptions) -> Result<()> {
+        import_file(src, dst, options)
+    }
+
+    fn export(&self, src: &Path, dst: &Path) -> Result<()> {
+        export_file(src, dst)
+    }
+}
+
+/// The safetensors dtype of a deathtensors dtype id, if safetensors has it.
+pub fn safetensors_dtype(id: &str) -> Option<Dtype> {
+    Some(match id {
+        "BOOL" => Dtype::BOOL,
+        "U8" => Dtype::U8,
+        "I8" => Dtype::I8,
+        "U16" => Dtype::U16,
+        "I16" => Dtype::I16,
+        "U32" => Dtype::U32,
+        "I32" => Dtype::I32,
+        "U64" => Dtype::U64,
+        "I64" => Dtype::I64,
+        "F16" => Dtype::F16,
+        "BF16" => Dtype::BF16,
+        "F32" => Dtype::F32,
+        "F64" => Dtype::F64,
+        "F8_E4M3" => Dtype::F8_E4M3,
+        "F8_E5M2" => Dtype::F8_E5M2,
+        _ => return None,
+    })
+}
+
+/// The deathtensors dtype id of a safetensors dtype, if deathtensors has it.
+pub fn deathtensors_dtype(dtype: Dtype) -> Option<&'static str> {
+    Some(match dtype {
+        Dtype::BOOL => "BOOL",
+        Dtype::U8 => "U8",
+        Dtype::I8 => "I8",
+        Dtype::U16 => "U16",
+        Dtype::I16 => "I16",
+        Dtype::U32 => "U32",
+        Dtype::I32 => "I32",
+        Dtype::U64 => "U64",
+        Dtype::I64 => "I64",
+        Dtype::F16 => "F16",
+        Dtype::BF16 => "BF16",
+        Dtype::F32 => "F32",
+        Dtype::F64 => "F64",
+        Dtype::F8_E4M3 => "F8_E4M3",
+        Dtype::F8_E5M2 => "F8_E5M2",
+        _ => return None,
+    })
+}
+
+/// A source that is not a valid safetensors file.
+fn bad_source(src: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::InvalidHeader(format!("{} is not a valid safetensors file: {reason}", src.display()))
+}
+
+/// Read the safetensors file `src` and write the `.deathtensors` file `dst`
+/// (see the [module docs](self)).
+///
+/// # Errors
+/// I/O errors; [`Error::InvalidHeader`] for a source the `safetensors` crate
+/// refuses, a dtype deathtensors lacks, or malformed reserved metadata;
+/// anything [`write_entries`] refuses (an unknown codec or checksum id).
+pub fn import_file(src: &Path, dst: &Path, options: &WriteOptions) -> Result<()> {
+    // Unknown plugin ids are usage errors: report them before reading anything.
+    if let Some(codec) = &options.codec {
+        registry::codecs()?.get(codec)?;
+    }
+    if let Some(checksum) = &options.checksum {
+        registry::checksums()?.get(checksum)?;
+    }
+    let meta = std::fs::metadata(src).map_err(|e| Error::io(src, e))?;
+    if !meta.is_file() {
+        let reason = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(Error::io(
+            src,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, reason),
+        ));
+    }
+    if meta.len() < LEN_PREFIX {
+        return Err(bad_source(
+            src,
+            format_args!("it has {} bytes, fewer than the 8-byte header length", meta.len()),
+        ));
+    }
+    let file = File::open(src).map_err(|e| Error::io(src, e))?;
+    // SAFETY: a read-only shared map of a regular file we hold open. As with
+    // every mapped reader (safetensors' own included), another process that
+    // truncates the file while we read it would fault us; the bytes are
+    // otherwise plain data, validated by the crate before any slice is taken.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(src, e))?;
+    #[cfg(unix)]
+    let _ = map.advise(memmap2::Advice::Sequential); // a hint; fine if refused
+    let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| bad_source(src, e))?;
+    let data_start = (LEN_PREFIX as usize)
+        .checked_add(header_len)
+        .ok_or_else(|| bad_source(src, "header length overflows"))?;
+
+    let names = metadata.offset_keys();
+    let decoded = decode_metadata(metadata.metadata().clone().unwrap_or_default(), &names)
+        .map_err(|reason| bad_source(src, reason))?;
+
+    let mut entries = Vec::with_capacity(names.len());
+    let mut tensor_metadata = decoded.tensor_metadata;
+    for name in decoded.order {
+        let info = metadata
+            .info(&name)
+            .ok_or_else(|| bad_source(src, format_args!("tensor {name:?} is listed but has no entry")))?;
+        let dtype = deathtensors_dtype(info.dtype).ok_or_else(|| {
+            bad_source(
+                src,
+                format_args!(
+                    "tensor {name:?} has dtype {:?}, which deathtensors has no dtype for",
+                    info.dtype
+                ),
+            )
+        })?;
+        let (begin, end) = info.data_offsets;
+        let data = data_start
+            .checked_add(begin)
+            .zip(data_start.checked_add(end))
+            .and_then(|(b, e)| map.get(b..e))
+            .ok_or_else(|| {
+                bad_source(
+                    src,
+                    format_args!("tensor {name:?}: offsets {begin}..{end} are out of range"),
+                )
+            })?;
+        let shape = info.shape.iter().map(|&d| d as u64).collect();
+        let metadata = tensor_metadata.remove(&name).unwrap_or_default();
+        entries.push(Entry::Data(TensorData {
+            name,
+            dtype: dtype.to_owned(),
+            shape,
+            data,
+            metadata,
+        }));
+    }
+    write_entries(dst, &entries, &decoded.global, options)
+}
+
+/// Read the `.deathtensors` file `src` and write the safetensors file `dst`
+/// (see the [module docs](self)). `src` and `dst` may be the same path.
+///
+/// # Errors
+/// Anything [`DtReader::open`] and reading a tensor can fail with;
+/// [`Error::InvalidArgument`] for what safetensors cannot express (a complex
+/// or third-party dtype, a sparse tensor, a tensor named `__metadata__`, a
+/// global metadata key that is reserved); I/O errors writing `dst`.
+pub fn export_file(src: &Path, dst: &Path) -> Result<()> {
+    let reader = DtReader::open(src)?;
+    let state = RefCell::new(ExportState::default());
+    let mut views = Vec::with_capacity(reader.tensors().len());
+    let mut tensor_metadata = Map::new();
+    for info in reader.tensors() {
+        let name = &info.name;
+        if let Some(owner) = &info.part_of {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {owner:?} is sparse ({name:?} is one of its parts): safetensors holds only dense \
+                 tensors; densify it before converting"
+            )));
+        }
+        if let Some(layout) = &info.layout {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {name:?} is sparse (layout {}): safetensors holds only dense tensors; densify it \
+                 before converting",
+                layout.id
+            )));
+        }
+        let id = info.dtype.id();
+        let dtype = safetensors_dtype(id).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "tensor {name:?} has dtype {id}, which safetensors cannot store (it has no complex or \
+                 third-party dtypes); convert the tensor to a supported dtype first"
+            ))
+        })?;
+        if name == "__metadata__" {
+            return Err(Error::InvalidArgument(
+                "a tensor named \"__metadata__\" cannot be stored in safetensors, where that key holds the \
+                 metadata; rename it first"
+                    .to_owned(),
+            ));
+        }
+        let shape = info
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| Error::tensor(name, "shape does not fit this platform's usize"))?;
+        let len = usize::try_from(info.nbytes).map_err(|_| Error::OutOfMemory(info.nbytes))?;
+        let mapped = match (&info.chunks, len) {
+            (None, 1..) => {
+                let (map, offset, _) = reader.tensor_mapping(name)?;
+                Some((map, offset))
+            }
+            _ => None,
+        };
+        if !info.metadata.is_empty() {
+            tensor_metadata.insert(name.clone(), Value::Object(info.metadata.clone()));
+        }
+        views.push(LazyTensor {
+            reader: &reader,
+            info,
+            dtype,
+            shape,
+            len,
+            mapped,
+            state: &state,
+        });
+    }
+    let order: Vec<&str> = views.iter().map(|v| v.info.name.as_str()).collect();
+    let data_info = encode_metadata(reader.metadata(), tensor_metadata, &order, &stored_order(&views))?;
+
+    let out = AtomicFile::create(dst)?;
+    let result = safetensors::serialize_to_file(
+        views.iter().map(|v| (v.info.name.as_str(), v)),
+        (!data_info.is_empty()).then_some(data_info),
+        out.path(),
+    );
+    drop(views);
+    let mut state = state.into_inner();
+    state.release();
+    match (result, state.failure) {
+        (_, Some(e)) => Err(e),
+        (Err(e), None) => Err(st_error(out.path(), e)),
+        (Ok(()), None) => out.commit(true), // dropping `out` on error removes the temp file
+    }
+}
+
+/// The order in which `serialize_to_file` stores tensors: dtype descending
+/// (by alignment), then name.
+fn stored_order<'a>(views: &[LazyTensor<'a>]) -> Vec<&'a str> {
+    let mut order: Vec<(Dtype, &str)> = views.iter().map(|v| (v.dtype, v.info.name.as_str())).collect();
+    order.sort_by(|(ld, ln), (rd, rn)| rd.cmp(ld).then(ln.cmp(rn)));
+    order.into_iter().map(|(_, n)| n).collect()
+}
+
+fn st_error(path: &Path, e: SafeTensorError) -> Error {
+    match e {
+        SafeTensorError::IoError(io) => Error::io(path, io),
+        other => Error::InvalidArgument(format!("safetensors refused to write {}: {other}", path.display())),
+    }
+}
+
+/// One tensor of the source, decoded only when the serializer asks for its bytes.
+struct LazyTensor<'a> {
+    reader: &'a DtReader,
+    info: &'a TensorInfo,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    len: usize,
+    /// The file's memory map and the tensor's offset in it (uncompressed tensors).
+    mapped: Option<(Arc<MmapMut>, usize)>,
+    /// Shared by the views of one export.
+    state: &'a RefCell<ExportState>,
+}
+
+/// What the views of one export share.
+#[derive(Default)]
+struct ExportState {
+    /// The first error met while reading; later tensors then yield no bytes.
+    failure: Option<Error>,
+    /// The mapped range handed out last: `(map, offset, len)`.
+    handed_out: Option<(Arc<MmapMut>, usize, usize)>,
+}
+
+impl ExportState {
+    /// Drop the pages of the range handed out last from this process's
+    /// resident set, so that an uncompressed export does not keep the whole
+    /// source resident: the pages stay in the page cache, and the map would
+    /// fault them back in from the file if touched again.
+    fn release(&mut self) {
+        if let Some((map, offset, len)) = self.handed_out.take() {
+            // SAFETY: the serializer wrote that range and dropped its borrow
+            // before asking for the next tensor, and no other borrow of the map
+            // is alive. The map is a private map of the source that nothing
+            // writes, so MADV_DONTNEED cannot change what it reads: dropped pages
+            // fault back in with the file's bytes. Failure is harmless.
+            let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len) };
+        }
+    }
+}
+
+impl LazyTensor<'_> {
+    fn read(&self) -> Result<Cow<'_, [u8]>> {
+        if let Some((map, offset)) = &self.mapped {
+            return offset
+                .checked_add(self.len)
+                .and_then(|end| map.get(*offset..end))
+                .map(Cow::Borrowed)
+                .ok_or_else(|| Error::tensor(&self.info.name, "byte range lies outside the mapped file"));
+        }
+        let mut out = Vec::new();
+        out.try_reserve_exact(self.len)
+            .map_err(|_| Error::OutOfMemory(self.info.nbytes))?;
+        out.resize(self.len, 0);
+        self.reader.read_into(self.info, &mut out)?;
+        Ok(Cow::Owned(out))
+    }
+}
+
+impl View for &LazyTensor<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        // View cannot fail: remember the error, write nothing more, and let
+        // export_file discard the file.
+        let mut state = self.state.borrow_mut();
+        if state.failure.is_some() {
+            return Cow::Borrowed(&[]);
+        }
+        state.release();
+        match self.read() {
+            Ok(bytes) => {
+                if let Some((map, offset)) = &self.mapped {
+                    state.handed_out = Some((Arc::clone(map), *offset, self.len));
+                }
+                bytes
+            }
+            Err(e) => {
+                state.failure = Some(e);
+                Cow::Borrowed(&[])
+            }
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        self.len
+    }
+}
+
+/// The safetensors `__metadata__` of an export (see the [module docs](self)).
+///
+/// `order` is the deathtensors tensor order, `stored` the order the
+/// safetensors file will have.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when `global` uses a reserved key.
+pub fn encode_metadata(
+    global: &Map<String, Value>,
+    tensor_metadata: Map<String, Value>,
+    order: &[&str],
+    stored: &[&str],
+) -> Result<HashMap<String, String>> {
+    let mut out = HashMap::with_capacity(global.len() + RESERVED_KEYS.len());
+    let mut json_keys = Vec::new();
+    for (key, value) in global {
+        if RESERVED_KEYS.contains(&key.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "global metadata key {key:?} is reserved by the safetensors converter; rename it before converting"
+            )));
+        }
+        let text = match value {
+            Value::String(s) => s.clone(),
+            other => {
+                json_keys.push(Value::String(key.clone()));
+                other.to_string()
+            }
+        };
+        out.insert(key.clone(), text);
+    }
+    if !json_keys.is_empty() {
+        out.insert(JSON_KEYS_KEY.to_owned(), Value::Array(json_keys).to_string());
+    }
+    if !tensor_metadata.is_empty() {
+        out.insert(
+            TENSOR_METADATA_KEY.to_owned(),
+            Value::Object(tensor_metadata).to_string(),
+        );
+    }
+    if order != stored {
+        out.insert(TENSOR_ORDER_KEY.to_owned(), serde_json::json!(order).to_string());
+    }
+    Ok(out)
+}
+
+/// What an import takes from a safetensors `__metadata__`.
+#[derive(Debug, Default, PartialEq)]
+pub struct DecodedMetadata {
+    /// Global metadata, reserved keys removed and JSON values restored (keys sorted).
+    pub global: Map<String, Value>,
+    /// Per-tensor metadata by tensor name.
+    pub tensor_metadata: HashMap<String, Map<String, Value>>,
+    /// Every tensor name of the file, in the order to write them.
+    pub order: Vec<String>,
+}
+
+/// Undo [`encode_metadata`]. `names` are the file's tensors in stored order.
+///
+/// # Errors
+/// A message when a reserved key holds text that is not JSON of the expected
+/// shape, or a key listed in `__deathtensors_json__` holds invalid JSON.
+pub fn decode_metadata(raw: HashMap<String, String>, names: &[String]) -> std::result::Result<DecodedMetadata, String> {
+    let mut raw: BTreeMap<String, String> = raw.into_iter().collect();
+    let reserved = |raw: &mut BTreeMap<String, String>, key: &str| -> std::result::Result<Option<Value>, String> {
+        raw.remove(key)
+            .map(|text| serde_json::from_str(&text).map_err(|e| format!("metadata key {key:?} is not JSON: {e}")))
+            .transpose()
+    };
+    let json_keys = match reserved(&mut raw, JSON_KEYS_KEY)? {
+        None => Vec::new(),
+        Some(Value::Array(keys)) => keys
+            .into_iter()
+            .map(|k| match k {
+                Value::String(s) => Ok(s),
+                other => Err(format!("metadata key {JSON_KEYS_KEY:?} lists {other}, not a key")),
+            })
+            .collect::<std::result::Result<_, _>>()?,
+        Some(other) => {
+            return Err(format!(
+                "metadata key {JSON_KEYS_KEY:?} must be a JSON array, not {other}"
+            ))
+        }
+    };
+    let mut tensor_metadata = HashMap::new();
+    match reserved(&mut raw, TENSOR_METADATA_KEY)? {
+        None => {}
+        Some(Value::Object(m)) => {
+            for (name, value) in m {
+                let Value::Object(md) = value else {
+                    return Err(format!(
+                        "metadata key {TENSOR_METADATA_KEY:?}: the metadata of {name:?} must be a JSON object"
+                    ));
+                };
+                tensor_metadata.insert(name, md);
+            }
+        }
+        Some(_) => return Err(format!("metadata key {TENSOR_METADATA_KEY:?} must be a JSON object")),
+    }
+    let mut order = Vec::with_capacity(names.len());
+    match reserved(&mut raw, TENSOR_ORDER_KEY)? {
+        None => {}
+        Some(Value::Array(listed)) => {
+            let present: HashSet<&str> = names.iter().map(String::as_str).collect();
+            let mut seen = HashSet::new();
+            for v in listed {
+                let Value::String(name) = v else {
+                    return Err(format!(
+                        "metadata key {TENSOR_ORDER_KEY:?} lists {v}, not a tensor name"
+                    ));
+                };
+                if present.contains(name.as_str()) && seen.insert(name.clone()) {
+                    order.push(name);
+                }
+            }
+        }
+        Some(_) => return Err(format!("metadata key {TENSOR_ORDER_KEY:?} must be a JSON array")),
+    }
+    if order.len() < names.len() {
+        let placed: HashSet<String> = order.iter().cloned().collect();
+        order.extend(names.iter().filter(|n| !placed.contains(*n)).cloned());
+    }
+    let json_keys: HashSet<String> = json_keys.into_iter().collect();
+    let mut global = Map::new();
+    for (key, text) in raw {
+        let value = if json_keys.contains(&key) {
+            serde_json::from_str(&text)
+                .map_err(|e| format!("metadata key {key:?} is listed as JSON but is not: {e}"))?
+        } else {
+            Value::String(text)
+        };
+        global.insert(key, value);
+    }
+    Ok(DecodedMetadata {
+        global,
+        tensor_metadata,
+        order,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn dtype_ids_map_both_ways_with_matching_sizes() {
+        crate::link();
+        let reg = deathtensors::registry::dtypes().unwrap();
+        let mut shared = 0;
+        for id in reg.ids() {
+            if let Some(d) = safetensors_dtype(id) {
+                shared += 1;
+                assert_eq!(deathtensors_dtype(d), Some(id));
+                assert_eq!(d.bitsize(), 8 * reg.get(id).unwrap().item_size(), "{id}");
+                assert_eq!(format!("{d:?}"), id);
+            }
+        }
+        assert_eq!(shared, 15);
+        assert!(safetensors_dtype("C64").is_none() && safetensors_dtype("C128").is_none());
+        assert!(deathtensors_dtype(Dtype::F8_E8M0).is_none());
+    }
+
+    #[test]
+    fn metadata_round_trips_every_json_type() {
+        let global = obj(json!({
+            "s": "text", "n": 3, "f": 0.1, "neg": -7, "big": u64::MAX, "t": true, "null": null,
+            "list": [1, "a", null], "obj": {"k": [1.5]}, "looks_like_json": "[1, 2]"
+        }));
+        let per = obj(json!({"w": {"layer": 1, "name": "fc"}}));
+        let raw = encode_metadata(&global, per.clone(), &["w", "b"], &["b", "w"]).unwrap();
+        assert_eq!(raw["s"], "text");
+        assert_eq!(raw["looks_like_json"], "[1, 2]");
+        assert_eq!(raw["n"], "3");
+        let names = vec!["b".to_owned(), "w".to_owned()];
+        let back = decode_metadata(raw, &names).unwrap();
+        assert_eq!(back.global, global);
+        assert_eq!(back.tensor_metadata["w"], obj(per["w"].clone()));
+        assert_eq!(back.order, ["w", "b"]);
+    }
+
+    #[test]
+    fn plain_files_import_as_strings_and_reserved_keys_are_checked() {
+        let raw: HashMap<String, String> = [("format".to_owned(), "pt".to_owned())].into();
+        let names = vec!["a".to_owned()];
+        let back = decode_metadata(raw, &names).unwrap();
+        assert_eq!(back.global, obj(json!({"format": "pt"})));
+        assert_eq!(back.order, ["a"]);
+
+        let bad: HashMap<String, String> = [(JSON_KEYS_KEY.to_owned(), "{".to_owned())].into();
+        assert!(decode_metadata(bad, &names).unwrap_err().contains(JSON_KEYS_KEY));
+        let bad: HashMap<String, String> = [
+            (JSON_KEYS_KEY.to_owned(), "[\"x\"]".to_owned()),
+            ("x".to_owned(), "not json".to_owned()),
+        ]
+        .into();
+        assert!(decode_metadata(bad, &names).unwrap_err().contains("\"x\""));
+
+        let global = obj(json!({ JSON_KEYS_KEY: "x" }));
+        let err = encode_metadata(&global, Map::new(), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{err}");
+    }
+
+    #[test]
+    fn order_ignores_unknown_names_and_appends_missing_ones() {
+        let raw: HashMap<String, String> = [(TENSOR_ORDER_KEY.to_owned(), r#"["c","zz","a","c"]"#.to_owned())].into();
+        let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        assert_eq!(decode_metadata(raw, &names).unwrap().order, ["c", "a", "b"]);
+    }
+}

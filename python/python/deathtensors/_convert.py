@@ -1,0 +1,347 @@
+"""Conversion to and from Hugging Face ``.safetensors``, single files and sharded checkpoints.
+
+The conversion itself is the ``safetensors`` converter plugin in Rust (the GIL
+is released while it runs): it streams tensor by tensor, is bit-exact for every
+dtype both formats share, and keeps JSON metadata in reserved safetensors
+metadata keys (see ``docs/conversion.md``). This module picks paths and handles
+sharded checkpoints, converting one shard at a time so that memory stays
+bounded by the largest tensor.
+
+Sharded checkpoints::
+
+    model-00001-of-00002.safetensors          model-00001-of-00002.deathtensors
+    model-00002-of-00002.safetensors   <->    model-00002-of-00002.deathtensors
+    model.safetensors.index.json              model.deathtensors.index.json
+
+The Hugging Face index is ``{"metadata": {"total_size": N}, "weight_map":
+{tensor: shard file}}``; the deathtensors index is the one
+:func:`deathtensors.save_sharded` writes (see ``_sharded``). Shard ``k`` of the
+output is the ``k``-th shard file name of the input in sorted order; the
+output index lists the tensors in the input index's order.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import sys
+from typing import Any, Dict, List, Optional, Union
+
+from . import _core
+from ._sharded import (
+    INDEX_FORMAT,
+    INDEX_SUFFIX,
+    _bad_shard_name,
+    _read_index,
+    _remove_quietly,
+    _shard_name,
+    _write_json_atomically,
+)
+from ._sharded import _stem as _dt_stem
+from .errors import FormatError, InvalidArgumentError
+
+__all__ = ["from_safetensors", "to_safetensors", "SAFETENSORS_INDEX_SUFFIX"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: The converter plugin id.
+_CONVERTER = "safetensors"
+#: Extension of a safetensors file.
+SAFETENSORS_SUFFIX = ".safetensors"
+#: What Hugging Face appends to the stem to name a sharded checkpoint's index.
+SAFETENSORS_INDEX_SUFFIX = ".safetensors.index.json"
+_DT_SUFFIXES = (".deathtensors", ".dt")
+
+
+def _pkg() -> Any:
+    # The package imports this module while it initialises.
+    return sys.modules[__name__.rpartition(".")[0]]
+
+
+def _strip(path: str, suffixes: tuple) -> str:
+    for s in suffixes:
+        if path.endswith(s) and len(path) > len(s):
+            return path[: -len(s)]
+    return path
+
+
+def _check_level(level: Any) -> Optional[int]:
+    if level is None:
+        return None
+    if isinstance(level, bool) or not isinstance(level, int):
+        raise InvalidArgumentError(f"compress_level must be an integer or None, not {level!r}")
+    return level
+
+
+# -- finding an index ----------------------------------------------------------------------------
+
+
+def _safetensors_index(path: str) -> Optional[str]:
+    """The Hugging Face index ``path`` names, or ``None`` when it names a single file."""
+    if path.endswith(".json"):
+        return path
+    if os.path.isfile(path):
+        return None
+    for candidate in (path + ".index.json", _strip(path, (SAFETENSORS_SUFFIX,)) + SAFETENSORS_INDEX_SUFFIX):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _deathtensors_index(path: str) -> Optional[str]:
+    """The deathtensors index ``path`` names, or ``None`` when it names a single file."""
+    if path.endswith(".json"):
+        return path
+    if os.path.isfile(path):
+        return None
+    for candidate in (path + ".index.json", _dt_stem(path) + INDEX_SUFFIX):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _index_stem(index_path: str) -> str:
+    """``dir/model`` for ``dir/model.safetensors.index.json`` or ``dir/model.deathtensors.index.json``."""
+    return _strip(index_path, (SAFETENSORS_INDEX_SUFFIX, INDEX_SUFFIX, ".dt.index.json", ".index.json", ".json"))
+
+
+def _out_stem(dst: Optional[PathLike], default: str, suffixes: tuple) -> tuple:
+    stem = _strip(_pkg().expand_path(dst), suffixes) if dst is not None else default
+    folder = os.path.dirname(stem) or "."
+    base = os.path.basename(stem)
+    if not base:
+        raise InvalidArgumentError(f"destination {os.fspath(dst or default)!r} names a folder, not a checkpoint")
+    return stem, folder, base
+
+
+def _weight_map(doc: Dict[str, Any], where: str) -> Dict[str, str]:
+    wm = doc.get("weight_map")
+    if not isinstance(wm, dict):
+        raise FormatError(f"{where} has no 'weight_map' object")
+    for tensor, shard in wm.items():
+        why = _bad_shard_name(shard)
+        if why is not None:
+            raise FormatError(
+                f"{where}: weight_map entry {tensor!r} -> {shard!r} {why}; "
+                "shards must be plain file names in the index's folder"
+            )
+    return dict(wm)
+
+
+def _check_shard_keys(keys: List[str], expected: List[str], shard: str, where: str) -> None:
+    have, want = set(keys), set(expected)
+    if have != want:
+        missing = sorted(want - have)[:10]
+        extra = sorted(have - want)[:10]
+        raise FormatError(
+            f"shard {shard!r} does not hold the tensors {where} places there "
+            f"(missing: {missing}, not in the index: {extra})"
+        )
+
+
+def _remove_stale(folder: str, base: str, suffix: str, keep: List[str]) -> None:
+    stale = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}" + re.escape(suffix))
+    kept = set(keep)
+    for entry in os.listdir(folder):
+        if entry not in kept and stale.fullmatch(entry):
+            _remove_quietly(os.path.join(folder, entry))
+
+
+# -- safetensors -> deathtensors -----------------------------------------------------------------
+
+
+def from_safetensors(
+    src: PathLike,
+    dst: Optional[PathLike] = None,
+    checksum: Union[bool, str] = True,
+    compress: Union[bool, str] = False,
+    compress_level: Optional[int] = None,
+) -> str:
+    """Convert a ``.safetensors`` file (or a sharded Hugging Face checkpoint) to ``.deathtensors``.
+
+    Tensors are copied bit for bit, one at a time, from a memory map of the
+    source; global metadata comes back as written by :func:`to_safetensors`
+    (JSON values and per-tensor metadata included), and plain safetensors
+    metadata (``{"format": "pt"}``) becomes string metadata.
+
+    ``src`` may be a sharded checkpoint: its index (``model.safetensors.index.json``)
+    or the base path whose index exists (``model.safetensors`` or ``model``
+    when only the index and shards are there). Each shard then becomes a
+    ``.deathtensors`` shard (``{stem}-00001-of-000NN.deathtensors``) and a
+    deathtensors index ``{stem}.deathtensors.index.json`` is written last, as
+    :func:`deathtensors.save_sharded` does; it opens with
+    :func:`deathtensors.open_sharded`.
+
+    Args:
+        src: The ``.safetensors`` file or index (``~`` and ``$VARS`` are expanded).
+        dst: The ``.deathtensors`` file to write (replaced atomically), or for a
+            sharded checkpoint its base path. Default: ``src`` with
+            ``.deathtensors`` in place of ``.safetensors`` (for a checkpoint,
+            the index's stem in the index's folder).
+        checksum: ``True`` (SHA-256 footer, the default), ``False``, or an
+            algorithm id (``"blake3"``).
+        compress: ``False`` (default), ``True`` (zstd) or a codec id (``"lz4"``).
+        compress_level: The codec level (default: the codec's).
+
+    Returns:
+        The path written: the file, or the deathtensors index of a checkpoint.
+
+    Raises:
+        FormatError: ``src`` is not a valid safetensors file (or index), holds a
+            dtype deathtensors lacks (``F8_E8M0``...), or has malformed
+            reserved metadata.
+        FileNotFoundError: ``src`` (or a shard) does not exist.
+        PluginError: an unknown codec or checksum id.
+    """
+    pkg = _pkg()
+    codec = pkg._choose(compress, pkg.DEFAULT_CODEC, "compress")
+    algorithm = pkg._choose(checksum, pkg.DEFAULT_CHECKSUM, "checksum")
+    level = _check_level(compress_level)
+    source = pkg.expand_path(src)
+    index = _safetensors_index(source)
+    if index is not None:
+        return _import_sharded(index, dst, codec, level, algorithm)
+    if dst is not None:
+        out = pkg.expand_path(dst)
+    else:
+        out = _strip(source, (SAFETENSORS_SUFFIX,)) + ".deathtensors"
+    _core.import_foreign(_CONVERTER, source, out, codec, level, algorithm)
+    return out
+
+
+def _import_sharded(
+    index_path: str,
+    dst: Optional[PathLike],
+    codec: Optional[str],
+    level: Optional[int],
+    algorithm: Optional[str],
+) -> str:
+    pkg = _pkg()
+    where = f"safetensors index {index_path!r}"
+    weight_map = _weight_map(_read_index(index_path), where)
+    folder = os.path.dirname(index_path) or "."
+    stem, out_folder, base = _out_stem(dst, _index_stem(index_path), (INDEX_SUFFIX, ".deathtensors", ".dt"))
+    by_shard: Dict[str, List[str]] = {}
+    for tensor, shard in weight_map.items():
+        by_shard.setdefault(shard, []).append(tensor)
+    shards = sorted(by_shard)
+    names = {shard: _shard_name(base, i + 1, len(shards)) for i, shard in enumerate(shards)}
+    out_index = stem + INDEX_SUFFIX
+
+    _remove_quietly(out_index)
+    written: List[str] = []
+    try:
+        total = 0
+        global_metadata: List[Dict[str, Any]] = []
+        for shard in shards:
+            shard_path = os.path.join(folder, shard)
+            if not os.path.exists(shard_path):
+                raise FileNotFoundError(errno.ENOENT, f"shard {shard!r} named by {index_path!r} is missing", shard_path)
+            out = os.path.join(out_folder, names[shard])
+            try:
+                _core.import_foreign(_CONVERTER, shard_path, out, codec, level, algorithm)
+            except FormatError as e:
+                raise FormatError(f"shard {shard!r}: {e}") from e
+            written.append(out)
+            with pkg.DtFile(out) as f:
+                _check_shard_keys(f.keys(), by_shard[shard], shard, where)
+                total += sum(int(f.info(t)["nbytes"]) for t in f.keys())
+                global_metadata.append(f.metadata())
+        index_meta: Dict[str, Any] = {"total_size": total, "format": INDEX_FORMAT}
+        if global_metadata and global_metadata[0] and all(g == global_metadata[0] for g in global_metadata):
+            index_meta["global_metadata"] = global_metadata[0]
+        doc = {"metadata": index_meta, "weight_map": {t: names[s] for t, s in weight_map.items()}}
+        _write_json_atomically(out_index, doc)
+    except BaseException:
+        for p in written:
+            _remove_quietly(p)
+        raise
+    _remove_stale(out_folder, base, ".deathtensors", list(names.values()))
+    return out_index
+
+
+# -- deathtensors -> safetensors -----------------------------------------------------------------
+
+
+def to_safetensors(src: PathLike, dst: Optional[PathLike] = None) -> str:
+    """Convert a ``.deathtensors`` file (or a sharded checkpoint) to ``.safetensors``.
+
+    Tensors are decoded one at a time (compressed files too) and written bit
+    for bit; the result loads with ``safetensors.torch.load_file``. Global
+    metadata strings are kept as is; other JSON values, per-tensor metadata
+    and the tensor order travel in reserved metadata keys that
+    :func:`from_safetensors` reads back (see ``docs/conversion.md``). A second
+    name of a tensor (tied weights) is written as a tensor of its own.
+
+    ``src`` may be a sharded checkpoint written by
+    :func:`deathtensors.save_sharded`: its index or base path. Each shard then
+    becomes ``{stem}-0000k-of-0000n.safetensors`` and a Hugging Face index
+    ``{stem}.safetensors.index.json`` is written last.
+
+    Args:
+        src: The ``.deathtensors`` file or index (``~`` and ``$VARS`` are expanded).
+        dst: The ``.safetensors`` file to write (replaced atomically), or for a
+            sharded checkpoint its base path. Default: ``src`` with
+            ``.safetensors`` in place of ``.deathtensors``.
+
+    Returns:
+        The path written: the file, or the Hugging Face index of a checkpoint.
+
+    Raises:
+        InvalidArgumentError: a tensor safetensors cannot hold: a complex
+            (``C64``, ``C128``) or sparse tensor, or one named ``__metadata__``;
+            a global metadata key that is reserved (the message names it).
+        FormatError, ChecksumError: ``src`` is not a valid deathtensors file.
+        FileNotFoundError: ``src`` (or a shard) does not exist.
+    """
+    pkg = _pkg()
+    source = pkg.expand_path(src)
+    index = _deathtensors_index(source)
+    if index is not None:
+        return _export_sharded(index, dst)
+    out = pkg.expand_path(dst) if dst is not None else _strip(source, _DT_SUFFIXES) + SAFETENSORS_SUFFIX
+    _core.export_foreign(_CONVERTER, source, out)
+    return out
+
+
+def _export_sharded(index_path: str, dst: Optional[PathLike]) -> str:
+    pkg = _pkg()
+    with pkg.open_sharded(index_path) as sr:
+        where = f"sharded index {sr.path!r}"
+        weight_map = {t: sr.which_shard(t) for t in sr.keys()}
+        by_shard: Dict[str, List[str]] = {}
+        for tensor, shard in weight_map.items():
+            by_shard.setdefault(shard, []).append(tensor)
+        shards = sr.shards()
+        stem, out_folder, base = _out_stem(
+            dst, _index_stem(sr.path), (SAFETENSORS_INDEX_SUFFIX, SAFETENSORS_SUFFIX, ".index.json")
+        )
+        names = {
+            shard: f"{base}-{i + 1:05d}-of-{len(shards):05d}{SAFETENSORS_SUFFIX}" for i, shard in enumerate(shards)
+        }
+        out_index = stem + SAFETENSORS_INDEX_SUFFIX
+        _remove_quietly(out_index)
+        written: List[str] = []
+        try:
+            total = 0
+            for shard in shards:
+                shard_path = sr.shard_path(shard)
+                if not os.path.exists(shard_path):
+                    raise FileNotFoundError(
+                        errno.ENOENT, f"shard {shard!r} named by {sr.path!r} is missing", shard_path
+                    )
+                with pkg.DtFile(shard_path) as f:
+                    _check_shard_keys(f.keys(), by_shard[shard], shard, where)
+                    total += sum(int(f.info(t)["nbytes"]) for t in f.keys())
+                out = os.path.join(out_folder, names[shard])
+                _core.export_foreign(_CONVERTER, shard_path, out)
+                written.append(out)
+            doc = {"metadata": {"total_size": total}, "weight_map": {t: names[s] for t, s in weight_map.items()}}
+            _write_json_atomically(out_index, doc)
+        except BaseException:
+            for p in written:
+                _remove_quietly(p)
+            raise
+    _remove_stale(out_folder, base, SAFETENSORS_SUFFIX, list(names.values()))
+    return out_index

@@ -1,0 +1,510 @@
+"""Conversion to and from safetensors, checked against the real ``safetensors`` package.
+
+Files we export must load with ``safetensors.torch.load_file`` into identical
+tensors; files ``safetensors.torch.save_file`` writes must import exactly;
+metadata of every JSON type must come back; Hugging Face sharded checkpoints
+convert both ways; the CLI's ``convert`` commands work and fail cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from _dtutil import DTYPES, cli_commands, random_bytes, run_cli, torch_bytes, torch_from_bytes
+
+import deathtensors as dt
+
+torch = pytest.importorskip("torch")
+st_torch = pytest.importorskip("safetensors.torch")
+safe_open = pytest.importorskip("safetensors").safe_open
+
+SHARED = [d for d in DTYPES if d[0] not in ("C64", "C128")]
+SHAPES = [(), (0, 3), (37,), (2, 3, 5)]
+
+
+def _tensors_of_every_dtype(seed: int = 0) -> dict:
+    out = {}
+    for i, (dtype_id, torch_name, _np, size) in enumerate(SHARED):
+        for j, shape in enumerate(SHAPES):
+            n = 1
+            for d in shape:
+                n *= d
+            raw = random_bytes(n * size, seed + 10 * i + j, bool_like=dtype_id == "BOOL")
+            out[f"t{j}.{dtype_id}"] = torch_from_bytes(raw, torch_name, shape)
+    return out
+
+
+def _same(a, b) -> bool:
+    """Same dtype, shape and bytes (NaN-safe)."""
+    return a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape) and torch_bytes(a) == torch_bytes(b)
+
+
+# -- single files ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compress", [False, True, "lz4"])
+def test_exported_files_load_in_safetensors_with_identical_tensors(tmp_path, compress):
+    tensors = _tensors_of_every_dtype()
+    src = tmp_path / "all.deathtensors"
+    dt.save(src, tensors, compress=compress, checksum=True)
+    out = dt.to_safetensors(src)
+    assert out == str(tmp_path / "all.safetensors")
+    loaded = st_torch.load_file(out)
+    assert set(loaded) == set(tensors)
+    for name, t in tensors.items():
+        assert _same(loaded[name], t), name
+
+
+def test_torch_equal_on_finite_values_of_float_dtypes(tmp_path):
+    base = torch.linspace(-4, 4, 64)
+    tensors = {
+        "bf16": base.to(torch.bfloat16),
+        "f16": base.to(torch.float16),
+        "f32": base,
+        "f64": base.double(),
+        "e4m3": base.to(torch.float8_e4m3fn),
+        "e5m2": base.to(torch.float8_e5m2),
+        "bool": base > 0,
+        "i64": torch.arange(-5, 5),
+    }
+    src = tmp_path / "f.deathtensors"
+    dt.save(src, tensors, compress=True)
+    loaded = st_torch.load_file(dt.to_safetensors(src, tmp_path / "f.safetensors"))
+    for name, t in tensors.items():
+        assert loaded[name].dtype == t.dtype, name
+        assert torch.equal(loaded[name], t), name
+
+
+def test_files_written_by_safetensors_import_exactly(tmp_path):
+    tensors = _tensors_of_every_dtype(seed=7)
+    tensors["big"] = torch.randn(300, 257)
+    src = tmp_path / "hf.safetensors"
+    st_torch.save_file(tensors, str(src), metadata={"format": "pt", "note": "{not json}"})
+    out = dt.from_safetensors(src)
+    assert out == str(tmp_path / "hf.deathtensors")
+    with dt.open(out, verify=True) as f:  # checksum=True by default
+        assert f.checksum_algorithm() == "sha256"
+        assert not f.is_compressed()
+        assert f.metadata() == {"format": "pt", "note": "{not json}"}
+        assert set(f.keys()) == set(tensors)
+        for name, t in tensors.items():
+            got = f.get_tensor(name)
+            assert _same(got, t), name
+            assert f.info(name)["metadata"] == {}
+    # Compressed, another checksum: same tensors.
+    out2 = dt.from_safetensors(src, tmp_path / "hf2.deathtensors", checksum="blake3", compress="zstd")
+    with dt.open(out2, verify=True) as f:
+        assert f.codec() == "zstd" and f.checksum_algorithm() == "blake3"
+        for name, t in tensors.items():
+            assert _same(f.get_tensor(name), t), name
+    out3 = dt.from_safetensors(src, tmp_path / "hf3.deathtensors", checksum=False)
+    with dt.open(out3) as f:
+        assert not f.has_checksum()
+
+
+def test_round_trip_through_safetensors_is_bit_exact_and_keeps_order(tmp_path):
+    tensors = _tensors_of_every_dtype(seed=3)
+    names = list(tensors)[::-1]
+    tensors = {n: tensors[n] for n in names}
+    src = tmp_path / "a.deathtensors"
+    dt.save(src, tensors, compress=True, checksum=True)
+    st = dt.to_safetensors(src, tmp_path / "a.safetensors")
+    back = dt.from_safetensors(st, tmp_path / "b.deathtensors", compress=True)
+    with dt.open(back, verify=True) as f:
+        assert f.keys() == names
+        for name, t in tensors.items():
+            assert _same(f.get_tensor(name), t), name
+
+
+METADATA = {
+    "model": "mlp-tiny",
+    "epoch": 12,
+    "lr": 3e-4,
+    "neg": -1,
+    "big": 2**64 - 1,
+    "flag": True,
+    "nothing": None,
+    "layers": [64, "gelu", [1.5, None], {"deep": {"er": False}}],
+    "cfg": {"a": 1, "b": [True]},
+    "json_looking": '{"x": 1}',
+    "empty": "",
+    "unicode": "ε → ∞",
+}
+
+
+def test_metadata_of_every_json_type_round_trips(tmp_path):
+    tensors = {"w": torch.randn(3, 3), "b": torch.zeros(3), "z": torch.ones(2, dtype=torch.int8)}
+    per = {"w": {"layer": 1, "init": "kaiming", "scale": [0.5, None]}, "b": {"note": "bias"}}
+    src = tmp_path / "m.deathtensors"
+    dt.save(src, tensors, metadata=per, global_metadata=METADATA)
+    st = dt.to_safetensors(src)
+    with safe_open(st, framework="pt") as f:
+        raw = f.metadata()
+    # safetensors sees strings only: strings as is, other values as JSON text.
+    assert all(isinstance(v, str) for v in raw.values())
+    assert raw["model"] == "mlp-tiny" and raw["epoch"] == "12" and raw["json_looking"] == '{"x": 1}'
+    assert json.loads(raw["cfg"]) == METADATA["cfg"]
+    assert set(json.loads(raw["__deathtensors_json__"])) == {k for k, v in METADATA.items() if not isinstance(v, str)}
+    assert json.loads(raw["__deathtensors_tensor_metadata__"]) == per
+    assert json.loads(raw["__deathtensors_tensor_order__"]) == ["w", "b", "z"]
+
+    back = dt.from_safetensors(st, tmp_path / "m2.deathtensors")
+    with dt.open(back) as f:
+        assert f.metadata() == METADATA
+        assert f.keys() == ["w", "b", "z"]
+        for name in tensors:
+            assert f.info(name)["metadata"] == per.get(name, {})
+
+
+def test_complex_dtypes_are_refused_with_a_clear_error(tmp_path):
+    for dtype in (torch.complex64, torch.complex128):
+        src = tmp_path / "c.deathtensors"
+        dt.save(src, {"ok": torch.ones(2), "spectrum": torch.ones(3, dtype=dtype)})
+        dst = tmp_path / "c.safetensors"
+        with pytest.raises(dt.InvalidArgumentError) as e:
+            dt.to_safetensors(src, dst)
+        msg = str(e.value)
+        assert "'spectrum'" in msg or '"spectrum"' in msg
+        assert ("C64" if dtype == torch.complex64 else "C128") in msg
+        assert not dst.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_sparse_is_refused_and_tied_weights_are_copied(tmp_path):
+    sp = torch.sparse_coo_tensor([[0, 1], [1, 0]], [1.0, 2.0], (2, 2), check_invariants=True)
+    src = tmp_path / "s.deathtensors"
+    dt.save_sparse(src, {"sp": sp, "dense": torch.ones(2)})
+    with pytest.raises(dt.InvalidArgumentError, match="sparse"):
+        dt.to_safetensors(src)
+    assert not (tmp_path / "s.safetensors").exists()
+
+    w = torch.randn(4, 4)
+    tied = tmp_path / "tied.deathtensors"
+    dt.save(tied, {"embed": w, "lm_head": w})
+    loaded = st_torch.load_file(dt.to_safetensors(tied))
+    assert torch.equal(loaded["embed"], w) and torch.equal(loaded["lm_head"], w)
+
+
+def test_bad_safetensors_files_raise_format_error_and_write_nothing(tmp_path):
+    good = tmp_path / "good.safetensors"
+    st_torch.save_file({"a": torch.ones(4)}, str(good))
+    raw = good.read_bytes()
+    cases = {
+        "empty": b"",
+        "short": b"\x01\x02",
+        "truncated": raw[:-1],
+        "garbage": b"\xff" * 64,
+        "deathtensors": b"DTLEGION" + b"\0" * 40,
+    }
+    for what, content in cases.items():
+        src = tmp_path / f"{what}.safetensors"
+        src.write_bytes(content)
+        with pytest.raises(dt.FormatError) as e:
+            dt.from_safetensors(src)
+        assert f"{what}.safetensors" in str(e.value), what
+        assert not (tmp_path / f"{what}.deathtensors").exists(), what
+    with pytest.raises(FileNotFoundError):
+        dt.from_safetensors(tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError):
+        dt.to_safetensors(tmp_path / "missing.deathtensors")
+
+
+def test_paths_expand_home_and_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DT_CONVERT_DIR", str(tmp_path / "sub"))
+    (tmp_path / "sub").mkdir()
+    st_torch.save_file({"a": torch.arange(3)}, str(tmp_path / "m.safetensors"))
+    out = dt.from_safetensors("~/m.safetensors", "$DT_CONVERT_DIR/m.deathtensors")
+    assert out == str(tmp_path / "sub" / "m.deathtensors")
+    assert os.path.isfile(out)
+    back = dt.to_safetensors("${DT_CONVERT_DIR}/m.deathtensors")
+    assert back == str(tmp_path / "sub" / "m.safetensors")
+    assert torch.equal(st_torch.load_file(back)["a"], torch.arange(3))
+
+
+def test_bad_arguments(tmp_path):
+    st_torch.save_file({"a": torch.ones(1)}, str(tmp_path / "a.safetensors"))
+    with pytest.raises(dt.InvalidArgumentError):
+        dt.from_safetensors(tmp_path / "a.safetensors", compress=3)
+    with pytest.raises(dt.InvalidArgumentError):
+        dt.from_safetensors(tmp_path / "a.safetensors", compress=True, compress_level="high")
+    with pytest.raises(dt.PluginError):
+        dt.from_safetensors(tmp_path / "a.safetensors", compress="nope")
+    with pytest.raises(dt.PluginError):
+        dt.from_safetensors(tmp_path / "a.safetensors", checksum="crc")
+    assert not (tmp_path / "a.deathtensors").exists()
+
+
+# -- Hugging Face sharded checkpoints -------------------------------------------------------------
+
+
+def _hf_checkpoint(folder, stem="model"):
+    """Three shards written by safetensors plus an index written by hand; tensors in index order."""
+    shards = [
+        {"layers.0.weight": torch.randn(8, 4), "embed": torch.randn(10, 4).to(torch.bfloat16)},
+        {"layers.1.weight": torch.randn(8, 8), "layers.1.bias": torch.zeros(8, dtype=torch.float16)},
+        {"head": torch.randn(4, 2).to(torch.float8_e4m3fn), "step": torch.tensor(7)},
+    ]
+    weight_map = {}
+    total = 0
+    for i, group in enumerate(shards):
+        name = f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        st_torch.save_file(group, str(folder / name), metadata={"format": "pt"})
+        for t, v in group.items():
+            weight_map[t] = name
+            total += v.numel() * v.element_size()
+    order = ["embed", "layers.0.weight", "layers.1.weight", "layers.1.bias", "head", "step"]
+    index = {"metadata": {"total_size": total}, "weight_map": {t: weight_map[t] for t in order}}
+    (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index))
+    tensors = {t: v for group in shards for t, v in group.items()}
+    return tensors, order, total
+
+
+def test_hf_sharded_checkpoint_round_trip(tmp_path):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    tensors, order, total = _hf_checkpoint(hf)
+    index = dt.from_safetensors(hf / "model.safetensors.index.json", compress=True)
+    assert index == str(hf / "model.deathtensors.index.json")
+    names = sorted(p.name for p in hf.glob("*.deathtensors"))
+    assert names == [f"model-0000{i}-of-00003.deathtensors" for i in (1, 2, 3)]
+    doc = json.loads((hf / "model.deathtensors.index.json").read_text())
+    assert doc["metadata"]["total_size"] == total
+    assert doc["metadata"]["global_metadata"] == {"format": "pt"}
+    with dt.open_sharded(index) as sr:
+        assert sr.keys() == order
+        assert sr.which_shard("head") == "model-00003-of-00003.deathtensors"
+        assert sr.verify()  # checksum=True by default, and total_size matches
+        for name, t in tensors.items():
+            assert _same(sr.get_tensor(name), t), name
+        assert sr.metadata() == {"format": "pt"}
+
+    out = tmp_path / "out"
+    out.mkdir()
+    hf_index = dt.to_safetensors(index, out / "model")
+    assert hf_index == str(out / "model.safetensors.index.json")
+    doc = json.loads((out / "model.safetensors.index.json").read_text())
+    assert list(doc["weight_map"]) == order
+    assert doc["metadata"]["total_size"] == total
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model-00001-of-00003.safetensors",
+        "model-00002-of-00003.safetensors",
+        "model-00003-of-00003.safetensors",
+        "model.safetensors.index.json",
+    ]
+    for name, shard in doc["weight_map"].items():
+        loaded = st_torch.load_file(str(out / shard))
+        assert _same(loaded[name], tensors[name]), name
+        with safe_open(str(out / shard), framework="pt") as f:
+            assert f.metadata()["format"] == "pt"
+
+
+def test_sharded_checkpoints_are_found_from_their_base_path(tmp_path):
+    tensors, order, _ = _hf_checkpoint(tmp_path, stem="big")
+    # No big.safetensors exists: the base path finds big.safetensors.index.json.
+    index = dt.from_safetensors(tmp_path / "big.safetensors")
+    assert index == str(tmp_path / "big.deathtensors.index.json")
+    index2 = dt.from_safetensors(str(tmp_path / "big"), tmp_path / "again.deathtensors")
+    assert index2 == str(tmp_path / "again.deathtensors.index.json")
+    assert (tmp_path / "again-00002-of-00003.deathtensors").is_file()
+    # to_safetensors from a deathtensors base path (save_sharded's convention).
+    hf_index = dt.to_safetensors(tmp_path / "again.deathtensors", tmp_path / "back.safetensors")
+    assert hf_index == str(tmp_path / "back.safetensors.index.json")
+    doc = json.loads(open(hf_index).read())
+    assert list(doc["weight_map"]) == order
+    loaded = {}
+    for shard in set(doc["weight_map"].values()):
+        loaded.update(st_torch.load_file(str(tmp_path / shard)))
+    assert set(loaded) == set(tensors)
+    for name, t in tensors.items():
+        assert _same(loaded[name], t), name
+
+
+def test_save_sharded_checkpoint_exports_to_hf_and_back(tmp_path):
+    tensors = {f"layer.{i}": torch.randn(16, 16) for i in range(5)}
+    dt.save_sharded(
+        tmp_path / "ck.deathtensors",
+        tensors,
+        max_shard_bytes=2 * 16 * 16 * 4,
+        metadata={"layer.3": {"frozen": True}},
+        global_metadata={"epoch": 2},
+        compress=True,
+    )
+    hf_index = dt.to_safetensors(tmp_path / "ck.deathtensors.index.json")
+    assert hf_index == str(tmp_path / "ck.safetensors.index.json")
+    assert len(list(tmp_path.glob("ck-*-of-00003.safetensors"))) == 3
+    back = dt.from_safetensors(hf_index, tmp_path / "re.deathtensors")
+    with dt.open_sharded(back) as sr:
+        assert sr.keys() == list(tensors)
+        assert sr.metadata() == {"epoch": 2}
+        assert sr.info("layer.3")["metadata"] == {"frozen": True}
+        for name, t in tensors.items():
+            assert torch.equal(sr.get_tensor(name), t)
+
+
+def test_sharded_errors_leave_no_half_written_checkpoint(tmp_path):
+    _hf_checkpoint(tmp_path)
+    (tmp_path / "model-00003-of-00003.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model-00003-of-00003.safetensors"):
+        dt.from_safetensors(tmp_path / "model.safetensors.index.json")
+    assert not list(tmp_path.glob("*.deathtensors*"))
+
+    # A shard that lacks a tensor the index places there.
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    st_torch.save_file({"head": torch.zeros(1)}, str(tmp_path / "model-00003-of-00003.safetensors"))
+    with pytest.raises(dt.FormatError, match="step"):
+        dt.from_safetensors(tmp_path / "model.safetensors.index.json")
+    assert not list(tmp_path.glob("*.deathtensors*"))
+
+    # An index that points outside its folder.
+    index["weight_map"]["head"] = "../evil.safetensors"
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(dt.FormatError, match="separator"):
+        dt.from_safetensors(tmp_path / "model.safetensors.index.json")
+    (tmp_path / "model.safetensors.index.json").write_text("{not json")
+    with pytest.raises(dt.FormatError):
+        dt.from_safetensors(tmp_path / "model.safetensors.index.json")
+
+
+# -- memory -----------------------------------------------------------------------------------------
+
+
+_PEAK_PROBE = """
+import sys, deathtensors as dt
+
+def status(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])  # KiB
+    raise SystemExit("no " + key)
+
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # reset the peak resident set size (VmHWM)
+before = status("VmRSS")
+if sys.argv[1] == "export":
+    dt.to_safetensors(sys.argv[2], sys.argv[3])
+else:  # "load": what loading every tensor costs, to show the probe can tell
+    with dt.open(sys.argv[2]) as f:
+        kept = f.get_tensors("numpy")
+print(status("VmHWM") - before)
+"""
+
+
+def _peak_growth_mib(*args: str) -> float:
+    res = subprocess.run([sys.executable, "-c", _PEAK_PROBE, *args], capture_output=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr.decode()
+    return int(res.stdout) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak RSS reset")
+@pytest.mark.parametrize("compress", [True, False])
+def test_export_holds_one_tensor_at_a_time(tmp_path, compress):
+    """Peak resident memory of an export grows by about the largest tensor, not by the file's size."""
+    count, mib = 8, 12
+    tensors = {f"t{i}": torch.randn(mib * 1024 * 1024 // 4) for i in range(count)}
+    src = tmp_path / "big.deathtensors"
+    dt.save(src, tensors, compress=compress)
+    del tensors
+    whole = _peak_growth_mib("load", str(src))
+    assert whole > count * mib * 0.9, f"the probe saw only {whole:.0f} MiB for loading everything"
+    grown = _peak_growth_mib("export", str(src), str(tmp_path / "big.safetensors"))
+    assert grown < 3 * mib, f"export grew peak memory by {grown:.0f} MiB for a {count * mib} MiB file"
+    assert os.path.getsize(tmp_path / "big.safetensors") > count * mib * 1024 * 1024
+
+
+# -- CLI ----------------------------------------------------------------------------------------------
+
+COMMANDS = cli_commands()
+
+
+@pytest.fixture(params=list(COMMANDS), ids=list(COMMANDS))
+def cli(request):
+    prefix = COMMANDS[request.param]
+    return lambda *args: run_cli(prefix, *args)
+
+
+def test_cli_from_and_to_safetensors(tmp_path, cli):
+    tensors = {"w": torch.randn(4, 4).to(torch.bfloat16), "n": torch.arange(5)}
+    src = tmp_path / "in.safetensors"
+    st_torch.save_file(tensors, str(src), metadata={"format": "pt"})
+    dst = tmp_path / "out.deathtensors"
+    r = cli("convert", "from-safetensors", str(src), str(dst), "--compress", "--checksum", "blake3", "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["tensors"] == 2
+    assert summary["bytes_in"] == src.stat().st_size
+    assert summary["bytes_out"] == dst.stat().st_size
+    assert summary["converter"] == "safetensors" and summary["direction"] == "import"
+    with dt.open(dst, verify=True) as f:
+        assert f.codec() == "zstd" and f.checksum_algorithm() == "blake3"
+        for name, t in tensors.items():
+            assert _same(f.get_tensor(name), t)
+
+    back = tmp_path / "back.safetensors"
+    r = cli("convert", "to-safetensors", str(dst), str(back))
+    assert r.returncode == 0, r.stderr
+    assert b"2 tensors" in r.stdout
+    loaded = st_torch.load_file(str(back))
+    for name, t in tensors.items():
+        assert torch.equal(loaded[name], t)
+
+    r = cli("convert", "from-safetensors", str(src), str(tmp_path / "lz.deathtensors"), "--compress=lz4")
+    assert r.returncode == 0, r.stderr
+    with dt.open(tmp_path / "lz.deathtensors") as f:
+        assert f.codec() == "lz4" and f.checksum_algorithm() == "sha256"
+
+
+def test_cli_generic_convert_picks_the_converter(tmp_path, cli):
+    t = {"a": torch.randn(3)}
+    dt.save(tmp_path / "a.deathtensors", t)
+    r = cli("convert", str(tmp_path / "a.deathtensors"), str(tmp_path / "a.safetensors"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["direction"] == "export"
+    assert torch.equal(st_torch.load_file(str(tmp_path / "a.safetensors"))["a"], t["a"])
+
+    r = cli("convert", str(tmp_path / "a.deathtensors"), str(tmp_path / "a.bin"), "--to", "safetensors")
+    assert r.returncode == 0, r.stderr
+    r = cli(
+        "convert", str(tmp_path / "a.bin"), str(tmp_path / "b.dat"), "--to", "deathtensors", "--from", "safetensors"
+    )
+    assert r.returncode == 0, r.stderr
+    with dt.open(tmp_path / "b.dat", verify=True) as f:
+        assert torch.equal(f.get_tensor("a"), t["a"])
+    r = cli("convert", str(tmp_path / "a.safetensors"), str(tmp_path / "c.deathtensors"), "--checksum", "none")
+    assert r.returncode == 0, r.stderr
+    with dt.open(tmp_path / "c.deathtensors") as f:
+        assert not f.has_checksum()
+
+
+def test_cli_convert_errors(tmp_path, cli):
+    dt.save(tmp_path / "a.deathtensors", {"c": torch.ones(2, dtype=torch.complex64)})
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10" + b"\0" * 7 + b"{garbage}")
+    usage = [
+        ("convert", str(tmp_path / "a.deathtensors"), str(tmp_path / "x.npz")),  # unknown format
+        ("convert", str(tmp_path / "a.deathtensors")),  # missing DST
+        ("convert", "from-safetensors", str(bad), str(tmp_path / "x.deathtensors"), "--compress=nope"),
+        ("convert", str(tmp_path / "a.deathtensors"), str(tmp_path / "x.safetensors"), "--compress"),
+        ("convert", "to-safetensors", str(tmp_path / "a.deathtensors"), str(tmp_path / "x.safetensors")),  # C64
+    ]
+    for args in usage:
+        r = cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+    r = cli("convert", "to-safetensors", str(tmp_path / "a.deathtensors"), str(tmp_path / "x.safetensors"))
+    assert b"C64" in r.stderr and b"'c'" not in r.stderr and b'"c"' in r.stderr
+    bad_file = [
+        ("convert", "from-safetensors", str(bad), str(tmp_path / "x.deathtensors")),
+        ("convert", "to-safetensors", str(bad), str(tmp_path / "x.safetensors")),
+        ("convert", "to-safetensors", str(tmp_path / "missing.deathtensors"), str(tmp_path / "x.safetensors")),
+    ]
+    for args in bad_file:
+        r = cli(*args)
+        assert r.returncode == 1, (args, r.stderr)
+        err = r.stderr.decode()
+        assert "panicked" not in err and "Traceback" not in err
+    assert not (tmp_path / "x.deathtensors").exists() and not (tmp_path / "x.safetensors").exists()
