@@ -32,11 +32,11 @@ from . import _core
 from ._sharded import (
     INDEX_FORMAT,
     INDEX_SUFFIX,
-    _bad_shard_name,
     _read_index,
     _remove_quietly,
     _shard_name,
     _write_json_atomically,
+    checked_weight_map,
 )
 from ._sharded import _stem as _dt_stem
 from .errors import FormatError, InvalidArgumentError
@@ -113,20 +113,6 @@ def _out_stem(dst: Optional[PathLike], default: str, suffixes: tuple) -> tuple:
     if not base:
         raise InvalidArgumentError(f"destination {os.fspath(dst or default)!r} names a folder, not a checkpoint")
     return stem, folder, base
-
-
-def _weight_map(doc: Dict[str, Any], where: str) -> Dict[str, str]:
-    wm = doc.get("weight_map")
-    if not isinstance(wm, dict):
-        raise FormatError(f"{where} has no 'weight_map' object")
-    for tensor, shard in wm.items():
-        why = _bad_shard_name(shard)
-        if why is not None:
-            raise FormatError(
-                f"{where}: weight_map entry {tensor!r} -> {shard!r} {why}; "
-                "shards must be plain file names in the index's folder"
-            )
-    return dict(wm)
 
 
 def _check_shard_keys(keys: List[str], expected: List[str], shard: str, where: str) -> None:
@@ -219,7 +205,7 @@ def _import_sharded(
 ) -> str:
     pkg = _pkg()
     where = f"safetensors index {index_path!r}"
-    weight_map = _weight_map(_read_index(index_path), where)
+    weight_map = checked_weight_map(_read_index(index_path), where)
     folder = os.path.dirname(index_path) or "."
     stem, out_folder, base = _out_stem(dst, _index_stem(index_path), (INDEX_SUFFIX, ".deathtensors", ".dt"))
     by_shard: Dict[str, List[str]] = {}

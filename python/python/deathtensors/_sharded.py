@@ -299,6 +299,27 @@ def save_sharded(
 # -- reading ----------------------------------------------------------------------------------------
 
 
+def checked_weight_map(doc: Dict[str, Any], where: str) -> Dict[str, str]:
+    """The ``weight_map`` of an index, every shard a plain file name in the index's folder.
+
+    Raises:
+        FormatError: no ``weight_map`` object, or an entry that is not a safe shard name.
+    """
+    if "weight_map" not in doc:
+        raise FormatError(f"{where} has no 'weight_map'")
+    wm = doc["weight_map"]
+    if not isinstance(wm, dict):
+        raise FormatError(f"{where}: 'weight_map' must be a JSON object, not {type(wm).__name__}")
+    for tensor, shard in wm.items():
+        why = _bad_shard_name(shard)
+        if why is not None:
+            raise FormatError(
+                f"{where}: weight_map entry {tensor!r} -> {shard!r} {why}; "
+                "shards must be plain file names in the index's folder"
+            )
+    return dict(wm)
+
+
 def _bad_shard_name(name: Any) -> Optional[str]:
     """Why ``name`` is not a plain file name in the index's folder, or ``None`` if it is."""
     if not isinstance(name, str):
@@ -398,19 +419,7 @@ class ShardedReader:
             raise FormatError(f"{where}: metadata.global_metadata must be a JSON object, not {type(gm).__name__}")
         self._index_meta: Dict[str, Any] = meta
 
-        if "weight_map" not in doc:
-            raise FormatError(f"{where} has no 'weight_map'")
-        wm = doc["weight_map"]
-        if not isinstance(wm, dict):
-            raise FormatError(f"{where}: 'weight_map' must be a JSON object, not {type(wm).__name__}")
-        for tensor, shard in wm.items():
-            why = _bad_shard_name(shard)
-            if why is not None:
-                raise FormatError(
-                    f"{where}: weight_map entry {tensor!r} -> {shard!r} {why}; "
-                    "shards must be plain file names in the index's folder"
-                )
-        self._weight_map: Dict[str, str] = dict(wm)
+        self._weight_map: Dict[str, str] = checked_weight_map(doc, where)
         by_shard: Dict[str, List[str]] = {}
         for tensor, shard in self._weight_map.items():
             by_shard.setdefault(shard, []).append(tensor)
