@@ -18,13 +18,13 @@ import argparse
 import glob
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from typing import Any, Dict, List
+
+from _timing import median_time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -54,15 +54,6 @@ def state_dict(path: str, dtype: Any) -> Dict[str, Any]:
 
 def raw_bytes(sd: Dict[str, Any]) -> bytes:
     return b"".join(t.view(-1).view(__import__("torch").uint8).numpy().tobytes() for t in sd.values())
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def worker(args: argparse.Namespace) -> None:

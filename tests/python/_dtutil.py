@@ -181,3 +181,23 @@ def run_cli(prefix: List[str], *args: str, env: Optional[Dict[str, str]] = None)
         timeout=60,
         check=False,
     )
+
+
+def run_on_pty(args: Sequence[str], env: Dict[str, str]) -> Tuple[subprocess.CompletedProcess, str]:
+    """Run ``args`` with stderr on a pseudo-terminal; return the process and what it drew there."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=slave, env=env, timeout=60, check=False)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc, b"".join(chunks).decode(errors="replace")

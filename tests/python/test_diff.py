@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import pty
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from _dtutil import cli_commands, run_cli
+from _dtutil import cli_commands, run_cli, run_on_pty
 
 import deathtensors as dt
 
@@ -174,20 +173,7 @@ def test_cli_progress_bar_only_on_a_terminal(tmp_path):
     dt.save(b, {"x": np.arange(1 << 20, dtype=np.float32)}, compress=True)
     args = [sys.executable, "-m", "deathtensors", "diff", str(a), str(b)]
     env = dict(os.environ, DEATHTENSORS_PROGRESS_MIN_BYTES="1")
-    master, slave = pty.openpty()
-    proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=slave, env=env, timeout=60, check=False)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    tty_err = b"".join(chunks).decode(errors="replace")
+    proc, tty_err = run_on_pty(args, env)
     assert proc.returncode == 0
     assert "diff" in tty_err and "[" in tty_err, tty_err
     piped = subprocess.run(args, capture_output=True, env=env, timeout=60, check=False)

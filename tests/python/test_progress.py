@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import os
-import pty
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from _dtutil import run_on_pty
 
 import deathtensors as dt
 
 CLI = [sys.executable, "-m", "deathtensors"]
-
-
-def _run_on_pty(args, env):
-    master, slave = pty.openpty()
-    proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=slave, env=env, timeout=60)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    return proc, b"".join(chunks).decode(errors="replace")
 
 
 @pytest.fixture
@@ -42,7 +25,7 @@ def big_file(tmp_path):
 @pytest.mark.parametrize("command", [["verify"], ["stats"]])
 def test_progress_bar_only_on_a_terminal(big_file, command):
     env = dict(os.environ, DEATHTENSORS_PROGRESS_MIN_BYTES="1")
-    proc, tty_err = _run_on_pty([*CLI, *command, str(big_file)], env)
+    proc, tty_err = run_on_pty([*CLI, *command, str(big_file)], env)
     assert proc.returncode == 0
     assert command[0] in tty_err and "[" in tty_err, tty_err  # the bar was drawn
     piped = subprocess.run([*CLI, *command, str(big_file)], capture_output=True, text=True, env=env)
@@ -51,5 +34,5 @@ def test_progress_bar_only_on_a_terminal(big_file, command):
 
 
 def test_small_work_draws_no_bar_even_on_a_terminal(big_file):
-    proc, tty_err = _run_on_pty([*CLI, "verify", str(big_file)], dict(os.environ))
+    proc, tty_err = run_on_pty([*CLI, "verify", str(big_file)], dict(os.environ))
     assert proc.returncode == 0 and "verify [" not in tty_err
