@@ -1,0 +1,1 @@
+//! Property tests (proptest): random tensors round-trip bit-exact; damaged files give typed errors.
