@@ -3,15 +3,29 @@
 //! or the complete new one. Every writer of the project (tensor files,
 //! manifests, converters) goes through [`AtomicFile`].
 //!
-//! Temporary files are named `.<target name>.<random>.tmp` in the target's
-//! folder; one left by a killed process is never read as a tensor file and
-//! is safe to delete.
+//! Temporary files are named `.<target name>.<random>.dt-tmp` in the target's
+//! folder. The writer holds an exclusive `flock(2)` on its temporary file for
+//! as long as it lives; the kernel drops that lock when the process dies, even
+//! by `SIGKILL`. [`AtomicFile::create`] first removes every temporary file of
+//! that shape in the folder whose lock it can take, i.e. those of dead
+//! writers, so a killed save leaves nothing behind for longer than the next
+//! save in that folder. A concurrent writer's file is never removed: it is
+//! locked from before anyone can see it as unlocked (see [`locked_temp_file`]).
 
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+
+/// How the names of temporary files end (they also start with a `.`).
+pub const TEMP_SUFFIX: &str = ".dt-tmp";
+
+/// How often [`AtomicFile::create`] retries when a cleaner took the lock of
+/// its brand-new temporary file first (each retry needs that race again).
+const CREATE_ATTEMPTS: usize = 16;
 
 /// A temporary file that becomes `target` on [`AtomicFile::commit`], or
 /// vanishes if dropped first.
@@ -35,11 +49,8 @@ impl AtomicFile {
         let name = target
             .file_name()
             .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", target.display())))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{}.", name.to_string_lossy()))
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io(&dir, e))?;
+        remove_stale_temp_files(&dir);
+        let tmp = locked_temp_file(&dir, &format!(".{}.", name.to_string_lossy()))?;
         Ok(AtomicFile { tmp, target, dir })
     }
 
@@ -81,6 +92,78 @@ impl AtomicFile {
     }
 }
 
+/// Create `dir/<prefix><random>.dt-tmp` and take an exclusive `flock` on it,
+/// retrying with a new name if a concurrent [`remove_stale_temp_files`] got
+/// the lock first (it removes the file while holding the lock, so a file
+/// still at its path after we hold the lock is ours until we die).
+///
+/// # Errors
+/// I/O errors creating the file; [`Error::Io`] if every attempt lost the race.
+pub fn locked_temp_file(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempFile> {
+    for _ in 0..CREATE_ATTEMPTS {
+        let tmp = tempfile::Builder::new()
+            .prefix(prefix)
+            .suffix(TEMP_SUFFIX)
+            .tempfile_in(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        if try_lock(tmp.as_file()) && is_at(tmp.as_file(), tmp.path()) {
+            return Ok(tmp);
+        }
+    }
+    Err(Error::io(
+        dir,
+        std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "could not lock a new temporary file (another process keeps taking it)",
+        ),
+    ))
+}
+
+/// Remove the temporary files of dead writers from `dir`: every regular file
+/// named `.*.dt-tmp` whose exclusive `flock` can be taken. Best effort:
+/// files that cannot be opened or locked are left alone.
+pub fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let bytes = name.as_bytes();
+        if !(bytes.starts_with(b".") && bytes.ends_with(TEMP_SUFFIX.as_bytes())) {
+            continue;
+        }
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+        else {
+            continue;
+        };
+        if try_lock(&file) && is_at(&file, &path) {
+            let _ = std::fs::remove_file(&path);
+        }
+        // Dropping `file` releases the lock.
+    }
+}
+
+/// Take an exclusive `flock` without waiting; whether it was taken.
+fn try_lock(file: &File) -> bool {
+    // SAFETY: flock on a valid open descriptor, no pointers involved.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Whether `path` (not following a link) is still the open `file`.
+fn is_at(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// The process umask, read without changing it (Linux: /proc/self/status); 0o022 if unknown.
 pub fn umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")
@@ -115,5 +198,40 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
         let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o666 & !umask());
+    }
+
+    #[test]
+    fn create_removes_only_the_temp_files_of_dead_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t.bin");
+        // A live writer: its temp file stays locked while `live` is open.
+        let live = AtomicFile::create(&target).unwrap();
+        let live_path = live.path().to_path_buf();
+        // A dead writer's file: same shape, nobody holds its lock.
+        let dead = dir.path().join(".other.bin.abc123.dt-tmp");
+        std::fs::write(&dead, b"left by a killed process").unwrap();
+        // Not ours: other names are never touched.
+        for keep in [".other.bin.abc123.tmp", "visible.dt-tmp", ".notes"] {
+            std::fs::write(dir.path().join(keep), b"x").unwrap();
+        }
+        let mut next = AtomicFile::create(dir.path().join("u.bin")).unwrap();
+        assert!(!dead.exists(), "the dead writer's temp file is removed");
+        assert!(live_path.exists(), "a live writer's temp file is kept");
+        for keep in [".other.bin.abc123.tmp", "visible.dt-tmp", ".notes"] {
+            assert!(dir.path().join(keep).exists(), "{keep} is not a temp file of ours");
+        }
+        next.file().write_all(b"u").unwrap();
+        next.commit(false).unwrap();
+        live.commit(false).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"");
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [".notes", ".other.bin.abc123.tmp", "t.bin", "u.bin", "visible.dt-tmp"]
+        );
     }
 }
