@@ -26,6 +26,7 @@ pub const EXIT_USAGE: i32 = 2;
 
 mod convert;
 mod diff;
+mod hub;
 mod manifest;
 mod progress;
 
@@ -83,6 +84,16 @@ enum Command {
     Manifest(manifest::ManifestArgs),
     /// Convert between .deathtensors and other formats (safetensors, ...).
     Convert(convert::ConvertArgs),
+    /// Upload a .deathtensors file (or a sharded checkpoint) to a Hugging Face Hub repo, creating the repo if needed.
+    HubPush(hub::PushArgs),
+    /// Download a .deathtensors file (or a sharded checkpoint) from the Hub into the Hugging Face cache.
+    HubPull(hub::PullArgs),
+    /// List the .deathtensors files of a Hub repo.
+    HubList(hub::ListArgs),
+    /// Show a Hub repo's downloads, likes and .deathtensors files, or one remote file's tensor table.
+    HubInfo(hub::InfoArgs),
+    /// Convert a .safetensors file of a Hub repo to .deathtensors and upload it in one commit.
+    HubConvert(hub::ConvertArgs),
     /// List registered plugins: codecs, checksums, filters, dtypes, layouts, converters.
     Plugins {
         /// Print a JSON array.
@@ -94,10 +105,35 @@ enum Command {
 /// Run the command line with `args` (the first item is the program name).
 ///
 /// Returns the process exit code; never panics on bad files or bad arguments.
+/// The `hub-*` commands need the Python package (see [`run_with_hub`]); here
+/// they fail with a usage error that says how to run them.
 pub fn run<I, T>(args: I) -> i32
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
+{
+    run_with_hub(args, |_| {
+        let _ = writeln!(
+            std::io::stderr(),
+            "deathtensors: error: the Hub commands run through the Python package: \
+             pip install deathtensors[huggingface], then `python -m deathtensors hub-...`"
+        );
+        EXIT_USAGE
+    })
+}
+
+/// [`run`], with `hub` running the Hugging Face Hub commands.
+///
+/// A `hub-*` command is parsed and checked here like every other command,
+/// then handed to `hub` as a JSON object (`{"command": "hub-push",
+/// "repo_id": ..., ...}`, one key per argument), whose return value is the
+/// exit code. `python -m deathtensors` passes a callback into
+/// `deathtensors.huggingface`.
+pub fn run_with_hub<I, T, H>(args: I, hub: H) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+    H: FnOnce(&str) -> i32,
 {
     deathtensors_plugins::link();
     let cli = match Cli::try_parse_from(args) {
@@ -108,6 +144,18 @@ where
             return code;
         }
     };
+    let request = match &cli.command {
+        Command::HubPush(a) => Some(hub::request("hub-push", a)),
+        Command::HubPull(a) => Some(hub::request("hub-pull", a)),
+        Command::HubList(a) => Some(hub::request("hub-list", a)),
+        Command::HubInfo(a) => Some(hub::request("hub-info", a)),
+        Command::HubConvert(a) => Some(hub::request("hub-convert", a)),
+        _ => None,
+    };
+    if let Some(request) = request {
+        let _ = std::io::stdout().flush();
+        return hub(&request);
+    }
     match execute(cli.command) {
         Ok((text, code)) => {
             let mut out = std::io::stdout().lock();
@@ -258,6 +306,15 @@ fn execute(command: Command) -> Result<(String, i32), Error> {
             } else {
                 write_stats(&mut s, &rows);
             }
+        }
+        Command::HubPush(_)
+        | Command::HubPull(_)
+        | Command::HubList(_)
+        | Command::HubInfo(_)
+        | Command::HubConvert(_) => {
+            return Err(Error::InvalidArgument(
+                "the Hub commands are run by the host given to run_with_hub".into(),
+            ))
         }
         Command::Plugins { json } => {
             let rows = registry::list_plugins()?;

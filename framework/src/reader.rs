@@ -91,44 +91,9 @@ impl DtReader {
             ));
         }
         let file_len = meta.len();
-        if file_len < PREAMBLE_LEN {
-            return Err(Error::Truncated {
-                what: "the 24-byte preamble",
-                needed: PREAMBLE_LEN,
-                available: file_len,
-            });
-        }
-        let mut pre = [0u8; 24];
-        file.read_exact_at(&mut pre, 0).map_err(|e| Error::io(&path, e))?;
-        let preamble = Preamble::decode(&pre)?;
-        if preamble.header_len > options.max_header_len {
-            return Err(Error::HeaderTooLarge {
-                len: preamble.header_len,
-                limit: options.max_header_len,
-            });
-        }
-        let header_end = PREAMBLE_LEN.saturating_add(preamble.header_len);
-        let padded_end = header_end.saturating_add(format::nul_padding(preamble.header_len));
-        if padded_end > file_len {
-            return Err(Error::Truncated {
-                what: "the JSON header and its padding",
-                needed: padded_end,
-                available: file_len,
-            });
-        }
-        let mut text = vec![0u8; (padded_end - PREAMBLE_LEN) as usize];
-        file.read_exact_at(&mut text, PREAMBLE_LEN)
-            .map_err(|e| Error::io(&path, e))?;
-        let padding = text.split_off(preamble.header_len as usize);
-        if let Some(pos) = padding.iter().position(|&b| b != 0) {
-            return Err(Error::InvalidHeader(format!(
-                "padding byte at file offset {} is {:#04x}, not NUL",
-                header_end + pos as u64,
-                padding[pos]
-            )));
-        }
-        let header = format::Header::parse(&text)?;
-        let layout = format::validate(preamble, header, file_len)?;
+        let layout = read_layout(file_len, options, |offset, buf| {
+            file.read_exact_at(buf, offset).map_err(|e| Error::io(&path, e))
+        })?;
         Ok(DtReader {
             path,
             file,
@@ -528,6 +493,60 @@ impl DtReader {
             Ok(hasher.finish())
         })
     }
+}
+
+/// Read and validate the preamble and header of a file of `file_len` bytes
+/// through `read_at(offset, buf)`, which fills `buf` from that offset.
+///
+/// This is how [`DtReader::open_with`] reads a local file, and how a remote
+/// file is inspected with two HTTP range requests (the preamble, then the
+/// header and its padding) without downloading its data. The header length
+/// is checked against `options.max_header_len` and the file length before the
+/// header is read, so `read_at` is never asked for more than that.
+///
+/// # Errors
+/// Whatever `read_at` returns, and any rule of the format the file breaks.
+pub fn read_layout<F>(file_len: u64, options: &ReadOptions, mut read_at: F) -> Result<Layout>
+where
+    F: FnMut(u64, &mut [u8]) -> Result<()>,
+{
+    if file_len < PREAMBLE_LEN {
+        return Err(Error::Truncated {
+            what: "the 24-byte preamble",
+            needed: PREAMBLE_LEN,
+            available: file_len,
+        });
+    }
+    let mut pre = [0u8; 24];
+    read_at(0, &mut pre)?;
+    let preamble = Preamble::decode(&pre)?;
+    if preamble.header_len > options.max_header_len {
+        return Err(Error::HeaderTooLarge {
+            len: preamble.header_len,
+            limit: options.max_header_len,
+        });
+    }
+    let header_end = PREAMBLE_LEN.saturating_add(preamble.header_len);
+    let padded_end = header_end.saturating_add(format::nul_padding(preamble.header_len));
+    if padded_end > file_len {
+        return Err(Error::Truncated {
+            what: "the JSON header and its padding",
+            needed: padded_end,
+            available: file_len,
+        });
+    }
+    let mut text = vec![0u8; (padded_end - PREAMBLE_LEN) as usize];
+    read_at(PREAMBLE_LEN, &mut text)?;
+    let padding = text.split_off(preamble.header_len as usize);
+    if let Some(pos) = padding.iter().position(|&b| b != 0) {
+        return Err(Error::InvalidHeader(format!(
+            "padding byte at file offset {} is {:#04x}, not NUL",
+            header_end + pos as u64,
+            padding[pos]
+        )));
+    }
+    let header = format::Header::parse(&text)?;
+    format::validate(preamble, header, file_len)
 }
 
 /// Lower-case hex of bytes.

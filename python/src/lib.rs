@@ -8,8 +8,9 @@ use std::os::raw::{c_int, c_void};
 use std::sync::{Arc, RwLock};
 
 use deathtensors::buffer::AlignedBuf;
+use deathtensors::format::Layout;
 use deathtensors::format::LayoutHeader;
-use deathtensors::reader::{hex, DtReader, ReadOptions};
+use deathtensors::reader::{hex, read_layout, DtReader, ReadOptions};
 use deathtensors::registry;
 use deathtensors::writer::{append_file, write_entries, Entry, FilterChoice, TensorData, WriteOptions};
 use deathtensors::Error;
@@ -401,29 +402,7 @@ impl Reader {
     /// with dtype, shape, nbytes, absolute offsets, stored length, chunk count and metadata.
     fn describe(&self) -> PyResult<String> {
         let r = self.get()?;
-        let tensors: Vec<Value> = r
-            .tensors()
-            .iter()
-            .map(|t| {
-                serde_json::json!({
-                    "name": t.name, "dtype": t.dtype.id(), "shape": t.shape, "nbytes": t.nbytes,
-                    "data_offsets": [t.file_offset - r.layout().data_start, t.file_offset - r.layout().data_start + t.stored_len],
-                    "file_offset": t.file_offset, "stored_nbytes": t.stored_len,
-                    "chunks": t.chunks.as_ref().map(Vec::len), "metadata": t.metadata,
-                    "alias_of": t.alias_of, "layout": t.layout, "part_of": t.part_of,
-                })
-            })
-            .collect();
-        let v = serde_json::json!({
-            "file_size": r.file_len(),
-            "data_start": r.layout().data_start,
-            "codec": r.codec().map(|c| c.id()),
-            "level": r.layout().header.compression.as_ref().map(|c| c.level),
-            "checksum": r.checksum().map(|c| c.id()),
-            "metadata": r.metadata(),
-            "tensors": tensors,
-        });
-        Ok(v.to_string())
+        Ok(describe(r.layout(), r.file_len()).to_string())
     }
 
     /// Decode one tensor into a new Rust-owned buffer (GIL released).
@@ -579,10 +558,100 @@ fn codec_and_checksum_ids(py: Python<'_>) -> PyResult<(Vec<String>, Vec<String>)
     ))
 }
 
+/// The JSON description of a validated layout that `Reader.describe` and
+/// `read_header` return (one shape for local and remote files).
+fn describe(layout: &Layout, file_len: u64) -> Value {
+    let tensors: Vec<Value> = layout
+        .tensors
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "name": t.name, "dtype": t.dtype.id(), "shape": t.shape, "nbytes": t.nbytes,
+                "data_offsets": [t.file_offset - layout.data_start, t.file_offset - layout.data_start + t.stored_len],
+                "file_offset": t.file_offset, "stored_nbytes": t.stored_len,
+                "chunks": t.chunks.as_ref().map(Vec::len), "metadata": t.metadata,
+                "alias_of": t.alias_of, "layout": t.layout, "part_of": t.part_of,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "file_size": file_len,
+        "data_start": layout.data_start,
+        "codec": layout.codec.map(|c| c.id()),
+        "level": layout.header.compression.as_ref().map(|c| c.level),
+        "checksum": layout.checksum.map(|c| c.id()),
+        "metadata": layout.header.metadata,
+        "tensors": tensors,
+    })
+}
+
+/// Validate the header of a file of `file_len` bytes that Python reads by
+/// ranges (`fetch(offset, length) -> bytes`, e.g. HTTP range requests), and
+/// return its description as JSON (the shape of `Reader.describe`).
+///
+/// `fetch` is called twice: for the 24-byte preamble, then for the header and
+/// its padding once their declared length has passed the checks (at most
+/// `max_header_len` bytes). An exception raised by `fetch` propagates.
+#[pyfunction]
+#[pyo3(signature = (file_len, fetch, max_header_len=None))]
+fn read_header(
+    py: Python<'_>,
+    file_len: u64,
+    fetch: Bound<'_, PyAny>,
+    max_header_len: Option<u64>,
+) -> PyResult<String> {
+    let mut options = ReadOptions::default();
+    if let Some(limit) = max_header_len {
+        options.max_header_len = limit;
+    }
+    let mut raised: Option<PyErr> = None;
+    let result = read_layout(file_len, &options, |offset, buf| {
+        let got = fetch.call1((offset, buf.len())).and_then(|b| b.extract::<Vec<u8>>());
+        match got {
+            Ok(bytes) if bytes.len() == buf.len() => {
+                buf.copy_from_slice(&bytes);
+                Ok(())
+            }
+            Ok(bytes) => Err(Error::Truncated {
+                what: "a range read of the header",
+                needed: buf.len() as u64,
+                available: bytes.len() as u64,
+            }),
+            Err(e) => {
+                raised = Some(e);
+                Err(Error::InvalidArgument("fetch failed".into()))
+            }
+        }
+    });
+    if let Some(e) = raised {
+        return Err(e);
+    }
+    let layout = result.map_err(|e| to_py(py, e))?;
+    Ok(describe(&layout, file_len).to_string())
+}
+
 /// Run the command line (the same tree as the `deathtensors` binary); returns the exit code.
+///
+/// The `hub-*` commands are parsed here and run by
+/// `deathtensors.huggingface._cli.run(request_json)` (Python, GIL held).
 #[pyfunction]
 fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
-    py.detach(|| deathtensors_cli::run(argv))
+    py.detach(|| {
+        deathtensors_cli::run_with_hub(argv, |request| {
+            Python::attach(|py| {
+                let run = || -> PyResult<i32> {
+                    py.import("deathtensors.huggingface._cli")?
+                        .getattr("run")?
+                        .call1((request,))?
+                        .extract()
+                };
+                run().unwrap_or_else(|e| {
+                    e.print(py);
+                    deathtensors_cli::EXIT_USAGE
+                })
+            })
+        })
+    })
 }
 
 #[pymodule]
@@ -600,6 +669,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dtypes, m)?)?;
     m.add_function(wrap_pyfunction!(codec_and_checksum_ids, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    m.add_function(wrap_pyfunction!(read_header, m)?)?;
     diff::register(m)?;
     manifest::register(m)?;
     convert::register(m)?;

@@ -20,6 +20,14 @@ __all__ = [
     "InvalidArgumentError",
     "UnsupportedDtypeError",
     "SchemaError",
+    "HubError",
+    "HubAuthError",
+    "HubNotFoundError",
+    "HubRepoNotFoundError",
+    "HubRevisionNotFoundError",
+    "HubEntryNotFoundError",
+    "HubConnectionError",
+    "HubUploadError",
 ]
 
 
@@ -75,3 +83,38 @@ class SchemaError(DeathtensorsError):
 
     def __reduce__(self) -> Tuple[Any, ...]:  # keep violations through pickling (multiprocessing)
         return (type(self), (str(self), self.violations))
+
+
+class HubError(DeathtensorsError):
+    """A Hugging Face Hub operation failed (see :mod:`deathtensors.huggingface`).
+
+    The client's own exception, when there is one, is the ``__cause__``.
+    """
+
+
+class HubAuthError(HubError):
+    """No token for an operation that needs one, or the Hub refused the token."""
+
+
+class HubNotFoundError(HubError, LookupError):
+    """Something named does not exist on the Hub (or is private to others)."""
+
+
+class HubRepoNotFoundError(HubNotFoundError):
+    """The repo does not exist, or is private and the token cannot see it."""
+
+
+class HubRevisionNotFoundError(HubNotFoundError):
+    """The branch, tag or commit does not exist in the repo."""
+
+
+class HubEntryNotFoundError(HubNotFoundError):
+    """The file does not exist at that revision of the repo."""
+
+
+class HubConnectionError(HubError, ConnectionError):
+    """The Hub could not be reached, or offline mode is on and the file is not cached."""
+
+
+class HubUploadError(HubError):
+    """An upload failed; nothing was committed, so the repo is unchanged."""

@@ -1,0 +1,906 @@
+"""Hugging Face Hub integration: push, pull, list, inspect and convert ``.deathtensors`` files.
+
+Needs the ``huggingface`` extra (``pip install deathtensors[huggingface]``);
+``import deathtensors`` never imports ``huggingface_hub``, and importing this
+module doesn't either: the client is imported by the first call that needs it,
+and a missing client raises :class:`ImportError` saying how to install it.
+
+Downloads go through the standard Hugging Face cache (``$HF_HOME/hub``,
+``HF_HUB_CACHE``), so every process and library that uses the cache shares
+them, and ``HF_HUB_OFFLINE=1`` serves cached files with no network.
+
+Tokens are resolved in this order: the ``token=`` argument, ``HF_TOKEN``,
+``HUGGING_FACE_HUB_TOKEN``, then the ``hf auth login`` (``huggingface-cli
+login``) cache. Operations that write (push, convert) fail with
+:class:`~deathtensors.HubAuthError` before any request when there is none.
+
+Every upload is one commit: a failure anywhere (an LFS upload, the commit
+call) leaves the repo unchanged and raises :class:`~deathtensors.HubUploadError`.
+Hub failures raise subclasses of :class:`~deathtensors.HubError`; the
+client's own exception is kept as ``__cause__``.
+
+Beyond reading whole files, :class:`HubCachedFile` and :func:`hub_file_info`
+read the tensor table of a remote file with HTTP range requests (the
+preamble and the header only), and :meth:`HubCachedFile.get_tensor` reads
+one tensor of an uncompressed remote file by range, without downloading it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import re
+import tempfile
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+from .. import _core, _sharded
+from .._frameworks import convert
+from ..errors import (
+    DeathtensorsError,
+    HubAuthError,
+    HubConnectionError,
+    HubEntryNotFoundError,
+    HubError,
+    HubRepoNotFoundError,
+    HubRevisionNotFoundError,
+    HubUploadError,
+    InvalidArgumentError,
+    TensorNotFoundError,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .. import DtFile
+
+__all__ = [
+    "push_to_hub",
+    "load_from_hub",
+    "push_sharded_to_hub",
+    "load_sharded_from_hub",
+    "list_repo_models",
+    "hub_model_info",
+    "hub_file_info",
+    "convert_safetensors_on_hub",
+    "resolve_token",
+    "HubCachedFile",
+    "HubShardedReader",
+    "INSTALL_HINT",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: What to run when ``huggingface_hub`` is missing.
+INSTALL_HINT = "pip install deathtensors[huggingface]"
+#: File extensions listed as deathtensors files.
+DEATHTENSORS_SUFFIXES = (".deathtensors", ".dt")
+#: How to log in, in the error raised when a write has no token.
+LOGIN_HINT = (
+    "log in with `hf auth login` (or `huggingface-cli login`), set HF_TOKEN, or pass token=... "
+    "(a write token from https://huggingface.co/settings/tokens)"
+)
+#: Bytes asked for by the first range request of a remote header: most headers fit, so one request is enough.
+HEADER_PROBE_BYTES = 64 * 1024
+_REPO_TYPES = ("model", "dataset", "space")
+_URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+
+
+def _hf() -> Any:
+    try:
+        import huggingface_hub
+        import huggingface_hub.errors
+        import huggingface_hub.utils
+    except ImportError as e:
+        raise ImportError(f"the Hugging Face Hub functions of deathtensors need huggingface_hub: {INSTALL_HINT}") from e
+    return huggingface_hub
+
+
+def _pkg() -> Any:
+    import deathtensors
+
+    return deathtensors
+
+
+def resolve_token(token: Optional[str] = None) -> Optional[str]:
+    """The token to send: ``token``, ``HF_TOKEN``, ``HUGGING_FACE_HUB_TOKEN``, then the login cache.
+
+    Returns ``None`` when none is set (empty values count as unset).
+    """
+    if token:
+        return token
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            return value
+    home = os.environ.get("HF_HOME") or _hf().constants.HF_HOME
+    path = os.environ.get("HF_TOKEN_PATH") or os.path.join(os.path.expanduser(home), "token")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            cached = fh.read().strip()
+    except OSError:
+        return None
+    return cached or None
+
+
+def _check_repo_type(repo_type: str) -> str:
+    if repo_type not in _REPO_TYPES:
+        raise InvalidArgumentError(f"repo_type must be one of {', '.join(_REPO_TYPES)}, not {repo_type!r}")
+    return repo_type
+
+
+def _write_token(token: Optional[str], action: str) -> str:
+    resolved = resolve_token(token)
+    if resolved is None:
+        raise HubAuthError(f"{action} needs a Hugging Face token and none was found: {LOGIN_HINT}")
+    return resolved
+
+
+def _api(token: Optional[str], endpoint: Optional[str]) -> Any:
+    return _hf().HfApi(endpoint=endpoint, token=token if token else False)
+
+
+def _endpoint(endpoint: Optional[str]) -> str:
+    return (endpoint or _hf().constants.ENDPOINT).rstrip("/")
+
+
+@contextlib.contextmanager
+def _hub_errors(what: str, upload: bool = False) -> Iterator[None]:
+    """Turn the client's exceptions into :class:`HubError` subclasses that say what failed."""
+    hf = _hf()
+    errors = hf.errors
+    try:
+        yield
+    except DeathtensorsError:
+        raise
+    except errors.RevisionNotFoundError as e:
+        raise HubRevisionNotFoundError(f"{what}: revision not found ({_first_line(e)})") from e
+    except errors.RepositoryNotFoundError as e:
+        raise HubRepoNotFoundError(
+            f"{what}: repository not found, or private and the token cannot see it ({_first_line(e)})"
+        ) from e
+    except errors.RemoteEntryNotFoundError as e:
+        raise HubEntryNotFoundError(f"{what}: file not found in the repo ({_first_line(e)})") from e
+    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as e:
+        raise HubConnectionError(
+            f"{what}: not in the local cache and the Hub cannot be used (offline mode or no connection): "
+            f"{_first_line(e)}"
+        ) from e
+    except Exception as e:
+        http = _http_cause(e, errors.HfHubHTTPError)
+        status = getattr(getattr(http, "response", None), "status_code", None)
+        detail = f"HTTP {status}: {_first_line(http)}" if http is not None else f"{type(e).__name__}: {e}"
+        if upload and (http is not None or isinstance(e, OSError) or _is_client_error(e)):
+            raise HubUploadError(f"{what} failed ({detail}); nothing was committed, the repo is unchanged") from e
+        if http is not None:
+            if status in (401, 403):
+                raise HubAuthError(f"{what}: the Hub refused the token ({detail}): {LOGIN_HINT}") from e
+            raise HubError(f"{what} failed ({detail})") from e
+        if _is_client_error(e):
+            raise HubConnectionError(f"{what} failed: {detail}") from e
+        raise
+
+
+def _chain(e: BaseException) -> List[BaseException]:
+    """``e`` and its ``__cause__``/``__context__`` chain (at most 20 deep)."""
+    out: List[BaseException] = []
+    cur: Optional[BaseException] = e
+    while cur is not None and len(out) < 20:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def _http_cause(e: BaseException, cls: type) -> Optional[BaseException]:
+    """The first exception of ``e``'s chain that is a ``cls``."""
+    return next((c for c in _chain(e) if isinstance(c, cls)), None)
+
+
+def _is_client_error(e: BaseException) -> bool:
+    """Whether ``e`` comes from the HTTP stack (a refused connection, a timeout, a failed upload...)."""
+    return any(
+        type(c).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "huggingface_hub") for c in _chain(e)
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " ".join(lines[:3]) if lines else type(e).__name__
+
+
+def _blob_url(endpoint: str, repo_type: str, repo_id: str, revision: Optional[str], path: str) -> str:
+    return f"{endpoint}/{_URL_PREFIX[repo_type]}{repo_id}/blob/{revision or 'main'}/{path}"
+
+
+def _check_local(path: str, verify: bool) -> None:
+    """Refuse to upload a file that is not a valid deathtensors file (or whose footer does not match)."""
+    with _pkg().open(path) as f:
+        if verify and f.has_checksum():
+            f.verify()
+
+
+def _commit(
+    api: Any,
+    repo_id: str,
+    operations: List[Any],
+    *,
+    repo_type: str,
+    revision: Optional[str],
+    private: Optional[bool],
+    message: str,
+    create_repo: bool,
+    what: str,
+) -> None:
+    if create_repo:
+        with _hub_errors(f"creating {repo_id}"):
+            api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    with _hub_errors(what, upload=True):
+        api.create_commit(
+            repo_id,
+            operations=operations,
+            commit_message=message,
+            repo_type=repo_type,
+            revision=revision,
+        )
+
+
+# -- push ---------------------------------------------------------------------------------------------
+
+
+def push_to_hub(
+    repo_id: str,
+    local_path: PathLike,
+    path_in_repo: Optional[str] = None,
+    *,
+    token: Optional[str] = None,
+    revision: Optional[str] = None,
+    repo_type: str = "model",
+    private: Optional[bool] = None,
+    commit_message: Optional[str] = None,
+    create_repo: bool = True,
+    verify: bool = True,
+    endpoint: Optional[str] = None,
+) -> str:
+    """Upload a ``.deathtensors`` file to a Hub repo in one commit; return its URL on the Hub.
+
+    The file is checked first (its header, and its checksum footer when it
+    has one and ``verify`` is true), so a damaged file is never pushed.
+
+    Args:
+        repo_id: ``namespace/name``. Created (``private`` or public) when it
+            does not exist and ``create_repo`` is true.
+        local_path: The file (``~`` and ``$VARS`` expanded).
+        path_in_repo: Where it goes (default: the file's name).
+        token: See :func:`resolve_token`. Required.
+        revision: The branch to commit to (default: ``main``).
+        repo_type: ``"model"``, ``"dataset"`` or ``"space"``.
+        commit_message: Default: ``"Upload {path_in_repo} with deathtensors"``.
+        endpoint: The Hub URL (default: ``HF_ENDPOINT`` or huggingface.co).
+
+    Returns:
+        ``{endpoint}/{repo_id}/blob/{revision}/{path_in_repo}``.
+
+    Raises:
+        HubAuthError: no token (before any request) or a refused one.
+        HubUploadError: the upload or the commit failed; the repo is unchanged.
+        HubRevisionNotFoundError: ``revision`` is not a branch of the repo.
+        FormatError, ChecksumError: the local file is not valid.
+    """
+    _check_repo_type(repo_type)
+    tok = _write_token(token, f"pushing to {repo_id}")
+    path = _pkg().expand_path(local_path)
+    name = path_in_repo or os.path.basename(path)
+    _check_local(path, verify)
+    hf = _hf()
+    api = _api(tok, endpoint)
+    _commit(
+        api,
+        repo_id,
+        [hf.CommitOperationAdd(path_in_repo=name, path_or_fileobj=path)],
+        repo_type=repo_type,
+        revision=revision,
+        private=private,
+        message=commit_message or f"Upload {name} with deathtensors",
+        create_repo=create_repo,
+        what=f"uploading {name} to {repo_id}",
+    )
+    return _blob_url(_endpoint(endpoint), repo_type, repo_id, revision, name)
+
+
+def push_sharded_to_hub(
+    repo_id: str,
+    local_path: PathLike,
+    path_in_repo: Optional[str] = None,
+    *,
+    token: Optional[str] = None,
+    revision: Optional[str] = None,
+    repo_type: str = "model",
+    private: Optional[bool] = None,
+    commit_message: Optional[str] = None,
+    create_repo: bool = True,
+    verify: bool = True,
+    endpoint: Optional[str] = None,
+) -> str:
+    """Upload a sharded checkpoint (every shard and the index) in one commit; return the index's URL.
+
+    ``local_path`` is what :func:`deathtensors.save_sharded` got (its base
+    path, e.g. ``big_model.deathtensors``) or the index itself. Every shard
+    is checked like :func:`push_to_hub` checks a file. Shards of an earlier
+    push with another shard count (``{stem}-NNNNN-of-MMMMM.deathtensors`` in
+    the same repo folder, not in the new index) are deleted in the same
+    commit, so the repo never holds a mix.
+
+    Args:
+        path_in_repo: The repo folder for the files (default: the root).
+        Others: as in :func:`push_to_hub`.
+
+    Returns:
+        The Hub URL of the index.
+    """
+    _check_repo_type(repo_type)
+    tok = _write_token(token, f"pushing to {repo_id}")
+    pkg = _pkg()
+    with pkg.open_sharded(local_path) as sr:
+        index_path = sr.path
+        shards = sr.shards()
+        for shard in shards:
+            _check_local(sr.shard_path(shard), verify)
+    folder = (path_in_repo or "").strip("/")
+    index_name = os.path.basename(index_path)
+    stem = index_name[: -len(_sharded.INDEX_SUFFIX)] if index_name.endswith(_sharded.INDEX_SUFFIX) else None
+    hf = _hf()
+    api = _api(tok, endpoint)
+
+    def in_repo(name: str) -> str:
+        return posixpath.join(folder, name) if folder else name
+
+    ops: List[Any] = [
+        hf.CommitOperationAdd(path_in_repo=in_repo(s), path_or_fileobj=os.path.join(os.path.dirname(index_path), s))
+        for s in shards
+    ]
+    ops.append(hf.CommitOperationAdd(path_in_repo=in_repo(index_name), path_or_fileobj=index_path))
+    if stem is not None:
+        stale = re.compile(re.escape(stem) + r"-\d{5,}-of-\d{5,}" + re.escape(_sharded.SHARD_SUFFIX))
+        with contextlib.suppress(HubRepoNotFoundError, HubRevisionNotFoundError):
+            with _hub_errors(f"listing {repo_id}"):
+                existing = api.list_repo_files(repo_id, revision=revision, repo_type=repo_type)
+            keep = {in_repo(s) for s in shards}
+            for f in existing:
+                if posixpath.dirname(f) == folder and stale.fullmatch(posixpath.basename(f)) and f not in keep:
+                    ops.append(hf.CommitOperationDelete(path_in_repo=f))
+    _commit(
+        api,
+        repo_id,
+        ops,
+        repo_type=repo_type,
+        revision=revision,
+        private=private,
+        message=commit_message or f"Upload {index_name} and {len(shards)} shard(s) with deathtensors",
+        create_repo=create_repo,
+        what=f"uploading {index_name} and {len(shards)} shard(s) to {repo_id}",
+    )
+    return _blob_url(_endpoint(endpoint), repo_type, repo_id, revision, in_repo(index_name))
+
+
+# -- pull -----------------------------------------------------------------------------------------------
+
+
+def _download(
+    repo_id: str,
+    filename: str,
+    *,
+    revision: Optional[str],
+    repo_type: str,
+    token: Optional[str],
+    cache_dir: Optional[PathLike],
+    local_files_only: bool,
+    endpoint: Optional[str],
+) -> str:
+    with _hub_errors(f"downloading {filename} from {repo_id}"):
+        return str(
+            _hf().hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                repo_type=repo_type,
+                token=resolve_token(token) or False,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                endpoint=endpoint,
+                library_name="deathtensors",
+                library_version=_core.__version__,
+            )
+        )
+
+
+def load_from_hub(
+    repo_id: str,
+    filename: str,
+    *,
+    revision: Optional[str] = None,
+    repo_type: str = "model",
+    token: Optional[str] = None,
+    verify: bool = False,
+    cache_dir: Optional[PathLike] = None,
+    local_files_only: bool = False,
+    endpoint: Optional[str] = None,
+) -> DtFile:
+    """Download a ``.deathtensors`` file into the Hugging Face cache (once) and open it lazily.
+
+    Returns a :class:`deathtensors.DtFile` (a context manager); only the
+    tensors asked for are read from the cached file. With ``verify=True`` the
+    checksum footer is checked on open (:class:`~deathtensors.ChecksumError`
+    on a mismatch, :class:`~deathtensors.NoChecksumError` when there is none).
+
+    Raises:
+        HubRepoNotFoundError, HubRevisionNotFoundError, HubEntryNotFoundError:
+            the repo, revision or file does not exist.
+        HubConnectionError: the Hub cannot be reached (or offline mode) and
+            the file is not cached.
+    """
+    _check_repo_type(repo_type)
+    path = _download(
+        repo_id,
+        filename,
+        revision=revision,
+        repo_type=repo_type,
+        token=token,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        endpoint=endpoint,
+    )
+    return _pkg().open(path, verify=verify)
+
+
+def _index_name(filename: str) -> str:
+    if filename.endswith(".json"):
+        return filename
+    return _sharded._stem(filename) + _sharded.INDEX_SUFFIX
+
+
+def _snapshot_commit(path: str, filename: str) -> Optional[str]:
+    """The commit a cache path belongs to (``.../snapshots/<commit>/<filename>``), if it has that shape."""
+    parts = os.path.normpath(path).split(os.sep)
+    depth = len(filename.split("/"))
+    if len(parts) > depth + 1 and parts[-depth - 2] == "snapshots":
+        return parts[-depth - 1]
+    return None
+
+
+class HubShardedReader(_sharded.ShardedReader):
+    """A sharded checkpoint on the Hub, read lazily (see :func:`load_sharded_from_hub`).
+
+    The index is downloaded when it is opened; a shard is downloaded (into
+    the Hugging Face cache) the first time one of its tensors is asked for.
+    Every shard comes from the commit the index came from, so a push that
+    lands meanwhile cannot mix two versions.
+    """
+
+    def __init__(
+        self,
+        index_path: str,
+        *,
+        repo_id: str,
+        index_in_repo: str,
+        fetch: Callable[[str, Optional[str]], str],
+        revision: Optional[str],
+        verify: bool = False,
+    ) -> None:
+        super().__init__(index_path, verify=verify)
+        self.repo_id = repo_id
+        self.index_in_repo = index_in_repo
+        self.commit = _snapshot_commit(index_path, index_in_repo)
+        self._fetch = fetch
+        self._revision = self.commit or revision
+        self._downloaded: List[str] = []
+
+    def _shard_file(self, shard: str) -> str:
+        folder = posixpath.dirname(self.index_in_repo)
+        local = self._fetch(posixpath.join(folder, shard) if folder else shard, self._revision)
+        self._downloaded.append(shard)
+        return local
+
+    def downloaded_shards(self) -> List[str]:
+        """Shard file names downloaded (or found in the cache) by this reader, in order."""
+        return list(self._downloaded)
+
+
+def load_sharded_from_hub(
+    repo_id: str,
+    filename: str,
+    *,
+    revision: Optional[str] = None,
+    repo_type: str = "model",
+    token: Optional[str] = None,
+    verify: bool = False,
+    cache_dir: Optional[PathLike] = None,
+    local_files_only: bool = False,
+    endpoint: Optional[str] = None,
+) -> HubShardedReader:
+    """Open a sharded checkpoint on the Hub: the index now, each shard when first needed.
+
+    ``filename`` is the checkpoint's base name (``big_model.deathtensors``)
+    or its index (``big_model.deathtensors.index.json``), possibly in a repo
+    folder. ``get_tensor`` downloads only the shard holding that tensor.
+    ``verify=True`` checks each shard's footer when it is opened.
+
+    Returns:
+        A :class:`HubShardedReader` (a :class:`deathtensors.ShardedReader`).
+    """
+    _check_repo_type(repo_type)
+    index_in_repo = _index_name(filename)
+
+    def fetch(name: str, rev: Optional[str]) -> str:
+        return _download(
+            repo_id,
+            name,
+            revision=rev,
+            repo_type=repo_type,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            endpoint=endpoint,
+        )
+
+    index_path = fetch(index_in_repo, revision)
+    return HubShardedReader(
+        index_path, repo_id=repo_id, index_in_repo=index_in_repo, fetch=fetch, revision=revision, verify=verify
+    )
+
+
+# -- listing and info ---------------------------------------------------------------------------------
+
+
+def list_repo_models(
+    repo_id: str,
+    *,
+    revision: Optional[str] = None,
+    repo_type: str = "model",
+    token: Optional[str] = None,
+    endpoint: Optional[str] = None,
+) -> List[str]:
+    """The paths of every ``.deathtensors`` (and legacy ``.dt``) file in a repo, in the repo's order."""
+    _check_repo_type(repo_type)
+    api = _api(resolve_token(token), endpoint)
+    with _hub_errors(f"listing {repo_id}"):
+        files = api.list_repo_files(repo_id, revision=revision, repo_type=repo_type)
+    return [f for f in files if f.endswith(DEATHTENSORS_SUFFIXES)]
+
+
+def hub_model_info(
+    repo_id: str,
+    *,
+    revision: Optional[str] = None,
+    repo_type: str = "model",
+    token: Optional[str] = None,
+    endpoint: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Repo metadata: ``id``, ``sha``, ``downloads``, ``likes``, ``private``, ``deathtensors_files``,
+    ``sharded_indexes`` (deathtensors indexes) and ``files`` (every file)."""
+    _check_repo_type(repo_type)
+    api = _api(resolve_token(token), endpoint)
+    with _hub_errors(f"reading the info of {repo_id}"):
+        info = api.repo_info(repo_id, revision=revision, repo_type=repo_type)
+    files = [s.rfilename for s in (getattr(info, "siblings", None) or [])]
+    return {
+        "id": info.id,
+        "sha": getattr(info, "sha", None),
+        "repo_type": repo_type,
+        "downloads": getattr(info, "downloads", None) or 0,
+        "likes": getattr(info, "likes", None) or 0,
+        "private": getattr(info, "private", None),
+        "deathtensors_files": [f for f in files if f.endswith(DEATHTENSORS_SUFFIXES)],
+        "sharded_indexes": [f for f in files if f.endswith(_sharded.INDEX_SUFFIX)],
+        "files": files,
+    }
+
+
+class HubCachedFile:
+    """One ``.deathtensors`` file in a Hub repo, read from the Hugging Face cache or by HTTP range.
+
+    Nothing is fetched when it is created. :meth:`header` (and :meth:`keys`,
+    :meth:`info`) read the tensor table with range requests — the preamble and
+    header only — unless the file is already in the cache; :meth:`get_tensor`
+    reads one tensor of an uncompressed file by range (a compressed one is
+    downloaded into the cache first); :meth:`download` / :meth:`open` fetch
+    the whole file once, into the shared cache. :attr:`bytes_fetched` counts
+    the body bytes of the range requests made.
+
+    A range read is checked against the file's header but not against its
+    checksum footer (that needs the whole file): use ``open(verify=True)``
+    for that.
+    """
+
+    def __init__(
+        self,
+        repo_id: str,
+        filename: str,
+        *,
+        revision: Optional[str] = None,
+        repo_type: str = "model",
+        token: Optional[str] = None,
+        cache_dir: Optional[PathLike] = None,
+        endpoint: Optional[str] = None,
+    ) -> None:
+        self.repo_id = repo_id
+        self.filename = filename
+        self.revision = revision
+        self.repo_type = _check_repo_type(repo_type)
+        self._token = token
+        self._cache_dir = cache_dir
+        self._endpoint = endpoint
+        self._desc: Optional[Dict[str, Any]] = None
+        self.bytes_fetched = 0
+
+    def __repr__(self) -> str:
+        return f"HubCachedFile({self.repo_id!r}, {self.filename!r}, revision={self.revision!r})"
+
+    @property
+    def url(self) -> str:
+        """The file's ``resolve`` URL."""
+        return str(
+            _hf().hf_hub_url(
+                self.repo_id,
+                self.filename,
+                repo_type=self.repo_type,
+                revision=self.revision,
+                endpoint=self._endpoint,
+            )
+        )
+
+    @property
+    def cached_path(self) -> Optional[str]:
+        """The file's path in the cache, if it was downloaded already (no request)."""
+        found = _hf().try_to_load_from_cache(
+            self.repo_id,
+            self.filename,
+            cache_dir=self._cache_dir,
+            revision=self.revision,
+            repo_type=self.repo_type,
+        )
+        return found if isinstance(found, str) else None
+
+    def download(self, local_files_only: bool = False) -> str:
+        """Download the whole file into the cache (once); return its path."""
+        return _download(
+            self.repo_id,
+            self.filename,
+            revision=self.revision,
+            repo_type=self.repo_type,
+            token=self._token,
+            cache_dir=self._cache_dir,
+            local_files_only=local_files_only,
+            endpoint=self._endpoint,
+        )
+
+    def open(self, verify: bool = False) -> DtFile:
+        """:meth:`download`, then open the cached file (a :class:`deathtensors.DtFile`)."""
+        return _pkg().open(self.download(), verify=verify)
+
+    # -- range reads --------------------------------------------------------------------------------
+    def _range(self, start: int, end: int) -> Tuple[bytes, int]:
+        """Bytes ``[start, end)`` and the file's total size, by one range request."""
+        hf = _hf()
+        headers = hf.utils.build_hf_headers(
+            token=resolve_token(self._token) or False,
+            library_name="deathtensors",
+            library_version=_core.__version__,
+        )
+        headers["Range"] = f"bytes={start}-{end - 1}"
+        headers["Accept-Encoding"] = "identity"
+        want = end - start
+        with _hub_errors(f"reading {self.filename} of {self.repo_id}"):
+            with hf.utils.get_session().stream("GET", self.url, headers=headers, follow_redirects=True) as r:
+                hf.utils.hf_raise_for_status(r)
+                total = _total_size(r.headers.get("Content-Range"), r.status_code, r.headers.get("Content-Length"))
+                if r.status_code == 206 and not r.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
+                    raise HubError(f"the Hub answered range {r.headers.get('Content-Range')!r}, not bytes={start}-")
+                if r.status_code == 200 and start > 0:
+                    raise HubError("the Hub ignored an HTTP range request; download the file instead")
+                data = bytearray()
+                for piece in r.iter_bytes():
+                    data += piece
+                    if len(data) >= want:
+                        break
+        self.bytes_fetched += len(data)
+        return bytes(data[:want]), total
+
+    def header(self) -> Dict[str, Any]:
+        """The file's description: ``file_size``, ``codec``, ``checksum``, ``metadata``, ``tensors``.
+
+        The same shape as the local reader's; read from the cache when the
+        file is there, otherwise with at most two range requests. The header
+        is validated by the same Rust code as a local open (typed errors).
+        """
+        if self._desc is not None:
+            return self._desc
+        import json
+
+        local = self.cached_path
+        if local is not None:
+            with _pkg().open(local) as f:
+                self._desc = dict(f._desc)
+            return self._desc
+        first, total = self._range(0, HEADER_PROBE_BYTES)
+
+        def fetch(offset: int, length: int) -> bytes:
+            if offset + length <= len(first):
+                return first[offset : offset + length]
+            return self._range(offset, offset + length)[0]
+
+        self._desc = json.loads(_core.read_header(total, fetch))
+        return self._desc
+
+    def keys(self) -> List[str]:
+        """Tensor names, in saved order (reads the header)."""
+        return [t["name"] for t in self.header()["tensors"] if not t.get("part_of")]
+
+    def info(self, name: str) -> Dict[str, Any]:
+        """A tensor's entry (``dtype``, ``shape``, ``nbytes``, ``file_offset``, ``stored_nbytes``...)."""
+        for t in self.header()["tensors"]:
+            if t["name"] == name and not t.get("part_of"):
+                return dict(t)
+        raise TensorNotFoundError(f"no tensor named {name!r} in {self.filename} of {self.repo_id}")
+
+    def get_tensor(self, name: str, framework: str = "torch") -> Any:
+        """One tensor: from the cached file if present, by range if the file is uncompressed, else downloaded.
+
+        Non-dense tensors (sparse layouts) are read from the downloaded file.
+        """
+        local = self.cached_path
+        if local is None:
+            desc = self.header()
+            entry = self.info(name)
+            if desc["codec"] is None and entry.get("layout") is None:
+                start = entry["file_offset"]
+                data, _ = self._range(start, start + entry["stored_nbytes"]) if entry["stored_nbytes"] else (b"", 0)
+                if len(data) != entry["nbytes"]:
+                    raise HubError(f"the Hub sent {len(data)} bytes of {name!r}, not {entry['nbytes']}")
+                return convert(bytearray(data), entry["dtype"], entry["shape"], framework)
+            local = self.download()
+        with _pkg().open(local) as f:
+            return f.get_tensor(name, framework=framework)
+
+
+def _total_size(content_range: Optional[str], status: int, length: Optional[str]) -> int:
+    if status == 206 and content_range:
+        m = re.fullmatch(r"bytes \d+-\d+/(\d+)", content_range.strip())
+        if m:
+            return int(m.group(1))
+    if status == 200 and length is not None and length.isdigit():
+        return int(length)
+    raise HubError(f"the Hub gave no file size (Content-Range {content_range!r}, status {status})")
+
+
+def hub_file_info(
+    repo_id: str,
+    filename: str,
+    *,
+    revision: Optional[str] = None,
+    repo_type: str = "model",
+    token: Optional[str] = None,
+    endpoint: Optional[str] = None,
+) -> Dict[str, Any]:
+    """The tensor table of a remote ``.deathtensors`` file, read by HTTP range without downloading it.
+
+    Returns :meth:`HubCachedFile.header` plus ``repo_id``, ``filename`` and
+    ``bytes_fetched`` (the bytes the range requests returned).
+    """
+    f = HubCachedFile(repo_id, filename, revision=revision, repo_type=repo_type, token=token, endpoint=endpoint)
+    out = dict(f.header())
+    out.update({"repo_id": repo_id, "filename": filename, "bytes_fetched": f.bytes_fetched})
+    return out
+
+
+# -- conversion -------------------------------------------------------------------------------------
+
+
+def convert_safetensors_on_hub(
+    repo_id: str,
+    safetensors_filename: str,
+    *,
+    deathtensors_filename: Optional[str] = None,
+    compress: Union[bool, str] = False,
+    compress_level: Optional[int] = None,
+    checksum: Union[bool, str] = True,
+    delete_original: bool = False,
+    revision: Optional[str] = None,
+    repo_type: str = "model",
+    token: Optional[str] = None,
+    commit_message: Optional[str] = None,
+    cache_dir: Optional[PathLike] = None,
+    endpoint: Optional[str] = None,
+) -> str:
+    """Convert a ``.safetensors`` file (or sharded checkpoint) of a repo to ``.deathtensors``, in one commit.
+
+    The source is downloaded into the Hugging Face cache (shared with other
+    processes) and converted tensor by tensor from a memory map
+    (:func:`deathtensors.from_safetensors`) into a temporary folder; then one
+    commit adds the result and, with ``delete_original=True``, deletes the
+    source. A failure leaves the repo unchanged.
+
+    Args:
+        safetensors_filename: ``model.safetensors``, or the index of a sharded
+            checkpoint (``model.safetensors.index.json``): every shard and the
+            index are converted, uploaded (and deleted) together.
+        deathtensors_filename: The path of the result in the repo (default: the
+            source path with ``.deathtensors``; for a checkpoint, the base path
+            whose index ``{stem}.deathtensors.index.json`` is written).
+        compress, compress_level, checksum: As in :func:`deathtensors.from_safetensors`.
+        Others: as in :func:`push_to_hub`.
+
+    Returns:
+        The Hub URL of the uploaded file (or index).
+    """
+    _check_repo_type(repo_type)
+    tok = _write_token(token, f"converting in {repo_id}")
+    pkg = _pkg()
+    hf = _hf()
+    sharded = safetensors_filename.endswith(".index.json")
+
+    def fetch(name: str, rev: Optional[str]) -> str:
+        return _download(
+            repo_id,
+            name,
+            revision=rev,
+            repo_type=repo_type,
+            token=tok,
+            cache_dir=cache_dir,
+            local_files_only=False,
+            endpoint=endpoint,
+        )
+
+    src = fetch(safetensors_filename, revision)
+    commit = _snapshot_commit(src, safetensors_filename) or revision
+    folder = posixpath.dirname(safetensors_filename)
+    sources = [safetensors_filename]
+    if sharded:
+        import json
+
+        with open(src, "rb") as fh:
+            doc = json.loads(fh.read(_sharded.MAX_INDEX_BYTES + 1))
+        shard_names = sorted(set(_sharded.checked_weight_map(doc, f"{safetensors_filename} of {repo_id}").values()))
+        for shard in shard_names:
+            remote = posixpath.join(folder, shard) if folder else shard
+            fetch(remote, commit)
+            sources.append(remote)
+    if deathtensors_filename is None:
+        base = safetensors_filename
+        for suffix in (".safetensors.index.json", ".safetensors"):
+            if base.endswith(suffix):
+                base = base[: -len(suffix)]
+                break
+        deathtensors_filename = base + ".deathtensors"
+    out_folder = posixpath.dirname(deathtensors_filename)
+
+    with tempfile.TemporaryDirectory(prefix="deathtensors-hub-") as tmp:
+        dst = os.path.join(tmp, posixpath.basename(deathtensors_filename))
+        written = pkg.from_safetensors(src, dst, checksum=checksum, compress=compress, compress_level=compress_level)
+        if sharded:
+            with pkg.open_sharded(written) as sr:
+                files = [*sr.shards(), os.path.basename(sr.path)]
+            targets = [posixpath.join(out_folder, n) if out_folder else n for n in files]
+        else:
+            files, targets = [os.path.basename(written)], [deathtensors_filename]
+        result = targets[-1]
+        ops: List[Any] = [
+            hf.CommitOperationAdd(path_in_repo=t, path_or_fileobj=os.path.join(tmp, n)) for n, t in zip(files, targets)
+        ]
+        if delete_original:
+            ops.extend(hf.CommitOperationDelete(path_in_repo=s) for s in sources)
+        api = _api(tok, endpoint)
+        message = commit_message or (
+            f"Convert {safetensors_filename} to {result} with deathtensors"
+            + (" (and delete the original)" if delete_original else "")
+        )
+        _commit(
+            api,
+            repo_id,
+            ops,
+            repo_type=repo_type,
+            revision=revision,
+            private=None,
+            message=message,
+            create_repo=False,
+            what=f"uploading {result} to {repo_id}",
+        )
+    return _blob_url(_endpoint(endpoint), repo_type, repo_id, revision, result)

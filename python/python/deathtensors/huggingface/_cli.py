@@ -1,0 +1,186 @@
+"""The ``hub-*`` commands of ``python -m deathtensors``.
+
+The Rust command tree (``deathtensors_cli``) parses and checks the arguments,
+then calls :func:`run` with them as JSON; this module does the Hub work and
+prints the result. Exit codes follow the rest of the CLI: 0 success, 1 a
+failed Hub operation or a bad or unverifiable file, 2 a usage error
+(including a missing ``huggingface_hub``). Errors are one line on stderr.
+Progress bars (the Hugging Face client's) show only on a terminal and never
+with ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from typing import Any, Callable, Dict, List
+
+from ..errors import DeathtensorsError, HubEntryNotFoundError, InvalidArgumentError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"  # pragma: no cover
+
+
+def _common(req: Dict[str, Any]) -> Dict[str, Any]:
+    return {"revision": req.get("revision"), "repo_type": req.get("repo_type") or "model", "token": req.get("token")}
+
+
+def _push(hub: Any, req: Dict[str, Any]) -> Any:
+    path = req["path"]
+    full = os.path.expanduser(os.path.expandvars(path))
+    sharded = full.endswith(".json") or not os.path.isfile(full)
+    kw = dict(_common(req), private=req.get("private") or None, commit_message=req.get("message"))
+    if sharded:
+        url = hub.push_sharded_to_hub(req["repo_id"], path, req.get("path_in_repo"), **kw)
+    else:
+        url = hub.push_to_hub(req["repo_id"], path, req.get("path_in_repo"), **kw)
+    return {"repo_id": req["repo_id"], "url": url, "sharded": sharded}
+
+
+def _pull(hub: Any, req: Dict[str, Any]) -> Any:
+    name = req["filename"]
+    kw = _common(req)
+    verify = bool(req.get("verify"))
+    files: List[str] = []
+    if not name.endswith(".json"):
+        try:
+            with hub.load_from_hub(req["repo_id"], name, verify=verify, **kw) as f:
+                files = [f.path]
+        except HubEntryNotFoundError:
+            if not name.endswith(hub.DEATHTENSORS_SUFFIXES):
+                raise
+    if not files:  # a sharded checkpoint: the index, then every shard
+        with hub.load_sharded_from_hub(req["repo_id"], name, verify=verify, **kw) as sr:
+            for shard in sr.shards():
+                sr.info(sr._by_shard[shard][0])  # opens (downloads, verifies when asked) the shard
+            files = [sr.path, *[sr.shard_path(s) for s in sr.shards()]]
+    local_dir = req.get("local_dir")
+    if local_dir:
+        dest = os.path.expanduser(os.path.expandvars(local_dir))
+        os.makedirs(dest, exist_ok=True)
+        copies = []
+        for p in files:  # cache paths keep the repo's file names
+            target = os.path.join(dest, os.path.basename(p))
+            shutil.copyfile(p, target)
+            copies.append(target)
+        files = copies
+    return {"repo_id": req["repo_id"], "filename": name, "paths": files, "verified": verify}
+
+
+def _list(hub: Any, req: Dict[str, Any]) -> Any:
+    return hub.list_repo_models(req["repo_id"], **_common(req))
+
+
+def _info(hub: Any, req: Dict[str, Any]) -> Any:
+    if req.get("filename"):
+        return hub.hub_file_info(req["repo_id"], req["filename"], **_common(req))
+    return hub.hub_model_info(req["repo_id"], **_common(req))
+
+
+def _convert(hub: Any, req: Dict[str, Any]) -> Any:
+    checksum: Any = req.get("checksum")
+    checksum = True if checksum is None else (False if checksum == "none" else checksum)
+    url = hub.convert_safetensors_on_hub(
+        req["repo_id"],
+        req["filename"],
+        deathtensors_filename=req.get("output"),
+        compress=req.get("compress") or False,
+        compress_level=req.get("level"),
+        checksum=checksum,
+        delete_original=bool(req.get("delete_original")),
+        commit_message=req.get("message"),
+        **_common(req),
+    )
+    deleted = bool(req.get("delete_original"))
+    return {"repo_id": req["repo_id"], "source": req["filename"], "url": url, "deleted_original": deleted}
+
+
+def _text(command: str, result: Any) -> str:
+    if command == "hub-push":
+        return result["url"]
+    if command == "hub-pull":
+        return "\n".join(result["paths"])
+    if command == "hub-list":
+        return "\n".join(result)
+    if command == "hub-convert":
+        return result["url"]
+    if "tensors" in result:  # hub-info REPO FILE
+        head = (
+            f"{result['repo_id']}/{result['filename']}: {_human(result['file_size'])}, "
+            f"codec {result['codec'] or 'none'}, checksum {result['checksum'] or 'none'}, "
+            f"{len(result['tensors'])} tensors (header read by range: {_human(result['bytes_fetched'])} fetched)"
+        )
+        rows = [("name", "dtype", "shape", "bytes")] + [
+            (t["name"], t["dtype"], "x".join(map(str, t["shape"])) or "scalar", _human(t["nbytes"]))
+            for t in result["tensors"]
+            if not t.get("part_of")
+        ]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        return "\n".join([head, *lines])
+    lines = [
+        f"id: {result['id']}",
+        f"sha: {result['sha']}",
+        f"downloads: {result['downloads']}",
+        f"likes: {result['likes']}",
+        f"private: {result['private']}",
+        f"deathtensors files ({len(result['deathtensors_files'])}):",
+        *[f"  {f}" for f in result["deathtensors_files"]],
+    ]
+    if result["sharded_indexes"]:
+        lines.append(f"sharded indexes ({len(result['sharded_indexes'])}):")
+        lines.extend(f"  {f}" for f in result["sharded_indexes"])
+    return "\n".join(lines)
+
+
+_COMMANDS: Dict[str, Callable[[Any, Dict[str, Any]], Any]] = {
+    "hub-push": _push,
+    "hub-pull": _pull,
+    "hub-list": _list,
+    "hub-info": _info,
+    "hub-convert": _convert,
+}
+
+
+def run(request: str) -> int:
+    """Run one parsed ``hub-*`` command (``request`` is its JSON); print the result; return the exit code."""
+    req = json.loads(request)
+    command = req["command"]
+    try:
+        from .. import huggingface as hub
+
+        hub._hf()
+    except ImportError as e:
+        return _fail(str(e), EXIT_USAGE)
+    as_json = bool(req.get("json"))
+    if as_json or not sys.stderr.isatty():
+        hub._hf().utils.disable_progress_bars()
+    try:
+        result = _COMMANDS[command](hub, req)
+    except InvalidArgumentError as e:
+        return _fail(str(e), EXIT_USAGE)
+    except (DeathtensorsError, OSError) as e:
+        return _fail(str(e), EXIT_FAILED)
+    out = json.dumps(result, indent=2, ensure_ascii=False) if as_json else _text(command, result)
+    sys.stdout.write(out + ("\n" if out else ""))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _fail(message: str, code: int) -> int:
+    line = " ".join(message.split())
+    sys.stderr.write(f"deathtensors: error: {line}\n")
+    sys.stderr.flush()
+    return code
+
+
+__all__: List[str] = ["run"]

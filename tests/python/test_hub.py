@@ -1,0 +1,700 @@
+"""The Hugging Face Hub integration, with the real ``huggingface_hub`` client against a loopback server.
+
+Each scenario runs in a child process (the client reads ``HF_ENDPOINT`` and
+``HF_HOME`` once, at import) pointed at a :class:`hub_server.HubServer` on
+127.0.0.1 that records every request, so the tests check what the client
+really sent: which files, how many bytes, which ``Authorization`` header.
+Nothing here reaches past loopback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+
+pytest.importorskip("huggingface_hub")
+np = pytest.importorskip("numpy")
+
+from _dtutil import run_on_pty  # noqa: E402
+from hub_server import HubServer  # noqa: E402
+
+import deathtensors as dt  # noqa: E402
+
+WRITE_TOKEN = "hf_writer_token"
+
+PRELUDE = """
+import hashlib, json, os, sys
+import numpy as np
+import deathtensors as dt
+from deathtensors.huggingface import *
+from deathtensors.huggingface import HubShardedReader
+def digest(a):
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+def out(value):
+    print("RESULT " + json.dumps(value))
+"""
+
+
+class Env:
+    """A server, a temporary ``HF_HOME`` and a folder of local files, and a runner of child scenarios."""
+
+    def __init__(self, server: HubServer, tmp: Path, xet: bool) -> None:
+        self.server = server
+        self.tmp = tmp
+        self.hf_home = tmp / "hf"
+        self.files = tmp / "files"
+        self.files.mkdir()
+        self.xet = xet
+
+    def env(self, **extra: Optional[str]) -> Dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE_"))}
+        env.update(
+            HF_ENDPOINT=self.server.url,
+            HF_HOME=str(self.hf_home),
+            HF_HUB_DISABLE_TELEMETRY="1",
+            HF_HUB_DISABLE_PROGRESS_BARS="1",
+            HF_TOKEN=WRITE_TOKEN,
+            NO_PROXY="127.0.0.1",
+        )
+        if not self.xet:
+            env["HF_HUB_DISABLE_XET"] = "1"
+        for k, v in extra.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
+        return env
+
+    def py(self, code: str, *, ok: bool = True, **env: Optional[str]) -> subprocess.CompletedProcess:
+        """Run ``code`` (after :data:`PRELUDE`) in a child with ``argv[1]`` = the files folder."""
+        script = PRELUDE + textwrap.dedent(code)
+        proc = subprocess.run(
+            [sys.executable, "-c", script, str(self.files)],
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if ok:
+            assert proc.returncode == 0, proc.stderr[-4000:]
+        return proc
+
+    def result(self, code: str, **env: Optional[str]) -> Any:
+        proc = self.py(code, **env)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        assert len(lines) == 1, proc.stdout + proc.stderr[-2000:]
+        return json.loads(lines[0][len("RESULT ") :])
+
+    def cli(self, *args: str, **env: Optional[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "deathtensors", *args],
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=self.files,
+        )
+
+
+@pytest.fixture(params=["lfs", "regular"])
+def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    """Both upload paths: ``lfs`` (HF_HUB_DISABLE_XET=1, LFS batch + PUT) and ``regular`` (hf_xet installed)."""
+    mode = request.param
+    server = HubServer(upload_mode=mode).start()
+    try:
+        yield Env(server, tmp_path, xet=(mode == "regular"))
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def lfs_hub(tmp_path: Path) -> Iterator[Env]:
+    """One upload path, for tests about something else than uploads."""
+    server = HubServer(upload_mode="lfs").start()
+    try:
+        yield Env(server, tmp_path, xet=False)
+    finally:
+        server.stop()
+
+
+def model(seed: int = 0) -> Dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    return {
+        "weight": rng.standard_normal((128, 128)).astype(np.float32),
+        "bias": np.zeros(128, np.float32),
+        "steps": np.arange(10, dtype=np.int64),
+    }
+
+
+def digests(tensors: Dict[str, Any]) -> Dict[str, str]:
+    return {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() for k, v in tensors.items()}
+
+
+def resolve_gets(server: HubServer) -> List[str]:
+    """File paths (after ``/resolve/<rev>/``) of every GET of a file."""
+    return [r["path"].split("/resolve/", 1)[1].split("/", 1)[1] for r in server.requests("GET", "/resolve/")]
+
+
+# -- push and load ------------------------------------------------------------------------------------
+
+
+def test_push_then_load_a_single_file(hub: Env) -> None:
+    tensors = model()
+    local = hub.files / "model.deathtensors"
+    dt.save(str(local), tensors, compress=True, checksum=True)
+    got = hub.result(
+        """
+        url = push_to_hub(repo_id="death-legion/my-model", local_path=sys.argv[1] + "/model.deathtensors",
+                          path_in_repo="model.deathtensors")
+        with load_from_hub("death-legion/my-model", "model.deathtensors", verify=True) as f:
+            out({"url": url, "path": f.path, "keys": f.keys(),
+                 "digests": {k: digest(f.get_tensor(k, framework="numpy")) for k in f.keys()}})
+        """
+    )
+    assert got["url"] == f"{hub.server.url}/death-legion/my-model/blob/main/model.deathtensors"
+    assert hub.server.files("death-legion/my-model")["model.deathtensors"] == local.read_bytes()
+    assert got["keys"] == list(tensors)
+    assert got["digests"] == digests(tensors)
+    # The standard cache layout, so other processes and libraries reuse the download.
+    snapshot = Path(got["path"])
+    assert snapshot.parent.parent.name == "snapshots"
+    assert snapshot.parent.parent.parent == hub.hf_home / "hub" / "models--death-legion--my-model"
+    lfs_puts = hub.server.requests("PUT", "/lfs-upload/")
+    if hub.xet:
+        assert not lfs_puts and not hub.server.requests(contains="xet-write-token")
+    else:
+        assert len(lfs_puts) == 1 and hub.server.requests("POST", "/info/lfs/objects/batch")
+
+
+def test_push_then_load_sharded_fetches_the_index_and_one_shard(hub: Env) -> None:
+    tensors = {f"layer.{i}.weight": np.full((64, 64), i, np.float32) for i in range(8)}
+    dt.save_sharded(str(hub.files / "big_model.deathtensors"), tensors, max_shard_bytes=2 * 64 * 64 * 4, checksum=True)
+    hub.py('push_sharded_to_hub("death-legion/big-model", sys.argv[1] + "/big_model.deathtensors")')
+    repo = hub.server.repo("death-legion/big-model")
+    stored = hub.server.files("death-legion/big-model")
+    assert sorted(p for p in stored if p.endswith(".deathtensors")) == [
+        f"big_model-0000{i}-of-00004.deathtensors" for i in range(1, 5)
+    ]
+    assert "big_model.deathtensors.index.json" in stored
+    assert len(repo.commits) == 2  # the repo's creation, then one commit with every file
+
+    hub.server.clear_log()
+    got = hub.result(
+        """
+        with load_sharded_from_hub("death-legion/big-model", "big_model.deathtensors", verify=True) as sr:
+            out({"value": digest(sr.get_tensor("layer.5.weight", framework="numpy")),
+                 "shard": sr.which_shard("layer.5.weight"), "downloaded": sr.downloaded_shards()})
+        """
+    )
+    assert got["value"] == digests({"w": tensors["layer.5.weight"]})["w"]
+    assert got["shard"] == "big_model-00003-of-00004.deathtensors"
+    assert got["downloaded"] == [got["shard"]]
+    assert resolve_gets(hub.server) == ["big_model.deathtensors.index.json", got["shard"]]
+
+
+def test_a_second_sharded_push_replaces_every_shard_in_one_commit(lfs_hub: Env) -> None:
+    base = str(lfs_hub.files / "ck.deathtensors")
+    dt.save_sharded(base, {f"t{i}": np.full(256, i, np.float32) for i in range(4)}, max_shard_bytes=1024)
+    lfs_hub.py('push_sharded_to_hub("ns/ck", sys.argv[1] + "/ck.deathtensors")')
+    assert sum(p.startswith("ck-") for p in lfs_hub.server.files("ns/ck")) == 4
+    dt.save_sharded(base, {f"t{i}": np.full(256, i, np.float32) for i in range(4)}, max_shard_bytes=2048)
+    lfs_hub.py('push_sharded_to_hub("ns/ck", sys.argv[1] + "/ck.deathtensors")')
+    shards = sorted(p for p in lfs_hub.server.files("ns/ck") if p.startswith("ck-"))
+    assert shards == ["ck-00001-of-00002.deathtensors", "ck-00002-of-00002.deathtensors"]
+
+
+def test_revision_and_repo_type(lfs_hub: Env) -> None:
+    local = lfs_hub.files / "m.deathtensors"
+    dt.save(str(local), {"v": np.array([1], np.int32)})
+    lfs_hub.py('push_to_hub("ns/data", sys.argv[1] + "/m.deathtensors", repo_type="dataset")')
+    first = lfs_hub.server.repo("ns/data", "dataset").branches["main"]
+    dt.save(str(local), {"v": np.array([2], np.int32)})
+    got = lfs_hub.result(
+        f"""
+        url = push_to_hub("ns/data", sys.argv[1] + "/m.deathtensors", repo_type="dataset")
+        with load_from_hub("ns/data", "m.deathtensors", repo_type="dataset") as f:
+            now = int(f.get_tensor("v", framework="numpy")[0])
+        with load_from_hub("ns/data", "m.deathtensors", repo_type="dataset", revision="{first}") as f:
+            then = int(f.get_tensor("v", framework="numpy")[0])
+        out({{"url": url, "now": now, "then": then}})
+        """
+    )
+    assert got == {"url": f"{lfs_hub.server.url}/datasets/ns/data/blob/main/m.deathtensors", "now": 2, "then": 1}
+    assert ("model", "ns/data") not in lfs_hub.server.repos
+
+
+# -- offline and cache ---------------------------------------------------------------------------------
+
+
+def test_offline_mode_serves_single_and_sharded_files_from_the_cache(lfs_hub: Env) -> None:
+    tensors = model(3)
+    dt.save(str(lfs_hub.files / "m.deathtensors"), tensors, checksum=True)
+    dt.save_sharded(str(lfs_hub.files / "s.deathtensors"), tensors, max_shard_bytes=1000)
+    lfs_hub.py(
+        """
+        push_to_hub("ns/off", sys.argv[1] + "/m.deathtensors")
+        push_sharded_to_hub("ns/off", sys.argv[1] + "/s.deathtensors")
+        load_from_hub("ns/off", "m.deathtensors").close()
+        with load_sharded_from_hub("ns/off", "s.deathtensors") as sr:
+            sr.get_tensor("weight", framework="numpy")
+        """
+    )
+    lfs_hub.server.stop()
+    got = lfs_hub.result(
+        """
+        with load_from_hub("ns/off", "m.deathtensors", verify=True) as f:
+            single = {k: digest(f.get_tensor(k, framework="numpy")) for k in f.keys()}
+        with load_sharded_from_hub("ns/off", "s.deathtensors") as sr:
+            shard = digest(sr.get_tensor("weight", framework="numpy"))
+        try:
+            load_from_hub("ns/off", "never-downloaded.deathtensors")
+            missing = None
+        except dt.HubConnectionError as e:
+            missing = str(e)
+        out({"single": single, "shard": shard, "missing": missing})
+        """,
+        HF_HUB_OFFLINE="1",
+    )
+    assert got["single"] == digests(tensors)
+    assert got["shard"] == digests(tensors)["weight"]
+    assert got["missing"] is not None and "cache" in got["missing"]
+
+
+# -- listing and info ----------------------------------------------------------------------------------
+
+
+def test_list_and_info_report_the_files_really_in_the_repo(lfs_hub: Env) -> None:
+    lfs_hub.server.add_repo(
+        "ns/mixed",
+        files={
+            "a.deathtensors": _file_bytes(lfs_hub.files / "a.dt", 1),
+            "sub/b.deathtensors": _file_bytes(lfs_hub.files / "b.dt", 2),
+            "legacy.dt": _file_bytes(lfs_hub.files / "c.dt", 3),
+            "model.safetensors": b"not listed",
+            "README.md": b"# hi",
+        },
+    )
+    lfs_hub.server.repo("ns/mixed").likes = 7
+    got = lfs_hub.result(
+        """
+        load_from_hub("ns/mixed", "a.deathtensors").close()
+        out({"list": list_repo_models("ns/mixed"), "info": hub_model_info("ns/mixed")})
+        """
+    )
+    expected = ["a.deathtensors", "legacy.dt", "sub/b.deathtensors"]
+    assert sorted(got["list"]) == expected
+    info = got["info"]
+    assert sorted(info["deathtensors_files"]) == expected
+    assert info["likes"] == 7
+    assert info["downloads"] == lfs_hub.server.repo("ns/mixed").downloads >= 1
+    assert info["sha"] == lfs_hub.server.repo("ns/mixed").branches["main"]
+    assert info["id"] == "ns/mixed"
+
+
+def _file_bytes(path: Path, seed: int, compress: bool = False, **tensors: Any) -> bytes:
+    dt.save(str(path), tensors or model(seed), compress=compress, checksum=True)
+    return path.read_bytes()
+
+
+def test_remote_header_and_tensor_are_read_by_range_without_downloading(lfs_hub: Env) -> None:
+    rng = np.random.default_rng(5)
+    big = {
+        "embeddings": rng.standard_normal((2048, 512)).astype(np.float32),  # 4 MiB
+        "small": np.arange(16, dtype=np.int16),
+        "norm": np.ones(512, np.float32),
+    }
+    data = _file_bytes(lfs_hub.files / "big.deathtensors", 0, **big)
+    packed = _file_bytes(lfs_hub.files / "packed.deathtensors", 0, compress=True, **big)
+    lfs_hub.server.add_repo("ns/remote", files={"big.deathtensors": data, "packed.deathtensors": packed})
+    with dt.open(str(lfs_hub.files / "big.deathtensors")) as f:
+        local = {k: f.info(k) for k in f.keys()}
+
+    got = lfs_hub.result(
+        """
+        info = hub_file_info("ns/remote", "big.deathtensors")
+        f = HubCachedFile("ns/remote", "big.deathtensors")
+        small = f.get_tensor("small", framework="numpy")
+        out({"info": info, "small": small.tolist(), "fetched": f.bytes_fetched, "cached": f.cached_path})
+        """
+    )
+    info = got["info"]
+    assert [t["name"] for t in info["tensors"]] == list(big)
+    for t in info["tensors"]:
+        assert {k: t[k] for k in ("dtype", "shape", "nbytes", "file_offset")} == {
+            k: local[t["name"]][k] for k in ("dtype", "shape", "nbytes", "file_offset")
+        }
+    assert info["file_size"] == len(data) and info["checksum"] == "sha256"
+    assert got["small"] == list(range(16))
+    assert got["cached"] is None  # nothing was downloaded into the cache
+
+    gets = lfs_hub.server.requests("GET", "/resolve/")
+    assert gets and all(r["range"] is not None and r["status"] == 206 for r in gets)
+    served = sum(r["bytes_sent"] for r in gets)
+    header_end = local["embeddings"]["file_offset"]  # the first tensor starts after the header
+    # Two header reads of at most the probe each, and exactly the 32 bytes of "small".
+    from deathtensors.huggingface import HEADER_PROBE_BYTES
+
+    assert served <= 2 * max(HEADER_PROBE_BYTES, header_end) + big["small"].nbytes
+    assert served < len(data) / 20, f"{served} of {len(data)} bytes served"
+    assert info["bytes_fetched"] <= max(HEADER_PROBE_BYTES, header_end)
+
+    # A compressed file cannot be sliced by range: the tensor comes from a cached download.
+    lfs_hub.server.clear_log()
+    got = lfs_hub.result(
+        """
+        f = HubCachedFile("ns/remote", "packed.deathtensors")
+        out({"norm": digest(f.get_tensor("norm", framework="numpy")), "cached": f.cached_path is not None})
+        """
+    )
+    assert got == {"norm": digests({"n": big["norm"]})["n"], "cached": True}
+    full = [r for r in lfs_hub.server.requests("GET", "/resolve/") if r["range"] is None]
+    assert len(full) == 1 and full[0]["bytes_sent"] == len(packed)
+
+
+def test_a_hostile_remote_header_is_refused_with_a_typed_error(lfs_hub: Env) -> None:
+    good = _file_bytes(lfs_hub.files / "g.deathtensors", 1)
+    lfs_hub.server.add_repo(
+        "ns/bad",
+        files={
+            "huge-header.deathtensors": good[:16] + (10**12).to_bytes(8, "little") + good[24:],
+            "not-dt.deathtensors": b"PK\x03\x04" + b"\0" * 4000,
+        },
+    )
+    got = lfs_hub.result(
+        """
+        errors = {}
+        for name in ("huge-header.deathtensors", "not-dt.deathtensors"):
+            try:
+                hub_file_info("ns/bad", name)
+            except dt.DeathtensorsError as e:
+                errors[name] = type(e).__name__
+        out(errors)
+        """
+    )
+    assert got == {"huge-header.deathtensors": "FormatError", "not-dt.deathtensors": "FormatError"}
+    assert sum(r["bytes_sent"] for r in lfs_hub.server.requests("GET")) <= 2 * 64 * 1024
+
+
+# -- conversion -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delete_original", [False, True])
+def test_convert_safetensors_on_hub(hub: Env, delete_original: bool) -> None:
+    st = pytest.importorskip("safetensors.numpy")
+    tensors = model(9)
+    st.save_file(tensors, str(hub.files / "model.safetensors"), metadata={"format": "np"})
+    hub.server.add_repo(
+        "death-legion/old-checkpoint", files={"model.safetensors": (hub.files / "model.safetensors").read_bytes()}
+    )
+    before = len(hub.server.repo("death-legion/old-checkpoint").commits)
+    got = hub.result(
+        f"""
+        url = convert_safetensors_on_hub(repo_id="death-legion/old-checkpoint",
+                                         safetensors_filename="model.safetensors",
+                                         compress=True, delete_original={delete_original})
+        out(url)
+        """
+    )
+    files = hub.server.files("death-legion/old-checkpoint")
+    assert got == f"{hub.server.url}/death-legion/old-checkpoint/blob/main/model.deathtensors"
+    assert len(hub.server.repo("death-legion/old-checkpoint").commits) == before + 1
+    assert ("model.safetensors" in files) is not delete_original
+    converted = hub.files / "converted.deathtensors"
+    converted.write_bytes(files["model.deathtensors"])
+    with dt.open(str(converted), verify=True) as f:
+        assert f.is_compressed() and f.has_checksum()
+        assert digests({k: f.get_tensor(k, framework="numpy") for k in f.keys()}) == digests(tensors)
+
+
+def test_convert_a_sharded_safetensors_checkpoint_on_hub(lfs_hub: Env) -> None:
+    st = pytest.importorskip("safetensors.numpy")
+    tensors = {f"t{i}": np.full(100, i, np.float32) for i in range(4)}
+    repo_files: Dict[str, bytes] = {}
+    weight_map = {}
+    for n, group in enumerate((["t0", "t1"], ["t2", "t3"]), start=1):
+        name = f"model-0000{n}-of-00002.safetensors"
+        st.save_file({k: tensors[k] for k in group}, str(lfs_hub.files / name))
+        repo_files[name] = (lfs_hub.files / name).read_bytes()
+        weight_map.update({k: name for k in group})
+    repo_files["model.safetensors.index.json"] = json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
+    lfs_hub.server.add_repo("ns/sharded-st", files=repo_files)
+    got = lfs_hub.result(
+        """
+        url = convert_safetensors_on_hub("ns/sharded-st", "model.safetensors.index.json", delete_original=True)
+        with load_sharded_from_hub("ns/sharded-st", "model.deathtensors") as sr:
+            out({"url": url, "t3": sr.get_tensor("t3", framework="numpy").tolist()[:2], "keys": sr.keys()})
+        """
+    )
+    assert got["t3"] == [3.0, 3.0] and sorted(got["keys"]) == sorted(tensors)
+    remaining = sorted(hub_path for hub_path in lfs_hub.server.files("ns/sharded-st") if "safetensors" in hub_path)
+    assert remaining == []
+    assert got["url"].endswith("/ns/sharded-st/blob/main/model.deathtensors.index.json")
+
+
+# -- tokens ---------------------------------------------------------------------------------------------
+
+TOKEN_CASES = [
+    ("argument", {"HF_TOKEN": "env-hf", "HUGGING_FACE_HUB_TOKEN": "env-legacy"}, True, "arg-token"),
+    ("HF_TOKEN", {"HF_TOKEN": "env-hf", "HUGGING_FACE_HUB_TOKEN": "env-legacy"}, False, "env-hf"),
+    ("HUGGING_FACE_HUB_TOKEN", {"HF_TOKEN": None, "HUGGING_FACE_HUB_TOKEN": "env-legacy"}, False, "env-legacy"),
+    ("login cache", {"HF_TOKEN": None, "HUGGING_FACE_HUB_TOKEN": None}, False, "cached-login"),
+]
+
+
+@pytest.mark.parametrize("case,env,pass_arg,expected", TOKEN_CASES, ids=[c[0] for c in TOKEN_CASES])
+def test_token_order(lfs_hub: Env, case: str, env: Dict[str, Optional[str]], pass_arg: bool, expected: str) -> None:
+    lfs_hub.hf_home.mkdir(parents=True, exist_ok=True)
+    (lfs_hub.hf_home / "token").write_text("cached-login\n")
+    dt.save(str(lfs_hub.files / "m.deathtensors"), {"x": np.zeros(3, np.float32)})
+    arg = ', token="arg-token"' if pass_arg else ""
+    lfs_hub.py(
+        f"""
+        push_to_hub("ns/tok", sys.argv[1] + "/m.deathtensors"{arg})
+        load_from_hub("ns/tok", "m.deathtensors"{arg}).close()
+        """,
+        **env,
+    )
+    for method, where in (("POST", "/commit/"), ("POST", "/preupload/"), ("HEAD", "/resolve/"), ("GET", "/resolve/")):
+        seen = {r["authorization"] for r in lfs_hub.server.requests(method, where)}
+        assert seen == {f"Bearer {expected}"}, (method, where, seen)
+
+
+def test_push_without_any_token_fails_before_any_request(lfs_hub: Env) -> None:
+    dt.save(str(lfs_hub.files / "m.deathtensors"), {"x": np.zeros(3, np.float32)})
+    got = lfs_hub.result(
+        """
+        try:
+            push_to_hub("ns/none", sys.argv[1] + "/m.deathtensors")
+        except dt.HubAuthError as e:
+            out(str(e))
+        """,
+        HF_TOKEN=None,
+        HUGGING_FACE_HUB_TOKEN=None,
+    )
+    assert "hf auth login" in got and "HF_TOKEN" in got
+    assert lfs_hub.server.log == []
+
+
+# -- errors ---------------------------------------------------------------------------------------------
+
+
+def test_missing_repo_file_and_revision_are_typed_errors(lfs_hub: Env) -> None:
+    lfs_hub.server.add_repo("ns/there", files={"a.deathtensors": _file_bytes(lfs_hub.files / "a.dt", 1)})
+    got = lfs_hub.result(
+        """
+        cases = {
+            "repo": lambda: load_from_hub("ns/absent", "a.deathtensors"),
+            "file": lambda: load_from_hub("ns/there", "b.deathtensors"),
+            "revision": lambda: load_from_hub("ns/there", "a.deathtensors", revision="no-such-branch"),
+            "info": lambda: hub_model_info("ns/absent"),
+            "list": lambda: list_repo_models("ns/absent"),
+            "remote header": lambda: hub_file_info("ns/there", "b.deathtensors"),
+        }
+        seen = {}
+        for name, call in cases.items():
+            try:
+                call()
+                seen[name] = None
+            except dt.HubError as e:
+                seen[name] = [type(e).__name__, isinstance(e, dt.DeathtensorsError), str(e)]
+        out(seen)
+        """
+    )
+    assert got["repo"][0] == "HubRepoNotFoundError" and "ns/absent" in got["repo"][2]
+    assert got["file"][0] == "HubEntryNotFoundError" and "b.deathtensors" in got["file"][2]
+    assert got["revision"][0] == "HubRevisionNotFoundError"
+    assert got["info"][0] == "HubRepoNotFoundError"
+    assert got["list"][0] == "HubRepoNotFoundError"
+    assert got["remote header"][0] == "HubEntryNotFoundError"
+    assert all(v[1] for v in got.values())
+
+
+@pytest.mark.parametrize("where", ["lfs-upload", "commit"])
+def test_a_server_error_mid_upload_leaves_the_repo_unchanged(lfs_hub: Env, where: str) -> None:
+    first = {f"t{i}": np.full(512, i, np.float32) for i in range(4)}
+    base = str(lfs_hub.files / "ck.deathtensors")
+    dt.save_sharded(base, first, max_shard_bytes=4096)
+    lfs_hub.py('push_sharded_to_hub("ns/safe", sys.argv[1] + "/ck.deathtensors")')
+    before = lfs_hub.server.files("ns/safe")
+    head = lfs_hub.server.repo("ns/safe").branches["main"]
+    lfs_hub.server.clear_log()
+
+    dt.save_sharded(base, {k: v + 100 for k, v in first.items()}, max_shard_bytes=2048)
+    # 507 is a server error the client does not retry. LFS: the first upload succeeds, the next fails.
+    if where == "lfs-upload":
+        lfs_hub.server.fail("PUT", "/lfs-upload/", 507, skip=1)
+    else:
+        lfs_hub.server.fail("POST", "/commit/", 507)
+    got = lfs_hub.result(
+        """
+        try:
+            push_sharded_to_hub("ns/safe", sys.argv[1] + "/ck.deathtensors")
+            out(None)
+        except dt.HubUploadError as e:
+            out(str(e))
+        """
+    )
+    assert got is not None and "507" in got and "unchanged" in got
+    if where == "lfs-upload":
+        # Uploads run on several threads: one went through, one failed; the commit never came.
+        statuses = [r["status"] for r in lfs_hub.server.requests("PUT", "/lfs-upload/")]
+        assert 200 in statuses and 507 in statuses, statuses
+    assert not lfs_hub.server.requests("POST", "/commit/") or where == "commit"
+    assert lfs_hub.server.repo("ns/safe").branches["main"] == head
+    assert lfs_hub.server.files("ns/safe") == before
+
+
+def test_a_transient_storage_error_is_retried(lfs_hub: Env) -> None:
+    dt.save(str(lfs_hub.files / "m.deathtensors"), {"x": np.arange(5, dtype=np.float32)})
+    lfs_hub.server.fail("PUT", "/lfs-upload/", 503, times=1)
+    lfs_hub.py('push_to_hub("ns/retry", sys.argv[1] + "/m.deathtensors")')
+    assert "m.deathtensors" in lfs_hub.server.files("ns/retry")
+    assert [r["status"] for r in lfs_hub.server.requests("PUT", "/lfs-upload/")] == [503, 200]
+
+
+def test_a_damaged_local_file_is_never_pushed(lfs_hub: Env) -> None:
+    path = lfs_hub.files / "m.deathtensors"
+    dt.save(str(path), {"x": np.arange(1000, dtype=np.float32)}, checksum=True)
+    raw = bytearray(path.read_bytes())
+    raw[-100] ^= 0xFF  # a data byte, caught by the footer
+    path.write_bytes(bytes(raw))
+    got = lfs_hub.result(
+        """
+        try:
+            push_to_hub("ns/x", sys.argv[1] + "/m.deathtensors")
+        except dt.ChecksumError as e:
+            out(type(e).__name__)
+        """
+    )
+    assert got == "ChecksumError"
+    assert lfs_hub.server.log == []
+
+
+# -- without huggingface_hub ----------------------------------------------------------------------------
+
+BLOCK_HF = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "huggingface_hub" or name.startswith("huggingface_hub."):
+            raise ImportError("blocked for the test: No module named 'huggingface_hub'")
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def test_without_huggingface_hub_the_error_says_how_to_install_it(lfs_hub: Env, tmp_path: Path) -> None:
+    site = tmp_path / "block"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCK_HF)
+    env = {"PYTHONPATH": str(site)}
+    got = lfs_hub.result(
+        """
+        import deathtensors.huggingface as h
+        imported = "huggingface_hub" in sys.modules
+        try:
+            h.list_repo_models("ns/x")
+            msg = None
+        except ImportError as e:
+            msg = str(e)
+        out({"imported": imported, "msg": msg})
+        """,
+        **env,
+    )
+    assert got["imported"] is False
+    assert "pip install deathtensors[huggingface]" in got["msg"]
+    proc = lfs_hub.cli("hub-list", "ns/x", **env)
+    assert proc.returncode == 2
+    assert "pip install deathtensors[huggingface]" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_importing_deathtensors_never_imports_huggingface_hub() -> None:
+    code = "import sys, deathtensors, deathtensors.huggingface; print('huggingface_hub' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+# -- CLI ------------------------------------------------------------------------------------------------
+
+
+def test_cli_hub_commands(lfs_hub: Env) -> None:
+    st = pytest.importorskip("safetensors.numpy")
+    tensors = model(4)
+    dt.save(str(lfs_hub.files / "model.deathtensors"), tensors, compress=True, checksum=True)
+    st.save_file(tensors, str(lfs_hub.files / "model.safetensors"))
+
+    push = lfs_hub.cli("hub-push", "death-legion/my-model", "model.deathtensors", "--json")
+    assert push.returncode == 0, push.stderr
+    assert json.loads(push.stdout)["url"].endswith("/death-legion/my-model/blob/main/model.deathtensors")
+
+    listed = lfs_hub.cli("hub-list", "death-legion/my-model")
+    assert listed.returncode == 0 and listed.stdout.split() == ["model.deathtensors"]
+
+    info = lfs_hub.cli("hub-info", "death-legion/my-model", "--json")
+    assert info.returncode == 0 and json.loads(info.stdout)["deathtensors_files"] == ["model.deathtensors"]
+
+    table = lfs_hub.cli("hub-info", "death-legion/my-model", "model.deathtensors")
+    assert table.returncode == 0, table.stderr
+    assert "weight" in table.stdout and "128x128" in table.stdout and "zstd" in table.stdout
+
+    out_dir = lfs_hub.files / "pulled"
+    pull = lfs_hub.cli(
+        "hub-pull", "death-legion/my-model", "model.deathtensors", "--verify", "--local-dir", str(out_dir)
+    )
+    assert pull.returncode == 0, pull.stderr
+    assert (out_dir / "model.deathtensors").read_bytes() == (lfs_hub.files / "model.deathtensors").read_bytes()
+
+    lfs_hub.server.add_repo(
+        "death-legion/old", files={"model.safetensors": (lfs_hub.files / "model.safetensors").read_bytes()}
+    )
+    conv = lfs_hub.cli("hub-convert", "death-legion/old", "model.safetensors", "--compress", "--delete-original")
+    assert conv.returncode == 0, conv.stderr
+    assert sorted(lfs_hub.server.files("death-legion/old")) == ["model.deathtensors"]
+
+    missing = lfs_hub.cli("hub-pull", "death-legion/absent", "model.deathtensors")
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("deathtensors: error:") and len(missing.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in missing.stderr
+
+    usage = lfs_hub.cli("hub-push", "only-one-argument")
+    assert usage.returncode == 2
+
+
+def test_cli_pull_of_a_sharded_checkpoint(lfs_hub: Env) -> None:
+    tensors = {f"t{i}": np.full(300, i, np.float32) for i in range(5)}
+    dt.save_sharded(str(lfs_hub.files / "big.deathtensors"), tensors, max_shard_bytes=2400)
+    assert lfs_hub.cli("hub-push", "ns/big", "big.deathtensors").returncode == 0
+    out_dir = lfs_hub.files / "copy"
+    pull = lfs_hub.cli("hub-pull", "ns/big", "big.deathtensors", "--local-dir", str(out_dir), "--json")
+    assert pull.returncode == 0, pull.stderr
+    assert len(json.loads(pull.stdout)["paths"]) == 1 + 3
+    with dt.open_sharded(str(out_dir / "big.deathtensors")) as sr:
+        assert sr.get_tensor("t4", framework="numpy").tolist()[:1] == [4.0]
+
+
+def test_cli_help_lists_the_hub_commands() -> None:
+    out = subprocess.run([sys.executable, "-m", "deathtensors", "--help"], capture_output=True, text=True).stdout
+    for cmd in ("hub-push", "hub-pull", "hub-list", "hub-info", "hub-convert"):
+        assert cmd in out
+
+
+def test_cli_progress_bars_only_on_a_terminal(lfs_hub: Env) -> None:
+    dt.save(str(lfs_hub.files / "m.deathtensors"), {"x": np.zeros(300_000, np.float32)})
+    assert lfs_hub.cli("hub-push", "ns/p", "m.deathtensors").returncode == 0
+    env = lfs_hub.env(HF_HUB_DISABLE_PROGRESS_BARS=None)
+    args = [sys.executable, "-m", "deathtensors", "hub-pull", "ns/p", "m.deathtensors"]
+    proc, drawn = run_on_pty(args, env)
+    assert proc.returncode == 0
+    assert "m.deathtensors" in drawn and "%" in drawn  # the client's download bar, on the terminal
+    (lfs_hub.hf_home / "hub").rename(lfs_hub.tmp / "old-cache")
+    piped = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and "%" not in piped.stderr
