@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -279,9 +280,10 @@ def test_resave_with_fewer_shards_removes_stale_ones(tmp_path):
         assert torch.equal(sr.get_tensor("y"), new["y"])
 
 
-def test_failed_save_leaves_no_index_and_no_partial_shards(tmp_path, monkeypatch):
+def test_failed_save_keeps_the_old_checkpoint_and_leaves_no_partial_shards(tmp_path, monkeypatch):
     old = {f"t{i}": _f32(4, i) for i in range(3)}
-    dt.save_sharded(tmp_path / "m.deathtensors", old, max_shard_bytes=16)
+    dt.save_sharded(tmp_path / "m.deathtensors", old, max_shard_bytes=16, checksum=True)
+    before = sorted(p.name for p in tmp_path.iterdir())
     real_save = dt.save
     calls = []
 
@@ -294,12 +296,16 @@ def test_failed_save_leaves_no_index_and_no_partial_shards(tmp_path, monkeypatch
     monkeypatch.setattr(dt, "save", failing_save)
     with pytest.raises(OSError, match="No space"):
         dt.save_sharded(tmp_path / "m.deathtensors", {f"n{i}": _f32(4, i) for i in range(3)}, max_shard_bytes=16)
-    assert calls == ["m-00001-of-00003.deathtensors", "m-00002-of-00003.deathtensors"]
-    # The old index is gone, so the mix of old and new shards cannot be opened as one checkpoint.
-    assert not (tmp_path / "m.deathtensors.index.json").exists()
-    assert not (tmp_path / "m-00001-of-00003.deathtensors").exists()
-    with pytest.raises(FileNotFoundError):
-        dt.open_sharded(tmp_path / "m.deathtensors")
+    # The new shards go to pending names, never over the shards the old index names.
+    assert len(calls) == 2
+    assert all(re.fullmatch(r"m-0000[12]-of-00003\.\w+\.deathtensors", c) for c in calls), calls
+    # The old checkpoint is untouched and nothing of the failed save is left.
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    with dt.open_sharded(tmp_path / "m.deathtensors") as sr:
+        assert sr.verify() is True
+        assert sr.keys() == list(old)
+        for name, t in old.items():
+            assert torch.equal(sr.get_tensor(name), t)
 
 
 # -- arguments ---------------------------------------------------------------------------------------

@@ -45,6 +45,11 @@ import tempfile
 import threading
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 from ._frameworks import _is_torch, _torch_maps, prepare
 from .errors import (
     ChecksumError,
@@ -128,21 +133,70 @@ def _plan(sizes: List[Tuple[str, int]], max_shard_bytes: int) -> List[List[str]]
     return groups
 
 
+#: How the names of temporary files end; the Rust core's ``atomic`` module uses the same
+#: shape (``.<name>.<random>.dt-tmp``) and the same lock, and the next save in a folder
+#: removes those of dead writers.
+_TEMP_SUFFIX = ".dt-tmp"
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` without waiting; whether it was taken."""
+    if fcntl is None:  # pragma: no cover - not on Linux or macOS
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _is_at(fd: int, path: str) -> bool:
+    try:
+        a, b = os.fstat(fd), os.lstat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _locked_temp_file(folder: str, prefix: str) -> Tuple[int, str]:
+    """Create ``folder/<prefix><random>.dt-tmp`` holding its exclusive lock (see ``AtomicFile``).
+
+    A cleaner removes such a file only while holding its lock, so once we hold
+    it and the file is still at its path, it is ours until this process dies.
+    """
+    for _ in range(16):
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=_TEMP_SUFFIX, dir=folder)
+        if _try_lock(fd) and _is_at(fd, tmp):
+            return fd, tmp
+        os.close(fd)
+        _remove_quietly(tmp)
+    raise OSError(errno.EAGAIN, "could not lock a new temporary file (another process keeps taking it)", folder)
+
+
+def _is_held(path: str) -> bool:
+    """Whether ``path`` is a temporary file whose writer is alive (it holds the lock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False
+    try:
+        return not _try_lock(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_json_atomically(path: str, value: Any) -> None:
     text = json.dumps(value, ensure_ascii=False, allow_nan=False, indent=2) + "\n"
     folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    fd, tmp = _locked_temp_file(folder, "." + os.path.basename(path) + ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _remove_quietly(tmp)
         raise
     _fsync_dir(folder)
 
@@ -191,14 +245,21 @@ def save_sharded(
     module's docstring (the global metadata sits under
     ``metadata.global_metadata``).
 
-    Each shard is written atomically by :func:`deathtensors.save`. The index of
-    an earlier save to the same stem is removed first and the new one is
-    written last (temporary file + ``os.replace``), so a save that fails
-    midway leaves no index and a half-written checkpoint cannot be opened;
-    the shards it had already written are removed. After success, shards of
-    the same stem left by an earlier save with a different shard count
-    (``{stem}-NNNNN-of-MMMMM.deathtensors`` not among the new names) are
-    deleted.
+    Saving over an earlier checkpoint is crash safe: whenever the process
+    stops (an exception, ``SIGKILL``, power loss), the index names either the
+    complete old set of shards or the complete new one, never a mix. The new
+    shards are first written (each atomically, by :func:`deathtensors.save`)
+    under pending names no index refers to,
+    ``{stem}-NNNNN-of-MMMMM.<token>.deathtensors``; the index is then switched
+    to them in one ``os.replace``; then each final name is atomically replaced
+    by a hard link to its pending shard and the index is switched to the final
+    names. A save that fails before its index switch leaves the old checkpoint
+    untouched and removes what it wrote. On a file system without hard links
+    the checkpoint keeps the pending names. After success, the stem's shards
+    the new index does not name are deleted: final names with another shard
+    count, and pending shards of saves that died (a save holds a ``flock`` on
+    its marker file ``.{base}.<token>.dt-tmp`` while it runs, so pending
+    shards of a concurrent save are kept).
 
     Args:
         path: Base path of the checkpoint (``~`` and ``$VARS`` are expanded).
@@ -261,39 +322,119 @@ def save_sharded(
     names = [_shard_name(base, i + 1, count) for i in range(count)]
     shard_of = {t: names[i] for i, group in enumerate(groups) for t in group}
 
-    _remove_quietly(index_path)
-    written: List[str] = []
-    try:
-        for group, name in zip(groups, names):
-            shard_path = os.path.join(folder, name)
-            pkg.save(
-                shard_path,
-                {t: tensors[t] for t in group},
-                metadata={t: per_tensor[t] for t in group if t in per_tensor} or None,
-                global_metadata=global_metadata,
-                checksum=checksum,
-                compress=compress,
-                compress_level=compress_level,
-            )
-            written.append(shard_path)
-        index_meta: Dict[str, Any] = {"total_size": sum(n for _, n in sizes), "format": INDEX_FORMAT}
-        if global_text is not None:
-            index_meta["global_metadata"] = json.loads(global_text)
-        _write_json_atomically(index_path, {"metadata": index_meta, "weight_map": {t: shard_of[t] for t in tensors}})
-    except BaseException:
-        for p in written:
-            try:
-                _remove_quietly(p)
-            except OSError:  # pragma: no cover - best effort
-                pass
-        raise
+    index_meta: Dict[str, Any] = {"total_size": sum(n for _, n in sizes), "format": INDEX_FORMAT}
+    if global_text is not None:
+        index_meta["global_metadata"] = json.loads(global_text)
 
-    stale = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}" + re.escape(SHARD_SUFFIX))
-    keep = set(names)
+    def write_index(shard_names: List[str]) -> None:
+        where = dict(zip(names, shard_names))
+        weight_map = {t: where[shard_of[t]] for t in tensors}
+        _write_json_atomically(index_path, {"metadata": index_meta, "weight_map": weight_map})
+
+    # Crash safety: the index is the commit point. The new shards are first
+    # written under names no index refers to ("pending" names carrying this
+    # save's token), then the index is switched to them in one rename, so a
+    # crash leaves the old checkpoint or the new one, never a mix. Then each
+    # final name is replaced by a hard link to its pending shard and the index
+    # is switched again, to the final names. The token is the random part of a
+    # locked marker file (a temporary file of the shape the core's AtomicFile
+    # uses) that lives as long as this save: pending shards of a token whose
+    # marker is gone or unlocked belong to a dead save and are removed.
+    marker_fd, marker = _locked_temp_file(folder, f".{base}.")
+    token = os.path.basename(marker)[len(base) + 2 : -len(_TEMP_SUFFIX)]
+    try:
+        pending = [_pending_name(name, token) for name in names]
+        written: List[str] = []
+        try:
+            for group, name in zip(groups, pending):
+                shard_path = os.path.join(folder, name)
+                written.append(shard_path)
+                pkg.save(
+                    shard_path,
+                    {t: tensors[t] for t in group},
+                    metadata={t: per_tensor[t] for t in group if t in per_tensor} or None,
+                    global_metadata=global_metadata,
+                    checksum=checksum,
+                    compress=compress,
+                    compress_level=compress_level,
+                )
+            write_index(pending)
+        except BaseException:
+            for p in written:
+                try:
+                    _remove_quietly(p)
+                except OSError:  # pragma: no cover - best effort
+                    pass
+            raise
+        # The new checkpoint is committed (under the pending names).
+        final = names
+        try:
+            for name, pend in zip(names, pending):
+                _link_over(os.path.join(folder, pend), os.path.join(folder, name))
+            write_index(names)
+        except OSError:  # e.g. no hard links on this file system: keep the pending names
+            final = pending
+        _remove_orphans(folder, base, keep=set(final), own_token=token)
+        return [os.path.join(folder, n) for n in final]
+    finally:
+        os.close(marker_fd)
+        _remove_quietly(marker)
+
+
+def _pending_name(name: str, token: str) -> str:
+    """``m-00001-of-00002.deathtensors`` -> ``m-00001-of-00002.<token>.deathtensors``."""
+    return name[: -len(SHARD_SUFFIX)] + "." + token + SHARD_SUFFIX
+
+
+def _link_over(src: str, dst: str) -> None:
+    """Make ``dst`` a hard link to ``src`` by an atomic rename over ``dst``.
+
+    The link's temporary name is a ``.dt-tmp`` file whose inode (``src``'s) we
+    lock first, so a concurrent cleaner leaves it alone.
+    """
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        if not _try_lock(fd):  # pragma: no cover - nobody else locks a committed shard
+            raise OSError(errno.EAGAIN, "pending shard is locked", src)
+        folder, name = os.path.split(dst)
+        for _ in range(16):
+            tmp = os.path.join(folder, f".{name}.{os.urandom(6).hex()}{_TEMP_SUFFIX}")
+            try:
+                os.link(src, tmp)
+            except FileExistsError:  # pragma: no cover - 48 random bits
+                continue
+            try:
+                os.replace(tmp, dst)
+            except BaseException:
+                _remove_quietly(tmp)
+                raise
+            return
+        raise OSError(errno.EEXIST, "no free temporary name", dst)  # pragma: no cover
+    finally:
+        os.close(fd)
+
+
+def _remove_orphans(folder: str, base: str, keep: set[str], own_token: str) -> None:
+    """Remove the shards of ``base`` that the index just written does not name.
+
+    Those are final names with another shard count (an earlier save), this
+    save's pending names, and pending names of saves that died (their marker
+    is gone or unlocked). Pending shards of a save still running are kept.
+    """
+    final = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}" + re.escape(SHARD_SUFFIX))
+    pend = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}\.([A-Za-z0-9_]+)" + re.escape(SHARD_SUFFIX))
     for entry in os.listdir(folder):
-        if entry not in keep and stale.fullmatch(entry):
+        if entry in keep:
+            continue
+        if final.fullmatch(entry):
             _remove_quietly(os.path.join(folder, entry))
-    return written
+            continue
+        m = pend.fullmatch(entry)
+        if m is None:
+            continue
+        token = m.group(1)
+        if token == own_token or not _is_held(os.path.join(folder, f".{base}.{token}{_TEMP_SUFFIX}")):
+            _remove_quietly(os.path.join(folder, entry))
 
 
 # -- reading ----------------------------------------------------------------------------------------
