@@ -1,0 +1,102 @@
+"""Fork server of tests/python/test_crash_safety.py: writes that the test kills with SIGKILL.
+
+Run as ``python _crash_child.py``. It imports numpy and deathtensors only,
+builds the tensors of every version up front, and then, for each JSON command
+on stdin, forks a child that performs one write (``save``, ``append`` or
+``save_sharded``) while this process kills it with ``SIGKILL`` after the
+delay asked for (or lets it finish, to time an uninterrupted write). Forking
+from a process that never ran a write keeps each child's thread pool fresh,
+and keeps the tensors out of the per-trial cost. One JSON reply per command
+goes to stdout.
+
+Commands::
+
+    {"cmd": "write", "op": "save"|"append"|"sharded", "version": 0|1,
+     "path": "...", "delay": seconds or null}
+    -> {"killed": bool, "seconds": float, "status": int}
+
+``seconds`` is the time from the fork to the child's end (exit or kill).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Dict
+
+import numpy as np
+
+#: Compression and checksum settings of every write (both make the writes slow enough to hit).
+WRITE_OPTIONS: Dict[str, Any] = {"compress": True, "checksum": True}
+#: Shard limit of ``save_sharded``: 4 shards of 2 MiB per version.
+MAX_SHARD_BYTES = 2 * 1024 * 1024
+
+
+def version_tensors(version: int) -> Dict[str, np.ndarray]:
+    """The tensors of ``version`` (0 or 1): 8 MiB of bf16-like float32 (low 16 bits zero)."""
+    rng = np.random.default_rng(1000 + version)
+    out = {}
+    for i in range(4):
+        w = (rng.standard_normal((512, 1024)) * (0.02 * (i + 1))).astype(np.float32)
+        out[f"layer.{i}.weight"] = (w.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+    return out
+
+
+def appended_tensors() -> Dict[str, np.ndarray]:
+    """What ``append`` adds to a file holding version 0: 6 MiB more."""
+    rng = np.random.default_rng(2000)
+    return {f"extra.{i}": rng.standard_normal((512, 1024)).astype(np.float32) for i in range(3)}
+
+
+def write(op: str, version: int, path: str, data: Dict[int, Dict[str, np.ndarray]], extra: Dict[str, Any]) -> None:
+    import deathtensors as dt
+
+    if op == "save":
+        dt.save(path, data[version], global_metadata={"version": version}, **WRITE_OPTIONS)
+    elif op == "append":
+        dt.append(path, extra, extra_global_metadata={"appended": True})
+    elif op == "sharded":
+        dt.save_sharded(
+            path, data[version], max_shard_bytes=MAX_SHARD_BYTES, global_metadata={"version": version}, **WRITE_OPTIONS
+        )
+    else:
+        raise ValueError(op)
+
+
+def serve() -> None:
+    import deathtensors  # noqa: F401 - imported once, before any fork
+
+    data = {v: version_tensors(v) for v in (0, 1)}
+    extra = appended_tensors()
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        t0 = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:  # the child: one write, then leave without any cleanup of the server's
+            code = 0
+            try:
+                write(cmd["op"], cmd["version"], cmd["path"], data, extra)
+            except BaseException as e:  # pragma: no cover - reported through the exit status
+                print(f"write failed: {e!r}", file=sys.stderr, flush=True)
+                code = 3
+            os._exit(code)
+        done, status = 0, 0
+        if cmd["delay"] is not None:
+            time.sleep(cmd["delay"])
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done == 0:
+                os.kill(pid, signal.SIGKILL)
+        if done == 0:
+            _, status = os.waitpid(pid, 0)
+        seconds = time.perf_counter() - t0
+        killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+        print(json.dumps({"killed": killed, "seconds": seconds, "status": code}), flush=True)
+
+
+if __name__ == "__main__":
+    serve()
