@@ -8,8 +8,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -343,44 +341,6 @@ def test_saved_file_permissions_follow_the_umask(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644
     finally:
         os.umask(old)
-
-
-# -- threads -------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("compress", [False, True, "lz4"])
-def test_concurrent_reads_from_one_file(tmp_path, compress):
-    rng = np.random.default_rng(8)
-    tensors = {f"t{i}": torch.from_numpy(rng.standard_normal((64, 257)).astype(np.float32)) for i in range(24)}
-    tensors["big"] = torch.arange(400_000, dtype=torch.int32) % 1000  # several chunks when compressed
-    path = tmp_path / "thr.deathtensors"
-    dt.save(path, tensors, compress=compress, checksum=True)
-    with dt.open(path) as f:
-        serial = {name: f.get_bytes(name) for name in f.keys()}
-        names = f.keys()
-        barrier = threading.Barrier(8)
-
-        def worker(k):
-            barrier.wait()
-            order = names[k:] + names[:k]
-            out = {}
-            for name in order:
-                if k % 3 == 0:
-                    out[name] = f.get_bytes(name)
-                elif k % 3 == 1:
-                    out[name] = torch_bytes(f.get_tensor(name))
-                else:
-                    out[name] = f.get_tensor(name, framework="numpy").tobytes()
-            if k == 0:
-                f.verify()
-            return out
-
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            results = list(pool.map(worker, range(8)))
-    for out in results:
-        assert out == serial
-    for name, t in tensors.items():
-        assert serial[name] == torch_bytes(t)
 
 
 # -- GPU ------------------------------------------------------------------------------------------------
