@@ -531,6 +531,46 @@ mod tests {
     }
 
     #[test]
+    fn hub_commands_are_parsed_here_and_handed_over_as_json() {
+        let mut seen = String::new();
+        let code = run_with_hub(
+            [
+                "deathtensors",
+                "hub-convert",
+                "ns/repo",
+                "model.safetensors",
+                "--compress=lz4",
+                "--delete-original",
+                "--revision",
+                "dev",
+            ],
+            |request| {
+                seen = request.to_owned();
+                7
+            },
+        );
+        assert_eq!(code, 7);
+        let v: Value = serde_json::from_str(&seen).expect("JSON request");
+        assert_eq!(v["command"], "hub-convert");
+        assert_eq!(v["repo_id"], "ns/repo");
+        assert_eq!(v["filename"], "model.safetensors");
+        assert_eq!(v["compress"], "lz4");
+        assert_eq!(v["delete_original"], true);
+        assert_eq!(v["revision"], "dev");
+        assert_eq!(v["repo_type"], "model");
+        // Usage errors never reach the host.
+        let called = std::cell::Cell::new(false);
+        let bad = run_with_hub(["deathtensors", "hub-push", "ns/repo"], |_| {
+            called.set(true);
+            0
+        });
+        assert_eq!(bad, EXIT_USAGE);
+        assert!(!called.get());
+        // Without a host (the standalone binary), a Hub command is a usage error.
+        assert_eq!(run(["deathtensors", "hub-list", "ns/repo"]), EXIT_USAGE);
+    }
+
+    #[test]
     fn human_units() {
         assert_eq!(human(10), "10 B");
         assert_eq!(human(1536), "1.5 KiB");
