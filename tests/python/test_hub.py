@@ -698,3 +698,67 @@ def test_cli_progress_bars_only_on_a_terminal(lfs_hub: Env) -> None:
     (lfs_hub.hf_home / "hub").rename(lfs_hub.tmp / "old-cache")
     piped = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert piped.returncode == 0 and "%" not in piped.stderr
+
+
+# -- the spec README's example, as written --------------------------------------------------------------
+
+SPEC_EXAMPLE = """
+import os
+os.chdir(sys.argv[1])
+import torch, deathtensors as dt
+from deathtensors.huggingface import (
+    push_to_hub, load_from_hub,
+    push_sharded_to_hub, load_sharded_from_hub,
+    list_repo_models, hub_model_info,
+    convert_safetensors_on_hub, HubCachedFile,
+)
+huge_state_dict = {f"layer.{i}.weight": torch.full((64, 64), float(i)) for i in range(50)}
+
+model = {"weight": torch.randn(128, 128), "bias": torch.zeros(128)}
+dt.save("model.deathtensors", model, compress=True, checksum=True)
+url = push_to_hub(
+    repo_id="death-legion/my-model",
+    local_path="model.deathtensors",
+    path_in_repo="model.deathtensors",
+)
+print(url)
+with load_from_hub("death-legion/my-model", "model.deathtensors", verify=True) as f:
+    w = f.get_tensor("weight")
+assert torch.equal(w, model["weight"])
+
+shards = dt.save_sharded("big_model.deathtensors", huge_state_dict, max_shard_bytes=5 * 64 * 64 * 4)
+push_sharded_to_hub("death-legion/big-model", "big_model.deathtensors")
+with load_sharded_from_hub("death-legion/big-model", "big_model.deathtensors") as sr:
+    w = sr.get_tensor("layer.42.weight")
+    print(sr.which_shard("layer.42.weight"))
+assert torch.equal(w, huge_state_dict["layer.42.weight"])
+
+# (the test put model.safetensors in death-legion/old-checkpoint)
+convert_safetensors_on_hub(
+    repo_id="death-legion/old-checkpoint",
+    safetensors_filename="model.safetensors",
+    compress=True,
+    delete_original=False,
+)
+for f in list_repo_models("death-legion/my-model"):
+    print(f)
+info = hub_model_info("death-legion/my-model")
+print(info["downloads"], info["likes"], info["deathtensors_files"])
+"""
+
+
+def test_the_spec_readme_example_runs_as_written(lfs_hub: Env) -> None:
+    pytest.importorskip("torch")
+    st = pytest.importorskip("safetensors.numpy")
+    st.save_file(model(1), str(lfs_hub.files / "seed.safetensors"))
+    lfs_hub.server.add_repo(
+        "death-legion/old-checkpoint", files={"model.safetensors": (lfs_hub.files / "seed.safetensors").read_bytes()}
+    )
+    proc = lfs_hub.py(SPEC_EXAMPLE)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"{lfs_hub.server.url}/death-legion/my-model/blob/main/model.deathtensors"
+    assert lines[1] == "big_model-00009-of-00010.deathtensors"
+    assert lines[2] == "model.deathtensors"
+    downloads = lfs_hub.server.repo("death-legion/my-model").downloads
+    assert lines[3] == f"{downloads} 0 ['model.deathtensors']" and downloads >= 1
+    assert "model.deathtensors" in lfs_hub.server.files("death-legion/old-checkpoint")
