@@ -38,6 +38,10 @@ pub const DEFAULT_CHUNK_BYTES: u64 = 1 << 20;
 pub const MAX_CHUNK_RAW_LEN: u64 = 64 << 20;
 /// Default limit on the JSON header length.
 pub const DEFAULT_MAX_HEADER_LEN: u64 = 100_000_000;
+/// Deepest nesting of JSON arrays and objects a header may have (the top-level
+/// object is level 1); the reader refuses deeper headers and the writer
+/// refuses metadata that would make one.
+pub const MAX_HEADER_DEPTH: usize = 127;
 
 /// The `compression` object of the header.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -20,7 +20,8 @@ use crate::chunk::{self, AppliedFilter};
 use crate::error::{Error, Result};
 use crate::format::{
     self, align_up, Chunk, CompressionHeader, FilterHeader, Header, LayoutHeader, Preamble, TensorHeader, TensorInfo,
-    DEFAULT_CHUNK_BYTES, FLAG_CHECKSUM, FLAG_COMPRESSED, MAX_CHUNK_RAW_LEN, PREAMBLE_LEN, TENSOR_ALIGNMENT,
+    DEFAULT_CHUNK_BYTES, FLAG_CHECKSUM, FLAG_COMPRESSED, MAX_CHUNK_RAW_LEN, MAX_HEADER_DEPTH, PREAMBLE_LEN,
+    TENSOR_ALIGNMENT,
 };
 use crate::reader::DtReader;
 use crate::registry::{self, ChecksumAlgorithm, Codec, DtypeHandler, Filter};
@@ -184,6 +185,11 @@ pub fn write_entries(
     options: &WriteOptions,
 ) -> Result<()> {
     let plan = Plan::new(entries, options)?;
+    check_nesting("the global metadata", global_metadata, 1)?;
+    for item in &plan.items {
+        // The top-level object, the `tensors` array and the entry enclose it.
+        check_nesting(&format!("the metadata of tensor {:?}", item.name), &item.metadata, 3)?;
+    }
     let mut out = AtomicFile::create(path)?;
     let tmp_path = out.path().to_path_buf();
     let io = |e| Error::io(&tmp_path, e);
@@ -487,6 +493,29 @@ impl<'a> Plan<'a> {
             chunk_bytes: options.chunk_bytes,
         })
     }
+}
+
+/// Refuse `metadata` that would nest the header deeper than
+/// [`MAX_HEADER_DEPTH`] levels (which the reader refuses), given the
+/// `enclosing` containers around it in the header. Walks without recursion.
+fn check_nesting(what: &str, metadata: &Map<String, Value>, enclosing: usize) -> Result<()> {
+    let mut deepest = enclosing + 1;
+    let mut stack: Vec<(&Value, usize)> = metadata.values().map(|v| (v, enclosing + 2)).collect();
+    while let Some((value, level)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(level);
+        stack.extend(children.map(|v| (v, level + 1)));
+    }
+    if deepest > MAX_HEADER_DEPTH {
+        return Err(Error::InvalidArgument(format!(
+            "{what} is nested too deeply: the header would be {deepest} levels deep, over the limit of {MAX_HEADER_DEPTH}"
+        )));
+    }
+    Ok(())
 }
 
 fn byte_size(name: &str, shape: &[u64], dtype: &dyn DtypeHandler) -> Result<u64> {
