@@ -163,6 +163,15 @@ def build_file(
     return magic + struct.pack("<IIQ", version, flags, hl) + text + pad + data + footer
 
 
+def tensor_entry(
+    name: str = "a", dtype: str = "U8", shape: Sequence[int] = (4,), offsets: Sequence[int] = (0, 4), **extra: Any
+) -> Dict[str, Any]:
+    """A tensor object of a header, for :func:`build_file`; ``extra`` adds or overrides fields."""
+    entry: Dict[str, Any] = {"name": name, "dtype": dtype, "shape": list(shape), "offsets": list(offsets)}
+    entry.update(extra)
+    return entry
+
+
 def cli_commands() -> Dict[str, List[str]]:
     """The two ways to run the CLI: ``python -m deathtensors`` and the console script."""
     script = Path(sys.executable).parent / "deathtensors"
@@ -185,9 +194,13 @@ def run_cli(prefix: List[str], *args: str, env: Optional[Dict[str, str]] = None)
 
 def run_on_pty(args: Sequence[str], env: Dict[str, str]) -> Tuple[subprocess.CompletedProcess, str]:
     """Run ``args`` with stderr on a pseudo-terminal; return the process and what it drew there."""
+    import fcntl
     import pty
+    import termios
 
     master, slave = pty.openpty()
+    # A real terminal has a size; some progress bars (tqdm) draw nothing on a 0-column one.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     proc = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=slave, env=env, timeout=60, check=False)
     os.close(slave)
     chunks = []

@@ -9,7 +9,7 @@ import random
 import struct
 
 import pytest
-from _dtutil import FLAG_CHECKSUM, FLAG_COMPRESSED, FLAG_ENCRYPTED, build_file, layout, torch_bytes
+from _dtutil import FLAG_CHECKSUM, FLAG_COMPRESSED, FLAG_ENCRYPTED, build_file, layout, tensor_entry, torch_bytes
 
 import deathtensors as dt
 
@@ -214,12 +214,6 @@ def test_hand_built_files_are_read_correctly(tmp_path):
         assert f.get_bytes("b") == b
 
 
-def _tensor(name="a", dtype="U8", shape=(4,), offsets=(0, 4), **extra):
-    entry = {"name": name, "dtype": dtype, "shape": list(shape), "offsets": list(offsets)}
-    entry.update(extra)
-    return entry
-
-
 FOUR = b"\x01\x02\x03\x04"
 MARKER = "DT_PWNED_MARKER"
 
@@ -227,11 +221,11 @@ HOSTILE = {
     "empty-file": b"",
     "short-file": b"DTLEG",
     "preamble-only": build_file(b"", header_len=0)[:24],
-    "wrong-magic": build_file({"tensors": [_tensor()]}, FOUR, magic=b"DTLEGIOX"),
+    "wrong-magic": build_file({"tensors": [tensor_entry()]}, FOUR, magic=b"DTLEGIOX"),
     "safetensors-like": struct.pack("<Q", 2) + b"{}",
     "pickle-payload": b"\x80\x04\x95" + b"cos\nsystem\n(S'touch " + MARKER.encode() + b"'\ntR.",
-    "version-2": build_file({"tensors": [_tensor()]}, FOUR, version=2),
-    "unknown-flag": build_file({"tensors": [_tensor()]}, FOUR, flags=1 << 7),
+    "version-2": build_file({"tensors": [tensor_entry()]}, FOUR, version=2),
+    "unknown-flag": build_file({"tensors": [tensor_entry()]}, FOUR, flags=1 << 7),
     "header-len-u64-max": build_file({"tensors": []}, header_len=2**64 - 1),
     "header-len-over-limit": build_file({"tensors": []}, header_len=200_000_000),
     "header-len-past-eof": build_file({"tensors": []}, header_len=5000),
@@ -240,7 +234,7 @@ HOSTILE = {
     "header-python-code": build_file(f"__import__('os').system('touch {MARKER}')"),
     "header-lambda": build_file("(lambda: __import__('os').system('id'))()"),
     "header-reduce-object": build_file({"__reduce__": ["os.system", [f"touch {MARKER}"]], "tensors": []}),
-    "header-reduce-in-tensor": build_file({"tensors": [_tensor(__reduce__="os.system")]}, FOUR),
+    "header-reduce-in-tensor": build_file({"tensors": [tensor_entry(__reduce__="os.system")]}, FOUR),
     "header-py-class": build_file({"py/object": "os.system", "tensors": []}),
     "header-is-list": build_file("[]      "),
     "header-is-string": build_file('"__reduce__"'),
@@ -251,50 +245,50 @@ HOSTILE = {
     "nan-literal": build_file('{"metadata":{"a":NaN},"tensors":[]}'),
     "deep-nesting": build_file('{"metadata":{"a":' + "[" * 100_000 + "]" * 100_000 + '},"tensors":[]}'),
     "non-nul-padding": build_file('{"tensors":[]}', padding=b"\x01\x01"),
-    "unknown-dtype": build_file({"tensors": [_tensor(dtype="F128")]}, FOUR),
-    "python-dtype": build_file({"tensors": [_tensor(dtype="torch.float32")]}, FOUR),
-    "shape-overflow": build_file({"tensors": [_tensor(shape=[2**40, 2**40, 2**40])]}, FOUR),
-    "shape-bytes-mismatch": build_file({"tensors": [_tensor(shape=[5])]}, FOUR),
-    "negative-dim": build_file({"tensors": [_tensor(shape=[-4])]}, FOUR),
-    "float-dim": build_file({"tensors": [_tensor(shape=[4.0])]}, FOUR),
-    "name-not-string": build_file({"tensors": [_tensor(name=5)]}, FOUR),
-    "offsets-outside-data": build_file({"tensors": [_tensor(shape=[100], offsets=[0, 100])]}, FOUR),
-    "offsets-reversed": build_file({"tensors": [_tensor(offsets=[4, 0])]}, FOUR),
-    "huge-tensor-small-file": build_file({"tensors": [_tensor(shape=[2**40], offsets=[0, 2**40])]}, FOUR),
-    "overlapping-tensors": build_file({"tensors": [_tensor("a"), _tensor("b")]}, FOUR),
+    "unknown-dtype": build_file({"tensors": [tensor_entry(dtype="F128")]}, FOUR),
+    "python-dtype": build_file({"tensors": [tensor_entry(dtype="torch.float32")]}, FOUR),
+    "shape-overflow": build_file({"tensors": [tensor_entry(shape=[2**40, 2**40, 2**40])]}, FOUR),
+    "shape-bytes-mismatch": build_file({"tensors": [tensor_entry(shape=[5])]}, FOUR),
+    "negative-dim": build_file({"tensors": [tensor_entry(shape=[-4])]}, FOUR),
+    "float-dim": build_file({"tensors": [tensor_entry(shape=[4.0])]}, FOUR),
+    "name-not-string": build_file({"tensors": [tensor_entry(name=5)]}, FOUR),
+    "offsets-outside-data": build_file({"tensors": [tensor_entry(shape=[100], offsets=[0, 100])]}, FOUR),
+    "offsets-reversed": build_file({"tensors": [tensor_entry(offsets=[4, 0])]}, FOUR),
+    "huge-tensor-small-file": build_file({"tensors": [tensor_entry(shape=[2**40], offsets=[0, 2**40])]}, FOUR),
+    "overlapping-tensors": build_file({"tensors": [tensor_entry("a"), tensor_entry("b")]}, FOUR),
     "duplicate-names": build_file(
-        {"tensors": [_tensor("a"), _tensor("a", offsets=[64, 68])]}, FOUR + b"\0" * 60 + FOUR
+        {"tensors": [tensor_entry("a"), tensor_entry("a", offsets=[64, 68])]}, FOUR + b"\0" * 60 + FOUR
     ),
-    "misaligned-tensor": build_file({"tensors": [_tensor(offsets=[1, 5])]}, b"\0" + FOUR),
-    "trailing-bytes": build_file({"tensors": [_tensor()]}, FOUR + b"junk"),
-    "compressed-flag-no-codec": build_file({"tensors": [_tensor()]}, FOUR, flags=FLAG_COMPRESSED),
+    "misaligned-tensor": build_file({"tensors": [tensor_entry(offsets=[1, 5])]}, b"\0" + FOUR),
+    "trailing-bytes": build_file({"tensors": [tensor_entry()]}, FOUR + b"junk"),
+    "compressed-flag-no-codec": build_file({"tensors": [tensor_entry()]}, FOUR, flags=FLAG_COMPRESSED),
     "codec-without-flag": build_file(
-        {"compression": {"codec": "zstd", "level": 3}, "tensors": [_tensor(chunks=[[0, 4, 4]])]}, FOUR
+        {"compression": {"codec": "zstd", "level": 3}, "tensors": [tensor_entry(chunks=[[0, 4, 4]])]}, FOUR
     ),
-    "checksum-flag-no-name": build_file({"tensors": [_tensor()]}, FOUR, flags=FLAG_CHECKSUM, footer=b"\0" * 32),
-    "checksum-name-no-flag": build_file({"checksum": "sha256", "tensors": [_tensor()]}, FOUR),
-    "footer-missing": build_file({"checksum": "sha256", "tensors": [_tensor()]}, FOUR, flags=FLAG_CHECKSUM)[:-4],
+    "checksum-flag-no-name": build_file({"tensors": [tensor_entry()]}, FOUR, flags=FLAG_CHECKSUM, footer=b"\0" * 32),
+    "checksum-name-no-flag": build_file({"checksum": "sha256", "tensors": [tensor_entry()]}, FOUR),
+    "footer-missing": build_file({"checksum": "sha256", "tensors": [tensor_entry()]}, FOUR, flags=FLAG_CHECKSUM)[:-4],
     "chunks-do-not-add-up": build_file(
-        {"compression": {"codec": "zstd", "level": 3}, "tensors": [_tensor(shape=[8], chunks=[[0, 4, 4]])]},
+        {"compression": {"codec": "zstd", "level": 3}, "tensors": [tensor_entry(shape=[8], chunks=[[0, 4, 4]])]},
         FOUR,
         flags=FLAG_COMPRESSED,
     ),
     "chunk-bomb": build_file(
         {
             "compression": {"codec": "zstd", "level": 3},
-            "tensors": [_tensor(shape=[2**40], chunks=[[0, 4, 2**40]])],
+            "tensors": [tensor_entry(shape=[2**40], chunks=[[0, 4, 2**40]])],
         },
         FOUR,
         flags=FLAG_COMPRESSED,
     ),
     "chunk-gap": build_file(
-        {"compression": {"codec": "zstd", "level": 3}, "tensors": [_tensor(chunks=[[0, 2, 2], [3, 1, 1]])]},
+        {"compression": {"codec": "zstd", "level": 3}, "tensors": [tensor_entry(chunks=[[0, 2, 2], [3, 1, 1]])]},
         FOUR,
         flags=FLAG_COMPRESSED,
     ),
-    "uncompressed-with-chunks": build_file({"tensors": [_tensor(chunks=[[0, 4, 4]])]}, FOUR),
+    "uncompressed-with-chunks": build_file({"tensors": [tensor_entry(chunks=[[0, 4, 4]])]}, FOUR),
     "compressed-without-chunks": build_file(
-        {"compression": {"codec": "zstd", "level": 3}, "tensors": [_tensor()]}, FOUR, flags=FLAG_COMPRESSED
+        {"compression": {"codec": "zstd", "level": 3}, "tensors": [tensor_entry()]}, FOUR, flags=FLAG_COMPRESSED
     ),
 }
 
@@ -329,8 +323,8 @@ def test_hostile_file_errors_say_what_is_wrong(tmp_path, name, needle):
 @pytest.mark.parametrize(
     "header, flags, footer",
     [
-        ({"compression": {"codec": "brotli", "level": 3}, "tensors": [_tensor(chunks=[[0, 4, 4]])]}, 1, b""),
-        ({"checksum": "md5", "tensors": [_tensor()]}, 2, b"\0" * 32),
+        ({"compression": {"codec": "brotli", "level": 3}, "tensors": [tensor_entry(chunks=[[0, 4, 4]])]}, 1, b""),
+        ({"checksum": "md5", "tensors": [tensor_entry()]}, 2, b"\0" * 32),
     ],
     ids=["codec", "checksum"],
 )
@@ -355,7 +349,7 @@ def test_encryption_flag_is_refused(tmp_path):
     assert isinstance(exc.value, dt.FormatError)
     assert "encrypt" in str(exc.value).lower()
     # only the bit matters
-    plain = _write(tmp_path / "p.deathtensors", build_file({"tensors": [_tensor()]}, FOUR, flags=FLAG_ENCRYPTED))
+    plain = _write(tmp_path / "p.deathtensors", build_file({"tensors": [tensor_entry()]}, FOUR, flags=FLAG_ENCRYPTED))
     with pytest.raises(dt.EncryptedFileError):
         dt.open(plain)
 
