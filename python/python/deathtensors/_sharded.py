@@ -660,9 +660,13 @@ class ShardedReader:
             self._open[shard] = f
             return f
 
+    def _shard_file(self, shard: str) -> str:
+        """The local path of a shard, about to be opened (a subclass may fetch it first)."""
+        return os.path.join(self._folder, shard)
+
     def _open_shard(self, shard: str, verify: bool) -> DtFile:
         pkg = _pkg()
-        path = os.path.join(self._folder, shard)
+        path = self._shard_file(shard)
         try:
             f = pkg.DtFile(path)
         except FileNotFoundError:
