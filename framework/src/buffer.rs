@@ -3,6 +3,15 @@
 //! (Transparent huge pages for large buffers were tried and measured: they
 //! help a warm process but cost 2-3x on a fresh one, whose first faults pay
 //! for compaction, so buffers are plain heap memory.)
+//!
+//! The memory comes from the allocator's zeroed path at its natural 16-byte
+//! alignment (`calloc`), 64 bytes more than asked, and the buffer starts at
+//! the first 64-byte boundary inside. A 64-byte-aligned `alloc_zeroed` would
+//! allocate and then `memset` every page up front; `calloc` knows that fresh
+//! pages from the kernel are zero, so a large buffer costs resident memory
+//! only as it is written. A hostile file that declares a huge tensor and
+//! fails on its first chunk therefore never makes the process touch the
+//! declared size.
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
@@ -23,7 +32,12 @@ struct Align64;
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
+    /// What the allocator returned (`ptr` is the first 64-byte boundary in it).
+    base: *mut u8,
 }
+
+/// Alignment the allocation itself is made with: the allocator's natural one, so zeroing is `calloc`.
+const ALLOC_ALIGNMENT: usize = 16;
 
 // SAFETY: AlignedBuf uniquely owns its allocation, like Vec<u8>.
 unsafe impl Send for AlignedBuf {}
@@ -41,13 +55,24 @@ impl AlignedBuf {
             return Ok(AlignedBuf {
                 ptr: NonNull::<Align64>::dangling().cast(),
                 len: 0,
+                base: std::ptr::null_mut(),
             });
         }
-        let layout = Layout::from_size_align(size, BUFFER_ALIGNMENT).map_err(|_| Error::OutOfMemory(len))?;
+        let layout = Self::layout(size).ok_or(Error::OutOfMemory(len))?;
         // SAFETY: layout has non-zero size.
-        let raw = unsafe { alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(raw).ok_or(Error::OutOfMemory(len))?;
-        Ok(AlignedBuf { ptr, len: size })
+        let base = unsafe { alloc::alloc_zeroed(layout) };
+        if base.is_null() {
+            return Err(Error::OutOfMemory(len));
+        }
+        let offset = base.align_offset(BUFFER_ALIGNMENT);
+        // SAFETY: offset < BUFFER_ALIGNMENT, and the allocation has BUFFER_ALIGNMENT bytes to spare.
+        let ptr = NonNull::new(unsafe { base.add(offset) }).ok_or(Error::OutOfMemory(len))?;
+        Ok(AlignedBuf { ptr, len: size, base })
+    }
+
+    fn layout(size: usize) -> Option<Layout> {
+        let padded = size.checked_add(BUFFER_ALIGNMENT)?;
+        Layout::from_size_align(padded, ALLOC_ALIGNMENT).ok()
     }
 
     /// Length in bytes.
@@ -89,12 +114,9 @@ impl std::ops::DerefMut for AlignedBuf {
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         if self.len != 0 {
-            // SAFETY: allocated in `zeroed` with this exact layout.
-            unsafe {
-                alloc::dealloc(
-                    self.ptr.as_ptr(),
-                    Layout::from_size_align_unchecked(self.len, BUFFER_ALIGNMENT),
-                )
+            if let Some(layout) = Self::layout(self.len) {
+                // SAFETY: `base` was allocated in `zeroed` with this layout.
+                unsafe { alloc::dealloc(self.base, layout) }
             }
         }
     }
@@ -112,6 +134,39 @@ mod tests {
         let empty = AlignedBuf::zeroed(0).unwrap();
         assert!(empty.is_empty());
         assert_eq!(empty.as_ptr() as usize % BUFFER_ALIGNMENT, 0);
+    }
+
+    #[test]
+    fn every_size_is_aligned_and_writable_to_its_end() {
+        for size in [1u64, 15, 16, 63, 64, 65, 4095, 4096, 131_073, 1 << 20] {
+            let mut b = AlignedBuf::zeroed(size).unwrap();
+            assert_eq!(b.as_ptr() as usize % BUFFER_ALIGNMENT, 0, "{size}");
+            assert_eq!(b.len() as u64, size);
+            let last = b.len() - 1;
+            b[last] = 0xAB;
+            b[0] = 0xCD;
+            assert!(b.iter().skip(1).take(last.saturating_sub(1)).all(|&x| x == 0));
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn resident_bytes() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_large_buffer_is_not_resident_until_written() {
+        // A hostile header can declare a huge tensor that fails on its first
+        // chunk: allocating the output must not touch the declared size.
+        let before = resident_bytes();
+        let b = AlignedBuf::zeroed(512 << 20).unwrap();
+        let after = resident_bytes();
+        assert!(b.iter().step_by(1 << 20).all(|&x| x == 0));
+        let growth = after.saturating_sub(before);
+        assert!(growth < 64 << 20, "allocating 512 MiB made {growth} bytes resident");
     }
 
     #[test]

@@ -477,12 +477,17 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
     };
 
     let footer_len = if has_footer { FOOTER_LEN } else { 0 };
-    let data_start = PREAMBLE_LEN.saturating_add(preamble.header_len) + nul_padding(preamble.header_len);
-    let needed = data_start.checked_add(footer_len).ok_or(Error::Truncated {
+    // Checked: `preamble.header_len` is any u64 when validate is called directly.
+    let overflow = || Error::Truncated {
         what: "the header, padding and footer",
         needed: u64::MAX,
         available: file_len,
-    })?;
+    };
+    let data_start = PREAMBLE_LEN
+        .checked_add(preamble.header_len)
+        .and_then(|end| end.checked_add(nul_padding(preamble.header_len)))
+        .ok_or_else(overflow)?;
+    let needed = data_start.checked_add(footer_len).ok_or_else(overflow)?;
     if needed > file_len {
         return Err(Error::Truncated {
             what: "the header, padding and footer",
@@ -566,9 +571,12 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
                 chunks,
                 [begin, end],
                 nbytes,
-                dtype.item_size() as u64,
                 data_start,
-                planes,
+                ChunkRules {
+                    item_size: dtype.item_size() as u64,
+                    planes,
+                    max_expansion: codec.map_or(u64::MAX, |c| c.max_expansion()),
+                },
             )?),
             (Some(_), false) => return Err(Error::tensor(name, "has a chunk table but the file is not compressed")),
             (None, true) => {
@@ -724,15 +732,41 @@ fn named_by_file(e: Error) -> Error {
     Error::InvalidHeader(e.to_string())
 }
 
+/// What each chunk of a tensor must respect besides its place in the byte range.
+struct ChunkRules {
+    /// The dtype's size: raw lengths are whole elements.
+    item_size: u64,
+    /// Planes per chunk when the tensor has a filter.
+    planes: Option<usize>,
+    /// The codec's [`Codec::max_expansion`](crate::registry::Codec::max_expansion).
+    max_expansion: u64,
+}
+
+/// Refuse a compressed piece (a chunk, or one plane of it) that claims more
+/// raw bytes than its codec can make of its stored bytes: a decompression
+/// bomb is caught at open, and memory stays bounded by the file's size.
+fn check_expansion(stored: u64, raw: u64, max_expansion: u64) -> std::result::Result<(), String> {
+    if raw > stored.saturating_mul(max_expansion) {
+        return Err(format!(
+            "claims {raw} raw bytes from {stored} stored bytes; the codec expands at most {max_expansion}x"
+        ));
+    }
+    Ok(())
+}
+
 fn validate_chunks(
     name: &str,
     chunks: &[Chunk],
     [begin, end]: [u64; 2],
     nbytes: u64,
-    item_size: u64,
     data_start: u64,
-    planes: Option<usize>,
+    rules: ChunkRules,
 ) -> Result<Vec<Chunk>> {
+    let ChunkRules {
+        item_size,
+        planes,
+        max_expansion,
+    } = rules;
     let mut cursor = begin;
     let mut raw_total = 0u64;
     let mut out = Vec::with_capacity(chunks.len());
@@ -764,6 +798,9 @@ fn validate_chunks(
             )));
         }
         match (planes, c.planes()) {
+            (None, None) if c.stored_len() != c.raw_len() => {
+                check_expansion(c.stored_len(), c.raw_len(), max_expansion).map_err(bad)?;
+            }
             (None, None) => {}
             (None, Some(_)) => return Err(bad("lists planes but the tensor has no filter".into())),
             (Some(_), None) if c.stored_len() != c.raw_len() => {
@@ -787,6 +824,10 @@ fn validate_chunks(
                 for (p, &len) in lens.iter().enumerate() {
                     if len == 0 || len > plane_raw {
                         return Err(bad(format!("plane {p} stored length {len} is not in 1..={plane_raw}")));
+                    }
+                    if len != plane_raw {
+                        check_expansion(len, plane_raw, max_expansion)
+                            .map_err(|why| bad(format!("plane {p} {why}")))?;
                     }
                     sum += len; // n * plane_raw bounds it
                 }

@@ -67,6 +67,15 @@ pub trait Codec: Plugin {
         false
     }
 
+    /// The most raw bytes one stored byte can decode to: a bound on the
+    /// codec's compression ratio that holds for every valid input. The reader
+    /// refuses, at open, a compressed chunk (or plane) that claims more raw
+    /// bytes than `stored × max_expansion`, so a decompression bomb never gets
+    /// to allocate. The default, `u64::MAX`, declares no bound (no check).
+    fn max_expansion(&self) -> u64 {
+        u64::MAX
+    }
+
     /// Decompress `stored` into `out`, which has exactly the chunk's declared
     /// raw length. The codec must never write past `out` nor allocate more
     /// than a small constant beyond it.

@@ -39,6 +39,8 @@ SECONDS = 1.0
 ADDRESS_SPACE_CAP = 256 << 20
 RSS_SLACK = 8 << 20
 MAX_CHUNK = 64 << 20
+#: The most raw bytes zstd can make of one stored byte; the reader refuses chunk tables that claim more.
+ZSTD_MAX_EXPANSION = 32768
 ZSTD = {"codec": "zstd", "level": 3}
 LZ4 = {"codec": "lz4", "level": 0}
 FOUR = b"\x01\x02\x03\x04"
@@ -201,7 +203,7 @@ CORPUS: Dict[str, Case] = {
         "outside the data region",
     ),
     "ten-to-the-12-elements-compressed": Case(
-        _file(_compressed(tensor_entry(shape=[10**12], chunks=[[0, 4, MAX_CHUNK]]), FOUR)),
+        _file(_compressed(tensor_entry(shape=[10**12], chunks=[[0, 4, 4 * ZSTD_MAX_EXPANSION]]), FOUR)),
         "FormatError",
         "chunks decode to",
     ),
@@ -243,7 +245,7 @@ CORPUS: Dict[str, Case] = {
             )
         ),
         "FormatError",
-        "chunks decode to",
+        "the codec expands at most 32768x",
     ),
     "chunk-raw-length-over-64-MiB": Case(
         _file(_compressed(tensor_entry(shape=[2**40], chunks=[[0, 4, 2**40]]), FOUR)), "FormatError", "raw length"
@@ -338,35 +340,34 @@ def test_codec_unit_expanding_past_its_raw_length_is_corrupt(tmp_path, warm_file
     assert result["rss_growth"] <= RSS_SLACK + 2 * path.stat().st_size, result
 
 
-def _consistent_bomb(folder: Path) -> Path:
-    """A table that adds up: 2 chunks of 64 MiB stored as 4 garbage bytes each."""
-    entry = tensor_entry(shape=[2 * MAX_CHUNK], offsets=[0, 8], chunks=[[0, 4, MAX_CHUNK], [4, 4, MAX_CHUNK]])
+def _consistent_table(folder: Path, stored_per_chunk: int) -> Path:
+    """A table that adds up: 2 chunks of 64 MiB, each stored as ``stored_per_chunk`` garbage bytes."""
+    n = stored_per_chunk
+    entry = tensor_entry(shape=[2 * MAX_CHUNK], offsets=[0, 2 * n], chunks=[[0, n, MAX_CHUNK], [n, n, MAX_CHUNK]])
     path = folder / "consistent.deathtensors"
-    path.write_bytes(_compressed(entry, b"\x28\xb5\x2f\xfd" * 2))
+    path.write_bytes(_compressed(entry, (b"\x28\xb5\x2f\xfd" * n)[: 2 * n]))
     return path
 
 
-def test_consistent_chunk_table_bomb_fails_cleanly_when_read(tmp_path, warm_file):
-    path = _consistent_bomb(tmp_path)
+def test_consistent_chunk_table_bomb_is_refused_at_open_in_memory_bounded_by_the_file_size(tmp_path, warm_file):
+    # 64 MiB from 4 bytes is more than zstd can expand: refused before anything is allocated.
+    path = _consistent_table(tmp_path, 4)
+    result = run_hostile("file", path, warm_file)
+    assert (result["module"], result["error"]) == ("deathtensors.errors", "FormatError"), result
+    assert "the codec expands at most 32768x" in result["message"], result
+    assert result["seconds"] < SECONDS, result
+    assert result["rss_growth"] <= RSS_SLACK + 2 * path.stat().st_size, result
+
+
+def test_a_table_within_the_codec_bound_fails_cleanly_when_read(tmp_path, warm_file):
+    # 64 MiB from 2048 bytes is possible for zstd, so the file opens; its garbage fails on
+    # the first chunk. Memory is bounded by what the codec could make of the file's bytes.
+    path = _consistent_table(tmp_path, MAX_CHUNK // ZSTD_MAX_EXPANSION)
     result = run_hostile("file", path, warm_file)
     assert (result["module"], result["error"]) == ("deathtensors.errors", "FormatError"), result
     assert "is corrupt" in result["message"], result
     assert result["seconds"] < SECONDS, result
-    # Bounded by what the (valid) table declares, as the spec requires: at most nbytes.
-    assert result["rss_growth"] <= RSS_SLACK + 2 * MAX_CHUNK, result
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="format gap: a chunk may declare 64 MiB raw from 1 stored byte, so reading allocates and touches the "
-    "declared size; bounding it by the file's size needs a per-codec expansion limit at open (zstd <= 32768x, "
-    "lz4 <= 255x)",
-)
-def test_consistent_chunk_table_bomb_memory_is_bounded_by_the_file_size(tmp_path, warm_file):
-    path = _consistent_bomb(tmp_path)
-    result = run_hostile("file", path, warm_file)
-    assert result["error"] == "FormatError", result
-    assert result["rss_growth"] <= RSS_SLACK + 2 * path.stat().st_size, result
+    assert result["rss_growth"] <= RSS_SLACK + ZSTD_MAX_EXPANSION * path.stat().st_size, result
 
 
 # -- sharded indexes pointing outside their folder -------------------------------------------------

@@ -153,6 +153,36 @@ fn every_dtype_round_trips_in_every_mode() {
 }
 
 #[test]
+fn the_most_compressible_tensors_stay_within_their_codecs_expansion_bound() {
+    // All-zero tensors compress as far as a codec can; the expansion bound the
+    // reader enforces at open must never refuse what the writer makes of them.
+    let zeros = vec![0u8; 64 << 20];
+    let dir = tempfile::tempdir().unwrap();
+    for codec in ["zstd", "lz4"] {
+        for chunk_bytes in [4096, 1 << 20, 64 << 20] {
+            let tensors = [
+                tensor("u8", "U8", &[zeros.len() as u64], &zeros),
+                tensor("f32", "F32", &[(zeros.len() / 4) as u64], &zeros),
+                tensor("bf16", "BF16", &[1 << 20], &zeros[..2 << 20]),
+            ];
+            let mut options = opts(Some(codec), None);
+            options.chunk_bytes = chunk_bytes;
+            let path = write_valid(
+                dir.path(),
+                &format!("{codec}-{chunk_bytes}"),
+                &tensors,
+                &Map::new(),
+                &options,
+            );
+            let reader = DtReader::open(&path).unwrap_or_else(|e| panic!("{codec} {chunk_bytes}: {e}"));
+            for t in &tensors {
+                assert!(reader.read_tensor(&t.name).unwrap().iter().all(|&b| b == 0));
+            }
+        }
+    }
+}
+
+#[test]
 fn zero_size_and_scalar_tensors_round_trip() {
     let scalar = 2.5f64.to_le_bytes();
     let five = [1u8, 2, 3, 4, 5];

@@ -679,13 +679,14 @@ fn chunk_raw_length_over_the_maximum_is_refused() {
     assert_invalid_tensor(&err, "c", "raw length");
     let err = open_err(&compressed("[8]", "[0,8]", "[[0,8,18446744073709551615]]", &[0; 8]));
     assert_invalid_tensor(&err, "c", "raw length");
-    // Exactly the maximum is allowed by the table (the bytes are garbage, so reading fails).
+    // Exactly the maximum is allowed by the table (the bytes are garbage, so reading fails);
+    // 2048 stored bytes are the fewest zstd can expand to that much.
     let max = MAX_CHUNK_RAW_LEN;
     let reader = open_bytes(&compressed(
         &format!("[{max}]"),
-        "[0,8]",
-        &format!("[[0,8,{max}]]"),
-        &[0; 8],
+        "[0,2048]",
+        &format!("[[0,2048,{max}]]"),
+        &[0; 2048],
     ))
     .unwrap();
     assert!(matches!(
@@ -729,9 +730,10 @@ fn stored_length_over_raw_length_is_refused() {
 
 #[test]
 fn decompression_bombs_are_refused_at_open() {
-    // A tiny tensor whose chunk table claims a huge total raw size.
+    // A tiny tensor whose chunk table claims a huge total raw size (each chunk within the
+    // codec's expansion bound, 32768 bytes from 1 stored byte).
     let n = 1000u64;
-    let chunks: Vec<String> = (0..n).map(|i| format!("[{i},1,{MAX_CHUNK_RAW_LEN}]")).collect();
+    let chunks: Vec<String> = (0..n).map(|i| format!("[{i},1,32768]")).collect();
     let bytes = compressed(
         "[8]",
         &format!("[0,{n}]"),
@@ -757,9 +759,10 @@ fn decompression_bombs_are_refused_at_open() {
 }
 
 #[test]
-fn a_consistent_huge_chunk_table_fails_cleanly_when_read() {
-    // Shape and chunk table agree on 4 × MAX_CHUNK_RAW_LEN bytes stored as 4 bytes: the
-    // table is consistent, so the file opens; reading must fail cleanly (no abort, no panic).
+fn chunks_claiming_more_than_their_codec_can_expand_are_refused_at_open() {
+    // Shape and chunk table agree on 4 × MAX_CHUNK_RAW_LEN bytes from 4 stored bytes: no
+    // codec makes that much of so little, so the file is refused before anything is read
+    // or allocated, and memory stays bounded by the file's size.
     let total = 4 * MAX_CHUNK_RAW_LEN;
     let chunks: Vec<String> = (0..4).map(|i| format!("[{i},1,{MAX_CHUNK_RAW_LEN}]")).collect();
     let bytes = compressed(
@@ -768,16 +771,58 @@ fn a_consistent_huge_chunk_table_fails_cleanly_when_read() {
         &format!("[{}]", chunks.join(",")),
         &[0x28, 0xb5, 0x2f, 0xfd],
     );
-    if let Ok(reader) = open_bytes(&bytes) {
-        let err = reader
-            .read_tensor("c")
-            .err()
-            .expect("reading 4 garbage bytes as 256 MiB must fail");
+    assert_invalid_tensor(&open_err(&bytes), "c", "the codec expands at most 32768x");
+
+    // The bound is each codec's own: zstd 32768, lz4 256, exactly.
+    for (codec, bound) in [("zstd", 32768u64), ("lz4", 256)] {
+        let file = |raw: u64| {
+            let json = format!(
+                r#"{{"compression":{{"codec":"{codec}","level":1}},"tensors":[{{"name":"c","dtype":"U8","shape":[{raw}],"offsets":[0,1],"chunks":[[0,1,{raw}]]}}]}}"#
+            );
+            craft(FLAG_COMPRESSED, json.as_bytes(), &[0])
+        };
         assert!(
-            matches!(err, Error::CorruptChunk { .. } | Error::OutOfMemory(_)),
-            "{err:?}"
+            open_bytes(&file(bound)).is_ok(),
+            "{codec}: {bound} from 1 byte is possible"
         );
+        assert_invalid_tensor(&open_err(&file(bound + 1)), "c", &format!("at most {bound}x"));
     }
+
+    // Each compressed plane of a filtered chunk is held to the bound on its own.
+    let planes = |first: u64| {
+        let json = format!(
+            r#"{{"compression":{{"codec":"zstd","level":3}},"tensors":[{{"name":"f","dtype":"F32","shape":[40000],"offsets":[0,{end}],"chunks":[[0,{end},160000,[{first},40000,40000,40000]]],"filter":{BYTEGROUP_F32}}}]}}"#,
+            end = first + 120_000
+        );
+        craft(FLAG_COMPRESSED, json.as_bytes(), &vec![0; first as usize + 120_000])
+    };
+    assert!(open_bytes(&planes(2)).is_ok());
+    assert_invalid_tensor(&open_err(&planes(1)), "f", "plane 0 claims 40000 raw bytes from 1");
+}
+
+#[test]
+fn a_consistent_huge_chunk_table_within_the_bound_fails_cleanly_when_read() {
+    // 4 chunks of MAX_CHUNK_RAW_LEN, each from the 2048 bytes zstd needs at least: the
+    // table is consistent, so the file opens; reading garbage must fail cleanly.
+    let total = 4 * MAX_CHUNK_RAW_LEN;
+    let chunks: Vec<String> = (0..4)
+        .map(|i| format!("[{},2048,{MAX_CHUNK_RAW_LEN}]", i * 2048))
+        .collect();
+    let bytes = compressed(
+        &format!("[{total}]"),
+        "[0,8192]",
+        &format!("[{}]", chunks.join(",")),
+        &noise(8192, 3),
+    );
+    let reader = open_bytes(&bytes).unwrap();
+    let err = reader
+        .read_tensor("c")
+        .err()
+        .expect("reading 8 KiB of noise as 256 MiB must fail");
+    assert!(
+        matches!(err, Error::CorruptChunk { .. } | Error::OutOfMemory(_)),
+        "{err:?}"
+    );
 }
 
 #[test]

@@ -31,6 +31,13 @@ impl Codec for Lz4Codec {
         Ok(lz4_flex::block::compress(raw))
     }
 
+    /// An LZ4 block's best case is one long match: a 255-byte run of its
+    /// length per extension byte (plus a token, a literal and an offset to
+    /// start), so no byte decodes to more than 256.
+    fn max_expansion(&self) -> u64 {
+        256
+    }
+
     fn decompress_into(&self, stored: &[u8], out: &mut [u8]) -> Result<(), String> {
         let expected = out.len();
         let n = lz4_flex::block::decompress_into(stored, out).map_err(|e| format!("lz4: {e}"))?;

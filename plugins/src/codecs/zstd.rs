@@ -88,6 +88,13 @@ impl Codec for ZstdCodec {
         true
     }
 
+    /// A zstd block regenerates at most 128 KiB and takes at least 4 bytes
+    /// (a 3-byte block header and one RLE byte), and a frame adds its header:
+    /// no frame decodes to more than 32768 bytes per stored byte.
+    fn max_expansion(&self) -> u64 {
+        32768
+    }
+
     fn decompress_into(&self, stored: &[u8], out: &mut [u8]) -> Result<(), String> {
         let expected = out.len();
         let n = DECOMPRESSOR.with(|cell| {
