@@ -214,6 +214,9 @@ fn read_tensor_every_way(reader: &DtReader, info: &TensorInfo) -> Result<()> {
 /// | 9.. | with a filter: one u32 per plane, its stored length `v % plane_raw + 1` |
 /// | rest | the stored bytes (without a filter: all of them, which must be 1..=raw length) |
 ///
+/// As in the validator, a codec unit may not claim more raw bytes than
+/// [`Codec::max_expansion`] times its stored bytes.
+///
 /// # Errors
 /// [`Error::InvalidArgument`] for input the validator would have refused
 /// (too short, bad filter parameters); [`Error::CorruptChunk`] when the
@@ -261,6 +264,19 @@ pub fn chunks(data: &[u8]) -> Result<()> {
         return Err(Error::InvalidArgument(format!(
             "stored length {stored_len} not in 1..={raw_len}"
         )));
+    }
+    // The validator's expansion bound on every codec unit (a raw chunk or plane is a copy).
+    let units: Vec<(u64, u64)> = match &plane_lens {
+        None => vec![(stored_len, raw_len)],
+        Some(lens) => lens.iter().map(|&len| (len, raw_len / planes)).collect(),
+    };
+    if units
+        .iter()
+        .any(|&(s, r)| s < r && r > s.saturating_mul(codec.max_expansion()))
+    {
+        return Err(Error::InvalidArgument(
+            "a codec unit claims more than the codec can expand to".into(),
+        ));
     }
     let applied = filter.as_ref().map(|(f, params, planes)| AppliedFilter {
         filter: *f,
