@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine:
 #   bash scripts/dev.sh demo   set everything up, then run the demo
-#   bash scripts/dev.sh test   set everything up, then run every test (Rust + Python) and the linters
+#   bash scripts/dev.sh test   set everything up, then run every test (Rust + Python), the linters and
+#                              the fuzzers (DEATHTENSORS_FUZZ_SECONDS per target, default 60)
 #   bash scripts/dev.sh setup  only set up (.venv with the package built from source, torch, pytest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,8 @@ run_tests() {
     "$PY" -m ruff format --check python/python tests/python bench examples
     echo "== pytest"
     "$PY" -m pytest tests/python -q
+    echo "== fuzz (cargo-fuzz, every target; see docs/security.md)"
+    bash fuzz/run.sh "${DEATHTENSORS_FUZZ_SECONDS:-60}"
 }
 
 case "${1:-}" in
