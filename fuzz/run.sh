@@ -13,6 +13,8 @@
 # 4. runs each target with libFuzzer for SECONDS (-max_total_time), with a
 #    10 s timeout per input and 2 GiB limits on RSS and on any one malloc,
 #    DEATHTENSORS_FUZZ_JOBS targets at a time (default: one per core, at most 4);
+#    DEATHTENSORS_FUZZ_ARGS adds libFuzzer flags (later ones win, e.g.
+#    "-use_value_profile=1" or "-malloc_limit_mb=512");
 # 5. prints the executions per target, and exits non-zero if any target
 #    found a crash, a hang or an out-of-memory (the input is saved under
 #    fuzz/artifacts/<target>/; the log is fuzz/artifacts/<target>.log).
@@ -71,6 +73,7 @@ run_target() {
         -rss_limit_mb=2048 \
         -malloc_limit_mb=2048 \
         -print_final_stats=1 \
+        ${DEATHTENSORS_FUZZ_ARGS:-} \
         >"fuzz/artifacts/$target.log" 2>&1
 }
 

@@ -31,8 +31,9 @@ use deathtensors::writer::WriteOptions;
 use serde_json::{Map, Value};
 
 /// Decoded bytes after which `open_read` stops reading whole tensors of one
-/// input (a valid file may legitimately declare gigabytes of zeros in a few
-/// kilobytes of zstd frames; reading it all is not a bug, only slow).
+/// input: a valid compressed file may legitimately decode to up to 32768
+/// times its size (zstd's expansion bound); reading all of it is not a bug,
+/// only slow.
 pub const DECODE_BUDGET: u64 = 64 << 20;
 
 /// Largest raw chunk length the `chunks` target builds.
