@@ -51,6 +51,13 @@ pub struct DtReader {
     mapping: OnceLock<Arc<MmapMut>>,
 }
 
+/// Whether rayon's pool has a single worker (`RAYON_NUM_THREADS=1`): work is
+/// then done on the calling thread, because handing it to that one worker
+/// would serialise every thread that reads at the same time.
+fn single_threaded() -> bool {
+    rayon::current_num_threads() <= 1
+}
+
 /// Per-thread scratch of chunk decoding: stored bytes and decoded planes.
 type Scratch = (Vec<u8>, Vec<u8>);
 
@@ -198,7 +205,7 @@ impl DtReader {
 
     fn read_at(&self, out: &mut [u8], offset: u64) -> Result<()> {
         let read = |piece: &mut [u8], at: u64| self.file.read_exact_at(piece, at).map_err(|e| self.io_at(e, at));
-        if out.len() < 2 * PARALLEL_READ_PIECE {
+        if out.len() < 2 * PARALLEL_READ_PIECE || single_threaded() {
             return read(out, offset);
         }
         out.par_chunks_mut(PARALLEL_READ_PIECE)
@@ -225,6 +232,18 @@ impl DtReader {
             let (head, tail) = rest.split_at_mut(c.raw_len() as usize);
             pieces.push(head);
             rest = tail;
+        }
+        if pieces.len() == 1 || single_threaded() {
+            // On the caller's thread: no hand-off to the pool, and concurrent callers
+            // decode in parallel even when the pool has one worker.
+            let mut scratch = Scratch::default();
+            return pieces
+                .into_iter()
+                .zip(chunks)
+                .enumerate()
+                .try_for_each(|(index, (piece, chunk))| {
+                    self.decode_chunk(info, index, chunk, codec, piece, &mut scratch)
+                });
         }
         pieces
             .into_par_iter()
