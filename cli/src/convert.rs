@@ -52,9 +52,9 @@ pub(crate) struct ConvertArgs {
     json: bool,
 }
 
-/// How an import writes the `.deathtensors` file.
-#[derive(clap::Args)]
-struct WriteArgs {
+/// How an import writes the `.deathtensors` file (also `hub-convert`'s options).
+#[derive(clap::Args, serde::Serialize)]
+pub(crate) struct WriteArgs {
     /// Compress the .deathtensors file: `--compress` uses zstd, `--compress=lz4` names the codec.
     #[arg(long, value_name = "CODEC", num_args = 0..=1, require_equals = true, default_missing_value = "zstd")]
     compress: Option<String>,

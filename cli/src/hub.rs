@@ -101,15 +101,9 @@ pub(crate) struct ConvertArgs {
     /// The name of the .deathtensors file to upload (default: FILE with the extension replaced).
     #[arg(long)]
     output: Option<String>,
-    /// Compress: `--compress` uses zstd, `--compress=lz4` names the codec.
-    #[arg(long, value_name = "CODEC", num_args = 0..=1, require_equals = true, default_missing_value = "zstd")]
-    compress: Option<String>,
-    /// Compression level (default: the codec's).
-    #[arg(long, requires = "compress", allow_negative_numbers = true)]
-    level: Option<i32>,
-    /// Checksum algorithm of the footer (sha256, blake3), or `none`. Default: sha256.
-    #[arg(long, value_name = "ALGO")]
-    checksum: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    write: crate::convert::WriteArgs,
     /// Delete the .safetensors file in the same commit.
     #[arg(long)]
     delete_original: bool,

@@ -261,6 +261,18 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return repo
 
+    def _revision(
+        self, parts: Dict[str, str], rev: str
+    ) -> Tuple[Optional[Repo], Optional[Tuple[str, Dict[str, StoredFile]]]]:
+        """The repo and ``(commit, files)`` of ``rev``, or an error answered and a ``None`` (caller holds the lock)."""
+        repo = self._find(parts)
+        if repo is None:
+            return None, None
+        found = repo.resolve(rev)
+        if found is None:
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+        return repo, found
+
     # -- API ------------------------------------------------------------------------------------------
     def create_repo(self, parts: Dict[str, str], body: bytes, query: Dict[str, List[str]]) -> None:
         if self._token() is None:
@@ -281,12 +293,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def repo_info(self, parts: Dict[str, str], body: bytes, query: Dict[str, List[str]]) -> None:
         with self.hub.lock:
-            repo = self._find(parts)
-            if repo is None:
-                return
-            found = repo.resolve(parts.get("rev", "main"))
-            if found is None:
-                self._error(404, "RevisionNotFound", f"Invalid rev id: {parts.get('rev')}")
+            repo, found = self._revision(parts, parts.get("rev", "main"))
+            if repo is None or found is None:
                 return
             sha, files = found
             self._json(
@@ -304,12 +312,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def tree(self, parts: Dict[str, str], body: bytes, query: Dict[str, List[str]]) -> None:
         with self.hub.lock:
-            repo = self._find(parts)
-            if repo is None:
-                return
-            found = repo.resolve(parts["rev"])
-            if found is None:
-                self._error(404, "RevisionNotFound", f"Invalid rev id: {parts['rev']}")
+            repo, found = self._revision(parts, parts["rev"])
+            if repo is None or found is None:
                 return
             files = found[1]
         base = parts.get("path", "").strip("/")
@@ -413,12 +417,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def resolve(self, parts: Dict[str, str], body: bytes, query: Dict[str, List[str]]) -> None:
         with self.hub.lock:
-            repo = self._find(parts)
-            if repo is None:
-                return
-            found = repo.resolve(parts["rev"])
-            if found is None:
-                self._error(404, "RevisionNotFound", f"Invalid rev id: {parts['rev']}")
+            repo, found = self._revision(parts, parts["rev"])
+            if repo is None or found is None:
                 return
             sha, files = found
             f = files.get(parts["path"])
