@@ -28,6 +28,7 @@ one tensor of an uncompressed remote file by range, without downloading it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import posixpath
 import re
@@ -412,6 +413,11 @@ def _download(
         )
 
 
+def _fetch(repo_id: str, name: str, rev: Optional[str], **options: Any) -> str:
+    """:func:`_download` with the revision positional: the ``fetch(name, revision)`` of sharded reads."""
+    return _download(repo_id, name, revision=rev, **options)
+
+
 def load_from_hub(
     repo_id: str,
     filename: str,
@@ -529,18 +535,15 @@ def load_sharded_from_hub(
     _check_repo_type(repo_type)
     index_in_repo = _index_name(filename)
 
-    def fetch(name: str, rev: Optional[str]) -> str:
-        return _download(
-            repo_id,
-            name,
-            revision=rev,
-            repo_type=repo_type,
-            token=token,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            endpoint=endpoint,
-        )
-
+    fetch = functools.partial(
+        _fetch,
+        repo_id,
+        repo_type=repo_type,
+        token=token,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        endpoint=endpoint,
+    )
     index_path = fetch(index_in_repo, revision)
     return HubShardedReader(
         index_path, repo_id=repo_id, index_in_repo=index_in_repo, fetch=fetch, revision=revision, verify=verify
@@ -837,18 +840,9 @@ def convert_safetensors_on_hub(
     hf = _hf()
     sharded = safetensors_filename.endswith(".index.json")
 
-    def fetch(name: str, rev: Optional[str]) -> str:
-        return _download(
-            repo_id,
-            name,
-            revision=rev,
-            repo_type=repo_type,
-            token=tok,
-            cache_dir=cache_dir,
-            local_files_only=False,
-            endpoint=endpoint,
-        )
-
+    fetch = functools.partial(
+        _fetch, repo_id, repo_type=repo_type, token=tok, cache_dir=cache_dir, local_files_only=False, endpoint=endpoint
+    )
     src = fetch(safetensors_filename, revision)
     commit = _snapshot_commit(src, safetensors_filename) or revision
     folder = posixpath.dirname(safetensors_filename)
