@@ -72,6 +72,56 @@ pub fn encode<'r>(
     Ok((Cow::Owned(out), Some(lens)))
 }
 
+/// Bytes of a tensor that [`choose_params`] encodes with each candidate: at
+/// most this many, and at most a quarter of the tensor, so that choosing costs
+/// a bounded share of the compression.
+pub const FILTER_SAMPLE_BYTES: usize = 128 << 10;
+
+/// Tensors under this many bytes skip the trial and take the first candidate.
+pub const FILTER_TRIAL_MIN_BYTES: usize = 16 << 10;
+
+/// The sample of `bytes` that [`choose_params`] tries: a run of whole units
+/// of `unit` bytes from the middle of the tensor (`None` when the tensor is
+/// too small to be worth a trial).
+pub fn filter_sample(bytes: &[u8], unit: usize) -> Option<&[u8]> {
+    if bytes.len() < FILTER_TRIAL_MIN_BYTES || unit == 0 {
+        return None;
+    }
+    let len = (bytes.len() / 4).min(FILTER_SAMPLE_BYTES) / unit * unit;
+    let start = (bytes.len() - len) / 2 / unit * unit;
+    (len > 0).then(|| &bytes[start..start + len])
+}
+
+/// Index of the candidate parameter set (`(params, plane count)`) under which
+/// `sample` is stored smallest, the first on ties; 0 when there is only one.
+///
+/// # Errors
+/// The codec's message when it fails.
+pub fn choose_params(
+    sample: &[u8],
+    codec: &dyn Codec,
+    level: i32,
+    filter: &dyn Filter,
+    candidates: &[(Map<String, Value>, usize)],
+) -> Result<usize, String> {
+    if candidates.len() < 2 {
+        return Ok(0);
+    }
+    let mut best = (usize::MAX, 0);
+    for (i, (params, planes)) in candidates.iter().enumerate() {
+        let applied = AppliedFilter {
+            filter,
+            params,
+            planes: *planes,
+        };
+        let (stored, _) = encode(sample, codec, level, Some(applied))?;
+        if stored.len() < best.0 {
+            best = (stored.len(), i);
+        }
+    }
+    Ok(best.1)
+}
+
 /// Decode one chunk's `stored` bytes into `out` (exactly its raw length).
 /// `scratch` is reused between calls to hold decompressed planes.
 ///

@@ -164,8 +164,11 @@ pub trait DtypeHandler: Plugin {
 /// in the header (`{"id": ..., "params": {...}}`) so that the file says how to
 /// undo the transform.
 pub trait Filter: Plugin {
-    /// Parameters for tensors of `dtype`, or `None` if the filter does not apply to it.
-    fn params_for(&self, dtype: &dyn DtypeHandler) -> Option<Map<String, Value>>;
+    /// Parameter sets worth trying for tensors of `dtype`, the usual best
+    /// first; empty if the filter does not apply to it. When there are
+    /// several, writers encode a sample of each tensor with each set and keep
+    /// the one that stores smallest (see `chunk::choose_params`).
+    fn candidate_params(&self, dtype: &dyn DtypeHandler) -> Vec<Map<String, Value>>;
 
     /// Check parameters read from a file for a tensor of `dtype`, and return
     /// the number of planes (every chunk's raw length must be a multiple of it).

@@ -472,19 +472,13 @@ impl<'a> Plan<'a> {
             };
             add(item, &mut items)?;
         }
-        for item in &mut items {
-            if item.bytes().is_none() {
-                continue;
-            }
-            let chosen = candidates
-                .iter()
-                .find_map(|f| f.params_for(item.dtype).map(|p| (*f, p)));
-            if let Some((f, params)) = chosen {
-                let planes = f.plane_count(&params, item.dtype).map_err(|e| {
-                    Error::InvalidArgument(format!("filter {} refuses its own parameters: {e}", f.id()))
-                })?;
-                item.filter = Some((f, params, planes));
-            }
+        let level = codec.map(|(_, level)| level);
+        let chosen: Vec<Option<SelectedFilter>> = items
+            .par_iter()
+            .map(|item| choose_filter(item, &candidates, codec.map(|(c, _)| c), level.unwrap_or(0)))
+            .collect::<Result<_>>()?;
+        for (item, filter) in items.iter_mut().zip(chosen) {
+            item.filter = filter;
         }
         Ok(Plan {
             items,
@@ -493,6 +487,42 @@ impl<'a> Plan<'a> {
             chunk_bytes: options.chunk_bytes,
         })
     }
+}
+
+/// The filter and parameters for `item`: the first of `filters` that applies
+/// to its dtype; among that filter's candidate parameters, the one that stores
+/// a sample of the item's bytes smallest (`chunk::choose_params`).
+fn choose_filter(
+    item: &Item<'_>,
+    filters: &[&'static dyn Filter],
+    codec: Option<&'static dyn Codec>,
+    level: i32,
+) -> Result<Option<SelectedFilter>> {
+    let (Some(bytes), Some(codec)) = (item.bytes(), codec) else {
+        return Ok(None);
+    };
+    let Some((f, params)) = filters.iter().find_map(|f| {
+        let params = f.candidate_params(item.dtype);
+        (!params.is_empty()).then_some((*f, params))
+    }) else {
+        return Ok(None);
+    };
+    let refused = |e: String| Error::InvalidArgument(format!("filter {} refuses its own parameters: {e}", f.id()));
+    let candidates = params
+        .into_iter()
+        .map(|p| f.plane_count(&p, item.dtype).map(|n| (p, n)).map_err(refused))
+        .collect::<Result<Vec<_>>>()?;
+    let widest = candidates.iter().map(|(_, n)| *n).max().unwrap_or(1);
+    let pick = match chunk::filter_sample(bytes, item.dtype.item_size().max(1) * widest) {
+        Some(sample) => chunk::choose_params(sample, codec, level, f, &candidates).map_err(|reason| {
+            Error::InvalidArgument(format!("tensor {:?}: codec {} failed: {reason}", item.name, codec.id()))
+        })?,
+        None => 0,
+    };
+    Ok(candidates
+        .into_iter()
+        .nth(pick)
+        .map(|(params, planes)| (f, params, planes)))
 }
 
 /// Refuse `metadata` that would nest the header deeper than

@@ -1052,6 +1052,71 @@ fn filtered_tensor_whose_first_chunk_is_raw_round_trips() {
     reader.verify().unwrap();
 }
 
+/// F32 values `scale × N(0, 1)` (Box-Muller in f64, then rounded), little-endian.
+fn gaussian_f32(n: usize, scale: f64, seed: u64) -> Vec<u8> {
+    let mut lcg = Lcg::new(seed);
+    let mut uniform = move || ((lcg.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+    (0..n)
+        .flat_map(|_| {
+            let (u1, u2) = (uniform(), uniform());
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            ((z * scale) as f32).to_le_bytes()
+        })
+        .collect()
+}
+
+/// Stored bytes of `data` as F32 chunks of `chunk` bytes, bytegroup-filtered with `params`.
+fn bytegroup_size(data: &[u8], params: &Map<String, Value>, chunk: usize) -> usize {
+    let codec = registry::codecs().unwrap().get("zstd").unwrap();
+    let filter = registry::filters().unwrap().get("bytegroup").unwrap();
+    let applied = deathtensors::chunk::AppliedFilter {
+        filter,
+        params,
+        planes: 4,
+    };
+    data.chunks(chunk)
+        .map(|raw| {
+            deathtensors::chunk::encode(raw, codec, 3, Some(applied))
+                .unwrap()
+                .0
+                .len()
+        })
+        .sum()
+}
+
+/// The writer tries each `rotate` the bytegroup filter offers on a sample of
+/// the tensor and keeps the one that stores smaller: 3 for weights of small
+/// magnitude (the exponent's top bits are constant), 1 for N(0, 1) values.
+#[test]
+fn bytegroup_rotation_is_chosen_per_tensor_by_size() {
+    let small = gaussian_f32(256 * 1024, 0.02, 1);
+    let unit = gaussian_f32(256 * 1024, 1.0, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let options = opts(Some("zstd"), Some("sha256"));
+    let tensors = [
+        tensor("small", "F32", &[256, 1024], &small),
+        tensor("unit", "F32", &[256, 1024], &unit),
+    ];
+    let path = write_valid(dir.path(), "rotate", &tensors, &Map::new(), &options);
+    let reader = DtReader::open(&path).unwrap();
+    for (name, data, expected) in [("small", &small, 3), ("unit", &unit, 1)] {
+        let info = reader.tensor(name).unwrap();
+        let (filter, params, _) = info.filter.as_ref().unwrap();
+        let id = filter.id();
+        assert_eq!(id, "bytegroup", "{name}");
+        assert_eq!(params["rotate"], json!(expected), "{name}");
+        let other = obj(json!({"width": 4, "rotate": if expected == 3 { 1 } else { 3 }}));
+        let chosen = bytegroup_size(data, params, options.chunk_bytes as usize);
+        let alternative = bytegroup_size(data, &other, options.chunk_bytes as usize);
+        assert!(
+            chosen < alternative,
+            "{name}: rotate {expected} stores {chosen}, the other {alternative}"
+        );
+        assert_eq!(&reader.read_tensor(name).unwrap()[..], &data[..], "{name}");
+    }
+    reader.verify().unwrap();
+}
+
 #[test]
 fn read_range_decodes_only_the_covering_chunks() {
     let data = pattern(64 * 1000, 5);

@@ -10,12 +10,33 @@
 //! bottom, so for BF16, F32 and F64 the top plane holds exponent bits alone.
 //! The exponent of real weights takes few values and compresses to about a
 //! third; the mantissa planes barely compress and are usually stored raw.
+//!
+//! For F32 and F64 (and the complex types built on them) the filter offers a
+//! second, larger rotation, and the writer keeps whichever stores a sample of
+//! the tensor smaller. On small weights (|x| < 2) the larger one wins: the
+//! exponent's top bits are constant there, so moving them to the low plane
+//! makes that plane compressible too (all-MiniLM-L6-v2 in F32: 0.8197 of the
+//! raw size with `rotate = 1`, 0.8172 with 3). On N(0, 1) data `rotate = 1`
+//! stays best. F16 and BF16 keep `rotate = 1`: there the extra compressed
+//! plane would be half the bytes, and in BF16 it halved decompression speed
+//! (2.2 to 1.0 GB/s on one core) for files 0.6% smaller.
 
 use deathtensors::registry::{DtypeHandler, DtypeKind, Filter, Plugin};
 use serde_json::{json, Map, Value};
 
 /// Byte grouping with sign rotation for multi-byte floating-point dtypes.
 pub struct ByteGroupFilter;
+
+/// The second rotation tried for F32 (and C64): besides the sign it
+/// moves the exponent's top two bits, which are constant for values of
+/// magnitude below 2 (most trained weights), to the low plane, and gives the
+/// top plane the two leading mantissa bits instead.
+const NARROW_EXPONENT_ROTATE: u32 = 3;
+
+/// The second rotation tried for F64 (and C128): the sign and the top four of
+/// its eleven exponent bits go to the low plane, so the top plane holds the
+/// exponent's low eight bits.
+const WIDE_EXPONENT_ROTATE: u32 = 5;
 
 impl Plugin for ByteGroupFilter {
     fn id(&self) -> &'static str {
@@ -41,19 +62,30 @@ fn width_and_rotate(params: &Map<String, Value>) -> (usize, u32) {
 }
 
 impl Filter for ByteGroupFilter {
-    fn params_for(&self, dtype: &dyn DtypeHandler) -> Option<Map<String, Value>> {
+    fn candidate_params(&self, dtype: &dyn DtypeHandler) -> Vec<Map<String, Value>> {
         let width = match dtype.kind() {
             DtypeKind::Float => dtype.item_size(),
             DtypeKind::Complex => dtype.item_size() / 2,
-            _ => return None,
+            _ => return Vec::new(),
         };
         if width < 2 {
-            return None;
+            return Vec::new();
         }
-        match json!({"width": width, "rotate": 1}) {
-            Value::Object(m) => Some(m),
-            _ => None,
-        }
+        // A second rotation makes one more plane worth entropy-coding, which
+        // costs decoding time: offered where that plane is at most a quarter
+        // of the bytes (widths 4 and 8), not for F16 and BF16.
+        let rotations: &[u32] = match width {
+            8 => &[1, WIDE_EXPONENT_ROTATE],
+            4 => &[1, NARROW_EXPONENT_ROTATE],
+            _ => &[1],
+        };
+        rotations
+            .iter()
+            .filter_map(|&rotate| match json!({"width": width, "rotate": rotate}) {
+                Value::Object(m) => Some(m),
+                _ => None,
+            })
+            .collect()
     }
 
     fn plane_count(&self, params: &Map<String, Value>, dtype: &dyn DtypeHandler) -> Result<usize, String> {
@@ -171,16 +203,21 @@ mod tests {
 
     fn round_trip(dtype_id: &str, raw: &[u8]) -> Vec<u8> {
         let dtype = deathtensors::registry::dtypes().unwrap().get(dtype_id).unwrap();
-        let params = ByteGroupFilter.params_for(dtype).expect("applies to floats");
-        let n = ByteGroupFilter.plane_count(&params, dtype).unwrap();
-        let mut planes = vec![0u8; raw.len()];
-        ByteGroupFilter.encode(&params, raw, &mut planes);
-        let len = raw.len() / n;
-        let views: Vec<&[u8]> = planes.chunks(len.max(1)).take(n).collect();
-        let mut back = vec![0u8; raw.len()];
-        ByteGroupFilter.decode(&params, &views, &mut back);
-        assert_eq!(back, raw, "{dtype_id}");
-        planes
+        let candidates = ByteGroupFilter.candidate_params(dtype);
+        assert!(!candidates.is_empty(), "applies to {dtype_id}");
+        let mut first = None;
+        for params in &candidates {
+            let n = ByteGroupFilter.plane_count(params, dtype).unwrap();
+            let mut planes = vec![0u8; raw.len()];
+            ByteGroupFilter.encode(params, raw, &mut planes);
+            let len = raw.len() / n;
+            let views: Vec<&[u8]> = planes.chunks(len.max(1)).take(n).collect();
+            let mut back = vec![0u8; raw.len()];
+            ByteGroupFilter.decode(params, &views, &mut back);
+            assert_eq!(back, raw, "{dtype_id} {params:?}");
+            first.get_or_insert(planes);
+        }
+        first.unwrap()
     }
 
     #[test]
@@ -201,10 +238,42 @@ mod tests {
     }
 
     #[test]
+    fn f32_second_rotation_moves_the_exponents_top_bits_down() {
+        // 0.5f32 = 0x3f000000: sign 0, exponent 126 (0b0111_1110), mantissa 0.
+        let f32 = deathtensors::registry::dtypes().unwrap().get("F32").unwrap();
+        let candidates = ByteGroupFilter.candidate_params(f32);
+        let rotates: Vec<u64> = candidates.iter().map(|p| p["rotate"].as_u64().unwrap()).collect();
+        assert_eq!(rotates, [1, 3]);
+        let mut planes = [0u8; 4];
+        ByteGroupFilter.encode(&candidates[1], &0.5f32.to_le_bytes(), &mut planes);
+        // Top plane: the exponent's low six bits, then two mantissa bits (0).
+        assert_eq!(planes[3], 0b1111_1000);
+        // Low plane: exponent bit 6 (1), bit 7 (0) and the sign (0) at the bottom.
+        assert_eq!(planes[0], 0b0000_0001);
+    }
+
+    #[test]
+    fn two_byte_floats_have_one_candidate_wider_ones_two() {
+        let reg = deathtensors::registry::dtypes().unwrap();
+        let rotates = |id: &str| -> Vec<u64> {
+            let params = ByteGroupFilter.candidate_params(reg.get(id).unwrap());
+            params.iter().map(|p| p["rotate"].as_u64().unwrap()).collect()
+        };
+        assert_eq!(rotates("F16"), [1]);
+        assert_eq!(rotates("BF16"), [1]);
+        assert_eq!(rotates("F64"), [1, 5]);
+        assert_eq!(rotates("C128"), [1, 5]);
+        assert_eq!(rotates("C64"), [1, 3]);
+    }
+
+    #[test]
     fn integers_and_one_byte_floats_are_skipped() {
         let reg = deathtensors::registry::dtypes().unwrap();
         for id in ["I32", "U16", "BOOL", "U8", "F8_E4M3", "F8_E5M2"] {
-            assert!(ByteGroupFilter.params_for(reg.get(id).unwrap()).is_none(), "{id}");
+            assert!(
+                ByteGroupFilter.candidate_params(reg.get(id).unwrap()).is_empty(),
+                "{id}"
+            );
         }
     }
 
