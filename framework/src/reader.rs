@@ -1,7 +1,7 @@
 //! Opening and reading `.deathtensors` files.
 
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
@@ -114,6 +114,16 @@ impl DtReader {
     /// The path the file was opened from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// `(device, inode)` of the open file: which file this reader holds,
+    /// whatever its path names now (a save replaces a path with a new inode).
+    ///
+    /// # Errors
+    /// I/O errors of `fstat`.
+    pub fn file_identity(&self) -> Result<(u64, u64)> {
+        let meta = self.file.metadata().map_err(|e| Error::io(&self.path, e))?;
+        Ok((meta.dev(), meta.ino()))
     }
 
     /// The file's length in bytes.

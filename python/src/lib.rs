@@ -460,6 +460,11 @@ impl Reader {
         serde_json::to_string(&s).map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
 
+    /// `(st_dev, st_ino)` of the open file (fstat), whatever its path names now.
+    fn file_identity(&self, py: Python<'_>) -> PyResult<(u64, u64)> {
+        self.get()?.file_identity().map_err(|e| to_py(py, e))
+    }
+
     /// Raw bytes produced from chunks so far (proves that reads stay lazy).
     fn decoded_bytes(&self) -> PyResult<u64> {
         Ok(self.get()?.decoded_bytes())

@@ -383,6 +383,54 @@ def test_other_shards_are_never_touched(small):
         assert sr.opened_shards() == [names[1]]
 
 
+def test_resave_while_open_never_mixes_versions(small):
+    """Regression: a reader opened before a re-save with the same shard names
+    used to open the new save's shard lazily and return new tensors beside old ones."""
+    folder, tensors, names = small
+    newer = {k: v + 100 for k, v in tensors.items()}
+    with dt.open_sharded(folder / "s.deathtensors") as sr:
+        assert torch.equal(sr.get_tensor("t2"), tensors["t2"])  # opens shard 2 of the first save
+        dt.save_sharded(folder / "s.deathtensors", newer, max_shard_bytes=64, checksum=True, compress=True)
+        assert sorted(os.listdir(folder)) == sorted(names + ["s.deathtensors.index.json"])  # same names
+        # The open shard keeps reading the version the index described...
+        assert torch.equal(sr.get_tensor("t3"), tensors["t3"])
+        # ...and a shard the new save replaced is refused, not read.
+        for name in ("t0", "t5"):
+            with pytest.raises(dt.FormatError, match="replaced after .* was opened"):
+                sr.get_tensor(name)
+        assert sr.opened_shards() == [names[1]]
+    with dt.open_sharded(folder / "s.deathtensors") as sr:  # reopened: the new version throughout
+        assert all(torch.equal(sr.get_tensor(k), v) for k, v in newer.items())
+
+
+def test_shard_created_after_open_is_refused(small):
+    folder, tensors, names = small
+    os.remove(folder / names[0])
+    with dt.open_sharded(folder / "s.deathtensors") as sr:
+        dt.save(folder / names[0], {"t0": tensors["t0"] * 2, "t1": tensors["t1"]})
+        with pytest.raises(dt.FormatError, match="replaced"):
+            sr.get_tensor("t0")
+
+
+def test_index_replaced_while_opening_is_reread(small, monkeypatch):
+    """The shards' identities are taken while the index stays the same file."""
+    folder, tensors, names = small
+    real = _sharded._read_index
+    calls = []
+
+    def read_then_resave(path):
+        doc = real(path)
+        calls.append(path)
+        if len(calls) == 1:  # a save lands between reading the index and looking at the shards
+            dt.save_sharded(folder / "s.deathtensors", {"n": _f32(8, 9)}, max_shard_bytes=64)
+        return doc
+
+    monkeypatch.setattr(_sharded, "_read_index", read_then_resave)
+    with dt.open_sharded(folder / "s.deathtensors") as sr:
+        assert len(calls) == 2 and sr.keys() == ["n"]
+        assert torch.equal(sr.get_tensor("n"), _f32(8, 9))
+
+
 def test_unknown_names(small):
     folder, tensors, _ = small
     with dt.open_sharded(folder / "s.deathtensors.index.json") as sr:

@@ -4,7 +4,7 @@
 use deathtensors_plugins as _;
 
 use std::fs;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use deathtensors::format::{Chunk, FLAG_CHECKSUM, FLAG_COMPRESSED, FOOTER_LEN, MAGIC, PREAMBLE_LEN, TENSOR_ALIGNMENT};
@@ -702,6 +702,9 @@ fn saving_over_an_open_file_leaves_the_reader_on_the_old_contents() {
             &opts(codec, checksum),
         );
         let reader = DtReader::open(&path).unwrap();
+        let held = reader.file_identity().unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(held, (meta.dev(), meta.ino()));
         write_valid(
             dir.path(),
             "model.dt",
@@ -718,6 +721,9 @@ fn saving_over_an_open_file_leaves_the_reader_on_the_old_contents() {
             reader.verify().unwrap();
         }
         let fresh = DtReader::open(&path).unwrap();
+        // The path now names another file; the old reader still holds its own.
+        assert_eq!(reader.file_identity().unwrap(), held);
+        assert_ne!(fresh.file_identity().unwrap(), held);
         assert_eq!(fresh.keys().collect::<Vec<_>>(), ["new", "other"]);
         assert!(fresh.read_tensor("new").unwrap()[..] == new[..]);
         assert!(matches!(fresh.read_tensor("old"), Err(Error::TensorNotFound(ref n)) if n == "old"));

@@ -527,22 +527,73 @@ def _resolve_index(path: str) -> str:
     )
 
 
+#: How many times opening a sharded checkpoint re-reads an index that was
+#: replaced while its shards were being looked at.
+_SNAPSHOT_TRIES = 5
+
+
+def _file_identity(path: str) -> Optional[Tuple[int, int]]:
+    """``(st_dev, st_ino)`` of the file ``path`` names now (links followed), or None if it is missing."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _file_state(path: str) -> Optional[Tuple[int, ...]]:
+    """Identity, size and times (ns) of the file ``path`` names, or None if missing.
+
+    Inode numbers are reused as soon as a file is deleted, so a replaced index
+    can come back with its predecessor's inode; its size or times then differ.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class ShardedReader:
     """A lazily read sharded checkpoint (see :func:`open_sharded`).
 
-    Opening reads and validates the index only. A shard is opened (its header
-    read) the first time one of its tensors is asked for, and stays open until
-    :meth:`close`; :meth:`opened_shards` tells which. Use as a context manager.
+    Opening reads and validates the index only (and notes which file each
+    shard name holds). A shard is opened (its header read) the first time one
+    of its tensors is asked for, and stays open until :meth:`close`;
+    :meth:`opened_shards` tells which. If the checkpoint is saved again in the
+    meantime, shards already open keep reading the old version, and opening a
+    shard that the new save replaced raises :class:`FormatError` instead of
+    mixing the two versions. Use as a context manager.
     Safe to share between threads.
     """
+
+    #: Whether each shard must be the very file its name held when the index
+    #: was read. A save replaces shard files under the same names, so without
+    #: this a shard opened later could come from a newer save than the index
+    #: and the shards opened before it. (A subclass whose shards come from a
+    #: pinned revision turns it off.)
+    _pins_shard_files = True
 
     def __init__(self, path: PathLike, verify: bool = False) -> None:
         pkg = _pkg()
         self._index_path = os.path.abspath(_resolve_index(pkg.expand_path(path)))
         self._folder = os.path.dirname(self._index_path)
         self._verify_on_open = bool(verify)
-        doc = _read_index(self._index_path)
         where = f"sharded index {self._index_path!r}"
+        self._shard_ids: Dict[str, Optional[Tuple[int, int]]] = {}
+        for _ in range(_SNAPSHOT_TRIES):
+            # Saves replace the index, never rewrite it in place: if it is the same
+            # file before and after, the shards seen in between belong to that index.
+            index_state = _file_state(self._index_path)
+            doc = _read_index(self._index_path)
+            if not self._pins_shard_files:
+                break
+            names = set(checked_weight_map(doc, where).values())
+            self._shard_ids = {s: _file_identity(os.path.join(self._folder, s)) for s in names}
+            if _file_state(self._index_path) == index_state:
+                break
+        else:
+            raise FormatError(f"{where} was replaced {_SNAPSHOT_TRIES} times while it was being opened")
 
         meta = doc.get("metadata", {})
         if meta is None:
@@ -676,6 +727,11 @@ class ShardedReader:
         except DeathtensorsError as e:
             raise type(e)(f"shard {shard!r}: {e}") from e
         try:
+            if self._pins_shard_files and f._reader.file_identity() != self._shard_ids.get(shard):
+                raise FormatError(
+                    f"shard {shard!r} was replaced after {self._index_path!r} was opened (the checkpoint "
+                    "was saved again); open the checkpoint again to read the new version"
+                )
             missing = [t for t in self._by_shard.get(shard, []) if t not in f]
             if missing:
                 raise FormatError(

@@ -481,6 +481,9 @@ class HubShardedReader(_sharded.ShardedReader):
     lands meanwhile cannot mix two versions.
     """
 
+    # Shards are pinned by the index's commit, and downloaded only when used.
+    _pins_shard_files = False
+
     def __init__(
         self,
         index_path: str,
