@@ -61,12 +61,13 @@ def build_file(weights: str, path: str) -> str:
     return source
 
 
-def worker(path: str, passes: int, repeats: int) -> Dict[str, Any]:
+def worker(path: str, passes: int, repeats: int, api: str = "get_tensor") -> Dict[str, Any]:
     """Subprocess body: time one and two threads under the inherited RAYON_NUM_THREADS."""
     import deathtensors as dt
 
     with dt.open(path) as f:
         names = f.keys()
+        get = getattr(f, api)
         raw = sum(int(f.info(n)["nbytes"]) for n in names)
         expected = {n: f.get_bytes(n) for n in names}  # also warms the page cache
 
@@ -75,7 +76,7 @@ def worker(path: str, passes: int, repeats: int) -> Dict[str, Any]:
             for p in range(k, passes, threads):
                 start = (p * 7) % len(names)
                 for n in names[start:] + names[:start]:
-                    f.get_tensor(n)
+                    get(n)
 
         def run(threads: int) -> None:
             ts = [threading.Thread(target=read, args=(k, threads)) for k in range(threads)]
@@ -121,16 +122,18 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=8, help="full reads of the file per timed run (even)")
     ap.add_argument("--repeats", type=int, default=9, help="timed runs of each, alternating")
     ap.add_argument("--out", default=None, help="write the JSON result here too")
+    ap.add_argument("--api", default="get_tensor", choices=["get_tensor", "get_bytes"], help="the read call timed")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.passes, args.repeats)))
+        print(json.dumps(worker(args.worker, args.passes, args.repeats, args.api)))
         return
 
     with tempfile.TemporaryDirectory(prefix="dt-bench-threads-") as tmp:
         path = os.path.join(tmp, "bf16-zstd.deathtensors")
         source = build_file(args.weights, path)
-        result: Dict[str, Any] = {"weights": source, "cpus": os.cpu_count(), "passes": args.passes, "modes": {}}
+        result: Dict[str, Any] = {"weights": source, "cpus": os.cpu_count(), "passes": args.passes, "api": args.api}
+        result["modes"] = {}
         result["load_average_before"] = os.getloadavg()
         for label, rayon in (("rayon 1 thread per call", "1"), ("rayon default", None)):
             env = dict(os.environ)
@@ -138,7 +141,7 @@ def main() -> None:
             if rayon is not None:
                 env["RAYON_NUM_THREADS"] = rayon
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", path]
-            cmd += ["--passes", str(args.passes), "--repeats", str(args.repeats)]
+            cmd += ["--passes", str(args.passes), "--repeats", str(args.repeats), "--api", args.api]
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
             result["modes"][label] = json.loads(out)
         result["load_average_after"] = os.getloadavg()

@@ -471,12 +471,39 @@ impl Reader {
     }
 
     /// Decode one tensor into `bytes`.
+    ///
+    /// The object is allocated uninitialised with the GIL held, then zeroed
+    /// and filled with the GIL released. (`PyBytes::new_with` zeroes it with
+    /// the GIL held: a pass over the whole tensor that stalls other threads.)
     fn read_bytes<'py>(&self, py: Python<'py>, name: &'py str) -> PyResult<Bound<'py, PyBytes>> {
         let r = self.get()?;
         let info = r.tensor(name).map_err(|e| to_py(py, e))?.clone();
-        PyBytes::new_with(py, info.nbytes as usize, |out| {
-            py.detach(|| r.read_into(&info, out)).map_err(|e| to_py(py, e))
+        let len = usize::try_from(info.nbytes)
+            .ok()
+            .and_then(|n| ffi::Py_ssize_t::try_from(n).ok().map(|s| (n, s)));
+        let Some((len, ssize)) = len else {
+            return Err(to_py(py, Error::OutOfMemory(info.nbytes)));
+        };
+        // SAFETY: with a NULL source CPython returns a new, uninitialised bytes
+        // object of `ssize` bytes (or NULL with MemoryError set).
+        let object =
+            unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyBytes_FromStringAndSize(std::ptr::null(), ssize))? };
+        // SAFETY: the object is a bytes object; its buffer has `len` bytes.
+        let data = unsafe { ffi::PyBytes_AsString(object.as_ptr()) } as usize;
+        py.detach(|| {
+            let ptr = data as *mut u8;
+            // SAFETY: the object is new and only this call refers to it until it
+            // returns, so no Python code reads or writes the buffer meanwhile; it
+            // is zeroed before a slice is made of it.
+            let out = unsafe {
+                std::ptr::write_bytes(ptr, 0, len);
+                std::slice::from_raw_parts_mut(ptr, len)
+            };
+            r.read_into(&info, out)
         })
+        .map_err(|e| to_py(py, e))?;
+        // SAFETY: PyBytes_FromStringAndSize returned a bytes object.
+        Ok(unsafe { object.cast_into_unchecked::<PyBytes>() })
     }
 
     /// Check the footer; raises ChecksumError / NoChecksumError.
