@@ -370,6 +370,19 @@ pub struct Layout {
     pub index: HashMap<String, usize>,
 }
 
+impl Layout {
+    /// The entry named `name`.
+    ///
+    /// # Errors
+    /// [`Error::TensorNotFound`] when there is none.
+    pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
+        self.index
+            .get(name)
+            .map(|&i| &self.tensors[i])
+            .ok_or_else(|| Error::TensorNotFound(name.to_owned()))
+    }
+}
+
 /// The fixed 24-byte preamble.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Preamble {

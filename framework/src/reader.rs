@@ -151,11 +151,7 @@ impl DtReader {
     /// # Errors
     /// [`Error::TensorNotFound`].
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
-        self.layout
-            .index
-            .get(name)
-            .map(|&i| &self.layout.tensors[i])
-            .ok_or_else(|| Error::TensorNotFound(name.to_owned()))
+        self.layout.tensor(name)
     }
 
     /// The global metadata.
@@ -280,17 +276,7 @@ impl DtReader {
         }
         stored.resize(chunk.stored_len() as usize, 0);
         self.read_at(stored, chunk.offset())?;
-        let filter = info.filter.as_ref().map(|(f, params, planes)| AppliedFilter {
-            filter: *f,
-            params,
-            planes: *planes,
-        });
-        chunk::decode(stored, chunk, codec, filter, out, planes).map_err(|reason| Error::CorruptChunk {
-            name: info.name.clone(),
-            index,
-            offset: chunk.offset(),
-            reason,
-        })
+        decode_chunk_of(info, index, chunk, codec, stored, out, planes)
     }
 
     /// Read stored bytes at absolute file `offset` (for copying tensors
@@ -576,6 +562,77 @@ where
     }
     let header = format::Header::parse(&text)?;
     format::validate(preamble, header, file_len)
+}
+
+/// Decode chunk `index` of `info` from its `stored` bytes into `out`; a
+/// failure is [`Error::CorruptChunk`] naming the tensor, chunk and offset.
+fn decode_chunk_of(
+    info: &TensorInfo,
+    index: usize,
+    chunk: &Chunk,
+    codec: &dyn Codec,
+    stored: &[u8],
+    out: &mut [u8],
+    planes: &mut Vec<u8>,
+) -> Result<()> {
+    let filter = info.filter.as_ref().map(|(f, params, planes)| AppliedFilter {
+        filter: *f,
+        params,
+        planes: *planes,
+    });
+    chunk::decode(stored, chunk, codec, filter, out, planes).map_err(|reason| Error::CorruptChunk {
+        name: info.name.clone(),
+        index,
+        offset: chunk.offset(),
+        reason,
+    })
+}
+
+/// Decode a tensor of `layout` from its stored bytes fetched some other way
+/// than by a [`DtReader`] (an HTTP range of a remote file, say): `stored` is
+/// the file's bytes `[info.file_offset, info.file_offset + info.stored_len)`.
+/// Chunks decode in parallel, each bounded by its declared raw length.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when `stored` has another length;
+/// [`Error::OutOfMemory`]; [`Error::CorruptChunk`].
+pub fn decode_stored(layout: &Layout, info: &TensorInfo, stored: &[u8]) -> Result<AlignedBuf> {
+    if stored.len() as u64 != info.stored_len {
+        return Err(Error::InvalidArgument(format!(
+            "tensor {:?} stores {} bytes, {} were given",
+            info.name,
+            info.stored_len,
+            stored.len()
+        )));
+    }
+    let mut out = AlignedBuf::zeroed(info.nbytes)?;
+    let (Some(chunks), Some(codec)) = (&info.chunks, layout.codec) else {
+        out.copy_from_slice(stored);
+        return Ok(out);
+    };
+    let mut pieces = Vec::with_capacity(chunks.len());
+    let mut rest = &mut out[..];
+    for c in chunks {
+        let (head, tail) = rest.split_at_mut(c.raw_len() as usize);
+        pieces.push(head);
+        rest = tail;
+    }
+    pieces
+        .into_par_iter()
+        .zip(chunks.par_iter())
+        .enumerate()
+        .try_for_each_init(Vec::new, |planes, (index, (piece, chunk))| {
+            // Validated: chunks are contiguous from `file_offset` and end at `stored_len`.
+            let at = (chunk.offset() - info.file_offset) as usize;
+            let bytes = stored.get(at..at + chunk.stored_len() as usize).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "chunk {index} of {:?} lies outside its stored bytes",
+                    info.name
+                ))
+            })?;
+            decode_chunk_of(info, index, chunk, codec, bytes, piece, planes)
+        })?;
+    Ok(out)
 }
 
 /// Lower-case hex of bytes.

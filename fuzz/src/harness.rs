@@ -119,8 +119,10 @@ pub fn header(data: &[u8]) -> Result<()> {
 ///
 /// Every tensor is read whole (within [`DECODE_BUDGET`]), in a few ranges
 /// ([`DtReader::read_range`]: the first element, a middle span, the last
-/// element; each must equal the same bytes of the whole read), and through
-/// [`stats::tensor_stats`]; a file with a footer is verified.
+/// element; each must equal the same bytes of the whole read), through
+/// [`deathtensors::reader::decode_stored`] of its stored bytes (the remote
+/// path; must equal the whole read) and through [`stats::tensor_stats`]; a
+/// file with a footer is verified.
 ///
 /// # Errors
 /// The first error the library reported; reading goes on through every
@@ -141,7 +143,7 @@ pub fn open_read(data: &[u8]) -> Result<()> {
         }
     };
     for info in reader.tensors() {
-        keep(read_tensor_every_way(&reader, info));
+        keep(read_tensor_every_way(&reader, info, data));
     }
     if reader.checksum().is_some() {
         keep(reader.verify());
@@ -152,12 +154,21 @@ pub fn open_read(data: &[u8]) -> Result<()> {
     }
 }
 
-fn read_tensor_every_way(reader: &DtReader, info: &TensorInfo) -> Result<()> {
+fn read_tensor_every_way(reader: &DtReader, info: &TensorInfo, data: &[u8]) -> Result<()> {
     let item = info.dtype.item_size() as u64;
     assert!(item > 0 && info.nbytes % item == 0, "{info:?}: whole elements");
     let whole = if reader.decoded_bytes().saturating_add(info.nbytes) <= DECODE_BUDGET {
         let buf = reader.read_tensor(&info.name)?;
         assert_eq!(buf.len() as u64, info.nbytes, "{info:?}: read_tensor length");
+        // The remote path (stored bytes fetched by range) decodes them alike.
+        let stored = &data[info.file_offset as usize..(info.file_offset + info.stored_len) as usize];
+        match deathtensors::reader::decode_stored(reader.layout(), info, stored) {
+            Ok(remote) => assert!(
+                remote[..] == buf[..],
+                "{info:?}: decode_stored differs from read_tensor"
+            ),
+            Err(e) => panic!("{info:?}: read_tensor succeeded, decode_stored failed: {e}"),
+        }
         Some(buf)
     } else {
         None

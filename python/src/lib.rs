@@ -617,6 +617,49 @@ fn describe(layout: &Layout, file_len: u64) -> Value {
     })
 }
 
+/// `fetch(offset, length) -> bytes` from Python, checked to return exactly `length` bytes.
+fn fetch_exact(fetch: &Bound<'_, PyAny>, offset: u64, buf: &mut [u8], what: &'static str) -> PyResult<Option<Error>> {
+    let bytes = fetch.call1((offset, buf.len()))?.extract::<Vec<u8>>()?;
+    if bytes.len() != buf.len() {
+        return Ok(Some(Error::Truncated {
+            what,
+            needed: buf.len() as u64,
+            available: bytes.len() as u64,
+        }));
+    }
+    buf.copy_from_slice(&bytes);
+    Ok(None)
+}
+
+/// Validate the header of a file of `file_len` bytes read through `fetch`:
+/// the same checks as a local open. An exception raised by `fetch` propagates.
+fn remote_layout(
+    py: Python<'_>,
+    file_len: u64,
+    fetch: &Bound<'_, PyAny>,
+    max_header_len: Option<u64>,
+) -> PyResult<Layout> {
+    let mut options = ReadOptions::default();
+    if let Some(limit) = max_header_len {
+        options.max_header_len = limit;
+    }
+    let mut raised: Option<PyErr> = None;
+    let result = read_layout(file_len, &options, |offset, buf| {
+        match fetch_exact(fetch, offset, buf, "a range read of the header") {
+            Ok(None) => Ok(()),
+            Ok(Some(short)) => Err(short),
+            Err(e) => {
+                raised = Some(e);
+                Err(Error::InvalidArgument("fetch failed".into()))
+            }
+        }
+    });
+    if let Some(e) = raised {
+        return Err(e);
+    }
+    result.map_err(|e| to_py(py, e))
+}
+
 /// Validate the header of a file of `file_len` bytes that Python reads by
 /// ranges (`fetch(offset, length) -> bytes`, e.g. HTTP range requests), and
 /// return its description as JSON (the shape of `Reader.describe`).
@@ -632,34 +675,37 @@ fn read_header(
     fetch: Bound<'_, PyAny>,
     max_header_len: Option<u64>,
 ) -> PyResult<String> {
-    let mut options = ReadOptions::default();
-    if let Some(limit) = max_header_len {
-        options.max_header_len = limit;
-    }
-    let mut raised: Option<PyErr> = None;
-    let result = read_layout(file_len, &options, |offset, buf| {
-        let got = fetch.call1((offset, buf.len())).and_then(|b| b.extract::<Vec<u8>>());
-        match got {
-            Ok(bytes) if bytes.len() == buf.len() => {
-                buf.copy_from_slice(&bytes);
-                Ok(())
-            }
-            Ok(bytes) => Err(Error::Truncated {
-                what: "a range read of the header",
-                needed: buf.len() as u64,
-                available: bytes.len() as u64,
-            }),
-            Err(e) => {
-                raised = Some(e);
-                Err(Error::InvalidArgument("fetch failed".into()))
-            }
-        }
-    });
-    if let Some(e) = raised {
-        return Err(e);
-    }
-    let layout = result.map_err(|e| to_py(py, e))?;
+    let layout = remote_layout(py, file_len, &fetch, max_header_len)?;
     Ok(describe(&layout, file_len).to_string())
+}
+
+/// Read one tensor of a file that Python reads by ranges: validate the header
+/// as `read_header` does, fetch the tensor's stored bytes with one more
+/// `fetch(offset, length)` call, and decode them (chunks in parallel, GIL
+/// released) with the same checks as a local read.
+#[pyfunction]
+#[pyo3(signature = (file_len, fetch, name, max_header_len=None))]
+fn read_remote_tensor(
+    py: Python<'_>,
+    file_len: u64,
+    fetch: Bound<'_, PyAny>,
+    name: &str,
+    max_header_len: Option<u64>,
+) -> PyResult<Buffer> {
+    let layout = remote_layout(py, file_len, &fetch, max_header_len)?;
+    let info = layout.tensor(name).map_err(|e| to_py(py, e))?.clone();
+    // Validated: the stored bytes lie inside the file, so this is at most its length.
+    let len = usize::try_from(info.stored_len).map_err(|_| to_py(py, Error::OutOfMemory(info.stored_len)))?;
+    let mut stored = vec![0u8; len];
+    if len > 0 {
+        if let Some(short) = fetch_exact(&fetch, info.file_offset, &mut stored, "a range read of tensor data")? {
+            return Err(to_py(py, short));
+        }
+    }
+    let data = py
+        .detach(|| deathtensors::reader::decode_stored(&layout, &info, &stored))
+        .map_err(|e| to_py(py, e))?;
+    Ok(Buffer { data })
 }
 
 /// Run the command line (the same tree as the `deathtensors` binary); returns the exit code.
@@ -702,6 +748,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(codec_and_checksum_ids, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(read_header, m)?)?;
+    m.add_function(wrap_pyfunction!(read_remote_tensor, m)?)?;
     diff::register(m)?;
     manifest::register(m)?;
     convert::register(m)?;

@@ -27,6 +27,7 @@ from _dtutil import run_on_pty  # noqa: E402
 from hub_server import HubServer  # noqa: E402
 
 import deathtensors as dt  # noqa: E402
+from deathtensors.huggingface import HEADER_PROBE_BYTES  # noqa: E402
 
 WRITE_TOKEN = "hf_writer_token"
 
@@ -342,23 +343,61 @@ def test_remote_header_and_tensor_are_read_by_range_without_downloading(lfs_hub:
     served = sum(r["bytes_sent"] for r in gets)
     header_end = local["embeddings"]["file_offset"]  # the first tensor starts after the header
     # Two header reads of at most the probe each, and exactly the 32 bytes of "small".
-    from deathtensors.huggingface import HEADER_PROBE_BYTES
 
     assert served <= 2 * max(HEADER_PROBE_BYTES, header_end) + big["small"].nbytes
     assert served < len(data) / 20, f"{served} of {len(data)} bytes served"
     assert info["bytes_fetched"] <= max(HEADER_PROBE_BYTES, header_end)
 
-    # A compressed file cannot be sliced by range: the tensor comes from a cached download.
+    # A compressed file: the tensor's chunks are fetched by range and decoded; nothing is downloaded.
+    with dt.open(str(lfs_hub.files / "packed.deathtensors")) as f:
+        packed_info = {k: f.info(k) for k in f.keys()}
+    assert packed_info["embeddings"]["chunks"] > 1
+    for wanted in ("norm", "embeddings"):
+        lfs_hub.server.clear_log()
+        got = lfs_hub.result(
+            f"""
+            f = HubCachedFile("ns/remote", "packed.deathtensors")
+            out({{"t": digest(f.get_tensor({wanted!r}, framework="numpy")), "cached": f.cached_path}})
+            """
+        )
+        assert got == {"t": digests({"t": big[wanted]})["t"], "cached": None}, wanted
+        gets = lfs_hub.server.requests("GET", "/resolve/")
+        assert gets and all(r["range"] is not None and r["status"] == 206 for r in gets)
+        served = sum(r["bytes_sent"] for r in gets)
+        # The header probe, and the tensor's stored bytes unless the probe held them already.
+        assert served <= HEADER_PROBE_BYTES + packed_info[wanted]["stored_nbytes"], wanted
+    assert served >= packed_info["embeddings"]["stored_nbytes"]  # the 3+ MB tensor itself was fetched
     lfs_hub.server.clear_log()
     got = lfs_hub.result(
         """
         f = HubCachedFile("ns/remote", "packed.deathtensors")
-        out({"norm": digest(f.get_tensor("norm", framework="numpy")), "cached": f.cached_path is not None})
+        f.get_tensor("norm")
+        out(f.bytes_fetched)
         """
     )
-    assert got == {"norm": digests({"n": big["norm"]})["n"], "cached": True}
-    full = [r for r in lfs_hub.server.requests("GET", "/resolve/") if r["range"] is None]
-    assert len(full) == 1 and full[0]["bytes_sent"] == len(packed)
+    assert got < len(packed) / 20, f"{got} of {len(packed)} bytes fetched for a 2 KiB tensor"
+
+
+def test_a_damaged_remote_chunk_is_a_typed_error(lfs_hub: Env) -> None:
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((512, 512)).astype(np.float32)
+    good = bytearray(_file_bytes(lfs_hub.files / "w.deathtensors", 0, compress=True, w=w))
+    with dt.open(str(lfs_hub.files / "w.deathtensors")) as f:
+        entry = f.info("w")
+    # Inside a zstd frame (the exponent plane of the first chunk); raw planes are covered by the footer only.
+    frame = bytes(good).index(b"\x28\xb5\x2f\xfd", entry["file_offset"])
+    good[frame + 40] ^= 0xFF
+    lfs_hub.server.add_repo("ns/damaged", files={"w.deathtensors": bytes(good)})
+    got = lfs_hub.result(
+        """
+        try:
+            HubCachedFile("ns/damaged", "w.deathtensors").get_tensor("w")
+            out("no error")
+        except dt.DeathtensorsError as e:
+            out([type(e).__name__, str(e)])
+        """
+    )
+    assert got[0] == "FormatError" and ('"w"' in got[1] or "'w'" in got[1]), got
 
 
 def test_a_hostile_remote_header_is_refused_with_a_typed_error(lfs_hub: Env) -> None:

@@ -1123,6 +1123,51 @@ fn bytegroup_rotation_is_chosen_per_tensor_by_size() {
     reader.verify().unwrap();
 }
 
+/// `reader::decode_stored` (remote reads) decodes a tensor from its stored
+/// bytes alone, exactly as the file reader does, with the same errors.
+#[test]
+fn decode_stored_matches_the_file_reader() {
+    let floats = gaussian_f32(64 * 1024, 0.02, 9);
+    let bytes = pattern(3000, 4);
+    let dir = tempfile::tempdir().unwrap();
+    for (codec, checksum) in modes() {
+        let mut options = opts(codec, checksum);
+        options.chunk_bytes = 64 * 1024;
+        let tensors = [
+            tensor("f", "F32", &[64, 1024], &floats),
+            tensor("b", "U8", &[3000], &bytes),
+            tensor("e", "F32", &[0], &[]),
+        ];
+        let path = write_valid(dir.path(), &mode_name(codec, checksum), &tensors, &Map::new(), &options);
+        let file = fs::read(&path).unwrap();
+        let reader = DtReader::open(&path).unwrap();
+        for name in ["f", "b", "e"] {
+            let info = reader.tensor(name).unwrap();
+            let at = info.file_offset as usize;
+            let stored = &file[at..at + info.stored_len as usize];
+            let decoded = deathtensors::reader::decode_stored(reader.layout(), info, stored).unwrap();
+            assert_eq!(&decoded[..], &reader.read_tensor(name).unwrap()[..], "{name} {codec:?}");
+            let short = &stored[..stored.len().saturating_sub(1)];
+            if !stored.is_empty() {
+                let err = deathtensors::reader::decode_stored(reader.layout(), info, short).err();
+                assert!(matches!(err, Some(Error::InvalidArgument(_))), "{name} {codec:?}");
+            }
+        }
+        if codec == Some("zstd") {
+            let info = reader.tensor("f").unwrap();
+            let at = info.file_offset as usize;
+            let mut stored = file[at..at + info.stored_len as usize].to_vec();
+            let frame = stored.windows(4).position(|w| w == [0x28, 0xb5, 0x2f, 0xfd]).unwrap();
+            stored[frame + 40] ^= 0xff;
+            let err = deathtensors::reader::decode_stored(reader.layout(), info, &stored).err();
+            assert!(
+                matches!(err, Some(Error::CorruptChunk { ref name, .. }) if name == "f"),
+                "{err:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn read_range_decodes_only_the_covering_chunks() {
     let data = pattern(64 * 1000, 5);

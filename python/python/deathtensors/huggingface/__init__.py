@@ -22,7 +22,8 @@ client's own exception is kept as ``__cause__``.
 Beyond reading whole files, :class:`HubCachedFile` and :func:`hub_file_info`
 read the tensor table of a remote file with HTTP range requests (the
 preamble and the header only), and :meth:`HubCachedFile.get_tensor` reads
-one tensor of an uncompressed remote file by range, without downloading it.
+one tensor of a remote file by range (its stored bytes only, compressed or
+not), without downloading the file.
 """
 
 from __future__ import annotations
@@ -606,8 +607,8 @@ class HubCachedFile:
     Nothing is fetched when it is created. :meth:`header` (and :meth:`keys`,
     :meth:`info`) read the tensor table with range requests — the preamble and
     header only — unless the file is already in the cache; :meth:`get_tensor`
-    reads one tensor of an uncompressed file by range (a compressed one is
-    downloaded into the cache first); :meth:`download` / :meth:`open` fetch
+    reads one tensor by range (its stored bytes only; a compressed tensor is
+    decoded from its chunks); :meth:`download` / :meth:`open` fetch
     the whole file once, into the shared cache. :attr:`bytes_fetched` counts
     the body bytes of the range requests made.
 
@@ -635,6 +636,7 @@ class HubCachedFile:
         self._cache_dir = cache_dir
         self._endpoint = endpoint
         self._desc: Optional[Dict[str, Any]] = None
+        self._probe: Optional[Tuple[bytes, int]] = None
         self.bytes_fetched = 0
 
     def __repr__(self) -> str:
@@ -726,15 +728,24 @@ class HubCachedFile:
             with _pkg().open(local) as f:
                 self._desc = dict(f._desc)
             return self._desc
-        first, total = self._range(0, HEADER_PROBE_BYTES)
+        total, fetch = self._fetcher()
+        self._desc = json.loads(_core.read_header(total, fetch))
+        return self._desc
+
+    def _fetcher(self) -> Tuple[int, Callable[[int, int], bytes]]:
+        """The file's size and a ``fetch(offset, length)`` that serves what lies in the
+        first :data:`HEADER_PROBE_BYTES` (one range request, made once) from memory
+        and anything else by a range request of its own."""
+        if self._probe is None:
+            self._probe = self._range(0, HEADER_PROBE_BYTES)
+        first, total = self._probe
 
         def fetch(offset: int, length: int) -> bytes:
             if offset + length <= len(first):
                 return first[offset : offset + length]
             return self._range(offset, offset + length)[0]
 
-        self._desc = json.loads(_core.read_header(total, fetch))
-        return self._desc
+        return total, fetch
 
     def keys(self) -> List[str]:
         """Tensor names, in saved order (reads the header)."""
@@ -748,20 +759,21 @@ class HubCachedFile:
         raise TensorNotFoundError(f"no tensor named {name!r} in {self.filename} of {self.repo_id}")
 
     def get_tensor(self, name: str, framework: str = "torch") -> Any:
-        """One tensor: from the cached file if present, by range if the file is uncompressed, else downloaded.
+        """One tensor: from the cached file if present, else by range requests.
 
-        Non-dense tensors (sparse layouts) are read from the downloaded file.
+        Without a cached copy, the header is read by range and then the
+        tensor's stored bytes with one more range request, compressed or
+        not; the Rust reader decodes them (chunks in parallel) with the same
+        checks as a local read. Non-dense tensors (sparse layouts) are read
+        from the downloaded file.
         """
         local = self.cached_path
         if local is None:
-            desc = self.header()
             entry = self.info(name)
-            if desc["codec"] is None and entry.get("layout") is None:
-                start = entry["file_offset"]
-                data, _ = self._range(start, start + entry["stored_nbytes"]) if entry["stored_nbytes"] else (b"", 0)
-                if len(data) != entry["nbytes"]:
-                    raise HubError(f"the Hub sent {len(data)} bytes of {name!r}, not {entry['nbytes']}")
-                return convert(bytearray(data), entry["dtype"], entry["shape"], framework)
+            if entry.get("layout") is None:
+                total, fetch = self._fetcher()
+                buf = _core.read_remote_tensor(total, fetch, name)
+                return convert(buf, entry["dtype"], entry["shape"], framework)
             local = self.download()
         with _pkg().open(local) as f:
             return f.get_tensor(name, framework=framework)
