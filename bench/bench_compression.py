@@ -6,10 +6,14 @@ all-MiniLM-L6-v2 (F32, ~90 MB), shipped by the PyPI package
 and cast to BF16 and F16. Peers measured in the same run: plain zstd level 3
 (python ``zstandard``) on the same bytes, and our own uncompressed read.
 
-    python bench/bench_compression.py [--cache DIR] [--repeats 5] [--big-mib 1024] [--out FILE]
+    python bench/bench_compression.py [--cache DIR] [--repeats 5] [--rounds 3] [--big-mib 1024] [--out FILE]
 
-Thread counts are set per measurement with RAYON_NUM_THREADS in a fresh
-subprocess. Files are read once before timing (warm page cache).
+Every read is timed in a fresh subprocess (the zstd-3 peer too), with its
+thread count set by RAYON_NUM_THREADS; files are read once before timing
+(warm page cache). The reads run in ``--rounds`` interleaved rounds, each
+round timing every read once, so that a change in this shared machine's load
+falls on ours and the peer's alike; each reported ratio is the median of the
+rounds' own ratios.
 
 Every read allocates its output, and glibc maps blocks over 32 MiB fresh
 from the kernel each time, so on a VM the first-touch page faults of those
@@ -25,6 +29,7 @@ import argparse
 import glob
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,7 +115,9 @@ def in_subprocess(
     return json.loads(out.strip().splitlines()[-1])["seconds"]
 
 
-def measure_dtype(name: str, sd: Dict[str, Any], tmp: str, repeats: int, levels: List[int]) -> Dict[str, Any]:
+def measure_dtype(
+    name: str, sd: Dict[str, Any], tmp: str, repeats: int, levels: List[int], rounds: int
+) -> Dict[str, Any]:
     import torch
     import zstandard
 
@@ -123,8 +130,6 @@ def measure_dtype(name: str, sd: Dict[str, Any], tmp: str, repeats: int, levels:
     # Peer: plain zstd-3 of the same bytes, one thread.
     packed = zstandard.ZstdCompressor(level=3).compress(raw)
     row["zstd3_ratio"] = len(packed) / n
-    d = zstandard.ZstdDecompressor()
-    row["zstd3_decompress_MBps"] = n / median_time(lambda: d.decompress(packed), repeats) / MB
     row["zstd3_compress_MBps"] = n / median_time(lambda: zstandard.ZstdCompressor(level=3).compress(raw), 1) / MB
 
     pt = os.path.join(tmp, f"{name}.pt")
@@ -137,8 +142,6 @@ def measure_dtype(name: str, sd: Dict[str, Any], tmp: str, repeats: int, levels:
     p = os.path.join(tmp, f"{name}.deathtensors")
     dt.save(p, sd, compress=True)
     row["ratio"] = os.path.getsize(p) / n
-    row["decompress_1t_MBps"] = n / in_subprocess("read", p, 1, repeats) / MB
-    row["decompress_2t_MBps"] = n / in_subprocess("read", p, 2, repeats) / MB
     # Same codec without the byte-grouping filter, to show what the filter earns.
     from deathtensors import _core
     from deathtensors._frameworks import prepare
@@ -149,22 +152,55 @@ def measure_dtype(name: str, sd: Dict[str, Any], tmp: str, repeats: int, levels:
     lz = os.path.join(tmp, f"{name}-lz4.deathtensors")
     dt.save(lz, sd, compress="lz4")
     row["lz4_ratio"] = os.path.getsize(lz) / n
-    row["lz4_decompress_1t_MBps"] = n / in_subprocess("read", lz, 1, repeats) / MB
     un = os.path.join(tmp, f"{name}-raw.deathtensors")
     dt.save(un, sd)
-    row["uncompressed_read_1t_MBps"] = n / in_subprocess("read", un, 1, repeats) / MB
-    # The same reads with freed memory reused (no first-touch page faults), peer included.
     zp = os.path.join(tmp, f"{name}.zst")
     with open(zp, "wb") as fh:
         fh.write(packed)
-    row["reused_zstd3_decompress_MBps"] = n / in_subprocess("peer", zp, 1, repeats, reuse=True) / MB
-    row["reused_decompress_1t_MBps"] = n / in_subprocess("read", p, 1, repeats, reuse=True) / MB
-    row["reused_decompress_2t_MBps"] = n / in_subprocess("read", p, 2, repeats, reuse=True) / MB
-    row["reused_lz4_decompress_1t_MBps"] = n / in_subprocess("read", lz, 1, repeats, reuse=True) / MB
-    row["reused_uncompressed_read_1t_MBps"] = n / in_subprocess("read", un, 1, repeats, reuse=True) / MB
+    row.update(measure_reads(n, {"peer": zp, "ours": p, "lz4": lz, "raw": un}, repeats, rounds))
     for f in (pt, p, nf, lz, un, zp):
         os.remove(f)
     return row
+
+
+#: The reads timed per dtype: (key, worker kind, file, RAYON_NUM_THREADS).
+READS = (
+    ("zstd3_decompress", "peer", "peer", 1),
+    ("decompress_1t", "read", "ours", 1),
+    ("decompress_2t", "read", "ours", 2),
+    ("lz4_decompress_1t", "read", "lz4", 1),
+    ("uncompressed_read_1t", "read", "raw", 1),
+)
+
+#: The ratios reported, each the median over rounds of one round's ratio: (key, numerator, denominator).
+RATIOS = (
+    ("x_zstd3", "decompress_1t", "zstd3_decompress"),
+    ("x_2t", "decompress_2t", "decompress_1t"),
+    ("x_lz4", "lz4_decompress_1t", "decompress_1t"),
+)
+
+
+def measure_reads(n: int, files: Dict[str, str], repeats: int, rounds: int) -> Dict[str, Any]:
+    """Time every read of READS, each in a fresh subprocess, in `rounds` interleaved rounds.
+
+    Every round runs each read once (the peer included), so a change in the
+    machine's load falls on all of them alike; speeds are medians over rounds,
+    and each ratio is the median of the rounds' own ratios. The whole set runs
+    twice: as a process normally runs, and with freed memory reused (REUSE_ENV).
+    """
+    out: Dict[str, Any] = {}
+    for prefix, reuse in (("", False), ("reused_", True)):
+        speeds: Dict[str, List[float]] = {key: [] for key, *_ in READS}
+        for _ in range(rounds):
+            for key, kind, which, threads in READS:
+                speeds[key].append(n / in_subprocess(kind, files[which], threads, repeats, reuse=reuse) / MB)
+        for key, values in speeds.items():
+            out[f"{prefix}{key}_MBps"] = statistics.median(values)
+        for key, num, den in RATIOS:
+            per_round = [a / b for a, b in zip(speeds[num], speeds[den])]
+            out[f"{prefix}{key}"] = statistics.median(per_round)
+            out[f"{prefix}{key}_rounds"] = per_round
+    return out
 
 
 def measure_random(tmp: str, repeats: int) -> Dict[str, Any]:
@@ -223,6 +259,7 @@ def main() -> None:
     ap.add_argument("--cache", default=os.environ.get("DT_BENCH_CACHE", os.path.join(ROOT, ".cache", "bench")))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--levels", default="1,3,9")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the read measurements")
     ap.add_argument("--big-mib", type=int, default=1024, help="size of the synthetic BF16 state dict (0 to skip)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "compression.json"))
     ap.add_argument("--dir", default=None, help="where to write temporary files")
@@ -242,7 +279,7 @@ def main() -> None:
     results: Dict[str, Any] = {"weights": weights, "nproc": os.cpu_count(), "dtypes": []}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for name, dtype in (("BF16", torch.bfloat16), ("F32", torch.float32), ("F16", torch.float16)):
-            row = measure_dtype(name, state_dict(weights, dtype), tmp, args.repeats, levels)
+            row = measure_dtype(name, state_dict(weights, dtype), tmp, args.repeats, levels, args.rounds)
             results["dtypes"].append(row)
             print(json.dumps(row), flush=True)
         results["random"] = measure_random(tmp, args.repeats)
@@ -266,10 +303,9 @@ def report(r: Dict[str, Any]) -> str:
         lines.append(
             f"| {d['dtype']} | **{d['ratio']:.4f}** | {d['zstd3_ratio']:.3f} | {d['ratio_zstd3_nofilter']:.3f} | "
             f"{d['lz4_ratio']:.3f} | {d['decompress_1t_MBps']:.0f} MB/s "
-            f"(**{d['decompress_1t_MBps'] / d['zstd3_decompress_MBps']:.2f}×** vs {d['zstd3_decompress_MBps']:.0f}) | "
-            f"{d['decompress_2t_MBps']:.0f} MB/s (**{d['decompress_2t_MBps'] / d['decompress_1t_MBps']:.2f}×**) | "
-            f"{d['lz4_decompress_1t_MBps']:.0f} MB/s "
-            f"(**{d['lz4_decompress_1t_MBps'] / d['decompress_1t_MBps']:.2f}×**) | "
+            f"(**{d['x_zstd3']:.2f}×** vs {d['zstd3_decompress_MBps']:.0f}) | "
+            f"{d['decompress_2t_MBps']:.0f} MB/s (**{d['x_2t']:.2f}×**) | "
+            f"{d['lz4_decompress_1t_MBps']:.0f} MB/s (**{d['x_lz4']:.2f}×**) | "
             f"{d['compress_1t_MBps_zstd3']:.0f} MB/s |"
         )
     lines += [
@@ -280,16 +316,21 @@ def report(r: Dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for d in r["dtypes"]:
-        if "reused_decompress_1t_MBps" not in d:
-            continue
-        one = d["reused_decompress_1t_MBps"]
         lines.append(
-            f"| {d['dtype']} | {d['reused_zstd3_decompress_MBps']:.0f} MB/s | {one:.0f} MB/s "
-            f"(**{one / d['reused_zstd3_decompress_MBps']:.2f}×**) | {d['reused_decompress_2t_MBps']:.0f} MB/s "
-            f"(**{d['reused_decompress_2t_MBps'] / one:.2f}×**) | {d['reused_lz4_decompress_1t_MBps']:.0f} MB/s "
-            f"(**{d['reused_lz4_decompress_1t_MBps'] / one:.2f}×**) | "
+            f"| {d['dtype']} | {d['reused_zstd3_decompress_MBps']:.0f} MB/s | "
+            f"{d['reused_decompress_1t_MBps']:.0f} MB/s (**{d['reused_x_zstd3']:.2f}×**) | "
+            f"{d['reused_decompress_2t_MBps']:.0f} MB/s (**{d['reused_x_2t']:.2f}×**) | "
+            f"{d['reused_lz4_decompress_1t_MBps']:.0f} MB/s (**{d['reused_x_lz4']:.2f}×**) | "
             f"{d['reused_uncompressed_read_1t_MBps']:.0f} MB/s |"
         )
+    lines += ["", "Per-round ratios (1 thread × zstd-3, 2 threads × 1, lz4 × ours), normal / reused:", ""]
+    for d in r["dtypes"]:
+        rounds = " / ".join(
+            ", ".join(f"{x:.2f}" for x in d[f"{prefix}{key}_rounds"])
+            for prefix in ("", "reused_")
+            for key, _, _ in RATIOS
+        )
+        lines.append(f"- {d['dtype']}: {rounds}")
     return "\n".join(lines)
 
 
