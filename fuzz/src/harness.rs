@@ -27,7 +27,7 @@ use deathtensors::format::{
 use deathtensors::reader::DtReader;
 use deathtensors::registry::{self, Codec, DtypeHandler};
 use deathtensors::stats;
-use deathtensors::writer::WriteOptions;
+use deathtensors::writer::{append_file, Entry, TensorData, WriteOptions};
 use serde_json::{Map, Value};
 
 /// Decoded bytes after which `open_read` stops reading whole tensors of one
@@ -152,6 +152,89 @@ pub fn open_read(data: &[u8]) -> Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Target `append`: the bytes as an existing file that
+/// [`append_file`] adds a 48-byte U8 tensor to (under a name the file does not
+/// use, with one extra global metadata key).
+///
+/// An input the reader refuses must be refused by the append too, and a
+/// refused append must leave the file's bytes as they were. An accepted one
+/// must give a file that opens and lists the old tensors, then the new one;
+/// whose global metadata is the old one plus the extra key; where every old
+/// tensor that read before (within [`DECODE_BUDGET`]) reads the same bytes;
+/// where the new one reads back as given; and which verifies when it has a
+/// footer (append recomputes it).
+///
+/// # Errors
+/// The error the library refused the bytes with.
+pub fn append(data: &[u8]) -> Result<()> {
+    link();
+    let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let path = dir.path().join("input.deathtensors");
+    std::fs::write(&path, data).map_err(|e| Error::io(&path, e))?;
+    let before = DtReader::open(&path);
+    let mut name = String::from("appended");
+    if let Ok(old) = &before {
+        while old.tensor(&name).is_ok() {
+            name.push('_');
+        }
+    }
+    let bytes: Vec<u8> = (0u8..48).collect();
+    let entry = Entry::Data(TensorData {
+        name: name.clone(),
+        dtype: "U8".into(),
+        shape: vec![48],
+        data: &bytes,
+        metadata: Map::new(),
+    });
+    let mut extra = Map::new();
+    extra.insert("fuzz.appended".into(), Value::from(1));
+    let result = append_file(&path, &[entry], &extra, false);
+    let old = match (before, result) {
+        (Err(refused), Err(_)) => {
+            assert_unchanged(&path, data);
+            return Err(refused);
+        }
+        (Err(refused), Ok(())) => panic!("append accepted a file the reader refuses ({refused})"),
+        (Ok(_), Err(refused)) => {
+            assert_unchanged(&path, data);
+            return Err(refused);
+        }
+        (Ok(old), Ok(())) => old,
+    };
+    let new = DtReader::open(&path).unwrap_or_else(|e| panic!("the appended file does not open: {e}"));
+    let old_keys: Vec<&str> = old.keys().collect();
+    let mut new_keys: Vec<&str> = new.keys().collect();
+    assert_eq!(new_keys.pop(), Some(name.as_str()), "the new tensor comes last");
+    assert_eq!(new_keys, old_keys, "the old tensors keep their order");
+    let mut metadata = old.metadata().clone();
+    metadata.extend(extra);
+    assert_eq!(new.metadata(), &metadata, "global metadata: the old plus the extra key");
+    let mut decoded = 0u64;
+    for info in old.tensors() {
+        decoded = decoded.saturating_add(info.nbytes);
+        if decoded > DECODE_BUDGET {
+            break;
+        }
+        if let Ok(was) = old.read_tensor(&info.name) {
+            let now = new.read_tensor(&info.name);
+            assert!(
+                now.as_ref().is_ok_and(|now| now[..] == was[..]),
+                "{info:?}: read differently after the append"
+            );
+        }
+    }
+    assert_eq!(&new.read_tensor(&name).expect("the appended tensor reads")[..], &bytes[..]);
+    if new.checksum().is_some() {
+        new.verify().unwrap_or_else(|e| panic!("the appended file does not verify: {e}"));
+    }
+    Ok(())
+}
+
+fn assert_unchanged(path: &Path, data: &[u8]) {
+    let now = std::fs::read(path).unwrap_or_else(|e| panic!("the refused file is gone: {e}"));
+    assert!(now == data, "a refused append changed the file");
 }
 
 fn read_tensor_every_way(reader: &DtReader, info: &TensorInfo, data: &[u8]) -> Result<()> {

@@ -29,7 +29,7 @@ use serde_json::{json, Map, Value};
 use crate::harness::chunk_input;
 
 /// The fuzz targets, in the order `fuzz/run.sh` runs them.
-pub const TARGETS: [&str; 4] = ["header", "open_read", "chunks", "safetensors_import"];
+pub const TARGETS: [&str; 5] = ["header", "open_read", "chunks", "safetensors_import", "append"];
 
 /// Most chunks of one file that become `chunks` seeds.
 const CHUNK_SEEDS_PER_FILE: usize = 12;
@@ -49,6 +49,9 @@ pub fn write_seeds(dir: &Path) -> Result<Vec<(&'static str, PathBuf)>> {
     let files = write_deathtensors_seeds(&dir.join("open_read"))?;
     for file in &files {
         seeds.push(("open_read", file.clone()));
+        let copy = dir.join("append").join(file.file_name().unwrap_or_default());
+        std::fs::copy(file, &copy).map_err(|e| Error::io(&copy, e))?;
+        seeds.push(("append", copy));
         let stem = stem(file);
         let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
         let text = header_text(&bytes);

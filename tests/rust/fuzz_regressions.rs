@@ -30,6 +30,7 @@ fn target(name: &str) -> Target {
         "open_read" => harness::open_read,
         "chunks" => harness::chunks,
         "safetensors_import" => harness::safetensors_import,
+        "append" => harness::append,
         other => panic!("no fuzz target {other:?}"),
     }
 }
