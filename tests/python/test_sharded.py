@@ -368,6 +368,17 @@ def test_lazy_opening(small):
         sr.get_tensor("t0")
 
 
+def test_open_shard_by_name(small):
+    folder, tensors, names = small
+    with dt.open_sharded(folder / "s.deathtensors") as sr:
+        f = sr.open_shard(names[2])
+        assert sr.opened_shards() == [names[2]] and sr.open_shard(names[2]) is f
+        assert torch.equal(f.get_tensor("t4"), tensors["t4"])
+        with pytest.raises(dt.InvalidArgumentError, match="not a shard"):
+            sr.open_shard("elsewhere.deathtensors")
+    assert f.closed
+
+
 def test_other_shards_are_never_touched(small):
     folder, tensors, names = small
     os.remove(folder / names[0])

@@ -681,6 +681,19 @@ class ShardedReader:
             raise InvalidArgumentError(f"{shard!r} is not a shard of {self._index_path}")
         return os.path.join(self._folder, shard)
 
+    def open_shard(self, shard: str) -> DtFile:
+        """Open one shard by file name (once; later calls return the same :class:`DtFile`).
+
+        The reader owns it and closes it in :meth:`close`. The Hub reader
+        downloads it first.
+
+        Raises:
+            InvalidArgumentError: ``shard`` is not named by the index.
+        """
+        if shard not in self._by_shard:
+            raise InvalidArgumentError(f"{shard!r} is not a shard of {self._index_path}")
+        return self._shard(shard)
+
     def opened_shards(self) -> List[str]:
         """File names of the shards opened so far (and not yet closed), sorted."""
         with self._lock:

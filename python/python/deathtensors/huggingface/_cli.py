@@ -61,7 +61,7 @@ def _pull(hub: Any, req: Dict[str, Any]) -> Any:
     if not files:  # a sharded checkpoint: the index, then every shard
         with hub.load_sharded_from_hub(req["repo_id"], name, verify=verify, **kw) as sr:
             for shard in sr.shards():
-                sr.info(sr._by_shard[shard][0])  # opens (downloads, verifies when asked) the shard
+                sr.open_shard(shard)  # downloads, opens (and verifies when asked) the shard
             files = [sr.path, *[sr.shard_path(s) for s in sr.shards()]]
     local_dir = req.get("local_dir")
     if local_dir:
