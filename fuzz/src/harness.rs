@@ -225,9 +225,13 @@ pub fn append(data: &[u8]) -> Result<()> {
             );
         }
     }
-    assert_eq!(&new.read_tensor(&name).expect("the appended tensor reads")[..], &bytes[..]);
+    assert_eq!(
+        &new.read_tensor(&name).expect("the appended tensor reads")[..],
+        &bytes[..]
+    );
     if new.checksum().is_some() {
-        new.verify().unwrap_or_else(|e| panic!("the appended file does not verify: {e}"));
+        new.verify()
+            .unwrap_or_else(|e| panic!("the appended file does not verify: {e}"));
     }
     Ok(())
 }
