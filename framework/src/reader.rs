@@ -232,13 +232,7 @@ impl DtReader {
     }
 
     fn read_chunks(&self, info: &TensorInfo, chunks: &[Chunk], codec: &dyn Codec, out: &mut [u8]) -> Result<()> {
-        let mut pieces = Vec::with_capacity(chunks.len());
-        let mut rest = out;
-        for c in chunks {
-            let (head, tail) = rest.split_at_mut(c.raw_len() as usize);
-            pieces.push(head);
-            rest = tail;
-        }
+        let pieces = chunk_pieces(out, chunks);
         if pieces.len() == 1 || single_threaded() {
             // On the caller's thread: no hand-off to the pool, and concurrent callers
             // decode in parallel even when the pool has one worker.
@@ -564,6 +558,19 @@ where
     format::validate(preamble, header, file_len)
 }
 
+/// `out` (a tensor's decoded bytes) cut into one piece per chunk, in order.
+/// Validated layouts guarantee the raw lengths add up to `out.len()`.
+fn chunk_pieces<'o>(out: &'o mut [u8], chunks: &[Chunk]) -> Vec<&'o mut [u8]> {
+    let mut pieces = Vec::with_capacity(chunks.len());
+    let mut rest = out;
+    for c in chunks {
+        let (head, tail) = rest.split_at_mut(c.raw_len() as usize);
+        pieces.push(head);
+        rest = tail;
+    }
+    pieces
+}
+
 /// Decode chunk `index` of `info` from its `stored` bytes into `out`; a
 /// failure is [`Error::CorruptChunk`] naming the tensor, chunk and offset.
 fn decode_chunk_of(
@@ -610,14 +617,7 @@ pub fn decode_stored(layout: &Layout, info: &TensorInfo, stored: &[u8]) -> Resul
         out.copy_from_slice(stored);
         return Ok(out);
     };
-    let mut pieces = Vec::with_capacity(chunks.len());
-    let mut rest = &mut out[..];
-    for c in chunks {
-        let (head, tail) = rest.split_at_mut(c.raw_len() as usize);
-        pieces.push(head);
-        rest = tail;
-    }
-    pieces
+    chunk_pieces(&mut out, chunks)
         .into_par_iter()
         .zip(chunks.par_iter())
         .enumerate()

@@ -472,11 +472,13 @@ impl<'a> Plan<'a> {
             };
             add(item, &mut items)?;
         }
-        let level = codec.map(|(_, level)| level);
-        let chosen: Vec<Option<SelectedFilter>> = items
-            .par_iter()
-            .map(|item| choose_filter(item, &candidates, codec.map(|(c, _)| c), level.unwrap_or(0)))
-            .collect::<Result<_>>()?;
+        let chosen: Vec<Option<SelectedFilter>> = match codec {
+            Some((codec, level)) if !candidates.is_empty() => items
+                .par_iter()
+                .map(|item| choose_filter(item, &candidates, codec, level))
+                .collect::<Result<_>>()?,
+            _ => vec![None; items.len()],
+        };
         for (item, filter) in items.iter_mut().zip(chosen) {
             item.filter = filter;
         }
@@ -495,10 +497,10 @@ impl<'a> Plan<'a> {
 fn choose_filter(
     item: &Item<'_>,
     filters: &[&'static dyn Filter],
-    codec: Option<&'static dyn Codec>,
+    codec: &'static dyn Codec,
     level: i32,
 ) -> Result<Option<SelectedFilter>> {
-    let (Some(bytes), Some(codec)) = (item.bytes(), codec) else {
+    let Some(bytes) = item.bytes() else {
         return Ok(None);
     };
     let Some((f, params)) = filters.iter().find_map(|f| {

@@ -532,21 +532,12 @@ def _resolve_index(path: str) -> str:
 _SNAPSHOT_TRIES = 5
 
 
-def _file_identity(path: str) -> Optional[Tuple[int, int]]:
-    """``(st_dev, st_ino)`` of the file ``path`` names now (links followed), or None if it is missing."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
 def _file_state(path: str) -> Optional[Tuple[int, ...]]:
-    """Identity, size and times (ns) of the file ``path`` names, or None if missing.
-
-    Inode numbers are reused as soon as a file is deleted, so a replaced index
-    can come back with its predecessor's inode; its size or times then differ.
-    """
+    """``(st_dev, st_ino, size, mtime_ns, ctime_ns)`` of the file ``path`` names now
+    (links followed), or None if it is missing. The first two say which file it
+    is; inode numbers are reused as soon as a file is deleted, so a replaced
+    index can come back with its predecessor's inode, and then the size or
+    times differ."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -589,7 +580,8 @@ class ShardedReader:
             if not self._pins_shard_files:
                 break
             names = set(checked_weight_map(doc, where).values())
-            self._shard_ids = {s: _file_identity(os.path.join(self._folder, s)) for s in names}
+            states = {s: _file_state(os.path.join(self._folder, s)) for s in names}
+            self._shard_ids = {s: st[:2] if st else None for s, st in states.items()}
             if _file_state(self._index_path) == index_state:
                 break
         else:
