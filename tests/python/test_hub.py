@@ -400,6 +400,30 @@ def test_a_damaged_remote_chunk_is_a_typed_error(lfs_hub: Env) -> None:
     assert got[0] == "FormatError" and ('"w"' in got[1] or "'w'" in got[1]), got
 
 
+def test_a_long_remote_header_is_fetched_once(lfs_hub: Env) -> None:
+    """A header longer than the 64 KiB probe: its tail is fetched once, and reading a
+    tensor afterwards costs one range request for that tensor alone."""
+    many = {f"layer.{i:04d}.{'x' * 40}": np.full(4, i, np.float32) for i in range(1200)}
+    data = _file_bytes(lfs_hub.files / "long.deathtensors", 0, compress=True, **many)
+    with dt.open(str(lfs_hub.files / "long.deathtensors")) as f:
+        data_start = f._desc["data_start"]
+    assert data_start > HEADER_PROBE_BYTES
+    lfs_hub.server.add_repo("ns/long", files={"long.deathtensors": data})
+    last = list(many)[-1]
+    got = lfs_hub.result(
+        f"""
+        f = HubCachedFile("ns/long", "long.deathtensors")
+        n = len(f.keys())
+        t = f.get_tensor({last!r}, framework="numpy")
+        out({{"n": n, "t": t.tolist(), "fetched": f.bytes_fetched}})
+        """
+    )
+    assert got["n"] == len(many) and got["t"] == many[last].tolist()
+    gets = lfs_hub.server.requests("GET", "/resolve/")
+    assert len(gets) == 3, [r["range"] for r in gets]  # the probe, the header's tail, the tensor
+    assert got["fetched"] < data_start + 1024
+
+
 def test_a_hostile_remote_header_is_refused_with_a_typed_error(lfs_hub: Env) -> None:
     good = _file_bytes(lfs_hub.files / "g.deathtensors", 1)
     lfs_hub.server.add_repo(

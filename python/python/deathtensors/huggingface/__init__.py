@@ -728,22 +728,31 @@ class HubCachedFile:
             with _pkg().open(local) as f:
                 self._desc = dict(f._desc)
             return self._desc
-        total, fetch = self._fetcher()
+        total, fetch = self._fetcher(keep=True)
         self._desc = json.loads(_core.read_header(total, fetch))
         return self._desc
 
-    def _fetcher(self) -> Tuple[int, Callable[[int, int], bytes]]:
-        """The file's size and a ``fetch(offset, length)`` that serves what lies in the
-        first :data:`HEADER_PROBE_BYTES` (one range request, made once) from memory
-        and anything else by a range request of its own."""
+    def _fetcher(self, keep: bool = False) -> Tuple[int, Callable[[int, int], bytes]]:
+        """The file's size and a ``fetch(offset, length)`` that serves the file's
+        start from memory: the first :data:`HEADER_PROBE_BYTES` (one range
+        request, made once), plus, with ``keep`` (header reads), the rest of a
+        header longer than that, fetched once and kept, so that reading a
+        tensor later does not fetch the header again. Anything else is a range
+        request of its own."""
         if self._probe is None:
             self._probe = self._range(0, HEADER_PROBE_BYTES)
-        first, total = self._probe
+        total = self._probe[1]
 
         def fetch(offset: int, length: int) -> bytes:
-            if offset + length <= len(first):
-                return first[offset : offset + length]
-            return self._range(offset, offset + length)[0]
+            first = self._probe[0] if self._probe else b""
+            end = offset + length
+            if end <= len(first):
+                return first[offset:end]
+            if keep and offset <= len(first):
+                first += self._range(len(first), end)[0]
+                self._probe = (first, total)
+                return first[offset:end]
+            return self._range(offset, end)[0]
 
         return total, fetch
 
