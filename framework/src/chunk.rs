@@ -4,9 +4,11 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use serde_json::{Map, Value};
 
+use crate::buffer;
 use crate::format::Chunk;
 use crate::registry::{Codec, Filter};
 
@@ -162,7 +164,8 @@ pub fn choose_params(
     Ok(best.1)
 }
 
-/// Decode one chunk's `stored` bytes into `out` (exactly its raw length).
+/// Decode one chunk's `stored` bytes into `out` (exactly its raw length),
+/// which may be uninitialised: on success every byte of it has been written.
 /// `scratch` is reused between calls to hold decompressed planes.
 ///
 /// # Errors
@@ -172,15 +175,15 @@ pub fn decode(
     chunk: &Chunk,
     codec: &dyn Codec,
     filter: Option<AppliedFilter<'_>>,
-    out: &mut [u8],
+    out: &mut [MaybeUninit<u8>],
     scratch: &mut Vec<u8>,
 ) -> Result<(), String> {
     let (Some(lens), Some(f)) = (chunk.planes(), filter) else {
         if stored.len() == out.len() {
-            out.copy_from_slice(stored);
+            buffer::copy_into(out, stored);
             return Ok(());
         }
-        return codec.decompress_into(stored, out);
+        return codec.decompress_into_uninit(stored, out);
     };
     let plane_len = out.len() / f.planes;
     scratch.resize(out.len(), 0);
@@ -208,6 +211,6 @@ pub fn decode(
         });
         at += len;
     }
-    f.filter.decode(f.params, &planes, out);
+    f.filter.decode_uninit(f.params, &planes, out);
     Ok(())
 }

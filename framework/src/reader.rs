@@ -1,6 +1,7 @@
 //! Opening and reading `.deathtensors` files.
 
 use std::fs::File;
+use std::mem::MaybeUninit;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +12,7 @@ use memmap2::MmapMut;
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 
-use crate::buffer::AlignedBuf;
+use crate::buffer::{self, AlignedBuf, UninitBuf};
 use crate::chunk::{self, AppliedFilter};
 use crate::error::{Error, Result};
 use crate::format::{self, Chunk, Layout, Preamble, TensorInfo, DEFAULT_MAX_HEADER_LEN, FOOTER_LEN, PREAMBLE_LEN};
@@ -177,9 +178,10 @@ impl DtReader {
     /// Unknown name, I/O errors, corrupt chunks, allocation failure.
     pub fn read_tensor(&self, name: &str) -> Result<AlignedBuf> {
         let info = self.tensor(name)?;
-        let mut buf = AlignedBuf::zeroed(info.nbytes)?;
-        self.read_into(info, &mut buf)?;
-        Ok(buf)
+        let mut buf = UninitBuf::new(info.nbytes)?;
+        self.read_into_uninit(info, buf.as_uninit_mut())?;
+        // SAFETY: read_into_uninit returned Ok, so it wrote every byte.
+        Ok(unsafe { buf.assume_init() })
     }
 
     /// Read several tensors at once, in parallel across tensors and chunks.
@@ -195,6 +197,17 @@ impl DtReader {
     /// # Errors
     /// [`Error::InvalidArgument`] on a wrong `out` length, I/O errors, corrupt chunks.
     pub fn read_into(&self, info: &TensorInfo, out: &mut [u8]) -> Result<()> {
+        // SAFETY: the read paths store only real bytes into `out`.
+        self.read_into_uninit(info, unsafe { buffer::as_uninit_mut(out) })
+    }
+
+    /// [`DtReader::read_into`] into memory that may be uninitialised (no need
+    /// to zero it first). On `Ok` every byte of `out` has been written; on an
+    /// error its contents are unspecified.
+    ///
+    /// # Errors
+    /// As [`DtReader::read_into`].
+    pub fn read_into_uninit(&self, info: &TensorInfo, out: &mut [MaybeUninit<u8>]) -> Result<()> {
         if out.len() as u64 != info.nbytes {
             return Err(Error::InvalidArgument(format!(
                 "output buffer has {} bytes, tensor {:?} has {}",
@@ -209,8 +222,10 @@ impl DtReader {
         }
     }
 
-    fn read_at(&self, out: &mut [u8], offset: u64) -> Result<()> {
-        let read = |piece: &mut [u8], at: u64| self.file.read_exact_at(piece, at).map_err(|e| self.io_at(e, at));
+    /// Fill `out` from file `offset` (every byte, or an error).
+    fn read_at(&self, out: &mut [MaybeUninit<u8>], offset: u64) -> Result<()> {
+        let read =
+            |piece: &mut [MaybeUninit<u8>], at: u64| pread_exact(&self.file, piece, at).map_err(|e| self.io_at(e, at));
         if out.len() < 2 * PARALLEL_READ_PIECE || single_threaded() {
             return read(out, offset);
         }
@@ -231,8 +246,14 @@ impl DtReader {
         }
     }
 
-    fn read_chunks(&self, info: &TensorInfo, chunks: &[Chunk], codec: &dyn Codec, out: &mut [u8]) -> Result<()> {
-        let pieces = chunk_pieces(out, chunks);
+    fn read_chunks(
+        &self,
+        info: &TensorInfo,
+        chunks: &[Chunk],
+        codec: &dyn Codec,
+        out: &mut [MaybeUninit<u8>],
+    ) -> Result<()> {
+        let pieces = chunk_pieces(out, chunks, &info.name)?;
         if pieces.len() == 1 || single_threaded() {
             // On the caller's thread: no hand-off to the pool, and concurrent callers
             // decode in parallel even when the pool has one worker.
@@ -261,15 +282,19 @@ impl DtReader {
         index: usize,
         chunk: &Chunk,
         codec: &dyn Codec,
-        out: &mut [u8],
+        out: &mut [MaybeUninit<u8>],
         (stored, planes): &mut Scratch,
     ) -> Result<()> {
         self.decoded.fetch_add(chunk.raw_len(), Ordering::Relaxed);
         if chunk.is_raw() {
             return self.read_at(out, chunk.offset());
         }
-        stored.resize(chunk.stored_len() as usize, 0);
-        self.read_at(stored, chunk.offset())?;
+        let n = chunk.stored_len() as usize;
+        stored.clear();
+        stored.try_reserve_exact(n).map_err(|_| Error::OutOfMemory(n as u64))?;
+        self.read_at(&mut stored.spare_capacity_mut()[..n], chunk.offset())?;
+        // SAFETY: read_at filled the first n bytes of the spare capacity.
+        unsafe { stored.set_len(n) };
         decode_chunk_of(info, index, chunk, codec, stored, out, planes)
     }
 
@@ -287,7 +312,8 @@ impl DtReader {
                 out.len()
             )));
         }
-        self.read_at(out, offset)
+        // SAFETY: read_at stores only real bytes.
+        self.read_at(unsafe { buffer::as_uninit_mut(out) }, offset)
     }
 
     /// Decode bytes `[start, start + out.len())` of `info` into `out`,
@@ -297,6 +323,16 @@ impl DtReader {
     /// [`Error::InvalidArgument`] if the range is outside the tensor; I/O
     /// errors; corrupt chunks.
     pub fn read_range(&self, info: &TensorInfo, start: u64, out: &mut [u8]) -> Result<()> {
+        // SAFETY: the read paths store only real bytes into `out`.
+        self.read_range_uninit(info, start, unsafe { buffer::as_uninit_mut(out) })
+    }
+
+    /// [`DtReader::read_range`] into memory that may be uninitialised: on
+    /// `Ok` every byte of `out` has been written.
+    ///
+    /// # Errors
+    /// As [`DtReader::read_range`].
+    pub fn read_range_uninit(&self, info: &TensorInfo, start: u64, out: &mut [MaybeUninit<u8>]) -> Result<()> {
         let end = start
             .checked_add(out.len() as u64)
             .filter(|&e| e <= info.nbytes)
@@ -332,10 +368,12 @@ impl DtReader {
                 if piece.len() as u64 == chunk.raw_len() {
                     return self.decode_chunk(info, i, chunk, codec, piece, scratch);
                 }
-                let mut whole = AlignedBuf::zeroed(chunk.raw_len())?;
-                self.decode_chunk(info, i, chunk, codec, &mut whole, scratch)?;
+                let mut whole = UninitBuf::new(chunk.raw_len())?;
+                self.decode_chunk(info, i, chunk, codec, whole.as_uninit_mut(), scratch)?;
+                // SAFETY: decode_chunk returned Ok, so it wrote every byte.
+                let whole = unsafe { whole.assume_init() };
                 let from = (lo - raw_start) as usize;
-                piece.copy_from_slice(&whole[from..from + piece.len()]);
+                buffer::copy_into(piece, &whole[from..from + piece.len()]);
                 Ok(())
             })
     }
@@ -360,7 +398,8 @@ impl DtReader {
                     || (Scratch::default(), Vec::new()),
                     |(scratch, buf), (i, chunk)| {
                         buf.resize(chunk.raw_len() as usize, 0);
-                        self.decode_chunk(info, i, chunk, codec, buf, scratch)?;
+                        // SAFETY: decoding stores only real bytes.
+                        self.decode_chunk(info, i, chunk, codec, unsafe { buffer::as_uninit_mut(buf) }, scratch)?;
                         Ok(f(buf))
                     },
                 )
@@ -372,7 +411,8 @@ impl DtReader {
                     .map_init(Vec::new, |buf, b| {
                         let at = b * MAP_BLOCK_BYTES as u64;
                         buf.resize((info.nbytes - at).min(MAP_BLOCK_BYTES as u64) as usize, 0);
-                        self.read_at(buf, info.file_offset + at)?;
+                        // SAFETY: read_at stores only real bytes.
+                        self.read_at(unsafe { buffer::as_uninit_mut(buf) }, info.file_offset + at)?;
                         Ok(f(buf))
                     })
                     .collect()
@@ -559,8 +599,17 @@ where
 }
 
 /// `out` (a tensor's decoded bytes) cut into one piece per chunk, in order.
-/// Validated layouts guarantee the raw lengths add up to `out.len()`.
-fn chunk_pieces<'o>(out: &'o mut [u8], chunks: &[Chunk]) -> Vec<&'o mut [u8]> {
+/// Validated layouts guarantee the raw lengths add up to `out.len()`; that is
+/// checked again here because the pieces must cover every byte of `out`.
+fn chunk_pieces<'o>(
+    out: &'o mut [MaybeUninit<u8>],
+    chunks: &[Chunk],
+    name: &str,
+) -> Result<Vec<&'o mut [MaybeUninit<u8>]>> {
+    let total = chunks.iter().try_fold(0u64, |sum, c| sum.checked_add(c.raw_len()));
+    if total != Some(out.len() as u64) {
+        return Err(Error::tensor(name, "its chunks' raw lengths do not add up to its size"));
+    }
     let mut pieces = Vec::with_capacity(chunks.len());
     let mut rest = out;
     for c in chunks {
@@ -568,7 +617,7 @@ fn chunk_pieces<'o>(out: &'o mut [u8], chunks: &[Chunk]) -> Vec<&'o mut [u8]> {
         pieces.push(head);
         rest = tail;
     }
-    pieces
+    Ok(pieces)
 }
 
 /// Decode chunk `index` of `info` from its `stored` bytes into `out`; a
@@ -579,7 +628,7 @@ fn decode_chunk_of(
     chunk: &Chunk,
     codec: &dyn Codec,
     stored: &[u8],
-    out: &mut [u8],
+    out: &mut [MaybeUninit<u8>],
     planes: &mut Vec<u8>,
 ) -> Result<()> {
     let filter = info.filter.as_ref().map(|(f, params, planes)| AppliedFilter {
@@ -612,12 +661,13 @@ pub fn decode_stored(layout: &Layout, info: &TensorInfo, stored: &[u8]) -> Resul
             stored.len()
         )));
     }
-    let mut out = AlignedBuf::zeroed(info.nbytes)?;
+    let mut out = UninitBuf::new(info.nbytes)?;
     let (Some(chunks), Some(codec)) = (&info.chunks, layout.codec) else {
-        out.copy_from_slice(stored);
-        return Ok(out);
+        buffer::copy_into(out.as_uninit_mut(), stored);
+        // SAFETY: every byte was just copied.
+        return Ok(unsafe { out.assume_init() });
     };
-    chunk_pieces(&mut out, chunks)
+    chunk_pieces(out.as_uninit_mut(), chunks, &info.name)?
         .into_par_iter()
         .zip(chunks.par_iter())
         .enumerate()
@@ -632,7 +682,23 @@ pub fn decode_stored(layout: &Layout, info: &TensorInfo, stored: &[u8]) -> Resul
             })?;
             decode_chunk_of(info, index, chunk, codec, bytes, piece, planes)
         })?;
-    Ok(out)
+    // SAFETY: every chunk decoded Ok, and the chunks' pieces cover `out`.
+    Ok(unsafe { out.assume_init() })
+}
+
+/// `pread` until `out` is full, into memory that may be uninitialised; the
+/// file ending first is [`std::io::ErrorKind::UnexpectedEof`].
+fn pread_exact(file: &File, out: &mut [MaybeUninit<u8>], offset: u64) -> std::io::Result<()> {
+    let mut done = 0usize;
+    while done < out.len() {
+        match rustix::io::pread(file, &mut out[done..], offset + done as u64) {
+            Ok(([], _)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok((filled, _)) => done += filled.len(),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Lower-case hex of bytes.

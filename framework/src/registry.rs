@@ -16,6 +16,7 @@
 //! a function of it).
 
 use std::collections::BTreeMap;
+use std::mem::MaybeUninit;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -84,6 +85,18 @@ pub trait Codec: Plugin {
     /// A message when `stored` is not valid or does not decode to exactly
     /// `out.len()` bytes.
     fn decompress_into(&self, stored: &[u8], out: &mut [u8]) -> std::result::Result<(), String>;
+
+    /// [`Codec::decompress_into`] into memory that may be uninitialised (a
+    /// read's fresh output buffer). On success every byte of `out` must have
+    /// been written. The default zeroes `out` and calls
+    /// [`Codec::decompress_into`]; a codec that can write into uninitialised
+    /// memory overrides it and saves that pass.
+    ///
+    /// # Errors
+    /// As [`Codec::decompress_into`].
+    fn decompress_into_uninit(&self, stored: &[u8], out: &mut [MaybeUninit<u8>]) -> std::result::Result<(), String> {
+        self.decompress_into(stored, crate::buffer::zero_fill(out))
+    }
 }
 
 /// A streaming hash with a 32-byte digest.
@@ -183,6 +196,13 @@ pub trait Filter: Plugin {
 
     /// Undo [`Filter::encode`]: `planes` are the planes in order, each `out.len() / planes.len()` bytes.
     fn decode(&self, params: &Map<String, Value>, planes: &[&[u8]], out: &mut [u8]);
+
+    /// [`Filter::decode`] into memory that may be uninitialised; every byte of
+    /// `out` must be written. The default zeroes `out` and calls
+    /// [`Filter::decode`]; filters that write every byte anyway override it.
+    fn decode_uninit(&self, params: &Map<String, Value>, planes: &[&[u8]], out: &mut [MaybeUninit<u8>]) {
+        self.decode(params, planes, crate::buffer::zero_fill(out))
+    }
 }
 
 /// A tensor layout other than dense: how several stored parts make one tensor.

@@ -17,6 +17,7 @@
 //! [`DECODE_BUDGET`] decoded bytes, and chunks are at most [`MAX_CHUNK_RAW`]
 //! bytes in the `chunks` target.
 
+use std::mem::MaybeUninit;
 use std::path::Path;
 
 use deathtensors::chunk::{self, AppliedFilter};
@@ -384,7 +385,7 @@ pub fn chunks(data: &[u8]) -> Result<()> {
     });
     round_trip(&data[CHUNK_INPUT_PREFIX..], codec, dtype, applied);
     let chunk = Chunk::new(0, stored_len, raw_len, plane_lens);
-    let mut out = vec![0u8; raw_len as usize];
+    let mut out = vec![MaybeUninit::new(0u8); raw_len as usize];
     let mut scratch = Vec::new();
     chunk::decode(stored, &chunk, codec, applied, &mut out, &mut scratch).map_err(|reason| Error::CorruptChunk {
         name: format!("{}/{}", codec.id(), dtype.id()),
@@ -405,10 +406,17 @@ fn round_trip(raw: &[u8], codec: &dyn Codec, dtype: &dyn DtypeHandler, filter: O
     let raw = &raw[..len];
     let (stored, planes) = chunk::encode(raw, codec, codec.default_level(), filter).expect("encoding never fails");
     let chunk = Chunk::new(0, stored.len() as u64, len as u64, planes);
-    let mut out = vec![0u8; len];
-    chunk::decode(&stored, &chunk, codec, filter, &mut out, &mut Vec::new())
-        .unwrap_or_else(|e| panic!("{} chunk of {} bytes does not decode: {e}", codec.id(), len));
-    assert!(out == raw, "{} chunk of {len} bytes decodes to other bytes", codec.id());
+    // Decoding writes into memory that may be uninitialised, so it must write
+    // every byte: decode over two different fillers; a byte left unwritten
+    // keeps its filler and cannot match `raw` both times.
+    for filler in [0x00, 0xFF] {
+        let mut out = vec![MaybeUninit::new(filler); len];
+        chunk::decode(&stored, &chunk, codec, filter, &mut out, &mut Vec::new())
+            .unwrap_or_else(|e| panic!("{} chunk of {} bytes does not decode: {e}", codec.id(), len));
+        // SAFETY: every element was initialised with the filler, then maybe overwritten.
+        let out = unsafe { deathtensors::buffer::assume_init_mut(&mut out) };
+        assert!(out == raw, "{} chunk of {len} bytes decodes to other bytes", codec.id());
+    }
 }
 
 /// Build a `chunks` input that decodes `stored` as one chunk of `raw_len`

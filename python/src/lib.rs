@@ -4,10 +4,11 @@
 //! errors to the classes of `deathtensors.errors`. Everything else (torch and
 //! numpy adapters, path expansion, the public API) is Python.
 
+use std::mem::MaybeUninit;
 use std::os::raw::{c_int, c_void};
 use std::sync::{Arc, RwLock};
 
-use deathtensors::buffer::AlignedBuf;
+use deathtensors::buffer::{AlignedBuf, UninitBuf};
 use deathtensors::format::Layout;
 use deathtensors::format::LayoutHeader;
 use deathtensors::reader::{hex, read_layout, DtReader, ReadOptions};
@@ -427,9 +428,10 @@ impl Reader {
         let data = py
             .detach(|| {
                 let info = r.tensor(name)?;
-                let mut buf = AlignedBuf::zeroed(length)?;
-                r.read_range(info, start, &mut buf)?;
-                Ok(buf)
+                let mut buf = UninitBuf::new(length)?;
+                r.read_range_uninit(info, start, buf.as_uninit_mut())?;
+                // SAFETY: read_range_uninit returned Ok, so it wrote every byte.
+                Ok(unsafe { buf.assume_init() })
             })
             .map_err(|e| to_py(py, e))?;
         Ok(Buffer { data })
@@ -472,9 +474,10 @@ impl Reader {
 
     /// Decode one tensor into `bytes`.
     ///
-    /// The object is allocated uninitialised with the GIL held, then zeroed
-    /// and filled with the GIL released. (`PyBytes::new_with` zeroes it with
-    /// the GIL held: a pass over the whole tensor that stalls other threads.)
+    /// The object is allocated uninitialised with the GIL held, then filled
+    /// with the GIL released; it reaches Python only once every byte is
+    /// written. (`PyBytes::new_with` zeroes it with the GIL held: a pass over
+    /// the whole tensor that stalls other threads.)
     fn read_bytes<'py>(&self, py: Python<'py>, name: &'py str) -> PyResult<Bound<'py, PyBytes>> {
         let r = self.get()?;
         let info = r.tensor(name).map_err(|e| to_py(py, e))?.clone();
@@ -493,13 +496,11 @@ impl Reader {
         py.detach(|| {
             let ptr = data as *mut u8;
             // SAFETY: the object is new and only this call refers to it until it
-            // returns, so no Python code reads or writes the buffer meanwhile; it
-            // is zeroed before a slice is made of it.
-            let out = unsafe {
-                std::ptr::write_bytes(ptr, 0, len);
-                std::slice::from_raw_parts_mut(ptr, len)
-            };
-            r.read_into(&info, out)
+            // returns, so no Python code reads or writes the buffer meanwhile;
+            // the slice is of MaybeUninit, which needs no initialisation. On an
+            // error the object is dropped unread.
+            let out = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<MaybeUninit<u8>>(), len) };
+            r.read_into_uninit(&info, out)
         })
         .map_err(|e| to_py(py, e))?;
         // SAFETY: PyBytes_FromStringAndSize returned a bytes object.

@@ -1198,3 +1198,66 @@ fn read_range_decodes_only_the_covering_chunks() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+/// Reads fill output memory that is not zeroed first (fresh or recycled heap
+/// memory), so every read path must write every byte of its output. Read into
+/// buffers prefilled with two different bytes: a byte a path skipped keeps its
+/// filler and cannot match the tensor both times. Covers raw and compressed
+/// chunks, every bytegroup width and both F32 rotations, incompressible chunks
+/// stored raw, the parallel pieces of a large uncompressed read, ranges, and
+/// remote decoding.
+#[test]
+fn every_read_path_writes_every_byte_of_its_output() {
+    let small = gaussian_f32(48 * 1024, 0.02, 21); // rotate 3 wins
+    let wide = gaussian_f32(48 * 1024, 1.0, 22); // rotate 1 wins
+    let halves = pattern(40_000, 23);
+    let doubles = pattern(64_000, 24);
+    let random = noise(100_000, 25);
+    let big = pattern(9 << 20, 26); // above the parallel read threshold
+    let dir = tempfile::tempdir().unwrap();
+    for (codec, checksum) in modes() {
+        let mut options = opts(codec, checksum);
+        options.chunk_bytes = 64 * 1024;
+        let tensors = [
+            tensor("small", "F32", &[48, 1024], &small),
+            tensor("wide", "F32", &[48, 1024], &wide),
+            tensor("bf16", "BF16", &[20_000], &halves),
+            tensor("f16", "F16", &[20_000], &halves),
+            tensor("f64", "F64", &[8000], &doubles),
+            tensor("c64", "C64", &[8000], &doubles),
+            tensor("random", "U8", &[100_000], &random),
+            tensor("big", "U8", &[9 << 20], &big),
+        ];
+        let path = write_valid(dir.path(), &mode_name(codec, checksum), &tensors, &Map::new(), &options);
+        let file = fs::read(&path).unwrap();
+        let reader = DtReader::open(&path).unwrap();
+        for t in &tensors {
+            let info = reader.tensor(&t.name).unwrap();
+            let what = format!("{} {codec:?}", t.name);
+            for filler in [0x00u8, 0xFF] {
+                let mut out = vec![filler; t.data.len()];
+                reader.read_into(info, &mut out).unwrap();
+                assert!(out == t.data, "read_into of {what} over {filler:#x}");
+                let (start, len) = (t.data.len() / 3, t.data.len() / 2);
+                let mut part = vec![filler; len];
+                reader.read_range(info, start as u64, &mut part).unwrap();
+                assert!(
+                    part == t.data[start..start + len],
+                    "read_range of {what} over {filler:#x}"
+                );
+            }
+            // Fresh and recycled memory: read_tensor and decode_stored allocate their own.
+            for _ in 0..2 {
+                drop(vec![0xA5u8; t.data.len()]);
+                assert!(
+                    reader.read_tensor(&t.name).unwrap()[..] == *t.data,
+                    "read_tensor of {what}"
+                );
+                let at = info.file_offset as usize;
+                let stored = &file[at..at + info.stored_len as usize];
+                let decoded = deathtensors::reader::decode_stored(reader.layout(), info, stored).unwrap();
+                assert!(decoded[..] == *t.data, "decode_stored of {what}");
+            }
+        }
+    }
+}

@@ -13,10 +13,11 @@
 //! Compression and decompression contexts are reused per thread.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use deathtensors::registry::{Codec, Plugin};
 use zstd::bulk::{Compressor, Decompressor};
-use zstd::zstd_safe::CParameter;
+use zstd::zstd_safe::{CParameter, WriteBuf};
 
 /// Zstandard.
 pub struct ZstdCodec;
@@ -97,20 +98,59 @@ impl Codec for ZstdCodec {
 
     fn decompress_into(&self, stored: &[u8], out: &mut [u8]) -> Result<(), String> {
         let expected = out.len();
-        let n = DECOMPRESSOR.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = Some(Decompressor::new().map_err(|e| e.to_string())?);
-            }
-            let d = slot.as_mut().ok_or("no zstd context")?;
-            d.decompress_to_buffer(stored, out).map_err(|e| format!("zstd: {e}"))
-        })?;
-        if n != expected {
-            return Err(format!(
-                "zstd frame decodes to {n} bytes, the header declares {expected}"
-            ));
+        decompress_checked(stored, out, expected)
+    }
+
+    fn decompress_into_uninit(&self, stored: &[u8], out: &mut [MaybeUninit<u8>]) -> Result<(), String> {
+        let expected = out.len();
+        decompress_checked(stored, &mut UninitOut { buf: out, filled: 0 }, expected)
+    }
+}
+
+/// Decompress one frame with this thread's context into `out`, which must
+/// end up holding exactly `expected` bytes.
+fn decompress_checked<C: WriteBuf + ?Sized>(stored: &[u8], out: &mut C, expected: usize) -> Result<(), String> {
+    let n = DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(Decompressor::new().map_err(|e| e.to_string())?);
         }
-        Ok(())
+        let d = slot.as_mut().ok_or("no zstd context")?;
+        d.decompress_to_buffer(stored, out).map_err(|e| format!("zstd: {e}"))
+    })?;
+    if n != expected {
+        return Err(format!(
+            "zstd frame decodes to {n} bytes, the header declares {expected}"
+        ));
+    }
+    Ok(())
+}
+
+/// An uninitialised output slice that zstd writes from its start: it tells
+/// how many bytes it wrote, so `n == len` means every byte was written.
+struct UninitOut<'a> {
+    buf: &'a mut [MaybeUninit<u8>],
+    filled: usize,
+}
+
+// SAFETY: `as_slice` covers only the `filled` bytes that zstd reported writing;
+// `capacity` and `as_mut_ptr` describe exactly the borrowed slice.
+unsafe impl WriteBuf for UninitOut<'_> {
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: the first `filled` bytes were written (see filled_until).
+        unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), self.filled) }
+    }
+
+    fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.buf.as_mut_ptr().cast()
+    }
+
+    unsafe fn filled_until(&mut self, n: usize) {
+        self.filled = n;
     }
 }
 
@@ -141,6 +181,16 @@ mod tests {
         // Garbage: error.
         let mut out = vec![0u8; 10];
         assert!(ZstdCodec.decompress_into(&[1, 2, 3, 4, 5], &mut out).is_err());
+        // Into uninitialised memory: the same bytes, the same length checks.
+        let packed = ZstdCodec.compress(&raw, 3).unwrap();
+        let mut fresh = vec![MaybeUninit::<u8>::uninit(); raw.len()];
+        ZstdCodec.decompress_into_uninit(&packed, &mut fresh).unwrap();
+        // SAFETY: decompress_into_uninit returned Ok, so it wrote every byte.
+        assert_eq!(unsafe { deathtensors::buffer::assume_init_mut(&mut fresh) }, &raw[..]);
+        let mut short = vec![MaybeUninit::<u8>::uninit(); raw.len() - 1];
+        assert!(ZstdCodec.decompress_into_uninit(&packed, &mut short).is_err());
+        let mut long = vec![MaybeUninit::<u8>::uninit(); raw.len() + 1];
+        assert!(ZstdCodec.decompress_into_uninit(&packed, &mut long).is_err());
         assert!(ZstdCodec.compress(&raw, 99).is_err());
     }
 

@@ -27,6 +27,8 @@
 //! plane would be half the bytes, and in BF16 it halved decompression speed
 //! (2.2 to 1.0 GB/s on one core) for files 0.6% smaller.
 
+use std::mem::MaybeUninit;
+
 use deathtensors::registry::{DtypeHandler, DtypeKind, Filter, Plugin};
 use multiversion::multiversion;
 use serde_json::{json, Map, Value};
@@ -127,7 +129,18 @@ impl Filter for ByteGroupFilter {
     }
 
     fn decode(&self, params: &Map<String, Value>, planes: &[&[u8]], out: &mut [u8]) {
+        // SAFETY: decode_uninit stores only real bytes.
+        self.decode_uninit(params, planes, unsafe { deathtensors::buffer::as_uninit_mut(out) })
+    }
+
+    fn decode_uninit(&self, params: &Map<String, Value>, planes: &[&[u8]], out: &mut [MaybeUninit<u8>]) {
         let (width, rotate) = width_and_rotate(params);
+        // The reader passes `width` planes of `out.len() / width` bytes each;
+        // anything else would leave bytes of `out` unwritten, so zero it first.
+        let plane_len = out.len() / width.max(1);
+        if out.len() % width.max(1) != 0 || planes.len() != width || planes.iter().any(|p| p.len() != plane_len) {
+            deathtensors::buffer::zero_fill(out);
+        }
         match (width, planes) {
             (2, [p0, p1]) => decode2(p0, p1, out, rotate),
             (4, [p0, p1, p2, p3]) => decode4([p0, p1, p2, p3], out, rotate),
@@ -148,10 +161,18 @@ fn encode2(raw: &[u8], out: &mut [u8], rotate: u32) {
     }
 }
 
+/// Store one element's bytes into `o` (its `N` output bytes).
+#[inline(always)]
+fn put<const N: usize>(o: &mut [MaybeUninit<u8>], bytes: [u8; N]) {
+    for (d, s) in o.iter_mut().zip(bytes) {
+        d.write(s);
+    }
+}
+
 #[multiversion(targets("x86_64+avx2"))]
-fn decode2(p0: &[u8], p1: &[u8], out: &mut [u8], rotate: u32) {
+fn decode2(p0: &[u8], p1: &[u8], out: &mut [MaybeUninit<u8>], rotate: u32) {
     for ((o, &a), &b) in out.chunks_exact_mut(2).zip(p0).zip(p1) {
-        o.copy_from_slice(&u16::from_le_bytes([a, b]).rotate_right(rotate).to_le_bytes());
+        put(o, u16::from_le_bytes([a, b]).rotate_right(rotate).to_le_bytes());
     }
 }
 
@@ -179,10 +200,10 @@ fn encode4(raw: &[u8], out: &mut [u8], rotate: u32) {
 }
 
 #[multiversion(targets("x86_64+avx2"))]
-fn decode4(planes: [&[u8]; 4], out: &mut [u8], rotate: u32) {
+fn decode4(planes: [&[u8]; 4], out: &mut [MaybeUninit<u8>], rotate: u32) {
     let [p0, p1, p2, p3] = planes;
     for ((((o, &a), &b), &c), &d) in out.chunks_exact_mut(4).zip(p0).zip(p1).zip(p2).zip(p3) {
-        o.copy_from_slice(&u32::from_le_bytes([a, b, c, d]).rotate_right(rotate).to_le_bytes());
+        put(o, u32::from_le_bytes([a, b, c, d]).rotate_right(rotate).to_le_bytes());
     }
 }
 
@@ -200,13 +221,13 @@ fn encode8(raw: &[u8], out: &mut [u8], rotate: u32) {
 }
 
 #[multiversion(targets("x86_64+avx2"))]
-fn decode8(planes: &[&[u8]], out: &mut [u8], rotate: u32) {
+fn decode8(planes: &[&[u8]], out: &mut [MaybeUninit<u8>], rotate: u32) {
     for (i, o) in out.chunks_exact_mut(8).enumerate() {
         let mut b = [0u8; 8];
         for (p, plane) in planes.iter().enumerate().take(8) {
-            b[p] = plane[i];
+            b[p] = plane.get(i).copied().unwrap_or(0);
         }
-        o.copy_from_slice(&u64::from_le_bytes(b).rotate_right(rotate).to_le_bytes());
+        put(o, u64::from_le_bytes(b).rotate_right(rotate).to_le_bytes());
     }
 }
 
