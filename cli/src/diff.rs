@@ -12,7 +12,7 @@ use deathtensors::reader::DtReader;
 use deathtensors::Error;
 use serde_json::{Map, Value};
 
-use crate::{expand_path, pretty, progress, EXIT_OK};
+use crate::{expand_path, pretty, progress, shown, EXIT_OK};
 
 /// Exit code when the files differ.
 const EXIT_DIFFERENT: i32 = 1;
@@ -82,19 +82,19 @@ fn write_report(path_a: &str, path_b: &str, r: &DiffReport) -> String {
     let _ = writeln!(s, "--- {path_a}");
     let _ = writeln!(s, "+++ {path_b}");
     for name in &r.removed {
-        let _ = writeln!(s, "- {name}: only in {path_a}");
+        let _ = writeln!(s, "- {}: only in {path_a}", shown(name));
     }
     for name in &r.added {
-        let _ = writeln!(s, "+ {name}: only in {path_b}");
+        let _ = writeln!(s, "+ {}: only in {path_b}", shown(name));
     }
     let arrow = |s: &mut String, what: &str, c: &Change<String>| {
-        let _ = writeln!(s, "~ {}: {what} {} -> {}", c.name, c.a, c.b);
+        let _ = writeln!(s, "~ {}: {what} {} -> {}", shown(&c.name), c.a, c.b);
     };
     for c in &r.dtype_changed {
         arrow(&mut s, "dtype", c);
     }
     for c in &r.shape_changed {
-        let _ = writeln!(s, "~ {}: shape {:?} -> {:?}", c.name, c.a, c.b);
+        let _ = writeln!(s, "~ {}: shape {:?} -> {:?}", shown(&c.name), c.a, c.b);
     }
     let layout = |v: &Value| match v {
         Value::Null => "dense".to_owned(),
@@ -106,7 +106,7 @@ fn write_report(path_a: &str, path_b: &str, r: &DiffReport) -> String {
         other => other.to_string(),
     };
     for c in &r.layout_changed {
-        let _ = writeln!(s, "~ {}: layout {} -> {}", c.name, layout(&c.a), layout(&c.b));
+        let _ = writeln!(s, "~ {}: layout {} -> {}", shown(&c.name), layout(&c.a), layout(&c.b));
     }
     for v in &r.value_changed {
         let part = v.part.as_ref().map(|p| format!(" (part {p})")).unwrap_or_default();
@@ -114,10 +114,10 @@ fn write_report(path_a: &str, path_b: &str, r: &DiffReport) -> String {
             None => writeln!(
                 s,
                 "~ {}: values differ: the stored parts differ in dtype or shape{part}",
-                v.name
+                shown(&v.name)
             ),
             Some(n) => {
-                let mut line = format!("~ {}: values differ: {n} of {} elements", v.name, v.numel);
+                let mut line = format!("~ {}: values differ: {n} of {} elements", shown(&v.name), v.numel);
                 if let Some(m) = v.max_abs_diff {
                     let _ = write!(line, ", max |a-b| {}", number(m));
                 }
@@ -132,7 +132,7 @@ fn write_report(path_a: &str, path_b: &str, r: &DiffReport) -> String {
         let _ = writeln!(
             s,
             "~ {}: metadata {} -> {}",
-            c.name,
+            shown(&c.name),
             Value::Object(c.a.clone()),
             Value::Object(c.b.clone())
         );

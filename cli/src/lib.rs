@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+use std::borrow::Cow;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -21,7 +22,7 @@ use serde_json::{json, Value};
 pub const EXIT_OK: i32 = 0;
 /// Exit code for a bad, unreadable or unverifiable file.
 pub const EXIT_BAD_FILE: i32 = 1;
-/// Exit code for a usage error.
+/// Exit code for a usage error, or output that could not be written.
 pub const EXIT_USAGE: i32 = 2;
 
 mod convert;
@@ -139,8 +140,18 @@ where
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
+            use clap::error::ErrorKind;
             let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
-            let _ = e.print();
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+            } else {
+                let _ = writeln!(std::io::stderr(), "deathtensors: error: {}", usage_error_line(&e));
+            }
             return code;
         }
     };
@@ -159,18 +170,78 @@ where
     match execute(cli.command) {
         Ok((text, code)) => {
             let mut out = std::io::stdout().lock();
-            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
-            code
+            match out
+                .write_all(terminal_safe(&text).as_bytes())
+                .and_then(|()| out.flush())
+            {
+                // A reader that stopped early (`| head`) is not a failure.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    let _ = writeln!(std::io::stderr(), "deathtensors: error: cannot write the output: {e}");
+                    EXIT_USAGE
+                }
+                _ => code,
+            }
         }
         Err(e) => {
             let line = e.to_string().replace('\n', " ");
-            let _ = writeln!(std::io::stderr(), "deathtensors: error: {line}");
+            let _ = writeln!(std::io::stderr(), "deathtensors: error: {}", terminal_safe(&line));
             if e.is_bad_file() {
                 EXIT_BAD_FILE
             } else {
                 EXIT_USAGE
             }
         }
+    }
+}
+
+/// A command-line error from clap in one line: its message and the usage of
+/// the command (clap prints them over several lines, with blank lines).
+fn usage_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let usage_at = lines.iter().position(|l| l.starts_with("Usage: "));
+    let message = lines[..usage_at.unwrap_or(lines.len())]
+        .iter()
+        .filter(|l| !l.starts_with("For more information"))
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    match usage_at.and_then(|i| lines[i].strip_prefix("Usage: ")) {
+        Some(usage) => format!("{message} (usage: {usage}; see --help)"),
+        None => format!("{message} (see --help)"),
+    }
+}
+
+/// A tensor name as printed in a table or report: itself, or, when it holds
+/// control characters (a newline that would fake a row, an escape sequence
+/// that would drive the terminal), its escaped form (`evil\u{1b}[2J`).
+/// Names come from files, which are untrusted.
+pub fn shown(name: &str) -> Cow<'_, str> {
+    if name.chars().any(char::is_control) {
+        Cow::Owned(name.escape_debug().to_string())
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// `text` with every control character but newline and tab escaped: the last
+/// guard before anything derived from a file reaches the terminal.
+pub fn terminal_safe(text: &str) -> Cow<'_, str> {
+    if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        Cow::Owned(
+            text.chars()
+                .map(|c| {
+                    if c.is_control() && c != '\n' && c != '\t' {
+                        c.escape_debug().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(text)
     }
 }
 
@@ -253,7 +324,7 @@ fn execute(command: Command) -> Result<(String, i32), Error> {
                 s = pretty(&json!(names));
             } else {
                 for k in names {
-                    let _ = writeln!(s, "{k}");
+                    let _ = writeln!(s, "{}", shown(k));
                 }
             }
         }
@@ -385,18 +456,24 @@ fn write_info(s: &mut String, r: &DtReader) {
     if !r.metadata().is_empty() {
         let _ = writeln!(s, "metadata:  {}", Value::Object(r.metadata().clone()));
     }
-    let _ = writeln!(s, "tensors:   {}", r.tensors().len());
+    let parts = r.tensors().iter().filter(|t| t.part_of.is_some()).count();
+    let listed = r.tensors().len() - parts;
+    let _ = match parts {
+        0 => writeln!(s, "tensors:   {listed}"),
+        1 => writeln!(s, "tensors:   {listed} (plus 1 stored part of one)"),
+        _ => writeln!(s, "tensors:   {listed} (plus {parts} stored parts of them)"),
+    };
     let rows: Vec<[String; 5]> = r
         .tensors()
         .iter()
         .map(|t| {
             let name = match (&t.part_of, &t.layout) {
-                (Some(owner), _) => format!("  {} (part of {owner})", t.name),
-                (None, Some(l)) => format!("{} ({} {:?})", t.name, l.id, l.shape),
-                _ => t.name.clone(),
+                (Some(owner), _) => format!("  {} (part of {})", shown(&t.name), shown(owner)),
+                (None, Some(l)) => format!("{} ({} {:?})", shown(&t.name), l.id, l.shape),
+                _ => shown(&t.name).into_owned(),
             };
             let stored = match (&t.alias_of, &t.chunks) {
-                (Some(target), _) => format!("alias of {target}"),
+                (Some(target), _) => format!("alias of {}", shown(target)),
                 (None, Some(_)) => format!("{} ({:.1}%)", human(t.stored_len), percent(t.stored_len, t.nbytes)),
                 (None, None) => human(t.stored_len),
             };
@@ -444,7 +521,7 @@ fn write_stats(s: &mut String, rows: &[deathtensors::stats::TensorStats]) {
         .iter()
         .map(|r| {
             vec![
-                r.name.clone(),
+                shown(&r.name).into_owned(),
                 r.dtype.clone(),
                 r.count.to_string(),
                 val(&r.min),

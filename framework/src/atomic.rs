@@ -11,6 +11,11 @@
 //! writers, so a killed save leaves nothing behind for longer than the next
 //! save in that folder. A concurrent writer's file is never removed: it is
 //! locked from before anyone can see it as unlocked (see [`locked_temp_file`]).
+//!
+//! A target that is a symbolic link is written through: the file it points
+//! to is replaced (a link into the Hugging Face cache stays a link), as a
+//! plain `open(2)` for writing would do. Replacing an existing file keeps its
+//! permission bits; a new file gets `0666 & ~umask`.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -22,6 +27,9 @@ use crate::error::{Error, Result};
 
 /// How the names of temporary files end (they also start with a `.`).
 pub const TEMP_SUFFIX: &str = ".dt-tmp";
+
+/// Most symbolic links followed from a target (Linux's own limit is 40).
+const MAX_SYMLINK_HOPS: usize = 40;
 
 /// How often [`AtomicFile::create`] retries when a cleaner took the lock of
 /// its brand-new temporary file first (each retry needs that race again).
@@ -41,14 +49,14 @@ impl AtomicFile {
     /// # Errors
     /// [`Error::InvalidArgument`] if `target` has no file name; I/O errors.
     pub fn create(target: impl AsRef<Path>) -> Result<Self> {
-        let target = target.as_ref().to_path_buf();
+        let target = resolve_symlinks(target.as_ref())?;
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
         let name = target
             .file_name()
-            .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", target.display())))?;
+            .ok_or_else(|| Error::InvalidArgument(format!("{:?} is not a file path", target.display().to_string())))?;
         remove_stale_temp_files(&dir);
         let tmp = locked_temp_file(&dir, &format!(".{}.", name.to_string_lossy()))?;
         Ok(AtomicFile { tmp, target, dir })
@@ -65,9 +73,10 @@ impl AtomicFile {
         self.tmp.path()
     }
 
-    /// Give the file the mode a plain create would (`0666 & ~umask`; temp
-    /// files start at 0600), sync it if `durable`, rename it over the target,
-    /// and sync the folder if `durable`.
+    /// Give the file the target's permission bits if it exists, else the
+    /// mode a plain create would (`0666 & ~umask`; temp files start at 0600),
+    /// sync it if `durable`, rename it over the target, and sync the folder if
+    /// `durable`.
     ///
     /// # Errors
     /// I/O errors; the target is then untouched and the temp file removed.
@@ -75,7 +84,11 @@ impl AtomicFile {
         let tmp_path = self.tmp.path().to_path_buf();
         let io = |e| Error::io(&tmp_path, e);
         let file = self.tmp.as_file();
-        file.set_permissions(std::fs::Permissions::from_mode(0o666 & !umask()))
+        let mode = match std::fs::metadata(&self.target) {
+            Ok(m) => m.permissions().mode() & 0o777,
+            Err(_) => 0o666 & !umask(),
+        };
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(io)?;
         if durable {
             file.sync_all().map_err(io)?;
@@ -90,6 +103,33 @@ impl AtomicFile {
         }
         Ok(())
     }
+}
+
+/// The path a write to `target` lands on: `target` itself, or the end of the
+/// chain of symbolic links it starts (which need not exist yet). Relative
+/// links are resolved against the folder of the link.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for a chain longer than [`MAX_SYMLINK_HOPS`]
+/// (a loop); I/O errors reading a link.
+fn resolve_symlinks(target: &Path) -> Result<PathBuf> {
+    let mut path = target.to_path_buf();
+    for _ in 0..MAX_SYMLINK_HOPS {
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let link = std::fs::read_link(&path).map_err(|e| Error::io(&path, e))?;
+                path = match path.parent() {
+                    Some(dir) if link.is_relative() => dir.join(link),
+                    _ => link,
+                };
+            }
+            _ => return Ok(path),
+        }
+    }
+    Err(Error::InvalidArgument(format!(
+        "{} is a chain of more than {MAX_SYMLINK_HOPS} symbolic links (a loop?)",
+        target.display()
+    )))
 }
 
 /// Create `dir/<prefix><random>.dt-tmp` and take an exclusive `flock` on it,
@@ -198,6 +238,51 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
         let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o666 & !umask());
+    }
+
+    #[test]
+    fn replacing_a_file_keeps_its_permission_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("private.bin");
+        std::fs::write(&target, b"old").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut a = AtomicFile::create(&target).unwrap();
+        a.file().write_all(b"new").unwrap();
+        a.commit(false).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn symbolic_links_are_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("blobs");
+        std::fs::create_dir(&blobs).unwrap();
+        let real = blobs.join("real.bin");
+        std::fs::write(&real, b"old").unwrap();
+        // A relative link in another folder, a link to that link, and a dangling one.
+        let snapshot = dir.path().join("snap");
+        std::fs::create_dir(&snapshot).unwrap();
+        let link = snapshot.join("model.bin");
+        std::os::unix::fs::symlink("../blobs/real.bin", &link).unwrap();
+        let chain = dir.path().join("chain.bin");
+        std::os::unix::fs::symlink(&link, &chain).unwrap();
+        for (path, content) in [(&link, &b"one"[..]), (&chain, &b"two"[..])] {
+            let mut a = AtomicFile::create(path).unwrap();
+            a.file().write_all(content).unwrap();
+            a.commit(false).unwrap();
+            assert!(std::fs::symlink_metadata(path).unwrap().file_type().is_symlink());
+            assert_eq!(std::fs::read(&real).unwrap(), content);
+        }
+        let dangling = dir.path().join("dangling.bin");
+        std::os::unix::fs::symlink("blobs/new.bin", &dangling).unwrap();
+        let mut a = AtomicFile::create(&dangling).unwrap();
+        a.file().write_all(b"fresh").unwrap();
+        a.commit(false).unwrap();
+        assert_eq!(std::fs::read(blobs.join("new.bin")).unwrap(), b"fresh");
+        let looped = dir.path().join("loop.bin");
+        std::os::unix::fs::symlink("loop.bin", &looped).unwrap();
+        assert!(matches!(AtomicFile::create(&looped), Err(Error::InvalidArgument(_))));
     }
 
     #[test]

@@ -148,6 +148,11 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// A valid input (a foreign file being converted, say) holds a dtype that
+    /// deathtensors has no equivalent for.
+    #[error("{0}")]
+    UnsupportedDtype(String),
+
     /// Memory for a buffer of the declared size could not be obtained.
     #[error("cannot allocate {0} bytes for tensor data")]
     OutOfMemory(u64),
@@ -182,6 +187,7 @@ impl Error {
             Error::UnknownPlugin { .. } | Error::DuplicatePlugin { .. } => "PluginError",
             Error::TensorNotFound(_) => "TensorNotFoundError",
             Error::InvalidArgument(_) => "InvalidArgumentError",
+            Error::UnsupportedDtype(_) => "UnsupportedDtypeError",
             Error::OutOfMemory(_) => "DeathtensorsError",
             Error::Encrypted => "EncryptedFileError",
             Error::BadMagic { .. }

@@ -520,16 +520,16 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
             return Err(Error::tensor(name, "the name appears twice in the header"));
         }
         let dtype = dtypes.get(&t.dtype).map_err(|e| Error::tensor(name, e.to_string()))?;
-        let nbytes = t
-            .shape
-            .iter()
-            .try_fold(dtype.item_size() as u64, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| {
-                Error::tensor(
-                    name,
-                    format!("shape {:?} × {} bytes overflows 64 bits", t.shape, dtype.item_size()),
-                )
-            })?;
+        let nbytes = tensor_nbytes(&t.shape, dtype.item_size()).ok_or_else(|| {
+            Error::tensor(
+                name,
+                format!(
+                    "shape {:?} × {} bytes overflows 64 bits (or 63 bits over its non-zero dimensions)",
+                    t.shape,
+                    dtype.item_size()
+                ),
+            )
+        })?;
         let [begin, end] = t.offsets;
         if begin > end || end > data_len {
             return Err(Error::tensor(
@@ -676,6 +676,12 @@ fn check_alias(tensors: &[TensorHeader], index: &HashMap<String, usize>, i: usiz
             format!("alias_of {target:?} names another alias"),
         ));
     }
+    if u.layout.is_some() || u.part_of.is_some() {
+        return Err(Error::tensor(
+            &t.name,
+            format!("alias_of {target:?} names a non-dense tensor or a part of one"),
+        ));
+    }
     if (&t.dtype, &t.shape, t.offsets, &t.chunks, &t.filter) != (&u.dtype, &u.shape, u.offsets, &u.chunks, &u.filter) {
         return Err(Error::tensor(
             &t.name,
@@ -685,17 +691,36 @@ fn check_alias(tensors: &[TensorHeader], index: &HashMap<String, usize>, i: usiz
     Ok(())
 }
 
+/// The byte size of a tensor of `shape` with elements of `item_size` bytes
+/// (§3.4), or `None` when the shape is invalid: the product overflows 64 bits
+/// left to right, or the extent (item size times the non-zero dimensions)
+/// exceeds `i64::MAX`, which no framework can index even when a zero
+/// dimension makes the tensor empty.
+pub fn tensor_nbytes(shape: &[u64], item_size: usize) -> Option<u64> {
+    let nbytes = shape.iter().try_fold(item_size as u64, |acc, &d| acc.checked_mul(d))?;
+    let extent = shape
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(item_size as u64, |acc, &d| acc.checked_mul(d))?;
+    (extent <= i64::MAX as u64).then_some(nbytes)
+}
+
 /// Each layout names a registered plugin, exactly its parts, each an entry
 /// marked `part_of` it, and the plugin accepts their dtypes and shapes; each
 /// `part_of` entry is listed by the layout of the tensor it names.
 fn check_layouts(tensors: &[TensorInfo], index: &HashMap<String, usize>) -> Result<()> {
     let layouts = registry::layouts()?;
+    // (owner, entry) for every part a layout lists: one pass, so that checking
+    // each `part_of` entry is a lookup, not a scan of its owner's parts (which
+    // made a header of many parts quadratic to open).
+    let listed_parts: HashSet<(&str, &str)> = tensors
+        .iter()
+        .filter_map(|t| t.layout.as_ref().map(|l| (t.name.as_str(), l)))
+        .flat_map(|(owner, l)| l.parts.values().filter_map(move |v| v.as_str().map(|e| (owner, e))))
+        .collect();
     for t in tensors {
         if let Some(owner) = &t.part_of {
-            let listed = index
-                .get(owner)
-                .and_then(|&o| tensors[o].layout.as_ref())
-                .is_some_and(|l| l.parts.values().any(|v| v.as_str() == Some(t.name.as_str())));
+            let listed = listed_parts.contains(&(owner.as_str(), t.name.as_str()));
             if !listed || t.layout.is_some() || t.alias_of.is_some() {
                 return Err(Error::tensor(
                     &t.name,

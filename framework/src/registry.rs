@@ -44,6 +44,15 @@ pub trait Codec: Plugin {
         requested
     }
 
+    /// Check a level before anything is written, so that a bad one is refused
+    /// up front (and never lands in a header), whatever the tensors are.
+    ///
+    /// # Errors
+    /// A message saying which levels the codec accepts. The default accepts all.
+    fn check_level(&self, _level: i32) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
     /// Compress `raw` at `level` and return the compressed bytes.
     ///
     /// # Errors

@@ -24,7 +24,7 @@ use crate::format::{
     TENSOR_ALIGNMENT,
 };
 use crate::reader::DtReader;
-use crate::registry::{self, ChecksumAlgorithm, Codec, DtypeHandler, Filter};
+use crate::registry::{self, ChecksumAlgorithm, Codec, DtypeHandler, DtypeKind, Filter};
 
 /// A filter chosen for a tensor: plugin, parameters, plane count.
 type SelectedFilter = (&'static dyn Filter, Map<String, Value>, usize);
@@ -335,6 +335,14 @@ impl<'a> Item<'a> {
                 t.data.len()
             )));
         }
+        if dtype.kind() == DtypeKind::Bool {
+            if let Some(at) = t.data.iter().position(|&b| b > 1) {
+                return Err(Error::InvalidArgument(format!(
+                    "tensor {:?}: byte {at} is {:#04x}, but {} elements must be 0x00 (false) or 0x01 (true)",
+                    t.name, t.data[at], t.dtype
+                )));
+            }
+        }
         Ok(Item {
             name: t.name.clone(),
             dtype,
@@ -373,8 +381,11 @@ impl<'a> Plan<'a> {
         let codec = match &options.codec {
             Some(id) => {
                 let codec = registry::codecs()?.get(id)?;
-                let level = options.level.unwrap_or_else(|| codec.default_level());
-                Some((codec, codec.effective_level(level)))
+                let level = codec.effective_level(options.level.unwrap_or_else(|| codec.default_level()));
+                codec.check_level(level).map_err(|e| {
+                    Error::InvalidArgument(format!("compression level {level} for {}: {e}", codec.id()))
+                })?;
+                Some((codec, level))
             }
             None => None,
         };
@@ -551,10 +562,11 @@ fn check_nesting(what: &str, metadata: &Map<String, Value>, enclosing: usize) ->
 }
 
 fn byte_size(name: &str, shape: &[u64], dtype: &dyn DtypeHandler) -> Result<u64> {
-    shape
-        .iter()
-        .try_fold(dtype.item_size() as u64, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| Error::InvalidArgument(format!("tensor {name:?}: shape {shape:?} overflows")))
+    crate::format::tensor_nbytes(shape, dtype.item_size()).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "tensor {name:?}: shape {shape:?} overflows (its non-zero dimensions times the item size must fit in 63 bits)"
+        ))
+    })
 }
 
 /// Serialize the header and pad it with spaces so the data starts at `data_start`.

@@ -29,8 +29,8 @@ mod manifest;
 /// Map a framework error to the matching `deathtensors.errors` class.
 pub(crate) fn to_py(py: Python<'_>, err: Error) -> PyErr {
     if let Error::Io { path, source } = &err {
-        let errno = source.raw_os_error().unwrap_or(0);
-        return PyOSError::new_err((errno, source.to_string(), path.to_string_lossy().into_owned()));
+        let (errno, message) = os_error(source);
+        return PyOSError::new_err((errno, message, path.to_string_lossy().into_owned()));
     }
     let message = err.to_string();
     match py
@@ -41,6 +41,32 @@ pub(crate) fn to_py(py: Python<'_>, err: Error) -> PyErr {
         Ok(instance) => PyErr::from_value(instance),
         Err(_) => PyRuntimeError::new_err(message),
     }
+}
+
+/// The errno and message of an I/O error, looking through wrappers (the
+/// `tempfile` crate wraps the OS error with its path) so that Python raises
+/// the matching `OSError` subclass (`FileNotFoundError` for `ENOENT`...).
+fn os_error(error: &std::io::Error) -> (i32, String) {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = error.get_ref().map(|e| e as _);
+    while let Some(e) = cause {
+        if let Some(inner) = e.downcast_ref::<std::io::Error>() {
+            if let Some(errno) = inner.raw_os_error() {
+                return (errno, inner.to_string());
+            }
+        }
+        cause = e.source();
+    }
+    if let Some(errno) = error.raw_os_error() {
+        return (errno, error.to_string());
+    }
+    use std::io::ErrorKind::*;
+    let errno = match error.kind() {
+        NotFound => libc::ENOENT,
+        PermissionDenied => libc::EACCES,
+        AlreadyExists => libc::EEXIST,
+        _ => 0,
+    };
+    (errno, error.to_string())
 }
 
 fn parse_map(py: Python<'_>, text: Option<&str>, what: &str) -> PyResult<Map<String, Value>> {
@@ -695,10 +721,11 @@ fn read_remote_tensor(
 ) -> PyResult<Buffer> {
     let layout = remote_layout(py, file_len, &fetch, max_header_len)?;
     let info = layout.tensor(name).map_err(|e| to_py(py, e))?.clone();
-    // Validated: the stored bytes lie inside the file, so this is at most its length.
-    let len = usize::try_from(info.stored_len).map_err(|_| to_py(py, Error::OutOfMemory(info.stored_len)))?;
-    let mut stored = vec![0u8; len];
-    if len > 0 {
+    // Validated: the stored bytes lie inside the file, but the file's length is
+    // what the server claims, so the buffer is allocated fallibly (calloc: no
+    // page is touched before the bytes arrive).
+    let mut stored = AlignedBuf::zeroed(info.stored_len).map_err(|e| to_py(py, e))?;
+    if !stored.is_empty() {
         if let Some(short) = fetch_exact(&fetch, info.file_offset, &mut stored, "a range read of tensor data")? {
             return Err(to_py(py, short));
         }

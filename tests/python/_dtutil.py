@@ -178,14 +178,18 @@ def cli_commands() -> Dict[str, List[str]]:
     return {"module": [sys.executable, "-m", "deathtensors"], "script": [str(script)]}
 
 
-def run_cli(prefix: List[str], *args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+def run_cli(
+    prefix: List[str], *args: str, env: Optional[Dict[str, str]] = None, stdout: Any = subprocess.PIPE
+) -> subprocess.CompletedProcess:
+    """Run the CLI; stdout and stderr are captured (``stdout`` may name a file instead)."""
     full_env = dict(os.environ)
     full_env["RUST_BACKTRACE"] = "1"
     if env:
         full_env.update(env)
     return subprocess.run(
         [*prefix, *args],
-        capture_output=True,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
         env=full_env,
         timeout=60,
         check=False,

@@ -155,8 +155,21 @@ def test_missing_file_and_directory(tmp_path):
         dt.open(tmp_path / "missing.deathtensors")
     with pytest.raises(OSError):
         dt.open(tmp_path)
-    with pytest.raises(OSError):
-        dt.save(tmp_path / "no" / "such" / "dir" / "x.deathtensors", {"a": torch.zeros(1)})
+    # Regression: a missing folder was a bare OSError with errno 0.
+    for write in (
+        lambda p: dt.save(p, {"a": torch.zeros(1)}),
+        lambda p: dt.save_file(p, {"a": {"dtype": "U8", "shape": [1], "data": b"x"}}),
+        lambda p: dt.write_manifest(_saved(tmp_path), p),
+    ):
+        with pytest.raises(FileNotFoundError) as e:
+            write(tmp_path / "no" / "such" / "dir" / "x.deathtensors")
+        assert e.value.errno == 2, e.value
+
+
+def _saved(folder: Path) -> Path:
+    path = folder / "saved.deathtensors"
+    dt.save(path, {"a": torch.zeros(1)})
+    return path
 
 
 def test_opening_a_directory_raises_is_a_directory_error(tmp_path):
@@ -333,6 +346,38 @@ def test_unwritable_directory_leaves_nothing(tmp_path):
         ro.chmod(0o755)
 
 
+def test_saving_over_a_file_keeps_its_permission_bits(tmp_path):
+    """Regression: saving over or appending to a 0600 file made it 0644 (world-readable)."""
+    path = tmp_path / "private.deathtensors"
+    dt.save(path, {"a": torch.zeros(1)})
+    path.chmod(0o600)
+    dt.append(path, {"b": torch.ones(1)})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    dt.save(path, {"c": torch.ones(2)})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_saving_through_a_symbolic_link_writes_the_file_it_points_to(tmp_path):
+    """Regression: append and save replaced the link by a file and left its
+    target unchanged (the Hugging Face cache is made of such links)."""
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots"
+    blobs.mkdir()
+    snapshot.mkdir()
+    real = blobs / "abc123"
+    dt.save(real, {"a": torch.zeros(1)})
+    link = snapshot / "model.deathtensors"
+    link.symlink_to(Path("..") / "blobs" / "abc123")
+    dt.append(link, {"b": torch.ones(1)})
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    with dt.open(real) as f:
+        assert f.keys() == ["a", "b"]
+    dt.save(link, {"c": torch.full((2,), 7.0)})
+    assert link.is_symlink()
+    with dt.open(real) as f:
+        assert f.keys() == ["c"] and f.get_tensor("c").tolist() == [7.0, 7.0]
+    assert sorted(p.name for p in blobs.iterdir()) == ["abc123"]  # no temp file left beside it
+
+
 def test_saved_file_permissions_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
@@ -499,3 +544,59 @@ def test_reader_survives_the_file_being_deleted(tmp_path):
         path.unlink()
         assert f.get_tensor("a").tolist() == list(range(1000))
         assert f.verify()
+
+
+# -- arguments that cannot be honoured -------------------------------------------------------------------
+
+
+def test_a_bad_compression_level_is_refused_before_anything_is_written(tmp_path):
+    """Regression: with no tensor to compress, level 99 was accepted and written
+    to the header, and every later append failed."""
+    path = tmp_path / "l.deathtensors"
+    for tensors in ({}, {"empty": torch.zeros(0)}, {"a": torch.zeros(4)}):
+        with pytest.raises(dt.InvalidArgumentError, match="compression level 99 for zstd"):
+            dt.save(path, tensors, compress=True, compress_level=99)
+        assert not path.exists()
+    dt.save(path, {}, compress=True, compress_level=19)
+    dt.append(path, {"r": torch.randn(4)})
+    with dt.open(path) as f:
+        assert f.keys() == ["r"]
+
+
+def test_save_file_checks_shapes_and_bool_bytes(tmp_path):
+    path = tmp_path / "raw.deathtensors"
+    for shape, needle in (([1.7], "1.7"), ("2", "list of ints"), ([-1], "negative"), ([True], "bool")):
+        with pytest.raises(dt.InvalidArgumentError, match=needle):
+            dt.save_file(path, {"a": {"dtype": "U8", "shape": shape, "data": b"xx"}})
+    # Format spec §8: BOOL bytes are 0x00 or 0x01.
+    with pytest.raises(dt.InvalidArgumentError, match="byte 0 is 0x02"):
+        dt.save_file(path, {"b": {"dtype": "BOOL", "shape": [3], "data": b"\x02\x01\x00"}})
+    assert not path.exists()
+    with pytest.raises(dt.InvalidArgumentError, match="bytes-like"):
+        dt.save_file(path, {"a": {"dtype": "U8", "shape": [2], "data": [1, 2]}})
+    # A non-contiguous buffer is saved in C order (it used to be an "internal" error).
+    grid = np.arange(12, dtype=np.int32).reshape(3, 4)
+    dt.save_file(
+        path,
+        {
+            "t": {"dtype": "I32", "shape": [4, 3], "data": grid.T},
+            "n": {"dtype": "I64", "shape": (np.int64(2),), "data": np.arange(2)},
+        },
+    )
+    with dt.open(path) as f:
+        assert f.get_tensor("t", framework="numpy").tolist() == grid.T.tolist()
+        assert f.get_tensor("n", framework="numpy").tolist() == [0, 1]
+
+
+def test_wrong_argument_types_raise_the_library_errors(tmp_path):
+    path = tmp_path / "a.deathtensors"
+    with pytest.raises(dt.InvalidArgumentError, match="metadata must be a dict"):
+        dt.save(path, {"a": torch.zeros(1)}, metadata=[1])
+    with pytest.raises(dt.InvalidArgumentError, match="'a' is on the meta device"):
+        dt.save(path, {"a": torch.empty(2, device="meta")})
+    with pytest.raises(dt.InvalidArgumentError, match='"" is not a file path'):
+        dt.save("", {"a": torch.zeros(1)})
+    dt.save(path, {"a": torch.zeros(1)})
+    with dt.open(path) as f:
+        with pytest.raises(dt.InvalidArgumentError, match="framework must be 'torch' or 'numpy', not None"):
+            f.get_tensor("a", framework=None)

@@ -326,6 +326,25 @@ def test_sparse_round_trip_mixed_with_dense(tmp_path, compress):
             f.get_tensor("hybrid", framework="numpy")
 
 
+def test_row_and_mmap_access_refuse_sparse_tensors(tmp_path):
+    """Regression: slices and maps of a sparse tensor used to return its stored
+    values (``[9.]`` for row 0 of a 2 x 3 matrix), not its rows."""
+    sp = torch.sparse_coo_tensor([[0, 1, 1, 0], [2, 0, 2, 2]], [3.0, 4.0, 5.0, 6.0], (2, 3)).coalesce()
+    p = tmp_path / "sp.deathtensors"
+    dt.save_sparse(p, {"co": sp, "dense": torch.arange(6.0).reshape(2, 3)})
+    with dt.open(p) as f:
+        for call in (
+            lambda: f.get_tensor_slice("co", 0, 1),
+            lambda: f.get_slice("co"),
+            lambda: f.get_tensor_mmap("co"),
+        ):
+            with pytest.raises(dt.InvalidArgumentError, match="'co' is sparse"):
+                call()
+        assert torch.equal(f.get_tensor("co").to_dense(), sp.to_dense())
+        assert torch.equal(f.get_tensor_slice("dense", 1, 1), torch.tensor([[3.0, 4.0, 5.0]]))
+        assert torch.equal(f.get_slice("dense")[0:1], torch.tensor([[0.0, 1.0, 2.0]]))
+
+
 def test_sparse_survives_append_and_overwrite(tmp_path):
     cases = _sparse_cases()
     p = tmp_path / "sp.deathtensors"

@@ -80,6 +80,55 @@ def test_usage_errors_exit_2(cli, args):
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert result.stderr
     assert b"panicked" not in result.stderr
+    if args:  # a bare command prints its help instead
+        # Regression: clap's errors took 5-7 lines; the usage is now on the one line.
+        line = _one_clean_error_line(result)
+        assert line.startswith("deathtensors: error: ") and "(usage: deathtensors " in line, line
+
+
+def test_control_characters_in_names_are_printed_escaped(cli, tmp_path):
+    """Names come from untrusted files: raw escape sequences would drive the
+    terminal, and a newline would fake a row. They are printed escaped."""
+    evil, forged = "evil\x1b]0;pwned\x07\x1b[2J", "nl\nfake  F32  [9]"
+    path = tmp_path / "esc.deathtensors"
+    dt.save(path, {evil: torch.zeros(2), forged: torch.ones(2)})
+    other = tmp_path / "other.deathtensors"
+    dt.save(other, {evil: torch.ones(2)})
+    for args in (["list", path], ["info", path], ["stats", path], ["diff", path, other]):
+        result = cli(*map(str, args))
+        out = result.stdout.decode()
+        assert result.returncode in (0, 1), result.stderr
+        assert "\x1b" not in out and "\x07" not in out, args
+        assert "evil\\u{1b}]0;pwned\\u{7}\\u{1b}[2J" in out, (args, out)
+        assert "nl\\nfake" in out and not any(line.startswith("fake") for line in out.splitlines()), args
+    assert cli("list", str(path)).stdout.decode().splitlines() == [
+        "evil\\u{1b}]0;pwned\\u{7}\\u{1b}[2J",
+        "nl\\nfake  F32  [9]",
+    ]
+    as_json = cli("list", "--json", str(path))
+    assert json.loads(as_json.stdout) == [evil, forged]  # JSON keeps the real names
+
+
+def test_info_counts_a_sparse_tensor_once(cli, tmp_path):
+    """Regression: ``info`` said "tensors: 2" for one dense and one sparse tensor
+    plus its hidden indices part (``list`` and ``keys()`` say 2)."""
+    sp = torch.sparse_coo_tensor([[0, 2]], [1.0, 2.0], (4,)).coalesce()
+    path = tmp_path / "sp.deathtensors"
+    dt.save_sparse(path, {"sp": sp, "d": torch.zeros(2)})
+    out = cli("info", str(path)).stdout.decode()
+    assert "tensors:   2 (plus 1 stored part of one)" in out, out
+    assert "(part of sp)" in out
+
+
+def test_output_that_cannot_be_written_is_an_error(cli, files):
+    """Regression: writing the table to a full device exited 0, silently."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    with open("/dev/full", "wb") as full:
+        result = cli("info", str(files["good"]), stdout=full)
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("deathtensors: error: cannot write the output"), lines
 
 
 def test_list(cli, files):

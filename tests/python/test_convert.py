@@ -213,6 +213,20 @@ def test_bad_safetensors_files_raise_format_error_and_write_nothing(tmp_path):
         dt.to_safetensors(tmp_path / "missing.deathtensors")
 
 
+def test_a_valid_file_with_a_dtype_we_lack_is_unsupported_not_corrupt(tmp_path, cli):
+    """Regression: safetensors' F8_E8M0 (and F4...) was reported as a corrupt
+    file (FormatError, CLI exit 1); it is an unsupported dtype (exit 2)."""
+    header = json.dumps({"a": {"dtype": "F8_E8M0", "shape": [2], "data_offsets": [0, 2]}}).encode()
+    header += b" " * (-len(header) % 8)
+    src = tmp_path / "e8m0.safetensors"
+    src.write_bytes(len(header).to_bytes(8, "little") + header + b"\x7f\x80")
+    with pytest.raises(dt.UnsupportedDtypeError, match='tensor "a" has the safetensors dtype F8_E8M0'):
+        dt.from_safetensors(src)
+    r = cli("convert", "from-safetensors", str(src), str(tmp_path / "x.deathtensors"))
+    assert r.returncode == 2 and b"F8_E8M0" in r.stderr, r.stderr
+    assert not (tmp_path / "e8m0.deathtensors").exists() and not (tmp_path / "x.deathtensors").exists()
+
+
 def test_paths_expand_home_and_variables(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("DT_CONVERT_DIR", str(tmp_path / "sub"))

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pytest
 from _dtutil import FLAG_CHECKSUM, FLAG_COMPRESSED, FLAG_ENCRYPTED, build_file, layout, tensor_entry
@@ -68,7 +69,12 @@ RUNNER = textwrap.dedent(
         fh.write("5")  # reset the peak RSS (VmHWM) to the current RSS
     base = status("VmRSS")
     opened = []
-    sys.addaudithook(lambda event, args: opened.append(os.fsdecode(args[0])) if event == "open" else None)
+    # os.open raises the event with the path; open(fd) (os.fdopen) with the fd, skipped.
+    sys.addaudithook(
+        lambda event, args: opened.append(os.fsdecode(args[0]))
+        if event == "open" and isinstance(args[0], (str, bytes))
+        else None
+    )
     start = time.perf_counter()
     try:
         if kind == "file":
@@ -169,6 +175,26 @@ def _sparse(data: bytes, size: int) -> Callable[[Path], Path]:
     return build
 
 
+#: The data of :func:`_sparse_entries`: two F32 values, padding, two I64 indices.
+SPARSE_DATA = struct.pack("<2f", 3.0, 4.0) + bytes(56) + struct.pack("<2q", 0, 1)
+
+
+def _sparse_entries(shape: Sequence[int] = (4,)) -> List[Dict[str, Any]]:
+    """A valid sparse COO tensor ``s`` (values, then its indices part), as save_sparse writes it."""
+    layout = {"id": "sparse_coo", "shape": list(shape), "params": {"coalesced": True}, "parts": {"indices": "s/i"}}
+    return [
+        tensor_entry("s", dtype="F32", shape=[2], offsets=[0, 8], layout=layout),
+        tensor_entry("s/i", dtype="I64", shape=[1, 2], offsets=[64, 80], part_of="s"),
+    ]
+
+
+def _alias_of(entry: Dict[str, Any]) -> Dict[str, Any]:
+    """An entry ``b`` that is an alias of ``entry`` (same dtype, shape and offsets)."""
+    return tensor_entry(
+        "b", dtype=entry["dtype"], shape=entry["shape"], offsets=entry["offsets"], alias_of=entry["name"]
+    )
+
+
 def _compressed(tensor: Dict[str, Any], data: bytes, compression: Optional[Dict[str, Any]] = None) -> bytes:
     return build_file({"compression": compression or ZSTD, "tensors": [tensor]}, data, flags=FLAG_COMPRESSED)
 
@@ -219,6 +245,34 @@ CORPUS: Dict[str, Case] = {
         _file(build_file({"tensors": [tensor_entry(dtype="C128", shape=[2**64 - 1])]}, FOUR)),
         "FormatError",
         "overflows 64 bits",
+    ),
+    # Empty, but with dimensions no framework can index (torch and numpy raised
+    # their own TypeError/ValueError/RuntimeError on these before).
+    "empty-with-a-dimension-past-i64": Case(
+        _file(build_file({"tensors": [tensor_entry(dtype="F32", shape=[0, 2**63], offsets=[0, 0])]})),
+        "FormatError",
+        "63 bits",
+    ),
+    "empty-with-strides-past-i64": Case(
+        _file(build_file({"tensors": [tensor_entry(dtype="F32", shape=[0, 2**40, 2**40], offsets=[0, 0])]})),
+        "FormatError",
+        "63 bits",
+    ),
+    "sparse-shape-past-i64": Case(
+        _file(build_file({"tensors": _sparse_entries(shape=[2**64 - 1])}, SPARSE_DATA)),
+        "FormatError",
+        "63 bits",
+    ),
+    # aliases of non-dense tensors (format spec §3.5 forbids them; get_tensors raised KeyError)
+    "alias-of-a-sparse-part": Case(
+        _file(build_file({"tensors": [*_sparse_entries(), _alias_of(_sparse_entries()[1])]}, SPARSE_DATA)),
+        "FormatError",
+        "non-dense tensor or a part",
+    ),
+    "alias-of-a-sparse-tensor": Case(
+        _file(build_file({"tensors": [*_sparse_entries(), _alias_of(_sparse_entries()[0])]}, SPARSE_DATA)),
+        "FormatError",
+        "non-dense tensor or a part",
     ),
     # byte ranges
     "overlapping-ranges": Case(
@@ -420,3 +474,103 @@ def test_sharded_index_pointing_outside_its_folder_is_refused(tmp_path, warm_fil
     index.write_text(json.dumps({"weight_map": {"ok": "m-00001-of-00001.deathtensors"}}))
     with dt.open_sharded(index) as sr:
         assert sr.get_tensor("ok", framework="numpy").tolist() == [1.0, 1.0]
+
+
+# -- found by review: each fails (or hangs) without its fix ----------------------------------------------
+
+
+def test_many_parts_listed_in_reverse_open_in_linear_time(tmp_path, warm_file):
+    """Regression: checking each ``part_of`` entry scanned its owner's whole
+    ``parts`` map, so a 6 MB header of 60,000 parts took 6.4 s to refuse (and
+    the 100 MB limit allowed far worse); it is one lookup now (0.4 s)."""
+    m = 60_000
+    parts = [tensor_entry(f"p{i}", shape=[0], offsets=[0, 0], part_of="s") for i in range(m)]
+    layout_ = {"id": "sparse_coo", "shape": [4], "params": {}, "parts": {f"k{i}": f"p{m - 1 - i}" for i in range(m)}}
+    owner = tensor_entry("s", dtype="F32", shape=[0], offsets=[0, 0], layout=layout_)
+    path = tmp_path / "parts.deathtensors"
+    path.write_bytes(build_file({"tensors": [*parts, owner]}))
+    result = run_hostile("file", path, warm_file)
+    assert (result["module"], result["error"]) == ("deathtensors.errors", "FormatError"), result
+    assert "needs parts" in result["message"] and result["seconds"] < 3.0, result
+
+
+def test_a_sparse_tensor_named_with_the_empty_string_reads_back(tmp_path):
+    """Regression: ``part_of: ""`` was taken for "no owner", so the indices part
+    was listed as a tensor and reading the sparse tensor raised KeyError."""
+    entries = _sparse_entries()
+    entries[0]["name"] = ""
+    entries[1]["part_of"] = ""
+    path = tmp_path / "empty-name.deathtensors"
+    path.write_bytes(build_file({"tensors": entries}, SPARSE_DATA))
+    with dt.open(path) as f:
+        assert f.keys() == [""]
+        got = f.get_tensor("")
+        assert got.is_sparse and got.to_dense().tolist() == [3.0, 4.0, 0.0, 0.0]
+        assert list(f.get_tensors()) == [""]
+
+
+def test_slicing_a_huge_empty_tensor_does_not_walk_its_rows(tmp_path):
+    """Regression: ``get_slice(name)[:]`` took the min and max of a Python range
+    of all rows, and ``[::2]`` built a list of them: hours (and gigabytes) for
+    a 192-byte file declaring 2**40 rows of nothing."""
+    path = tmp_path / "rows.deathtensors"
+    path.write_bytes(build_file({"tensors": [tensor_entry(dtype="F32", shape=[2**40, 0], offsets=[0, 0])]}))
+    code = textwrap.dedent(
+        f"""
+        import deathtensors as dt
+        s = dt.open({str(path)!r}).get_slice("a")
+        assert tuple(s[:].shape) == (2**40, 0)
+        assert tuple(s[::2].shape) == (2**39, 0)
+        assert tuple(s[::-3].shape) == ((2**40 + 2) // 3, 0)
+        assert tuple(s[5:2**39:7].shape) == (len(range(5, 2**39, 7)), 0)
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_fifo_named_like_an_index_or_a_manifest_does_not_block(tmp_path):
+    """Regression: opening them waited for a writer, forever."""
+    os.mkfifo(tmp_path / "m.deathtensors.index.json")
+    os.mkfifo(tmp_path / "m.manifest.json")
+    code = textwrap.dedent(
+        f"""
+        import deathtensors as dt
+        for call in (lambda: dt.open_sharded({str(tmp_path / "m.deathtensors")!r}),
+                     lambda: dt.read_manifest({str(tmp_path / "m.manifest.json")!r})):
+            try:
+                call()
+            except dt.FormatError as e:
+                assert "not a regular file" in str(e), e
+            else:
+                raise AssertionError("a FIFO was accepted")
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_remote_file_claiming_a_huge_tensor_is_an_error_not_an_abort():
+    """Regression: the stored bytes of a remote tensor were allocated with an
+    infallible ``vec!``, so a server claiming a 2**61-byte file aborted the
+    process (SIGABRT). Run in a child: the bug kills the process."""
+    code = textwrap.dedent(
+        """
+        import json, struct
+        from deathtensors import _core, errors
+        n = 1 << 61
+        text = json.dumps({"tensors": [{"name": "a", "dtype": "U8", "shape": [n], "offsets": [0, n]}]}).encode()
+        text += b" " * ((-24 - len(text)) % 64)
+        head = b"DTLEGION" + struct.pack("<IIQ", 1, 0, len(text)) + text
+        fetch = lambda off, ln: (head + bytes(64))[off:off + ln]
+        _core.read_header(len(head) + n, fetch)
+        try:
+            _core.read_remote_tensor(len(head) + n, fetch, "a")
+        except errors.DeathtensorsError as e:
+            print(type(e).__name__)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "DeathtensorsError", (done.returncode, done.stderr[-500:])

@@ -448,6 +448,49 @@ def test_a_hostile_remote_header_is_refused_with_a_typed_error(lfs_hub: Env) -> 
     assert sum(r["bytes_sent"] for r in lfs_hub.server.requests("GET")) <= 2 * 64 * 1024
 
 
+def test_hostile_hub_answers_are_typed_errors_and_escaped_output(lfs_hub: Env) -> None:
+    """Regression: a hostile sharded index made convert_safetensors_on_hub raise
+    raw JSONDecodeError/TypeError/RecursionError, and the hub CLI printed file
+    names with their escape sequences."""
+    lfs_hub.server.add_repo(
+        "ns/hostile",
+        files={
+            "bad.safetensors.index.json": b"[" * 100_000,
+            "seven.safetensors.index.json": b"7",
+            "dup.safetensors.index.json": b'{"weight_map": {}, "weight_map": {}}',
+            "evil\x1b[2J.deathtensors": _file_bytes(lfs_hub.files / "e.deathtensors", 2),
+        },
+    )
+    got = lfs_hub.result(
+        """
+        errors = {}
+        for name in ("bad", "seven", "dup"):
+            try:
+                convert_safetensors_on_hub("ns/hostile", name + ".safetensors.index.json")
+            except dt.DeathtensorsError as e:
+                errors[name] = type(e).__name__
+        out(errors)
+        """
+    )
+    assert got == {"bad": "FormatError", "seven": "FormatError", "dup": "FormatError"}
+    listed = lfs_hub.cli("hub-list", "ns/hostile")
+    assert listed.returncode == 0, listed.stderr
+    assert "\x1b" not in listed.stdout and "evil\\x1b[2J.deathtensors" in listed.stdout, listed.stdout
+
+
+def test_an_impossible_file_size_from_the_server_is_a_hub_error() -> None:
+    """Regression: a Content-Range total past 2**64 reached the Rust core as an
+    OverflowError, which the hub CLI printed as a traceback."""
+    from deathtensors.huggingface import _total_size
+
+    assert _total_size("bytes 0-9/123", 206, None) == 123
+    for total in (2**63, 10**30):
+        with pytest.raises(dt.HubError, match="no file can have"):
+            _total_size(f"bytes 0-9/{total}", 206, None)
+    with pytest.raises(dt.HubError, match="no file can have"):
+        _total_size(None, 200, str(10**30))
+
+
 # -- conversion -----------------------------------------------------------------------------------------
 
 

@@ -122,12 +122,21 @@ fn every_dtype_round_trips_in_every_mode() {
         .map(|(i, d)| {
             let mut v = pattern(3 * 5 * item_size(d), i as u64);
             if *d == "BOOL" {
-                v.iter_mut().for_each(|b| *b &= 1);
+                v.iter_mut().for_each(|b| *b &= 1); // writers refuse other bytes
             }
             v
         })
         .collect();
-    let scalars: Vec<Vec<u8>> = dtypes.iter().map(|d| noise(item_size(d), 99)).collect();
+    let scalars: Vec<Vec<u8>> = dtypes
+        .iter()
+        .map(|d| {
+            let mut v = noise(item_size(d), 99);
+            if *d == "BOOL" {
+                v.iter_mut().for_each(|b| *b &= 1); // writers refuse other bytes
+            }
+            v
+        })
+        .collect();
     let scalar_names: Vec<String> = dtypes.iter().map(|d| format!("scalar_{d}")).collect();
     let mut tensors = Vec::new();
     for ((d, data), (scalar, scalar_name)) in dtypes.iter().zip(&datas).zip(scalars.iter().zip(&scalar_names)) {
@@ -1013,7 +1022,13 @@ proptest! {
     ) {
         let datas: Vec<Vec<u8>> = specs
             .iter()
-            .map(|(d, shape, seed)| pattern(item_size(DTYPES[*d]) * shape.iter().product::<u64>() as usize, *seed))
+            .map(|(d, shape, seed)| {
+                let mut v = pattern(item_size(DTYPES[*d]) * shape.iter().product::<u64>() as usize, *seed);
+                if DTYPES[*d] == "BOOL" {
+                    v.iter_mut().for_each(|b| *b &= 1); // writers refuse other bytes
+                }
+                v
+            })
             .collect();
         let tensors: Vec<TensorData<'_>> = specs
             .iter()
@@ -1260,4 +1275,34 @@ fn every_read_path_writes_every_byte_of_its_output() {
             }
         }
     }
+}
+
+/// Writers must not write BOOL bytes other than 0x00 and 0x01 (format spec
+/// §8): such data is refused with the tensor and byte named, nothing written.
+#[test]
+fn bool_tensors_with_bytes_other_than_0_and_1_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.deathtensors");
+    let err = write_file(
+        &path,
+        &[tensor("flags", "BOOL", &[3], &[1, 0, 2])],
+        &Map::new(),
+        &opts(None, None),
+    );
+    assert!(
+        matches!(&err, Err(Error::InvalidArgument(m)) if m.contains("\"flags\"") && m.contains("byte 2")),
+        "{err:?}"
+    );
+    assert!(!path.exists());
+    write_file(
+        &path,
+        &[tensor("flags", "BOOL", &[3], &[1, 0, 1])],
+        &Map::new(),
+        &opts(None, None),
+    )
+    .unwrap();
+    assert_eq!(
+        &DtReader::open(&path).unwrap().read_tensor("flags").unwrap()[..],
+        &[1, 0, 1]
+    );
 }

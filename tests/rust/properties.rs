@@ -98,12 +98,17 @@ struct Spec {
 fn spec() -> impl Strategy<Value = Spec> {
     (prop::sample::select(dtypes()), shape(), metadata()).prop_flat_map(|((dtype, item), shape, metadata)| {
         let len = shape.iter().product::<u64>() as usize * item;
-        tensor_bytes(len).prop_map(move |data| Spec {
-            name: String::new(),
-            dtype,
-            shape: shape.clone(),
-            data,
-            metadata: metadata.clone(),
+        tensor_bytes(len).prop_map(move |mut data| {
+            if dtype == "BOOL" {
+                data.iter_mut().for_each(|b| *b &= 1); // writers refuse other bytes
+            }
+            Spec {
+                name: String::new(),
+                dtype,
+                shape: shape.clone(),
+                data,
+                metadata: metadata.clone(),
+            }
         })
     })
 }

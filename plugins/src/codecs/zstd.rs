@@ -39,7 +39,8 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-fn compress_with(raw: &[u8], level: i32, plane: bool) -> Result<Vec<u8>, String> {
+/// Whether zstd has `level`.
+fn check_level(level: i32) -> Result<(), String> {
     let range = zstd::compression_level_range();
     if !range.contains(&level) {
         return Err(format!(
@@ -48,6 +49,11 @@ fn compress_with(raw: &[u8], level: i32, plane: bool) -> Result<Vec<u8>, String>
             range.end()
         ));
     }
+    Ok(())
+}
+
+fn compress_with(raw: &[u8], level: i32, plane: bool) -> Result<Vec<u8>, String> {
+    check_level(level)?;
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if !matches!(&*slot, Some((l, p, _)) if *l == level && *p == plane) {
@@ -75,6 +81,10 @@ fn compress_with(raw: &[u8], level: i32, plane: bool) -> Result<Vec<u8>, String>
 impl Codec for ZstdCodec {
     fn default_level(&self) -> i32 {
         3
+    }
+
+    fn check_level(&self, level: i32) -> Result<(), String> {
+        check_level(level)
     }
 
     fn compress(&self, raw: &[u8], level: i32) -> Result<Vec<u8>, String> {

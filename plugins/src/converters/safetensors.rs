@@ -236,13 +236,11 @@ pub fn import_file(src: &Path, dst: &Path, options: &WriteOptions) -> Result<()>
             .info(&name)
             .ok_or_else(|| bad_source(src, format_args!("tensor {name:?} is listed but has no entry")))?;
         let dtype = deathtensors_dtype(info.dtype).ok_or_else(|| {
-            bad_source(
-                src,
-                format_args!(
-                    "tensor {name:?} has dtype {:?}, which deathtensors has no dtype for",
-                    info.dtype
-                ),
-            )
+            Error::UnsupportedDtype(format!(
+                "{}: tensor {name:?} has the safetensors dtype {:?}, which deathtensors has no dtype for",
+                src.display(),
+                info.dtype
+            ))
         })?;
         let (begin, end) = info.data_offsets;
         let data = data_start

@@ -37,7 +37,7 @@ impl Layout for SparseCooLayout {
         &self,
         shape: &[u64],
         params: &Map<String, Value>,
-        (_, values): (&dyn DtypeHandler, &[u64]),
+        (values_dtype, values): (&dyn DtypeHandler, &[u64]),
         parts: &[(&dyn DtypeHandler, &[u64])],
     ) -> Result<(), String> {
         if let Some(k) = params.keys().find(|k| *k != "coalesced") {
@@ -71,6 +71,12 @@ impl Layout for SparseCooLayout {
         if shape[*sparse_dims as usize..] != *dense {
             return Err(format!(
                 "values' dense dims {dense:?} differ from the shape's {shape:?}"
+            ));
+        }
+        // The dense tensor must be one a framework can index (format spec §3.4).
+        if deathtensors::format::tensor_nbytes(shape, values_dtype.item_size()).is_none() {
+            return Err(format!(
+                "the shape {shape:?} overflows 63 bits over its non-zero dimensions"
             ));
         }
         Ok(())

@@ -12,6 +12,7 @@ parsed and validated in Rust, and tensor data is opaque bytes.
 from __future__ import annotations
 
 import json
+import operator
 import os
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
@@ -178,6 +179,8 @@ def _write(
 def _rows(entries: List[tuple], metadata: Optional[Mapping[str, Mapping[str, Any]]]) -> List[tuple]:
     """Entry tuples for ``_core``: ``(name, dtype, shape, data, metadata_json, alias_of, layout)``."""
     names = {e[0] for e in entries}
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidArgumentError(f"metadata must be a dict of name -> dict, not {type(metadata).__name__}")
     per_tensor: Dict[str, Any] = dict(metadata or {})
     unknown = sorted(set(per_tensor) - names)
     if unknown:
@@ -298,10 +301,36 @@ def save_file(
         if not isinstance(spec, Mapping) or not {"dtype", "shape", "data"} <= set(spec):
             raise InvalidArgumentError(f"tensor {name!r} must be a dict with keys 'dtype', 'shape' and 'data'")
         data = spec["data"]
-        if isinstance(data, memoryview) and data.format != "B":
-            data = data.cast("B")
-        entries.append((name, str(spec["dtype"]), [int(d) for d in spec["shape"]], data, None, None))
+        try:
+            view = memoryview(data)
+        except TypeError:
+            raise InvalidArgumentError(
+                f"tensor {name!r}: data must be a bytes-like object, not {type(data).__name__}"
+            ) from None
+        if not view.c_contiguous:
+            data = view.tobytes()  # the elements in C order
+        elif view.format != "B" or view.ndim != 1:
+            data = view.cast("B")
+        entries.append((name, str(spec["dtype"]), _raw_shape(name, spec["shape"]), data, None, None))
     _write(path, entries, metadata, global_metadata, checksum, compress, compress_level)
+
+
+def _raw_shape(name: str, shape: Any) -> List[int]:
+    """A ``save_file`` shape: a list or tuple of non-negative integers."""
+    if not isinstance(shape, (list, tuple)):
+        raise InvalidArgumentError(f"tensor {name!r}: shape must be a list of ints, not {shape!r}")
+    dims = []
+    for d in shape:
+        if isinstance(d, bool):
+            raise InvalidArgumentError(f"tensor {name!r}: shape {shape!r} holds a bool")
+        try:
+            dim = operator.index(d)  # ints and numpy integers; floats and strings are refused
+        except TypeError:
+            raise InvalidArgumentError(f"tensor {name!r}: shape {shape!r} holds {d!r}, not an int") from None
+        if dim < 0:
+            raise InvalidArgumentError(f"tensor {name!r}: shape {shape!r} holds a negative dimension")
+        dims.append(dim)
+    return dims
 
 
 def append(
@@ -372,8 +401,8 @@ class DtFile:
         desc = json.loads(self._reader.describe())
         self._desc = desc
         # Listed tensors, and the hidden parts of non-dense ones (sparse indices).
-        self._tensors: Dict[str, Dict[str, Any]] = {t["name"]: t for t in desc["tensors"] if not t.get("part_of")}
-        self._parts: Dict[str, Dict[str, Any]] = {t["name"]: t for t in desc["tensors"] if t.get("part_of")}
+        self._tensors: Dict[str, Dict[str, Any]] = {t["name"]: t for t in desc["tensors"] if t.get("part_of") is None}
+        self._parts: Dict[str, Dict[str, Any]] = {t["name"]: t for t in desc["tensors"] if t.get("part_of") is not None}
         if verify:
             self.verify()
 
@@ -417,6 +446,16 @@ class DtFile:
             return self._tensors[name]
         except KeyError:
             raise TensorNotFoundError(f"no tensor named {name!r} in {self._path}") from None
+
+    def _dense_entry(self, name: str, what: str) -> Dict[str, Any]:
+        """The entry of ``name``, which ``what`` needs to be a dense tensor."""
+        e = self._entry(name)
+        if e.get("layout"):
+            raise InvalidArgumentError(
+                f"tensor {name!r} is sparse: {what} works on dense tensors only; "
+                "read it whole with get_tensor or get_sparse"
+            )
+        return e
 
     def info(self, name: str) -> Dict[str, Any]:
         """``{name, dtype, shape, nbytes, data_offsets, file_offset, stored_nbytes, chunks, metadata}``.
@@ -485,9 +524,9 @@ class DtFile:
         changes the file. It stays valid after the file is closed, for as long
         as any tensor uses it. Only uncompressed files can be mapped; a
         compressed one raises :class:`InvalidArgumentError` (use
-        :meth:`get_tensor`).
+        :meth:`get_tensor`). So does a sparse tensor.
         """
-        e = self._entry(name)
+        e = self._dense_entry(name, "get_tensor_mmap")
         return convert(self._reader.map(name), e["dtype"], e["shape"], framework)
 
     def get_tensor_slice(self, name: str, start: int, count: int, framework: str = "torch") -> Any:
@@ -496,9 +535,9 @@ class DtFile:
         A negative ``start`` counts from the end; a range past either end is
         clamped, as Python slicing clamps (so fewer rows may come back). In a
         compressed file only the chunks holding those rows are decompressed.
-        0-d tensors have no rows and raise :class:`InvalidArgumentError`.
+        0-d and sparse tensors raise :class:`InvalidArgumentError`.
         """
-        rows = self._entry(name)["shape"][:1]
+        rows = self._dense_entry(name, "get_tensor_slice")["shape"][:1]
         if not rows:
             raise InvalidArgumentError(f"tensor {name!r} is 0-d: it has no rows to slice")
         lo, hi = row_bounds(rows[0], start, count)
@@ -514,7 +553,7 @@ class DtFile:
         Tied weights (a name saved as an alias of another) come back as the
         same tensor object, sharing memory as they did when saved.
         """
-        owners = [n for n, e in self._tensors.items() if not e.get("alias_of") and not e.get("layout")]
+        owners = [n for n, e in self._tensors.items() if e.get("alias_of") is None and not e.get("layout")]
         buffers = self._reader.read_many(owners)
         loaded = {
             n: convert(b, self._tensors[n]["dtype"], self._tensors[n]["shape"], framework)
@@ -523,7 +562,7 @@ class DtFile:
         for n, e in self._tensors.items():
             if e.get("layout"):
                 loaded[n] = load_sparse(self, n, framework)
-        return {n: loaded[e.get("alias_of") or n] for n, e in self._tensors.items()}
+        return {n: loaded[n if e.get("alias_of") is None else e["alias_of"]] for n, e in self._tensors.items()}
 
     def stats(self, name: str) -> Dict[str, Any]:
         """Statistics of one tensor, computed in Rust over the stored bytes (chunk by chunk).

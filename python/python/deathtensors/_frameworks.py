@@ -68,6 +68,8 @@ def prepare(name: str, value: Any) -> Tuple[str, List[int], Any]:
         if value.dtype not in by_dtype:
             raise UnsupportedDtypeError(f"tensor {name!r}: torch dtype {value.dtype} has no deathtensors dtype")
         t = value.detach()
+        if t.device.type == "meta":
+            raise InvalidArgumentError(f"tensor {name!r} is on the meta device: it has no data to save")
         if t.device.type != "cpu":
             t = t.cpu()
         if t.is_conj():
@@ -122,6 +124,8 @@ def to_numpy(buf: Any, dtype_id: str, shape: Sequence[int]) -> Any:
 
 def convert(buf: Any, dtype_id: str, shape: Sequence[int], framework: str) -> Any:
     """Dispatch on the framework name."""
+    if not isinstance(framework, str):
+        raise InvalidArgumentError(f"framework must be 'torch' or 'numpy', not {framework!r}")
     fw = framework.lower()
     if fw in TORCH_NAMES:
         return to_torch(buf, dtype_id, shape)

@@ -490,7 +490,9 @@ def _reject_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
 
 
 def _read_index(index_path: str) -> Dict[str, Any]:
-    with open(index_path, "rb") as fh:
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (regular files ignore it).
+    fd = os.open(index_path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise FormatError(f"sharded index {index_path!r} is not a regular file")

@@ -25,7 +25,7 @@ def row_bounds(rows: int, start: int, count: int) -> Tuple[int, int]:
 
 def read_rows(f: DtFile, name: str, lo: int, hi: int, framework: str) -> Any:
     """Rows ``[lo, hi)`` of ``name``, decoding only the chunks that hold them."""
-    e = f._entry(name)
+    e = f._dense_entry(name, "slicing")
     shape: List[int] = e["shape"]
     if not shape:
         raise InvalidArgumentError(f"tensor {name!r} is 0-d: it has no rows to slice")
@@ -48,7 +48,7 @@ class TensorSlice:
         self._file = file
         self._name = name
         self._framework = framework
-        self._entry = file._entry(name)
+        self._entry = file._dense_entry(name, "get_slice")
 
     def get_shape(self) -> List[int]:
         """The tensor's full shape."""
@@ -79,20 +79,24 @@ class TensorSlice:
             return out[rest] if rest else out
         if isinstance(key, slice):
             start, stop, step = key.indices(rows)
-            picked = range(start, stop, step)
+            picked = range(start, stop, step)  # O(1) to index, whatever its length
             if not picked:
                 out = read_rows(self._file, self._name, 0, 0, self._framework)
             else:
-                lo, hi = min(picked), max(picked) + 1
+                first, last = picked[0], picked[-1]
+                lo, hi = min(first, last), max(first, last) + 1
                 block = read_rows(self._file, self._name, lo, hi, self._framework)
-                out = block if step == 1 else _take(block, [i - lo for i in picked], self._framework)
+                out = block if step == 1 else _every(block, step, self._framework)
             return out[(slice(None), *rest)] if rest else out
         raise TypeError(f"tensor slices take an int, a slice or a tuple, not {type(key).__name__}")
 
 
-def _take(block: Any, rows: List[int], framework: str) -> Any:
-    if framework.lower() in ("numpy", "np"):
-        return block[rows]
-    import torch
-
-    return block[torch.tensor(rows, dtype=torch.long)]
+def _every(block: Any, step: int, framework: str) -> Any:
+    """Every ``step``-th row of ``block``: from its first row for a positive
+    step, from its last row backwards for a negative one (a copy, as indexing
+    with a step gives)."""
+    numpy = framework.lower() in ("numpy", "np")
+    if step < 0:
+        block = block[::-1] if numpy else block.flip(0)
+    picked = block[:: abs(step)]
+    return picked.copy() if numpy else picked.contiguous()

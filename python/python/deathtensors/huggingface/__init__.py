@@ -758,12 +758,12 @@ class HubCachedFile:
 
     def keys(self) -> List[str]:
         """Tensor names, in saved order (reads the header)."""
-        return [t["name"] for t in self.header()["tensors"] if not t.get("part_of")]
+        return [t["name"] for t in self.header()["tensors"] if t.get("part_of") is None]
 
     def info(self, name: str) -> Dict[str, Any]:
         """A tensor's entry (``dtype``, ``shape``, ``nbytes``, ``file_offset``, ``stored_nbytes``...)."""
         for t in self.header()["tensors"]:
-            if t["name"] == name and not t.get("part_of"):
+            if t["name"] == name and t.get("part_of") is None:
                 return dict(t)
         raise TensorNotFoundError(f"no tensor named {name!r} in {self.filename} of {self.repo_id}")
 
@@ -789,12 +789,17 @@ class HubCachedFile:
 
 
 def _total_size(content_range: Optional[str], status: int, length: Optional[str]) -> int:
+    size = None
     if status == 206 and content_range:
         m = re.fullmatch(r"bytes \d+-\d+/(\d+)", content_range.strip())
         if m:
-            return int(m.group(1))
-    if status == 200 and length is not None and length.isdigit():
-        return int(length)
+            size = int(m.group(1))
+    elif status == 200 and length is not None and length.isdigit():
+        size = int(length)
+    if size is not None:
+        if size >= 2**63:  # no file is that large: a hostile or broken server
+            raise HubError(f"the Hub claims a file size of {size} bytes, which no file can have")
+        return size
     raise HubError(f"the Hub gave no file size (Content-Range {content_range!r}, status {status})")
 
 
@@ -872,10 +877,9 @@ def convert_safetensors_on_hub(
     folder = posixpath.dirname(safetensors_filename)
     sources = [safetensors_filename]
     if sharded:
-        import json
-
-        with open(src, "rb") as fh:
-            doc = json.loads(fh.read(_sharded.MAX_INDEX_BYTES + 1))
+        # The same checks (size, UTF-8 JSON, duplicate keys, a regular file) and
+        # FormatError as a local sharded index gets.
+        doc = _sharded._read_index(src)
         shard_names = sorted(set(_sharded.checked_weight_map(doc, f"{safetensors_filename} of {repo_id}").values()))
         for shard in shard_names:
             remote = posixpath.join(folder, shard) if folder else shard

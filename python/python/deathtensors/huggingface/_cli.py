@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+import unicodedata
 from typing import Any, Callable, Dict, List
 
 from ..errors import DeathtensorsError, HubEntryNotFoundError, InvalidArgumentError
@@ -104,13 +105,25 @@ def _convert(hub: Any, req: Dict[str, Any]) -> Any:
     return {"repo_id": req["repo_id"], "source": req["filename"], "url": url, "deleted_original": deleted}
 
 
+def _escaped(text: str, keep: str = "") -> str:
+    """``text`` with control characters (but those in ``keep``) escaped, as the
+    Rust CLI prints them: names and messages come from files and servers,
+    which must not drive the terminal or fake lines of output."""
+    if not any(unicodedata.category(c) == "Cc" and c not in keep for c in text):
+        return text
+    return "".join(
+        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" and c not in keep else c
+        for c in text
+    )
+
+
 def _text(command: str, result: Any) -> str:
     if command == "hub-push":
         return result["url"]
     if command == "hub-pull":
-        return "\n".join(result["paths"])
+        return "\n".join(_escaped(p) for p in result["paths"])
     if command == "hub-list":
-        return "\n".join(result)
+        return "\n".join(_escaped(f) for f in result)
     if command == "hub-convert":
         return result["url"]
     if "tensors" in result:  # hub-info REPO FILE
@@ -120,9 +133,9 @@ def _text(command: str, result: Any) -> str:
             f"{len(result['tensors'])} tensors (header read by range: {_human(result['bytes_fetched'])} fetched)"
         )
         rows = [("name", "dtype", "shape", "bytes")] + [
-            (t["name"], t["dtype"], "x".join(map(str, t["shape"])) or "scalar", _human(t["nbytes"]))
+            (_escaped(t["name"]), t["dtype"], "x".join(map(str, t["shape"])) or "scalar", _human(t["nbytes"]))
             for t in result["tensors"]
-            if not t.get("part_of")
+            if t.get("part_of") is None
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -134,11 +147,11 @@ def _text(command: str, result: Any) -> str:
         f"likes: {result['likes']}",
         f"private: {result['private']}",
         f"deathtensors files ({len(result['deathtensors_files'])}):",
-        *[f"  {f}" for f in result["deathtensors_files"]],
+        *[f"  {_escaped(f)}" for f in result["deathtensors_files"]],
     ]
     if result["sharded_indexes"]:
         lines.append(f"sharded indexes ({len(result['sharded_indexes'])}):")
-        lines.extend(f"  {f}" for f in result["sharded_indexes"])
+        lines.extend(f"  {_escaped(f)}" for f in result["sharded_indexes"])
     return "\n".join(lines)
 
 
@@ -170,14 +183,14 @@ def run(request: str) -> int:
         return _fail(str(e), EXIT_USAGE)
     except (DeathtensorsError, OSError) as e:
         return _fail(str(e), EXIT_FAILED)
-    out = json.dumps(result, indent=2, ensure_ascii=False) if as_json else _text(command, result)
+    out = json.dumps(result, indent=2, ensure_ascii=False) if as_json else _escaped(_text(command, result), "\n\t")
     sys.stdout.write(out + ("\n" if out else ""))
     sys.stdout.flush()
     return EXIT_OK
 
 
 def _fail(message: str, code: int) -> int:
-    line = " ".join(message.split())
+    line = _escaped(" ".join(message.split()))
     sys.stderr.write(f"deathtensors: error: {line}\n")
     sys.stderr.flush()
     return code
