@@ -225,24 +225,25 @@ pub fn shown(name: &str) -> Cow<'_, str> {
     }
 }
 
-/// `text` with every control character but newline and tab escaped: the last
-/// guard before anything derived from a file reaches the terminal.
+/// `text` with every control character but newline and tab escaped as
+/// `\u00XX`: the last guard before anything derived from a file reaches the
+/// terminal. The escape is JSON's, so `--json` output stays valid JSON (serde
+/// escapes only the controls below 0x20; DEL and the C1 controls, such as
+/// U+009B, a one-character CSI, would pass raw).
 pub fn terminal_safe(text: &str) -> Cow<'_, str> {
-    if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        Cow::Owned(
-            text.chars()
-                .map(|c| {
-                    if c.is_control() && c != '\n' && c != '\t' {
-                        c.escape_debug().to_string()
-                    } else {
-                        c.to_string()
-                    }
-                })
-                .collect(),
-        )
-    } else {
-        Cow::Borrowed(text)
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
     }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Expand `~` and `$VAR` / `${VAR}` in a path, as every front does.

@@ -107,6 +107,17 @@ def test_control_characters_in_names_are_printed_escaped(cli, tmp_path):
     ]
     as_json = cli("list", "--json", str(path))
     assert json.loads(as_json.stdout) == [evil, forged]  # JSON keeps the real names
+    # DEL and the C1 controls (U+009B is a one-character CSI) are escaped too,
+    # in JSON's own form, so --json output stays valid and exact.
+    c1 = tmp_path / "c1.deathtensors"
+    dt.save(c1, {"csi\u009b2J": torch.zeros(1), "del\x7f": torch.zeros(1)})
+    text = cli("list", str(c1)).stdout.decode()
+    assert "\u009b" not in text and "\x7f" not in text and "csi\\u{9b}2J" in text, text
+    for args in (["list", "--json"], ["info", "--json"], ["stats", "--json"]):
+        out = cli(*args, str(c1)).stdout.decode()
+        assert "\u009b" not in out and "\x7f" not in out, args
+        names = json.loads(out) if args[0] == "list" else None
+        assert names in (None, ["csi\u009b2J", "del\x7f"]), names
 
 
 def test_info_counts_a_sparse_tensor_once(cli, tmp_path):
