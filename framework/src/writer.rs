@@ -286,7 +286,15 @@ pub fn append_file(
     global.extend(extra_global_metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
     let options = WriteOptions {
         codec: source.codec().map(|c| c.id().to_owned()),
-        level: source.layout().header.compression.as_ref().map(|c| c.level),
+        // The file's own level, unless its codec refuses it (a header written by
+        // another tool): then the codec's default, so that the file can grow.
+        level: source
+            .layout()
+            .header
+            .compression
+            .as_ref()
+            .map(|c| c.level)
+            .filter(|&level| source.codec().is_some_and(|c| c.check_level(level).is_ok())),
         checksum: source.checksum().map(|c| c.id().to_owned()),
         ..WriteOptions::default()
     };

@@ -238,6 +238,24 @@ def test_append_keeps_old_tensors_and_settings(tmp_path, compress, checksum):
         assert got["tied"] is got["a"]
 
 
+def test_append_to_a_file_whose_header_names_a_level_zstd_lacks(tmp_path):
+    """Regression: a header written by another tool with ``"level": 99`` made
+    every append fail on the level; the codec's default is used instead."""
+    p = tmp_path / "odd-level.deathtensors"
+    dt.save(p, {"a": torch.randn(64)}, compress=True)
+    raw = p.read_bytes()
+    assert raw.count(b'"level":3}') == 1
+    head = raw.index(b'"level":3}')
+    end = raw.index(b"  ", head)  # the header's space padding gives the extra byte
+    raw = raw[:head] + b'"level":99}' + raw[head + 10 : end] + raw[end + 1 :]
+    p.write_bytes(raw)
+    with dt.open(p) as f:
+        assert f.keys() == ["a"]
+    dt.append(p, {"b": torch.ones(8)})
+    with dt.open(p) as f:
+        assert f.keys() == ["a", "b"] and f.get_tensor("b").tolist() == [1.0] * 8
+
+
 def test_append_refuses_existing_names_unless_overwrite(tmp_path):
     p = tmp_path / "a.deathtensors"
     dt.save(p, {"a": torch.zeros(3), "b": torch.ones(2)}, compress=True, checksum=True)
