@@ -185,11 +185,10 @@ pub fn write_entries(
     options: &WriteOptions,
 ) -> Result<()> {
     let plan = Plan::new(entries, options)?;
-    check_nesting("the global metadata", global_metadata, 1)?;
-    for item in &plan.items {
-        // The top-level object, the `tensors` array and the entry enclose it.
-        check_nesting(&format!("the metadata of tensor {:?}", item.name), &item.metadata, 3)?;
-    }
+    check_metadata_nesting(
+        global_metadata,
+        plan.items.iter().map(|i| (i.name.as_str(), &i.metadata)),
+    )?;
     let mut out = AtomicFile::create(path)?;
     let tmp_path = out.path().to_path_buf();
     let io = |e| Error::io(&tmp_path, e);
@@ -544,6 +543,24 @@ fn choose_filter(
         .into_iter()
         .nth(pick)
         .map(|(params, planes)| (f, params, planes)))
+}
+
+/// Refuse global and per-tensor (`(name, metadata)`) metadata that would nest
+/// the header deeper than [`MAX_HEADER_DEPTH`] levels, which readers refuse.
+/// Writers call it; a converter calls it first to blame its source file.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming the metadata and the depth it reaches.
+pub fn check_metadata_nesting<'m>(
+    global: &Map<String, Value>,
+    tensors: impl IntoIterator<Item = (&'m str, &'m Map<String, Value>)>,
+) -> Result<()> {
+    check_nesting("the global metadata", global, 1)?;
+    for (name, metadata) in tensors {
+        // The top-level object, the `tensors` array and the entry enclose it.
+        check_nesting(&format!("the metadata of tensor {name:?}"), metadata, 3)?;
+    }
+    Ok(())
 }
 
 /// Refuse `metadata` that would nest the header deeper than

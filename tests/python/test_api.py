@@ -596,7 +596,10 @@ def test_wrong_argument_types_raise_the_library_errors(tmp_path):
         dt.save(path, {"a": torch.empty(2, device="meta")})
     with pytest.raises(dt.InvalidArgumentError, match='"" is not a file path'):
         dt.save("", {"a": torch.zeros(1)})
-    dt.save(path, {"a": torch.zeros(1)})
-    with dt.open(path) as f:
+    for level in (True, 3.5, "3"):
+        with pytest.raises(dt.InvalidArgumentError, match="compress_level must be an int"):
+            dt.save(path, {"a": torch.zeros(1)}, compress=True, compress_level=level)
+    dt.save(os.fsencode(path), {"a": torch.zeros(1)})  # bytes paths, as os.fspath allows
+    with dt.open(os.fsencode(path)) as f:
         with pytest.raises(dt.InvalidArgumentError, match="framework must be 'torch' or 'numpy', not None"):
             f.get_tensor("a", framework=None)

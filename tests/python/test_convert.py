@@ -227,6 +227,23 @@ def test_a_valid_file_with_a_dtype_we_lack_is_unsupported_not_corrupt(tmp_path, 
     assert not (tmp_path / "e8m0.deathtensors").exists() and not (tmp_path / "x.deathtensors").exists()
 
 
+def test_metadata_nested_past_the_header_limit_is_the_source_files_fault(tmp_path, cli):
+    """Regression: a safetensors file whose reserved per-tensor metadata nests
+    124 levels deep was refused as InvalidArgumentError (a usage error, CLI
+    exit 2); the file is bad: FormatError naming it, exit 1."""
+    deep = "[" * 124 + "]" * 124  # parses (serde_json stops at 128), too deep for a header
+    meta = {"__deathtensors_tensor_metadata__": json.dumps({"a": {"k": json.loads(deep)}})}
+    header = json.dumps({"__metadata__": meta, "a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}).encode()
+    header += b" " * (-len(header) % 8)
+    src = tmp_path / "deep.safetensors"
+    src.write_bytes(len(header).to_bytes(8, "little") + header + b"\x01\x02")
+    with pytest.raises(dt.FormatError, match="deep.safetensors.*nested too deeply"):
+        dt.from_safetensors(src)
+    r = cli("convert", "from-safetensors", str(src), str(tmp_path / "x.deathtensors"))
+    assert r.returncode == 1 and b"nested too deeply" in r.stderr, r.stderr
+    assert not (tmp_path / "deep.deathtensors").exists() and not (tmp_path / "x.deathtensors").exists()
+
+
 def test_paths_expand_home_and_variables(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("DT_CONVERT_DIR", str(tmp_path / "sub"))

@@ -84,7 +84,7 @@ use deathtensors::atomic::AtomicFile;
 use deathtensors::format::TensorInfo;
 use deathtensors::reader::DtReader;
 use deathtensors::registry::{self, Converter, Plugin};
-use deathtensors::writer::{write_entries, Entry, TensorData, WriteOptions};
+use deathtensors::writer::{check_metadata_nesting, write_entries, Entry, TensorData, WriteOptions};
 use deathtensors::{Error, Result};
 use memmap2::{Mmap, MmapMut, UncheckedAdvice};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
@@ -228,6 +228,13 @@ pub fn import_file(src: &Path, dst: &Path, options: &WriteOptions) -> Result<()>
     let names = metadata.offset_keys();
     let decoded = decode_metadata(metadata.metadata().clone().unwrap_or_default(), &names)
         .map_err(|reason| bad_source(src, reason))?;
+    // Metadata nested deeper than a header may be is the source's fault: a
+    // format error naming it, not a usage error from the writer.
+    check_metadata_nesting(
+        &decoded.global,
+        decoded.tensor_metadata.iter().map(|(n, m)| (n.as_str(), m)),
+    )
+    .map_err(|e| bad_source(src, e))?;
 
     let mut entries = Vec::with_capacity(names.len());
     let mut tensor_metadata = decoded.tensor_metadata;

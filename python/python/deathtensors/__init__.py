@@ -99,7 +99,7 @@ DEFAULT_CHECKSUM = "sha256"
 
 def expand_path(path: PathLike) -> str:
     """Expand ``~`` and ``$VARS`` in a path (done for every path the API takes)."""
-    return os.path.expandvars(os.path.expanduser(os.fspath(path)))
+    return os.path.expandvars(os.path.expanduser(os.fsdecode(os.fspath(path))))
 
 
 def _choose(value: Union[bool, str, None], default: str, what: str) -> Optional[str]:
@@ -165,6 +165,8 @@ def _write(
 ) -> None:
     rows = _rows(entries, metadata)
     codec = _choose(compress, DEFAULT_CODEC, "compress")
+    if compress_level is not None and (isinstance(compress_level, bool) or not isinstance(compress_level, int)):
+        raise InvalidArgumentError(f"compress_level must be an int or None, not {compress_level!r}")
     _core.save(
         expand_path(path),
         rows,
