@@ -475,7 +475,9 @@ def test_hostile_hub_answers_are_typed_errors_and_escaped_output(lfs_hub: Env) -
     assert got == {"bad": "FormatError", "seven": "FormatError", "dup": "FormatError"}
     listed = lfs_hub.cli("hub-list", "ns/hostile")
     assert listed.returncode == 0, listed.stderr
-    assert "\x1b" not in listed.stdout and "evil\\x1b[2J.deathtensors" in listed.stdout, listed.stdout
+    assert "\x1b" not in listed.stdout and "evil\\u{1b}[2J.deathtensors" in listed.stdout, listed.stdout
+    as_json = lfs_hub.cli("hub-list", "ns/hostile", "--json")
+    assert "\x1b" not in as_json.stdout and "evil\x1b[2J.deathtensors" in json.loads(as_json.stdout), as_json.stdout
 
 
 def test_an_impossible_file_size_from_the_server_is_a_hub_error() -> None:

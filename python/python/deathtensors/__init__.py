@@ -539,7 +539,7 @@ class DtFile:
         compressed file only the chunks holding those rows are decompressed.
         0-d and sparse tensors raise :class:`InvalidArgumentError`.
         """
-        rows = self._dense_entry(name, "get_tensor_slice")["shape"][:1]
+        rows = self._entry(name)["shape"][:1]  # read_rows refuses sparse tensors
         if not rows:
             raise InvalidArgumentError(f"tensor {name!r} is 0-d: it has no rows to slice")
         lo, hi = row_bounds(rows[0], start, count)

@@ -25,7 +25,7 @@ def row_bounds(rows: int, start: int, count: int) -> Tuple[int, int]:
 
 def read_rows(f: DtFile, name: str, lo: int, hi: int, framework: str) -> Any:
     """Rows ``[lo, hi)`` of ``name``, decoding only the chunks that hold them."""
-    e = f._dense_entry(name, "slicing")
+    e = f._dense_entry(name, "row slicing")
     shape: List[int] = e["shape"]
     if not shape:
         raise InvalidArgumentError(f"tensor {name!r} is 0-d: it has no rows to slice")

@@ -105,25 +105,38 @@ def _convert(hub: Any, req: Dict[str, Any]) -> Any:
     return {"repo_id": req["repo_id"], "source": req["filename"], "url": url, "deleted_original": deleted}
 
 
-def _escaped(text: str, keep: str = "") -> str:
-    """``text`` with control characters (but those in ``keep``) escaped, as the
-    Rust CLI prints them: names and messages come from files and servers,
-    which must not drive the terminal or fake lines of output."""
-    if not any(unicodedata.category(c) == "Cc" and c not in keep for c in text):
+_DEBUG_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"}
+
+
+def _is_control(c: str) -> bool:
+    return unicodedata.category(c) == "Cc"
+
+
+def _shown(name: str) -> str:
+    """A name from a file or a server as printed in text output, escaped as the
+    Rust CLI escapes it (``evil\\u{1b}[2J``) when it holds control characters,
+    which could drive the terminal or fake lines of output."""
+    if not any(map(_is_control, name)):
+        return name
+    return "".join(_DEBUG_ESCAPES.get(c, f"\\u{{{ord(c):x}}}") if _is_control(c) else c for c in name)
+
+
+def _terminal_safe(text: str) -> str:
+    """``text`` with every control character but newline and tab escaped as
+    JSON's ``\\u00XX``, so ``--json`` output stays valid (``json.dumps`` with
+    ``ensure_ascii=False`` leaves DEL and the C1 controls raw)."""
+    if not any(_is_control(c) and c not in "\n\t" for c in text):
         return text
-    return "".join(
-        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" and c not in keep else c
-        for c in text
-    )
+    return "".join(f"\\u{ord(c):04x}" if _is_control(c) and c not in "\n\t" else c for c in text)
 
 
 def _text(command: str, result: Any) -> str:
     if command == "hub-push":
         return result["url"]
     if command == "hub-pull":
-        return "\n".join(_escaped(p) for p in result["paths"])
+        return "\n".join(_shown(p) for p in result["paths"])
     if command == "hub-list":
-        return "\n".join(_escaped(f) for f in result)
+        return "\n".join(_shown(f) for f in result)
     if command == "hub-convert":
         return result["url"]
     if "tensors" in result:  # hub-info REPO FILE
@@ -133,7 +146,7 @@ def _text(command: str, result: Any) -> str:
             f"{len(result['tensors'])} tensors (header read by range: {_human(result['bytes_fetched'])} fetched)"
         )
         rows = [("name", "dtype", "shape", "bytes")] + [
-            (_escaped(t["name"]), t["dtype"], "x".join(map(str, t["shape"])) or "scalar", _human(t["nbytes"]))
+            (_shown(t["name"]), t["dtype"], "x".join(map(str, t["shape"])) or "scalar", _human(t["nbytes"]))
             for t in result["tensors"]
             if t.get("part_of") is None
         ]
@@ -147,11 +160,11 @@ def _text(command: str, result: Any) -> str:
         f"likes: {result['likes']}",
         f"private: {result['private']}",
         f"deathtensors files ({len(result['deathtensors_files'])}):",
-        *[f"  {_escaped(f)}" for f in result["deathtensors_files"]],
+        *[f"  {_shown(f)}" for f in result["deathtensors_files"]],
     ]
     if result["sharded_indexes"]:
         lines.append(f"sharded indexes ({len(result['sharded_indexes'])}):")
-        lines.extend(f"  {_escaped(f)}" for f in result["sharded_indexes"])
+        lines.extend(f"  {_shown(f)}" for f in result["sharded_indexes"])
     return "\n".join(lines)
 
 
@@ -183,14 +196,14 @@ def run(request: str) -> int:
         return _fail(str(e), EXIT_USAGE)
     except (DeathtensorsError, OSError) as e:
         return _fail(str(e), EXIT_FAILED)
-    out = json.dumps(result, indent=2, ensure_ascii=False) if as_json else _escaped(_text(command, result), "\n\t")
+    out = _terminal_safe(json.dumps(result, indent=2, ensure_ascii=False) if as_json else _text(command, result))
     sys.stdout.write(out + ("\n" if out else ""))
     sys.stdout.flush()
     return EXIT_OK
 
 
 def _fail(message: str, code: int) -> int:
-    line = _escaped(" ".join(message.split()))
+    line = _terminal_safe(" ".join(message.split()))
     sys.stderr.write(f"deathtensors: error: {line}\n")
     sys.stderr.flush()
     return code
