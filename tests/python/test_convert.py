@@ -213,13 +213,20 @@ def test_bad_safetensors_files_raise_format_error_and_write_nothing(tmp_path):
         dt.to_safetensors(tmp_path / "missing.deathtensors")
 
 
+def _handmade_safetensors(path, header, data: bytes):
+    """Write a safetensors file by hand (u64 header length, JSON header padded to 8, data)."""
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    return path
+
+
 def test_a_valid_file_with_a_dtype_we_lack_is_unsupported_not_corrupt(tmp_path, cli):
     """Regression: safetensors' F8_E8M0 (and F4...) was reported as a corrupt
     file (FormatError, CLI exit 1); it is an unsupported dtype (exit 2)."""
-    header = json.dumps({"a": {"dtype": "F8_E8M0", "shape": [2], "data_offsets": [0, 2]}}).encode()
-    header += b" " * (-len(header) % 8)
-    src = tmp_path / "e8m0.safetensors"
-    src.write_bytes(len(header).to_bytes(8, "little") + header + b"\x7f\x80")
+    src = _handmade_safetensors(
+        tmp_path / "e8m0.safetensors", {"a": {"dtype": "F8_E8M0", "shape": [2], "data_offsets": [0, 2]}}, b"\x7f\x80"
+    )
     with pytest.raises(dt.UnsupportedDtypeError, match='tensor "a" has the safetensors dtype F8_E8M0'):
         dt.from_safetensors(src)
     r = cli("convert", "from-safetensors", str(src), str(tmp_path / "x.deathtensors"))
@@ -233,10 +240,8 @@ def test_metadata_nested_past_the_header_limit_is_the_source_files_fault(tmp_pat
     exit 2); the file is bad: FormatError naming it, exit 1."""
     deep = "[" * 124 + "]" * 124  # parses (serde_json stops at 128), too deep for a header
     meta = {"__deathtensors_tensor_metadata__": json.dumps({"a": {"k": json.loads(deep)}})}
-    header = json.dumps({"__metadata__": meta, "a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}).encode()
-    header += b" " * (-len(header) % 8)
-    src = tmp_path / "deep.safetensors"
-    src.write_bytes(len(header).to_bytes(8, "little") + header + b"\x01\x02")
+    header = {"__metadata__": meta, "a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}
+    src = _handmade_safetensors(tmp_path / "deep.safetensors", header, b"\x01\x02")
     with pytest.raises(dt.FormatError, match="deep.safetensors.*nested too deeply"):
         dt.from_safetensors(src)
     r = cli("convert", "from-safetensors", str(src), str(tmp_path / "x.deathtensors"))
