@@ -181,6 +181,25 @@ def test_get_slice_handle(tmp_path):
             h[300]
 
 
+def test_get_slice_takes_numpy_and_torch_integer_indices(tmp_path):
+    """Regression: ``h[np.int64(3)]`` raised TypeError (only Python ints were
+    rows), and ``h[True]`` read row 1 where numpy and torch read a mask."""
+    t = torch.randn(40, 3)
+    p = tmp_path / "s.deathtensors"
+    dt.save(p, {"t": t})
+    with dt.open(p) as f:
+        h = f.get_slice("t")
+        for key in [np.int64(3), np.int32(-2), np.uint8(7), torch.tensor(5)]:
+            assert torch.equal(h[key], t[int(key)]), key
+        assert torch.equal(h[np.int64(1), np.int64(2)], t[1, 2])
+        assert torch.equal(h[np.int64(2) : np.int64(30) : np.int64(9)], t[2:30:9])
+        with pytest.raises(IndexError):
+            h[np.int64(40)]
+        for bad in [True, np.float64(1.0), np.array([1, 2]), "1"]:
+            with pytest.raises(TypeError):
+                h[bad]
+
+
 # ---------------------------------------------------------------- tied weights
 
 

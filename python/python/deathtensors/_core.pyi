@@ -1,26 +1,61 @@
 """Type stubs of the Rust extension ``deathtensors._core``."""
 
-from typing import Any, Callable, List, Optional, Tuple
+import sys
+from typing import Any, Callable, List, Optional, Tuple, final
 
+__all__ = [
+    "__version__",
+    "TENSOR_ALIGNMENT",
+    "DEFAULT_CHUNK_BYTES",
+    "Buffer",
+    "Reader",
+    "MappedBuffer",
+    "save",
+    "append",
+    "plugins",
+    "dtypes",
+    "codec_and_checksum_ids",
+    "cli_main",
+    "read_header",
+    "read_remote_tensor",
+    "diff_files",
+    "MANIFEST_VERSION",
+    "manifest_json",
+    "write_manifest",
+    "read_manifest",
+    "manifest_sidecar_path",
+    "import_foreign",
+    "export_foreign",
+    "converter_extensions",
+]
 __version__: str
 TENSOR_ALIGNMENT: int
 DEFAULT_CHUNK_BYTES: int
 
+@final
 class Buffer:
     """Rust-owned bytes exposed through the buffer protocol."""
 
     def __len__(self) -> int: ...
+    if sys.version_info >= (3, 12):  # the buffer protocol, as typing sees it (PEP 688)
+        def __buffer__(self, flags: int, /) -> memoryview: ...
+        def __release_buffer__(self, buffer: memoryview, /) -> None: ...
 
+@final
 class MappedBuffer:
     """A tensor's bytes in a private (copy-on-write) memory map of its file."""
 
     def __len__(self) -> int: ...
+    if sys.version_info >= (3, 12):  # the buffer protocol, as typing sees it (PEP 688)
+        def __buffer__(self, flags: int, /) -> memoryview: ...
+        def __release_buffer__(self, buffer: memoryview, /) -> None: ...
     def mapping_range(self) -> Tuple[int, int]: ...
 
+@final
 class Reader:
     """An open file (thread-safe)."""
 
-    def __init__(self, path: str, max_header_len: Optional[int] = None) -> None: ...
+    def __new__(cls, path: str, max_header_len: Optional[int] = None) -> Reader: ...
     def describe(self) -> str: ...
     def read(self, name: str) -> Buffer: ...
     def read_many(self, names: List[str]) -> List[Buffer]: ...

@@ -583,7 +583,7 @@ class ShardedReader:
                 break
             names = set(checked_weight_map(doc, where).values())
             states = {s: _file_state(os.path.join(self._folder, s)) for s in names}
-            self._shard_ids = {s: st[:2] if st else None for s, st in states.items()}
+            self._shard_ids = {s: (st[0], st[1]) if st else None for s, st in states.items()}
             if _file_state(self._index_path) == index_state:
                 break
         else:

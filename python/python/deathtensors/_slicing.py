@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any, List, Tuple
 
 from ._frameworks import convert
@@ -71,6 +72,10 @@ class TensorSlice:
         if key is Ellipsis:
             key, rest = slice(None), (Ellipsis, *rest)
         rows = len(self)
+        if isinstance(key, bool):  # numpy and torch read a bool as a mask, not a row
+            raise TypeError("tensor slices take an int, a slice or a tuple, not bool")
+        if not isinstance(key, slice) and hasattr(type(key), "__index__"):
+            key = operator.index(key)  # numpy and torch integer scalars are rows too
         if isinstance(key, int):
             index = key + rows if key < 0 else key
             if not 0 <= index < rows:
