@@ -31,6 +31,10 @@ run_tests() {
     echo "== ruff"
     "$PY" -m ruff check python/python tests/python bench examples
     "$PY" -m ruff format --check python/python tests/python bench examples
+    echo "== mypy / stubtest (the package's types, and _core.pyi against the built extension)"
+    # 3.12 rules so that the stub's PEP 688 buffer methods count (the extension has them in C)
+    "$PY" -m mypy --python-version 3.12 python/python/deathtensors
+    "$PY" -m mypy.stubtest deathtensors._core
     echo "== pytest"
     "$PY" -m pytest tests/python -q
     echo "== fuzz (cargo-fuzz, every target; see docs/security.md)"
