@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use deathtensors::reader::{hex, DtReader};
 use deathtensors::registry;
+use deathtensors::sharded::names_checkpoint;
 use deathtensors::Error;
 use serde_json::{json, Value};
 
@@ -30,6 +31,7 @@ mod diff;
 mod hub;
 mod manifest;
 mod progress;
+mod sharded;
 
 #[derive(Parser)]
 #[command(
@@ -47,7 +49,7 @@ struct Cli {
 enum Command {
     /// Show the file's format details, global metadata and tensor table.
     Info {
-        /// A .deathtensors (or legacy .dt) file; ~ and $VARS are expanded.
+        /// A .deathtensors (or legacy .dt) file, or a sharded checkpoint (its index or base path); ~ and $VARS are expanded.
         path: String,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -55,15 +57,15 @@ enum Command {
     },
     /// List tensor names, one per line, in saved order.
     List {
-        /// The file.
+        /// The file, or a sharded checkpoint (its index or base path).
         path: String,
         /// Print a JSON array.
         #[arg(long)]
         json: bool,
     },
-    /// Verify the checksum footer (exit 1 if it does not match or is absent).
+    /// Verify the checksum footer (exit 1 if it does not match or is absent); of every shard for a checkpoint.
     Verify {
-        /// The file.
+        /// The file, or a sharded checkpoint (its index or base path).
         path: String,
         /// Print a JSON object.
         #[arg(long)]
@@ -71,7 +73,7 @@ enum Command {
     },
     /// Per-tensor statistics (min/max/mean/stddev/nnz, NaN and Inf counts), computed without loading tensors.
     Stats {
-        /// The file.
+        /// The file, or a sharded checkpoint (its index or base path).
         path: String,
         /// Only these tensors (default: all).
         names: Vec<String>,
@@ -304,6 +306,18 @@ fn execute(command: Command) -> Result<(String, i32), Error> {
         Command::Diff(args) => return diff::run(args),
         Command::Manifest(args) => return manifest::run(args),
         Command::Convert(args) => return convert::run(args),
+        Command::Info { path, json } if names_checkpoint(expand_path(&path)) => {
+            return Ok((sharded::info(&expand_path(&path), json)?, EXIT_OK))
+        }
+        Command::List { path, json } if names_checkpoint(expand_path(&path)) => {
+            return Ok((sharded::list(&expand_path(&path), json)?, EXIT_OK))
+        }
+        Command::Verify { path, json } if names_checkpoint(expand_path(&path)) => {
+            return Ok((sharded::verify(&expand_path(&path), json)?, EXIT_OK))
+        }
+        Command::Stats { path, names, json } if names_checkpoint(expand_path(&path)) => {
+            return Ok((sharded::stats(&expand_path(&path), &names, json)?, EXIT_OK))
+        }
         Command::Info { path, json } => {
             let r = DtReader::open(expand_path(&path))?;
             if json {
@@ -464,43 +478,46 @@ fn write_info(s: &mut String, r: &DtReader) {
         1 => writeln!(s, "tensors:   {listed} (plus 1 stored part of one)"),
         _ => writeln!(s, "tensors:   {listed} (plus {parts} stored parts of them)"),
     };
-    let rows: Vec<[String; 5]> = r
-        .tensors()
-        .iter()
-        .map(|t| {
-            let name = match (&t.part_of, &t.layout) {
-                (Some(owner), _) => format!("  {} (part of {})", shown(&t.name), shown(owner)),
-                (None, Some(l)) => format!("{} ({} {:?})", shown(&t.name), l.id, l.shape),
-                _ => shown(&t.name).into_owned(),
-            };
-            let stored = match (&t.alias_of, &t.chunks) {
-                (Some(target), _) => format!("alias of {}", shown(target)),
-                (None, Some(_)) => format!("{} ({:.1}%)", human(t.stored_len), percent(t.stored_len, t.nbytes)),
-                (None, None) => human(t.stored_len),
-            };
-            [
-                name,
-                t.dtype.id().to_owned(),
-                format!("{:?}", t.shape),
-                human(t.nbytes),
-                stored,
-            ]
-        })
-        .collect();
-    let heads = ["name", "dtype", "shape", "size", "stored"];
-    let mut widths = heads.map(str::len);
-    for row in &rows {
+    let rows: Vec<Vec<String>> = r.tensors().iter().map(tensor_row).collect();
+    write_table(s, &["name", "dtype", "shape", "size", "stored"], &rows);
+}
+
+/// One row of `info`'s tensor table: name, dtype, shape, size, stored.
+fn tensor_row(t: &deathtensors::format::TensorInfo) -> Vec<String> {
+    let name = match (&t.part_of, &t.layout) {
+        (Some(owner), _) => format!("  {} (part of {})", shown(&t.name), shown(owner)),
+        (None, Some(l)) => format!("{} ({} {:?})", shown(&t.name), l.id, l.shape),
+        _ => shown(&t.name).into_owned(),
+    };
+    let stored = match (&t.alias_of, &t.chunks) {
+        (Some(target), _) => format!("alias of {}", shown(target)),
+        (None, Some(_)) => format!("{} ({:.1}%)", human(t.stored_len), percent(t.stored_len, t.nbytes)),
+        (None, None) => human(t.stored_len),
+    };
+    vec![
+        name,
+        t.dtype.id().to_owned(),
+        format!("{:?}", t.shape),
+        human(t.nbytes),
+        stored,
+    ]
+}
+
+/// A table indented by two spaces, columns padded to their widest cell.
+fn write_table(s: &mut String, heads: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = heads.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |s: &mut String, cells: &[&str]| {
-        let parts: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:w$}")).collect();
+    let mut line = |cells: &[&str]| {
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:w$}")).collect();
         let _ = writeln!(s, "  {}", parts.join("  ").trim_end());
     };
-    line(s, &heads);
-    for row in &rows {
-        line(s, &row.iter().map(String::as_str).collect::<Vec<_>>());
+    line(heads);
+    for row in rows {
+        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
     }
 }
 

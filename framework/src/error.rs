@@ -70,6 +70,24 @@ pub enum Error {
     #[error("invalid header: {0}")]
     InvalidHeader(String),
 
+    /// The index of a sharded checkpoint is not one (see [`crate::sharded`]).
+    #[error("sharded index {path:?}: {reason}")]
+    InvalidIndex {
+        /// The index file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// An error in one shard of a sharded checkpoint.
+    #[error("shard {shard:?}: {source}")]
+    InShard {
+        /// The shard's file name, as the index gives it.
+        shard: String,
+        /// The error.
+        source: Box<Error>,
+    },
+
     /// A tensor entry of the header breaks a rule (dtype, shape, byte range, chunks).
     #[error("tensor {name:?}: {reason}")]
     InvalidTensor {
@@ -190,12 +208,14 @@ impl Error {
             Error::UnsupportedDtype(_) => "UnsupportedDtypeError",
             Error::OutOfMemory(_) => "DeathtensorsError",
             Error::Encrypted => "EncryptedFileError",
+            Error::InShard { source, .. } => source.class_name(),
             Error::BadMagic { .. }
             | Error::UnsupportedVersion(_)
             | Error::UnknownFlags(_)
             | Error::HeaderTooLarge { .. }
             | Error::Truncated { .. }
             | Error::InvalidHeader(_)
+            | Error::InvalidIndex { .. }
             | Error::InvalidTensor { .. }
             | Error::TrailingBytes { .. }
             | Error::CorruptChunk { .. } => "FormatError",

@@ -30,9 +30,11 @@ pub mod chunk;
 pub mod diff;
 pub mod error;
 pub mod format;
+mod jsonfile;
 pub mod manifest;
 pub mod reader;
 pub mod registry;
+pub mod sharded;
 pub mod stats;
 pub mod writer;
 

@@ -40,7 +40,8 @@ use serde_json::{json, Map, Value};
 
 use crate::atomic::AtomicFile;
 use crate::error::{Error, Result};
-use crate::format::{parse_json_strict, Header, VERSION};
+use crate::format::{Header, VERSION};
+use crate::jsonfile::read_json_file;
 use crate::reader::{hex, DtReader};
 
 /// The value of the `manifest_version` key this crate writes and reads.
@@ -172,40 +173,9 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 /// I/O errors; [`Error::InvalidHeader`] (a format error) naming what makes
 /// the file not a manifest, or a `manifest_version` this crate does not know.
 pub fn read(path: impl AsRef<Path>) -> Result<Value> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = path.as_ref();
-    // O_NONBLOCK: opening a FIFO must not wait for a writer; regular files
-    // ignore it. The checks and the read then use this one handle.
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     let bad = |why: String| Error::InvalidHeader(format!("{} is not a deathtensors manifest: {why}", path.display()));
-    if !meta.is_file() {
-        return Err(bad("not a regular file".into()));
-    }
-    if meta.len() > MAX_MANIFEST_LEN {
-        return Err(bad(format!(
-            "it has {} bytes, over the limit of {MAX_MANIFEST_LEN}",
-            meta.len()
-        )));
-    }
-    let mut text = Vec::with_capacity(meta.len() as usize);
-    // At most one byte past the limit: a file that grew since fstat is caught.
-    (&mut file)
-        .take(MAX_MANIFEST_LEN + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| Error::io(path, e))?;
-    if text.len() as u64 > MAX_MANIFEST_LEN {
-        return Err(bad(format!("it grew over the limit of {MAX_MANIFEST_LEN} bytes")));
-    }
-    let value: Value = parse_json_strict(&text).map_err(|e| match e {
-        Error::InvalidHeader(why) => bad(format!("not valid JSON ({why})")),
-        other => other,
-    })?;
+    let value = read_json_file(path, MAX_MANIFEST_LEN, bad)?;
     check(&value).map_err(bad)?;
     Ok(value)
 }

@@ -25,12 +25,20 @@ use serde_json::{Map, Value};
 mod convert;
 mod diff;
 mod manifest;
+mod sharded;
 
 /// Map a framework error to the matching `deathtensors.errors` class.
 pub(crate) fn to_py(py: Python<'_>, err: Error) -> PyErr {
     if let Error::Io { path, source } = &err {
         let (errno, message) = os_error(source);
         return PyOSError::new_err((errno, message, path.to_string_lossy().into_owned()));
+    }
+    if let Error::InShard { shard, source } = &err {
+        if let Error::Io { path, source } = source.as_ref() {
+            let (errno, message) = os_error(source);
+            let message = format!("shard {shard:?}: {message}");
+            return PyOSError::new_err((errno, message, path.to_string_lossy().into_owned()));
+        }
     }
     let message = err.to_string();
     match py
@@ -780,5 +788,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     diff::register(m)?;
     manifest::register(m)?;
     convert::register(m)?;
+    sharded::register(m)?;
     Ok(())
 }

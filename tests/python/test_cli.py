@@ -305,3 +305,99 @@ def test_dt_extension_works_in_cli(cli, files, tmp_path):
     legacy.write_bytes(files["good"].read_bytes())
     assert cli("verify", str(legacy)).returncode == 0
     assert cli("list", str(legacy)).stdout.decode().splitlines() == NAMES
+
+
+# ---------------------------------------------------------------- sharded checkpoints
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    tensors = {f"layer.{i}.weight": torch.full((8, 8), float(i)) for i in range(6)}
+    tensors["embed"] = torch.arange(12, dtype=torch.int32)
+    dt.save_sharded(
+        tmp_path / "big.deathtensors",
+        tensors,
+        max_shard_bytes=600,
+        checksum=True,
+        compress=True,
+        global_metadata={"arch": "tiny"},
+    )
+    with dt.open_sharded(tmp_path / "big.deathtensors") as sr:
+        where = {name: sr.which_shard(name) for name in sr.keys()}
+    return tmp_path, tensors, where
+
+
+@pytest.mark.parametrize("given", ["big.deathtensors", "big", "big.deathtensors.index.json"])
+def test_list_and_info_of_a_sharded_checkpoint(cli, checkpoint, given):
+    folder, tensors, where = checkpoint
+    path = str(folder / given)
+    listed = cli("list", path)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.decode().splitlines() == list(tensors)
+    assert json.loads(cli("list", "--json", path).stdout) == list(tensors)
+
+    table = cli("info", path)
+    assert table.returncode == 0, table.stderr
+    out = table.stdout.decode()
+    assert f"{len(set(where.values()))} shard(s)" in out and "tiny" in out and "sharded" in out
+    for name, shard in where.items():
+        row = next(line for line in out.splitlines() if line.split()[:1] == [name])
+        assert row.split()[-1] == shard, row
+
+    info = json.loads(cli("info", "--json", path).stdout)
+    assert info["sharded"] is True and info["metadata"] == {"arch": "tiny"}
+    assert info["weight_map"] == where
+    assert info["total_size"] == sum(t.numel() * t.element_size() for t in tensors.values())
+    assert sorted(s["shard"] for s in info["shards"]) == sorted(set(where.values()))
+    for shard in info["shards"]:
+        assert shard["codec"] == "zstd" and shard["checksum"] == "sha256"
+        assert {t["name"] for t in shard["tensors"]} == {n for n, s in where.items() if s == shard["shard"]}
+
+
+def test_verify_and_stats_of_a_sharded_checkpoint(cli, checkpoint):
+    folder, tensors, where = checkpoint
+    ok = cli("verify", str(folder / "big.deathtensors"))
+    assert ok.returncode == 0, ok.stderr
+    out = ok.stdout.decode()
+    for shard in set(where.values()):
+        digest = hashlib.sha256((folder / shard).read_bytes()[24:-32]).hexdigest()
+        assert f"OK  {shard}  sha256:{digest}" in out
+    as_json = json.loads(cli("verify", "--json", str(folder / "big")).stdout)
+    assert as_json["ok"] is True and len(as_json["shards"]) == len(set(where.values()))
+
+    stats = json.loads(cli("stats", "--json", str(folder / "big"), "layer.3.weight", "embed").stdout)
+    assert [(r["name"], r["min"], r["max"]) for r in stats] == [("layer.3.weight", 3.0, 3.0), ("embed", 0, 11)]
+    every = json.loads(cli("stats", "--json", str(folder / "big")).stdout)
+    assert [r["name"] for r in every] == list(tensors)
+    unknown = cli("stats", str(folder / "big"), "nope")
+    assert unknown.returncode == 2 and "nope" in _one_clean_error_line(unknown)
+
+
+def test_a_damaged_or_missing_shard_is_named_and_exits_1(cli, checkpoint):
+    folder, _, where = checkpoint
+    victim = where["layer.3.weight"]
+    raw = bytearray((folder / victim).read_bytes())
+    raw[-40] ^= 0xFF  # a data byte (the footer is the last 32)
+    (folder / victim).write_bytes(bytes(raw))
+    bad = cli("verify", str(folder / "big.deathtensors"))
+    assert bad.returncode == 1 and bad.stdout == b""
+    line = _one_clean_error_line(bad)
+    assert victim in line and "checksum" in line.lower()
+
+    (folder / victim).unlink()
+    for command in ("info", "verify", "stats"):
+        gone = cli(command, str(folder / "big.deathtensors"))
+        assert gone.returncode == 1, command
+        assert victim in _one_clean_error_line(gone)
+
+
+def test_a_hostile_index_is_refused_by_the_cli(cli, tmp_path):
+    index = tmp_path / "evil.deathtensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"w": "../../etc/passwd"}}))
+    for command in ("info", "list", "verify", "stats"):
+        result = cli(command, str(index))
+        assert result.returncode == 1, command
+        line = _one_clean_error_line(result)
+        assert "path separator" in line and "evil.deathtensors.index.json" in line
+    index.write_text('{"weight_map": {"w": "a.deathtensors", "w": "b.deathtensors"}}')
+    assert "duplicate" in _one_clean_error_line(cli("list", str(index)))

@@ -36,7 +36,6 @@ from ._sharded import (
     _remove_quietly,
     _shard_name,
     _write_json_atomically,
-    checked_weight_map,
 )
 from ._sharded import _stem as _dt_stem
 from .errors import FormatError, InvalidArgumentError
@@ -205,7 +204,7 @@ def _import_sharded(
 ) -> str:
     pkg = _pkg()
     where = f"safetensors index {index_path!r}"
-    weight_map = checked_weight_map(_read_index(index_path), where)
+    weight_map: Dict[str, str] = _read_index(index_path)["weight_map"]
     folder = os.path.dirname(index_path) or "."
     stem, out_folder, base = _out_stem(dst, _index_stem(index_path), (INDEX_SUFFIX, ".deathtensors", ".dt"))
     by_shard: Dict[str, List[str]] = {}

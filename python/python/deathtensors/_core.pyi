@@ -27,6 +27,11 @@ __all__ = [
     "import_foreign",
     "export_foreign",
     "converter_extensions",
+    "MAX_INDEX_BYTES",
+    "INDEX_SUFFIX",
+    "INDEX_FORMAT",
+    "read_sharded_index",
+    "resolve_sharded_index",
 ]
 __version__: str
 TENSOR_ALIGNMENT: int
@@ -117,3 +122,12 @@ def read_header(file_len: int, fetch: Callable[[int, int], bytes], max_header_le
 def read_remote_tensor(
     file_len: int, fetch: Callable[[int, int], bytes], name: str, max_header_len: Optional[int] = None
 ) -> Buffer: ...
+
+# -- sharded checkpoints (deathtensors::sharded) --------------------------------
+
+MAX_INDEX_BYTES: int
+INDEX_SUFFIX: str
+INDEX_FORMAT: str
+
+def read_sharded_index(path: str, max_bytes: int, deathtensors: bool = True) -> str: ...
+def resolve_sharded_index(path: str) -> str: ...

@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import errno
 import json
-import ntpath
 import operator
 import os
 import re
-import stat
 import sys
 import tempfile
 import threading
@@ -50,6 +48,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
+from . import _core
 from ._frameworks import _is_torch, _torch_maps, prepare
 from .errors import (
     ChecksumError,
@@ -68,13 +67,13 @@ __all__ = ["ShardedReader", "open_sharded", "save_sharded", "MAX_INDEX_BYTES", "
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: An index larger than this is refused (a real one for 10^6 tensors is ~100 MB at most).
-MAX_INDEX_BYTES = 100 * 1024 * 1024
+MAX_INDEX_BYTES: int = _core.MAX_INDEX_BYTES
 #: What :func:`save_sharded` appends to the stem to name the index.
-INDEX_SUFFIX = ".deathtensors.index.json"
+INDEX_SUFFIX: str = _core.INDEX_SUFFIX
 #: The extension of every shard :func:`save_sharded` writes.
 SHARD_SUFFIX = ".deathtensors"
 #: The value of ``metadata.format`` in indexes this module writes.
-INDEX_FORMAT = "deathtensors"
+INDEX_FORMAT: str = _core.INDEX_FORMAT
 
 _DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 _STEM_EXTENSIONS = (INDEX_SUFFIX, ".dt.index.json", ".deathtensors", ".dt")
@@ -440,93 +439,25 @@ def _remove_orphans(folder: str, base: str, keep: set[str], own_token: str) -> N
 # -- reading ----------------------------------------------------------------------------------------
 
 
-def checked_weight_map(doc: Dict[str, Any], where: str) -> Dict[str, str]:
-    """The ``weight_map`` of an index, every shard a plain file name in the index's folder.
+def _read_index(index_path: str, deathtensors: bool = False) -> Dict[str, Any]:
+    """The index at ``index_path``, read and checked in Rust (``deathtensors::sharded``):
+    ``{"metadata": {...}, "weight_map": {tensor: shard file name}}``, in file order.
+
+    Every index must be a JSON object of at most :data:`MAX_INDEX_BYTES` bytes
+    whose ``weight_map`` names plain files in the index's folder; with
+    ``deathtensors=True`` its ``metadata`` must also be that of a deathtensors
+    index (``format``, ``total_size``, ``global_metadata``).
 
     Raises:
-        FormatError: no ``weight_map`` object, or an entry that is not a safe shard name.
+        FormatError: the index breaks one of those rules.
+        OSError: it cannot be read.
     """
-    if "weight_map" not in doc:
-        raise FormatError(f"{where} has no 'weight_map'")
-    wm = doc["weight_map"]
-    if not isinstance(wm, dict):
-        raise FormatError(f"{where}: 'weight_map' must be a JSON object, not {type(wm).__name__}")
-    for tensor, shard in wm.items():
-        why = _bad_shard_name(shard)
-        if why is not None:
-            raise FormatError(
-                f"{where}: weight_map entry {tensor!r} -> {shard!r} {why}; "
-                "shards must be plain file names in the index's folder"
-            )
-    return dict(wm)
-
-
-def _bad_shard_name(name: Any) -> Optional[str]:
-    """Why ``name`` is not a plain file name in the index's folder, or ``None`` if it is."""
-    if not isinstance(name, str):
-        return f"is a {type(name).__name__}, not a string"
-    if not name:
-        return "is empty"
-    if "\x00" in name:
-        return "contains a NUL character"
-    if "/" in name or "\\" in name or (os.sep in name) or (os.altsep and os.altsep in name):
-        return "contains a path separator"
-    if name in (".", ".."):
-        return "is a relative folder reference"
-    if os.path.isabs(name) or ntpath.isabs(name) or ntpath.splitdrive(name)[0]:
-        return "is an absolute path"
-    if os.path.basename(name) != name:  # pragma: no cover - covered by the checks above
-        return "is not a plain file name"
-    return None
-
-
-def _reject_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise FormatError(f"duplicate key {k!r} in a JSON object")
-        out[k] = v
-    return out
-
-
-def _read_index(index_path: str) -> Dict[str, Any]:
-    # O_NONBLOCK: opening a FIFO must not wait for a writer (regular files ignore it).
-    fd = os.open(index_path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise FormatError(f"sharded index {index_path!r} is not a regular file")
-        if st.st_size > MAX_INDEX_BYTES:
-            raise FormatError(
-                f"sharded index {index_path!r} is {st.st_size} bytes; more than the {MAX_INDEX_BYTES}-byte limit"
-            )
-        raw = fh.read(MAX_INDEX_BYTES + 1)
-    if len(raw) > MAX_INDEX_BYTES:
-        raise FormatError(f"sharded index {index_path!r} is larger than the {MAX_INDEX_BYTES}-byte limit")
-    try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicates)
-    except FormatError as e:
-        raise FormatError(f"sharded index {index_path!r}: {e}") from None
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise FormatError(f"sharded index {index_path!r} is not valid UTF-8 JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise FormatError(f"sharded index {index_path!r} must be a JSON object, not {type(doc).__name__}")
+    doc: Dict[str, Any] = json.loads(_core.read_sharded_index(index_path, MAX_INDEX_BYTES, deathtensors))
     return doc
 
 
 def _resolve_index(path: str) -> str:
-    if path.endswith(".json") or (os.path.isfile(path) and not path.endswith((".deathtensors", ".dt"))):
-        return path
-    candidates = []
-    for c in (path + ".index.json", _stem(path) + INDEX_SUFFIX):
-        if c not in candidates:
-            candidates.append(c)
-    for c in candidates:
-        if os.path.exists(c):
-            return c
-    raise FileNotFoundError(
-        errno.ENOENT, f"no sharded index for {path!r} (tried {', '.join(repr(c) for c in candidates)})", path
-    )
+    return _core.resolve_sharded_index(path)
 
 
 #: How many times opening a sharded checkpoint re-reads an index that was
@@ -578,10 +509,10 @@ class ShardedReader:
             # Saves replace the index, never rewrite it in place: if it is the same
             # file before and after, the shards seen in between belong to that index.
             index_state = _file_state(self._index_path)
-            doc = _read_index(self._index_path)
+            doc = _read_index(self._index_path, deathtensors=True)
             if not self._pins_shard_files:
                 break
-            names = set(checked_weight_map(doc, where).values())
+            names = set(doc["weight_map"].values())
             states = {s: _file_state(os.path.join(self._folder, s)) for s in names}
             self._shard_ids = {s: (st[0], st[1]) if st else None for s, st in states.items()}
             if _file_state(self._index_path) == index_state:
@@ -589,23 +520,8 @@ class ShardedReader:
         else:
             raise FormatError(f"{where} was replaced {_SNAPSHOT_TRIES} times while it was being opened")
 
-        meta = doc.get("metadata", {})
-        if meta is None:
-            meta = {}
-        if not isinstance(meta, dict):
-            raise FormatError(f"{where}: 'metadata' must be a JSON object, not {type(meta).__name__}")
-        fmt = meta.get("format", INDEX_FORMAT)
-        if fmt != INDEX_FORMAT:
-            raise FormatError(f"{where}: metadata.format is {fmt!r}, not {INDEX_FORMAT!r}")
-        total = meta.get("total_size")
-        if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
-            raise FormatError(f"{where}: metadata.total_size must be a non-negative integer, not {total!r}")
-        gm = meta.get("global_metadata", {})
-        if not isinstance(gm, dict):
-            raise FormatError(f"{where}: metadata.global_metadata must be a JSON object, not {type(gm).__name__}")
-        self._index_meta: Dict[str, Any] = meta
-
-        self._weight_map: Dict[str, str] = checked_weight_map(doc, where)
+        self._index_meta: Dict[str, Any] = doc["metadata"]
+        self._weight_map: Dict[str, str] = doc["weight_map"]
         by_shard: Dict[str, List[str]] = {}
         for tensor, shard in self._weight_map.items():
             by_shard.setdefault(shard, []).append(tensor)

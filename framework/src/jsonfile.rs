@@ -1,0 +1,52 @@
+//! Small JSON files that travel beside tensor files (the manifest sidecar,
+//! the index of a sharded checkpoint): read as untrusted input.
+
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::format::parse_json_strict;
+
+/// Read the JSON file at `path`: a regular file of at most `limit` bytes
+/// holding strict JSON (UTF-8, no duplicate keys, bounded nesting; see
+/// [`parse_json_strict`]).
+///
+/// Opening never blocks (a FIFO is refused, not waited on), and the checks
+/// and the read use one handle, so the file cannot be swapped in between.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be opened or read; otherwise `bad`
+/// applied to the reason the content is refused: `"not a regular file"`,
+/// `"it has N bytes, over the limit of L"`, `"it grew over the limit of L
+/// bytes"` or `"not valid JSON (or not UTF-8): ..."`.
+pub(crate) fn read_json_file(path: &Path, limit: u64, bad: impl Fn(String) -> Error) -> Result<Value> {
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore it.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.len() > limit {
+        return Err(bad(format!("it has {} bytes, over the limit of {limit}", meta.len())));
+    }
+    let mut text = Vec::with_capacity(meta.len() as usize);
+    // At most one byte past the limit: a file that grew since fstat is caught.
+    (&mut file)
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut text)
+        .map_err(|e| Error::io(path, e))?;
+    if text.len() as u64 > limit {
+        return Err(bad(format!("it grew over the limit of {limit} bytes")));
+    }
+    parse_json_strict(&text).map_err(|e| match e {
+        Error::InvalidHeader(why) => bad(format!("not valid JSON (or not UTF-8): {why}")),
+        other => other,
+    })
+}

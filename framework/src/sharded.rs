@@ -1,0 +1,397 @@
+//! The index of a sharded checkpoint: many `.deathtensors` files plus one
+//! JSON file that says which tensor lives in which shard.
+//!
+//! The layout follows the convention of `model.safetensors.index.json`:
+//!
+//! ```text
+//! big_model-00001-of-00003.deathtensors
+//! big_model-00002-of-00003.deathtensors
+//! big_model-00003-of-00003.deathtensors
+//! big_model.deathtensors.index.json
+//! ```
+//!
+//! ```json
+//! {
+//!   "metadata": {"total_size": 123456789, "format": "deathtensors", "global_metadata": {}},
+//!   "weight_map": {"layer.0.weight": "big_model-00001-of-00003.deathtensors"}
+//! }
+//! ```
+//!
+//! `weight_map` lists the tensors in saved order; `total_size` is the sum of
+//! their raw bytes; `global_metadata` is there only when the writer got some.
+//! The Python package writes indexes (`save_sharded`); both fronts read them
+//! through [`ShardedIndex`].
+//!
+//! An index is untrusted input: a JSON object of at most [`MAX_INDEX_BYTES`]
+//! bytes (strict JSON, as the file header) whose `weight_map` maps names to
+//! plain file names in the index's own folder (see [`bad_shard_name`]), so a
+//! hostile index cannot reach a file outside that folder.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::jsonfile::read_json_file;
+
+/// What a checkpoint's stem gets to name its index.
+pub const INDEX_SUFFIX: &str = ".deathtensors.index.json";
+/// The value of `metadata.format` in a deathtensors index.
+pub const INDEX_FORMAT: &str = "deathtensors";
+/// An index larger than this is refused (one for 10^6 tensors is about 100 MB).
+pub const MAX_INDEX_BYTES: u64 = 100 * 1024 * 1024;
+/// Endings stripped from a path to find a checkpoint's stem.
+const STEM_ENDINGS: [&str; 4] = [INDEX_SUFFIX, ".dt.index.json", ".deathtensors", ".dt"];
+
+/// A checked index: its `metadata` and its `weight_map`, in file order.
+#[derive(Debug, Clone)]
+pub struct ShardedIndex {
+    path: PathBuf,
+    metadata: Map<String, Value>,
+    weight_map: Vec<(String, String)>,
+}
+
+impl ShardedIndex {
+    /// Read the index at `path`: a JSON object of at most `max_bytes` whose
+    /// `weight_map` is an object of plain shard file names. This is all that
+    /// Hugging Face indexes (`model.safetensors.index.json`) promise; see
+    /// [`ShardedIndex::read_deathtensors`] for the checks of our own.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when it cannot be read; [`Error::InvalidIndex`] naming
+    /// the first rule it breaks.
+    pub fn read(path: impl AsRef<Path>, max_bytes: u64) -> Result<Self> {
+        let path = path.as_ref();
+        let bad = |reason: String| Error::InvalidIndex {
+            path: path.to_owned(),
+            reason,
+        };
+        let Value::Object(mut doc) = read_json_file(path, max_bytes, bad)? else {
+            return Err(bad("it must be a JSON object".into()));
+        };
+        let weight_map = match doc.remove("weight_map") {
+            None => return Err(bad("it has no \"weight_map\"".into())),
+            Some(Value::Object(map)) => map,
+            Some(other) => {
+                return Err(bad(format!(
+                    "\"weight_map\" must be a JSON object, not {}",
+                    json_kind(&other)
+                )))
+            }
+        };
+        let mut pairs = Vec::with_capacity(weight_map.len());
+        for (tensor, shard) in weight_map {
+            let why = match &shard {
+                Value::String(name) => bad_shard_name(name).map(|why| format!("-> {} {why}", quoted(name))),
+                other => Some(format!("is {}, not a string", json_kind(other))),
+            };
+            if let Some(why) = why {
+                return Err(bad(format!(
+                    "weight_map entry {} {why}; shards must be plain file names in the index's folder",
+                    quoted(&tensor)
+                )));
+            }
+            if let Value::String(name) = shard {
+                pairs.push((tensor, name));
+            }
+        }
+        let metadata = match doc.remove("metadata") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m,
+            Some(other) => {
+                return Err(bad(format!(
+                    "\"metadata\" must be a JSON object, not {}",
+                    json_kind(&other)
+                )))
+            }
+        };
+        Ok(ShardedIndex {
+            path: path.to_owned(),
+            metadata,
+            weight_map: pairs,
+        })
+    }
+
+    /// [`ShardedIndex::read`], then the rules of a deathtensors index:
+    /// `metadata.format` is [`INDEX_FORMAT`] when present, `total_size` a
+    /// non-negative integer when present, `global_metadata` an object when
+    /// present.
+    ///
+    /// # Errors
+    /// As [`ShardedIndex::read`].
+    pub fn read_deathtensors(path: impl AsRef<Path>, max_bytes: u64) -> Result<Self> {
+        let index = Self::read(path, max_bytes)?;
+        let bad = |reason: String| Error::InvalidIndex {
+            path: index.path.clone(),
+            reason,
+        };
+        let m = &index.metadata;
+        match m.get("format") {
+            None => {}
+            Some(Value::String(f)) if f == INDEX_FORMAT => {}
+            Some(other) => return Err(bad(format!("metadata.format is {other}, not {INDEX_FORMAT:?}"))),
+        }
+        if let Some(total) = m.get("total_size") {
+            if total.as_u64().is_none() {
+                return Err(bad(format!(
+                    "metadata.total_size must be a non-negative integer, not {total}"
+                )));
+            }
+        }
+        if let Some(g) = m.get("global_metadata").filter(|g| !g.is_object()) {
+            return Err(bad(format!(
+                "metadata.global_metadata must be a JSON object, not {}",
+                json_kind(g)
+            )));
+        }
+        Ok(index)
+    }
+
+    /// The index file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The folder holding the index and its shards.
+    pub fn folder(&self) -> &Path {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
+    }
+
+    /// The index's `metadata` object (`{}` when absent).
+    pub fn metadata(&self) -> &Map<String, Value> {
+        &self.metadata
+    }
+
+    /// `metadata.global_metadata`: the checkpoint's global metadata (`None` when absent).
+    pub fn global_metadata(&self) -> Option<&Map<String, Value>> {
+        self.metadata.get("global_metadata").and_then(Value::as_object)
+    }
+
+    /// `metadata.total_size`: the raw bytes of every tensor (`None` when absent).
+    pub fn total_size(&self) -> Option<u64> {
+        self.metadata.get("total_size").and_then(Value::as_u64)
+    }
+
+    /// `(tensor, shard file name)` pairs in index (saved) order.
+    pub fn weight_map(&self) -> &[(String, String)] {
+        &self.weight_map
+    }
+
+    /// Every shard named by the index, once each, in the order they first
+    /// appear, with the tensors the index places in it (in index order).
+    pub fn by_shard(&self) -> Vec<(&str, Vec<&str>)> {
+        let mut position = std::collections::HashMap::new();
+        let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
+        for (tensor, shard) in &self.weight_map {
+            let i = *position.entry(shard.as_str()).or_insert_with(|| {
+                out.push((shard.as_str(), Vec::new()));
+                out.len() - 1
+            });
+            out[i].1.push(tensor.as_str());
+        }
+        out
+    }
+
+    /// The path of a shard named by the index.
+    pub fn shard_path(&self, shard: &str) -> PathBuf {
+        self.path.with_file_name(shard)
+    }
+
+    /// The index as JSON (`{"metadata": ..., "weight_map": {...}}`), after its checks.
+    pub fn to_json(&self) -> Value {
+        let weight_map: Map<String, Value> = self
+            .weight_map
+            .iter()
+            .map(|(t, s)| (t.clone(), Value::String(s.clone())))
+            .collect();
+        serde_json::json!({"metadata": self.metadata, "weight_map": weight_map})
+    }
+}
+
+/// Why `name` is not a plain file name in the index's folder, or `None` if it is.
+///
+/// Refused: the empty name, NUL, `/` or `\`, `.` and `..`, and drive-letter
+/// names (`C:x`), whichever system reads the index.
+pub fn bad_shard_name(name: &str) -> Option<&'static str> {
+    let bytes = name.as_bytes();
+    if name.is_empty() {
+        Some("is empty")
+    } else if name.contains('\0') {
+        Some("contains a NUL character")
+    } else if name.contains(['/', '\\']) {
+        Some("contains a path separator")
+    } else if name == "." || name == ".." {
+        Some("is a relative folder reference")
+    } else if bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':' {
+        Some("is an absolute path")
+    } else {
+        None
+    }
+}
+
+/// The index of the sharded checkpoint `path` names: `path` itself when it
+/// ends in `.json` (or is a file other than a `.deathtensors`/`.dt` one),
+/// else `path` + `.index.json`, else its stem + [`INDEX_SUFFIX`], whichever
+/// exists first (`big.deathtensors` → `big.deathtensors.index.json`).
+///
+/// # Errors
+/// [`Error::Io`] (not found) listing the names tried.
+pub fn resolve_index(path: impl AsRef<Path>) -> Result<PathBuf> {
+    let path = path.as_ref();
+    let text = path.to_string_lossy();
+    let is_tensor_file = text.ends_with(".deathtensors") || text.ends_with(".dt");
+    if text.ends_with(".json") || (path.is_file() && !is_tensor_file) {
+        return Ok(path.to_owned());
+    }
+    let mut candidates = vec![PathBuf::from(format!("{text}.index.json"))];
+    let stem = STEM_ENDINGS.iter().find_map(|e| text.strip_suffix(e)).unwrap_or(&text);
+    let by_stem = PathBuf::from(format!("{stem}{INDEX_SUFFIX}"));
+    if by_stem != candidates[0] {
+        candidates.push(by_stem);
+    }
+    if let Some(found) = candidates.iter().find(|c| c.exists()) {
+        return Ok(found.clone());
+    }
+    let tried: Vec<String> = candidates.iter().map(|c| quoted(&c.to_string_lossy())).collect();
+    Err(Error::io(
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no sharded index for {} (tried {})", quoted(&text), tried.join(", ")),
+        ),
+    ))
+}
+
+/// Whether `path` names a sharded checkpoint rather than one file: it ends in
+/// `.index.json`, or it does not exist and [`resolve_index`] finds an index for it.
+pub fn names_checkpoint(path: impl AsRef<Path>) -> bool {
+    let path = path.as_ref();
+    path.to_string_lossy().ends_with(".index.json") || (!path.exists() && resolve_index(path).is_ok())
+}
+
+/// A string as JSON writes it (quoted, controls escaped), for messages.
+fn quoted(s: &str) -> String {
+    Value::String(s.to_owned()).to_string()
+}
+
+/// The JSON type of `v`, for messages.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.deathtensors.index.json");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    fn refused(text: &str, needle: &str) {
+        let (_d, p) = index(text);
+        let e = ShardedIndex::read_deathtensors(&p, MAX_INDEX_BYTES).unwrap_err();
+        assert!(matches!(e, Error::InvalidIndex { .. }), "{e:?}");
+        assert!(e.to_string().contains(needle), "{e} lacks {needle:?}");
+        assert_eq!(e.class_name(), "FormatError");
+    }
+
+    #[test]
+    fn a_good_index_keeps_its_order_and_metadata() {
+        let (_d, p) = index(
+            r#"{"metadata": {"total_size": 12, "format": "deathtensors", "global_metadata": {"a": 1}},
+                "weight_map": {"z": "m-2.deathtensors", "a": "m-1.deathtensors", "m": "m-2.deathtensors"}}"#,
+        );
+        let i = ShardedIndex::read_deathtensors(&p, MAX_INDEX_BYTES).unwrap();
+        let names: Vec<&str> = i.weight_map().iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(names, ["z", "a", "m"]);
+        assert_eq!(
+            i.by_shard(),
+            [("m-2.deathtensors", vec!["z", "m"]), ("m-1.deathtensors", vec!["a"])]
+        );
+        assert_eq!(i.total_size(), Some(12));
+        assert_eq!(i.global_metadata().unwrap()["a"], 1);
+        assert_eq!(
+            i.shard_path("m-1.deathtensors"),
+            p.parent().unwrap().join("m-1.deathtensors")
+        );
+    }
+
+    #[test]
+    fn every_rule_has_its_error() {
+        refused("[]", "JSON object");
+        refused("{not json", "not valid JSON");
+        refused("\u{feff}{}", "not valid JSON");
+        refused(r#"{"weight_map": {"a": "x", "a": "y"}}"#, "duplicate");
+        refused(r#"{"metadata": {}}"#, "no \"weight_map\"");
+        refused(
+            r#"{"weight_map": []}"#,
+            "\"weight_map\" must be a JSON object, not an array",
+        );
+        refused(r#"{"weight_map": {"t": 3}}"#, "entry \"t\" is a number, not a string");
+        refused(r#"{"weight_map": {"t": "../x"}}"#, "\"../x\" contains a path separator");
+        refused(
+            r#"{"metadata": [], "weight_map": {}}"#,
+            "\"metadata\" must be a JSON object",
+        );
+        refused(r#"{"metadata": {"format": "pt"}, "weight_map": {}}"#, "metadata.format");
+        refused(r#"{"metadata": {"total_size": -1}, "weight_map": {}}"#, "total_size");
+        refused(r#"{"metadata": {"total_size": 1.5}, "weight_map": {}}"#, "total_size");
+        refused(
+            r#"{"metadata": {"global_metadata": 3}, "weight_map": {}}"#,
+            "global_metadata",
+        );
+    }
+
+    #[test]
+    fn size_limit_and_fifo_are_refused_before_reading() {
+        let (_d, p) = index(&format!(r#"{{"weight_map": {{}}, "pad": "{}"}}"#, "x".repeat(5000)));
+        let e = ShardedIndex::read(&p, 4096).unwrap_err();
+        assert!(e.to_string().contains("over the limit of 4096"), "{e}");
+        assert!(ShardedIndex::read(&p, MAX_INDEX_BYTES).is_ok());
+        let fifo = p.with_file_name("f.index.json");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = ShardedIndex::read(&fifo, MAX_INDEX_BYTES).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn shard_names_must_stay_in_the_folder() {
+        for bad in ["", ".", "..", "a/b", "a\\b", "/etc/passwd", "C:x", "c:\\x", "a\0b"] {
+            assert!(bad_shard_name(bad).is_some(), "{bad:?}");
+        }
+        for good in ["m-00001-of-00002.deathtensors", "..m", "ab:c", "é.dt"] {
+            assert_eq!(bad_shard_name(good), None, "{good:?}");
+        }
+    }
+
+    #[test]
+    fn resolve_finds_the_index_of_a_base_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = dir.path().join("big.deathtensors.index.json");
+        std::fs::write(&index, "{}").unwrap();
+        for given in ["big.deathtensors", "big", "big.deathtensors.index.json"] {
+            assert_eq!(resolve_index(dir.path().join(given)).unwrap(), index, "{given}");
+            assert!(names_checkpoint(dir.path().join(given)), "{given}");
+        }
+        let e = resolve_index(dir.path().join("other.deathtensors")).unwrap_err();
+        assert!(e.to_string().contains("no sharded index"), "{e}");
+        assert!(matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound));
+        let single = dir.path().join("one.deathtensors");
+        std::fs::write(&single, "x").unwrap();
+        assert!(!names_checkpoint(&single));
+    }
+}

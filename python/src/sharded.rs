@@ -1,0 +1,45 @@
+//! Python bindings of the sharded index (`deathtensors::sharded`).
+//!
+//! The index crosses the boundary as JSON text; `deathtensors._sharded` parses it.
+
+use deathtensors::sharded::{self, ShardedIndex};
+use pyo3::prelude::*;
+
+use crate::to_py;
+
+/// Read and check the index at `path` (at most `max_bytes`); returns it as
+/// JSON text, `{"metadata": {...}, "weight_map": {...}}`. With
+/// `deathtensors=False` only the rules every Hugging Face index follows are
+/// checked (a `model.safetensors.index.json`, say).
+#[pyfunction]
+#[pyo3(signature = (path, max_bytes, deathtensors=true))]
+fn read_sharded_index(py: Python<'_>, path: &str, max_bytes: u64, deathtensors: bool) -> PyResult<String> {
+    let index = py
+        .detach(|| {
+            if deathtensors {
+                ShardedIndex::read_deathtensors(path, max_bytes)
+            } else {
+                ShardedIndex::read(path, max_bytes)
+            }
+        })
+        .map_err(|e| to_py(py, e))?;
+    Ok(index.to_json().to_string())
+}
+
+/// The index of the sharded checkpoint `path` names (itself, `path` +
+/// `.index.json`, or its stem + `.deathtensors.index.json`); raises
+/// `FileNotFoundError` listing the names tried.
+#[pyfunction]
+fn resolve_sharded_index(py: Python<'_>, path: &str) -> PyResult<String> {
+    let found = sharded::resolve_index(path).map_err(|e| to_py(py, e))?;
+    Ok(found.to_string_lossy().into_owned())
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("MAX_INDEX_BYTES", sharded::MAX_INDEX_BYTES)?;
+    m.add("INDEX_SUFFIX", sharded::INDEX_SUFFIX)?;
+    m.add("INDEX_FORMAT", sharded::INDEX_FORMAT)?;
+    m.add_function(wrap_pyfunction!(read_sharded_index, m)?)?;
+    m.add_function(wrap_pyfunction!(resolve_sharded_index, m)?)?;
+    Ok(())
+}
