@@ -168,8 +168,10 @@ pub(crate) fn list(path: &Path, as_json: bool) -> Result<String, Error> {
     Ok(s)
 }
 
-/// `deathtensors verify` of a checkpoint: every shard's footer, and every
-/// tensor of the index present in its shard. The first failure is the error.
+/// `deathtensors verify` of a checkpoint: every shard's footer, every tensor
+/// of the index present in its shard, and `total_size` (when the index has
+/// one) equal to their bytes, as `ShardedReader.verify` checks. The first
+/// failure is the error.
 pub(crate) fn verify(path: &Path, as_json: bool) -> Result<String, Error> {
     let cp = Checkpoint::open(index(path)?)?;
     let (index, shards) = (&cp.index, &cp.shards);
@@ -202,6 +204,19 @@ pub(crate) fn verify(path: &Path, as_json: bool) -> Result<String, Error> {
     }
     if let Some(pb) = pb {
         pb.finish_and_clear();
+    }
+    if let Some(declared) = index.total_size() {
+        let held: u64 = index
+            .weight_map()
+            .iter()
+            .filter_map(|(t, _)| cp.shard(t).ok()?.1.tensor(t).ok().map(|info| info.nbytes))
+            .sum();
+        if held != declared {
+            return Err(Error::InvalidIndex {
+                path: index.path().to_owned(),
+                reason: format!("it says total_size={declared} but its tensors hold {held} bytes"),
+            });
+        }
     }
     if as_json {
         let shards: Vec<Value> = rows

@@ -401,3 +401,16 @@ def test_a_hostile_index_is_refused_by_the_cli(cli, tmp_path):
         assert "path separator" in line and "evil.deathtensors.index.json" in line
     index.write_text('{"weight_map": {"w": "a.deathtensors", "w": "b.deathtensors"}}')
     assert "duplicate" in _one_clean_error_line(cli("list", str(index)))
+
+
+def test_verify_checks_the_index_total_size(cli, checkpoint):
+    folder, _, _ = checkpoint
+    index = folder / "big.deathtensors.index.json"
+    doc = json.loads(index.read_text())
+    doc["metadata"]["total_size"] += 4
+    index.write_text(json.dumps(doc))
+    result = cli("verify", str(index))
+    assert result.returncode == 1
+    assert "total_size" in _one_clean_error_line(result)
+    with pytest.raises(dt.FormatError, match="total_size"), dt.open_sharded(index) as sr:
+        sr.verify()  # the Python reader says the same

@@ -349,6 +349,33 @@ def small(tmp_path):
     return tmp_path, tensors, [os.path.basename(p) for p in shards]
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_rows_bytes_stats_and_mmap_come_from_the_one_shard(tmp_path, compress):
+    """The DtFile readers beyond get_tensor work on a checkpoint too, each opening only its shard."""
+    tensors = {f"w{i}": torch.randn(40, 6, generator=torch.Generator().manual_seed(i)) for i in range(4)}
+    tensors["ids"] = torch.arange(10, dtype=torch.int64)
+    dt.save_sharded(tmp_path / "c.deathtensors", tensors, max_shard_bytes=1000, compress=compress)
+    with dt.open_sharded(tmp_path / "c.deathtensors") as sr:
+        assert len(sr.shards()) > 2
+        assert torch.equal(sr.get_tensor_slice("w2", 5, 3), tensors["w2"][5:8])
+        assert sr.opened_shards() == [sr.which_shard("w2")]
+        assert torch.equal(sr.get_slice("w2")[np.int64(-1)], tensors["w2"][-1])
+        assert torch.equal(sr.get_slice("w3")[::7, 1:3], tensors["w3"][::7, 1:3])
+        assert sr.get_bytes("ids") == tensors["ids"].numpy().tobytes()
+        assert sr.is_sparse("ids") is False
+        st = sr.stats("w1")
+        assert st["count"] == 240 and st["max"] == pytest.approx(float(tensors["w1"].max()))
+        every = sr.all_stats()
+        assert list(every) == list(tensors) and every["ids"]["max"] == 9
+        if compress:
+            with pytest.raises(dt.InvalidArgumentError):
+                sr.get_tensor_mmap("w0")
+        else:
+            assert torch.equal(sr.get_tensor_mmap("w0"), tensors["w0"])
+        with pytest.raises(dt.TensorNotFoundError):
+            sr.stats("nope")
+
+
 def test_lazy_opening(small):
     folder, tensors, names = small
     with dt.open_sharded(folder / "s.deathtensors") as sr:

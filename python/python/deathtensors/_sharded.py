@@ -61,6 +61,7 @@ from .errors import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import DtFile
+    from ._slicing import TensorSlice
 
 __all__ = ["ShardedReader", "open_sharded", "save_sharded", "MAX_INDEX_BYTES", "INDEX_SUFFIX", "SHARD_SUFFIX"]
 
@@ -683,6 +684,37 @@ class ShardedReader:
     def get_tensor(self, name: str, framework: str = "torch") -> Any:
         """Read one tensor (``framework="torch"`` or ``"numpy"``), opening only its shard."""
         return self._entry_shard(name).get_tensor(name, framework)
+
+    def get_bytes(self, name: str) -> bytes:
+        """:meth:`DtFile.get_bytes` of ``name``, opening only its shard."""
+        return self._entry_shard(name).get_bytes(name)
+
+    def is_sparse(self, name: str) -> bool:
+        """Whether ``name`` is a sparse tensor. Opens its shard."""
+        return self._entry_shard(name).is_sparse(name)
+
+    def get_tensor_mmap(self, name: str, framework: str = "torch") -> Any:
+        """:meth:`DtFile.get_tensor_mmap` of ``name`` (zero-copy, uncompressed shards only)."""
+        return self._entry_shard(name).get_tensor_mmap(name, framework)
+
+    def get_tensor_slice(self, name: str, start: int, count: int, framework: str = "torch") -> Any:
+        """:meth:`DtFile.get_tensor_slice`: rows ``[start, start + count)``, reading only those rows of its shard."""
+        return self._entry_shard(name).get_tensor_slice(name, start, count, framework)
+
+    def get_slice(self, name: str, framework: str = "torch") -> TensorSlice:
+        """:meth:`DtFile.get_slice`: a lazy handle, ``sr.get_slice(name)[a:b]`` reads only rows ``a..b``."""
+        return self._entry_shard(name).get_slice(name, framework)
+
+    def stats(self, name: str) -> Dict[str, Any]:
+        """:meth:`DtFile.stats` of ``name`` (computed in Rust, no tensor created). Opens its shard."""
+        return self._entry_shard(name).stats(name)
+
+    def all_stats(self) -> Dict[str, Dict[str, Any]]:
+        """:meth:`stats` of every tensor, in index order (each shard in one parallel pass). Opens every shard."""
+        got: Dict[str, Dict[str, Any]] = {}
+        for shard in self.shards():
+            got.update(self._shard(shard).all_stats())
+        return {t: got[t] for t in self._weight_map}
 
     def get_tensors(self, framework: str = "torch") -> Dict[str, Any]:
         """Every tensor, in index order (each shard read in parallel by the Rust core)."""
