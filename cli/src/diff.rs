@@ -7,8 +7,8 @@
 
 use std::fmt::Write as _;
 
-use deathtensors::diff::{diff_files_with_progress, Change, DiffOptions, DiffReport};
-use deathtensors::reader::DtReader;
+use deathtensors::diff::{diff_sides, Change, DiffOptions, DiffReport, DiffSide};
+use deathtensors::sharded::Source;
 use deathtensors::Error;
 use serde_json::{Map, Value};
 
@@ -20,9 +20,9 @@ const EXIT_DIFFERENT: i32 = 1;
 /// Arguments of `deathtensors diff`.
 #[derive(clap::Args)]
 pub(crate) struct DiffArgs {
-    /// The first file (the reference); ~ and $VARS are expanded.
+    /// The first file or sharded checkpoint (the reference); ~ and $VARS are expanded.
     a: String,
-    /// The second file.
+    /// The second file or sharded checkpoint.
     b: String,
     /// Relative tolerance for float values: |a - b| <= atol + rtol * |b| (both 0: bytes compare exactly)
     #[arg(long, default_value_t = 0.0, value_name = "X")]
@@ -42,17 +42,10 @@ pub(crate) fn run(args: DiffArgs) -> Result<(String, i32), Error> {
         atol: args.atol,
         ..DiffOptions::default()
     };
-    let a = DtReader::open(expand_path(&args.a))?;
-    let b = DtReader::open(expand_path(&args.b))?;
-    // Bytes of the tensors (and parts) both files name: what values are compared over.
-    let total = a
-        .tensors()
-        .iter()
-        .filter(|t| b.tensor(&t.name).is_ok())
-        .map(|t| t.nbytes)
-        .sum();
-    let pb = progress::bar(total, "diff");
-    let report = diff_files_with_progress(&a, &b, &options, &|n| {
+    let (a, b) = (Source::open(expand_path(&args.a))?, Source::open(expand_path(&args.b))?);
+    let (a, b) = (DiffSide::source(&a), DiffSide::source(&b));
+    let pb = progress::bar(a.shared_bytes(&b), "diff");
+    let report = diff_sides(&a, &b, &options, &|n| {
         if let Some(pb) = &pb {
             pb.inc(n);
         }

@@ -3,12 +3,12 @@
 //! when only the shards and the index exist), they read the index and then
 //! each shard, as `deathtensors.open_sharded` does.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use deathtensors::reader::{hex, DtReader};
-use deathtensors::sharded::{resolve_index, ShardedIndex, MAX_INDEX_BYTES};
+use deathtensors::reader::hex;
+use deathtensors::sharded::{in_shard, resolve_index, Checkpoint, ShardedIndex, MAX_INDEX_BYTES};
 use deathtensors::stats::TensorStats;
 use deathtensors::Error;
 use serde_json::{json, Value};
@@ -20,72 +20,10 @@ fn index(path: &Path) -> Result<ShardedIndex, Error> {
     ShardedIndex::read_deathtensors(resolve_index(path)?, MAX_INDEX_BYTES)
 }
 
-/// `f`'s result, its error naming the shard.
-fn in_shard<T>(shard: &str, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
-    f().map_err(|e| Error::InShard {
-        shard: shard.to_owned(),
-        source: Box::new(e),
-    })
-}
-
-/// A checkpoint with every shard open.
-struct Checkpoint {
-    index: ShardedIndex,
-    /// `(shard file name, its reader)`, in the order the index first names them.
-    shards: Vec<(String, DtReader)>,
-    /// Tensor name → position of its shard in `shards`.
-    shard_of: HashMap<String, usize>,
-}
-
-impl Checkpoint {
-    /// Open each shard of `index` in turn, checking that it holds the tensors
-    /// the index places in it.
-    fn open(index: ShardedIndex) -> Result<Self, Error> {
-        let mut shards = Vec::new();
-        let mut shard_of = HashMap::with_capacity(index.weight_map().len());
-        for (shard, tensors) in index.by_shard() {
-            let r = in_shard(shard, || {
-                let r = DtReader::open(index.shard_path(shard))?;
-                let missing: Vec<&str> = tensors.iter().copied().filter(|t| r.tensor(t).is_err()).collect();
-                if missing.is_empty() {
-                    return Ok(r);
-                }
-                Err(Error::InvalidIndex {
-                    path: index.path().to_owned(),
-                    reason: format!(
-                        "it places {} tensor(s) in this shard that it lacks: {:?}",
-                        missing.len(),
-                        &missing[..missing.len().min(10)]
-                    ),
-                })
-            })?;
-            for t in tensors {
-                shard_of.insert(t.to_owned(), shards.len());
-            }
-            shards.push((shard.to_owned(), r));
-        }
-        Ok(Checkpoint {
-            index,
-            shards,
-            shard_of,
-        })
-    }
-
-    /// The shard holding `tensor` (named by the index) and its reader.
-    fn shard(&self, tensor: &str) -> Result<(&str, &DtReader), Error> {
-        let (name, r) = self
-            .shard_of
-            .get(tensor)
-            .map(|&i| &self.shards[i])
-            .ok_or_else(|| Error::TensorNotFound(tensor.to_owned()))?;
-        Ok((name, r))
-    }
-}
-
 /// `deathtensors info` of a checkpoint.
 pub(crate) fn info(path: &Path, as_json: bool) -> Result<String, Error> {
     let cp = Checkpoint::open(index(path)?)?;
-    let (index, shards) = (&cp.index, &cp.shards);
+    let (index, shards) = (cp.index(), cp.shards());
     if as_json {
         let shard_infos: Vec<Value> = shards
             .iter()
@@ -121,14 +59,12 @@ pub(crate) fn info(path: &Path, as_json: bool) -> Result<String, Error> {
     }
     let _ = writeln!(s, "tensors:    {}", index.weight_map().len());
     let _ = writeln!(s, "shards:");
-    let mut counts = vec![0usize; shards.len()];
-    for &i in cp.shard_of.values() {
-        counts[i] += 1;
-    }
+    let counts: std::collections::HashMap<&str, usize> =
+        index.by_shard().into_iter().map(|(s, t)| (s, t.len())).collect();
     let shard_rows: Vec<Vec<String>> = shards
         .iter()
-        .zip(counts)
-        .map(|((name, r), count)| {
+        .map(|(name, r)| {
+            let count = counts.get(name.as_str()).copied().unwrap_or(0);
             vec![
                 shown(name).into_owned(),
                 count.to_string(),
@@ -174,7 +110,7 @@ pub(crate) fn list(path: &Path, as_json: bool) -> Result<String, Error> {
 /// failure is the error.
 pub(crate) fn verify(path: &Path, as_json: bool) -> Result<String, Error> {
     let cp = Checkpoint::open(index(path)?)?;
-    let (index, shards) = (&cp.index, &cp.shards);
+    let (index, shards) = (cp.index(), cp.shards());
     let total = shards.iter().map(|(_, r)| r.file_len()).sum();
     let pb = progress::bar(total, "verify");
     let mut done = 0;
@@ -249,7 +185,7 @@ pub(crate) fn stats(path: &Path, names: &[String], as_json: bool) -> Result<Stri
     }
     let cp = Checkpoint::open(index)?;
     let wanted: Vec<&str> = if names.is_empty() {
-        cp.index.weight_map().iter().map(|(t, _)| t.as_str()).collect()
+        cp.index().weight_map().iter().map(|(t, _)| t.as_str()).collect()
     } else {
         names.iter().map(String::as_str).collect()
     };

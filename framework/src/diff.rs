@@ -1,4 +1,4 @@
-//! Comparing two files tensor by tensor: [`diff_files`].
+//! Comparing two files (or sharded checkpoints, [`diff_sides`]) tensor by tensor: [`diff_files`].
 //!
 //! Values are compared in windows of whole elements ([`DEFAULT_WINDOW_BYTES`],
 //! 4 MiB, by default) read with [`DtReader::read_range`] from both files, so
@@ -67,7 +67,8 @@
 //! (dense against sparse, or other parameters) are reported in
 //! `layout_changed` even when they hold the same logical values.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -77,6 +78,7 @@ use crate::error::{Error, Result};
 use crate::format::{Chunk, TensorInfo};
 use crate::reader::DtReader;
 use crate::registry::{DtypeHandler, DtypeKind};
+use crate::sharded::{Checkpoint, Source};
 
 /// Bytes of each tensor compared at a time (rounded down to whole elements).
 pub const DEFAULT_WINDOW_BYTES: usize = 4 << 20;
@@ -200,6 +202,72 @@ pub struct DiffReport {
     pub identical: bool,
 }
 
+/// A tensor and the reader of the file holding it.
+type Held<'r> = (&'r DtReader, &'r TensorInfo);
+
+/// One side of a comparison: the tensors it lists, each with the reader of
+/// the file that holds it, and its global metadata. A side is one file
+/// ([`DiffSide::file`]) or a sharded checkpoint ([`DiffSide::checkpoint`]),
+/// so a file compares with its resharded or converted self.
+pub struct DiffSide<'r> {
+    tensors: Vec<Held<'r>>,
+    metadata: Cow<'r, Map<String, Value>>,
+}
+
+impl<'r> DiffSide<'r> {
+    /// The tensors of one file (every entry but the parts of other tensors)
+    /// and its metadata.
+    pub fn file(r: &'r DtReader) -> Self {
+        DiffSide {
+            tensors: r
+                .tensors()
+                .iter()
+                .filter(|t| t.part_of.is_none())
+                .map(|t| (r, t))
+                .collect(),
+            metadata: Cow::Borrowed(r.metadata()),
+        }
+    }
+
+    /// The tensors of a checkpoint in index order, each from its shard, and
+    /// the checkpoint's global metadata.
+    pub fn checkpoint(c: &'r Checkpoint) -> Self {
+        DiffSide {
+            tensors: c.tensors().collect(),
+            metadata: c
+                .index()
+                .global_metadata()
+                .map_or_else(|| Cow::Owned(Map::new()), Cow::Borrowed),
+        }
+    }
+
+    /// A file or a checkpoint, as [`Source::open`] found it.
+    pub fn source(s: &'r Source) -> Self {
+        match s {
+            Source::File(r) => Self::file(r),
+            Source::Checkpoint(c) => Self::checkpoint(c),
+        }
+    }
+
+    /// The bytes of this side's tensors (and their parts) whose names `other`
+    /// also lists: what a comparison reads from each side, for progress bars.
+    pub fn shared_bytes(&self, other: &DiffSide<'_>) -> u64 {
+        let names: HashSet<&str> = other.tensors.iter().map(|(_, t)| t.name.as_str()).collect();
+        self.tensors
+            .iter()
+            .filter(|(_, t)| names.contains(t.name.as_str()))
+            .map(|(r, t)| {
+                let parts = t.layout.iter().flat_map(|l| l.parts.values());
+                t.nbytes
+                    + parts
+                        .filter_map(|p| r.tensor(p.as_str()?).ok())
+                        .map(|p| p.nbytes)
+                        .sum::<u64>()
+            })
+            .sum()
+    }
+}
+
 /// Compare the tensors, metadata and values of two open files.
 ///
 /// See the [module docs](self) for what is compared and reported.
@@ -208,7 +276,7 @@ pub struct DiffReport {
 /// [`Error::InvalidArgument`] for a negative or non-finite tolerance or a
 /// zero window; I/O errors and corrupt chunks of either file.
 pub fn diff_files(a: &DtReader, b: &DtReader, options: &DiffOptions) -> Result<DiffReport> {
-    diff_files_with_progress(a, b, options, &|_| {})
+    diff_sides(&DiffSide::file(a), &DiffSide::file(b), options, &|_| {})
 }
 
 /// [`diff_files`], calling `progress` with the number of bytes (per file) of
@@ -224,31 +292,46 @@ pub fn diff_files_with_progress(
     options: &DiffOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<DiffReport> {
+    diff_sides(&DiffSide::file(a), &DiffSide::file(b), options, progress)
+}
+
+/// [`diff_files_with_progress`] of two sides, each a file or a sharded
+/// checkpoint (the progress total is [`DiffSide::shared_bytes`]).
+///
+/// # Errors
+/// As [`diff_files`].
+pub fn diff_sides(
+    a: &DiffSide<'_>,
+    b: &DiffSide<'_>,
+    options: &DiffOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<DiffReport> {
     options.check()?;
-    let (in_a, in_b) = (listed(a), listed(b));
-    let names_a: HashSet<&str> = in_a.iter().map(|t| t.name.as_str()).collect();
-    let names_b: HashSet<&str> = in_b.iter().map(|t| t.name.as_str()).collect();
-    let removed = in_a
+    let names_a: HashSet<&str> = a.tensors.iter().map(|(_, t)| t.name.as_str()).collect();
+    let in_b: HashMap<&str, Held<'_>> = b.tensors.iter().map(|&(r, t)| (t.name.as_str(), (r, t))).collect();
+    let removed = a
+        .tensors
         .iter()
-        .filter(|t| !names_b.contains(t.name.as_str()))
-        .map(|t| t.name.clone())
+        .filter(|(_, t)| !in_b.contains_key(t.name.as_str()))
+        .map(|(_, t)| t.name.clone())
         .collect();
-    let added = in_b
+    let added = b
+        .tensors
         .iter()
-        .filter(|t| !names_a.contains(t.name.as_str()))
-        .map(|t| t.name.clone())
+        .filter(|(_, t)| !names_a.contains(t.name.as_str()))
+        .map(|(_, t)| t.name.clone())
         .collect();
-    let pairs: Vec<(&TensorInfo, &TensorInfo)> = in_a
+    let pairs: Vec<(Held<'_>, Held<'_>)> = a
+        .tensors
         .iter()
-        .filter(|t| names_b.contains(t.name.as_str()))
-        .map(|&ta| Ok((ta, b.tensor(&ta.name)?)))
-        .collect::<Result<_>>()?;
+        .filter_map(|&(ra, ta)| in_b.get(ta.name.as_str()).map(|&other| ((ra, ta), other)))
+        .collect();
     let outcomes: Vec<Outcome> = pairs
         .par_iter()
-        .map(|&(ta, tb)| compare_tensor(a, b, ta, tb, options, progress))
+        .map(|&((ra, ta), (rb, tb))| compare_tensor(ra, rb, ta, tb, options, progress))
         .collect::<Result<_>>()?;
 
-    let global_metadata = metadata_delta(a.metadata(), b.metadata());
+    let global_metadata = metadata_delta(&a.metadata, &b.metadata);
     let mut report = DiffReport {
         added,
         removed,
@@ -277,11 +360,6 @@ pub fn diff_files_with_progress(
         && report.metadata_changed.is_empty()
         && !report.global_metadata_changed;
     Ok(report)
-}
-
-/// The tensors a file lists: every entry but the parts of other tensors.
-fn listed(r: &DtReader) -> Vec<&TensorInfo> {
-    r.tensors().iter().filter(|t| t.part_of.is_none()).collect()
 }
 
 /// What differs in one tensor present in both files.

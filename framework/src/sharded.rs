@@ -29,10 +29,14 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::format::TensorInfo;
 use crate::jsonfile::read_json_file;
+use crate::reader::DtReader;
 
 /// What a checkpoint's stem gets to name its index.
 pub const INDEX_SUFFIX: &str = ".deathtensors.index.json";
@@ -208,6 +212,123 @@ impl ShardedIndex {
             .map(|(t, s)| (t.clone(), Value::String(s.clone())))
             .collect();
         serde_json::json!({"metadata": self.metadata, "weight_map": weight_map})
+    }
+}
+
+/// A checkpoint with every shard open, each checked to hold the tensors the
+/// index places in it.
+pub struct Checkpoint {
+    index: ShardedIndex,
+    /// `(shard file name, its reader)`, in the order the index first names them.
+    shards: Vec<(String, DtReader)>,
+    /// Tensor name → position of its shard in `shards`.
+    shard_of: HashMap<String, usize>,
+}
+
+impl Checkpoint {
+    /// Open every shard of `index`, in the order it first names them.
+    ///
+    /// # Errors
+    /// [`Error::InShard`] naming the first shard that cannot be opened, is
+    /// not a valid file, or lacks a tensor the index places in it.
+    pub fn open(index: ShardedIndex) -> Result<Self> {
+        let mut shards = Vec::new();
+        let mut shard_of = HashMap::with_capacity(index.weight_map.len());
+        for (shard, tensors) in index.by_shard() {
+            let r = in_shard(shard, || {
+                let r = DtReader::open(index.shard_path(shard))?;
+                let missing: Vec<&str> = tensors.iter().copied().filter(|t| r.tensor(t).is_err()).collect();
+                if missing.is_empty() {
+                    return Ok(r);
+                }
+                Err(Error::InvalidIndex {
+                    path: index.path.clone(),
+                    reason: format!(
+                        "it places {} tensor(s) in this shard that it lacks: {:?}",
+                        missing.len(),
+                        &missing[..missing.len().min(10)]
+                    ),
+                })
+            })?;
+            for t in tensors {
+                shard_of.insert(t.to_owned(), shards.len());
+            }
+            shards.push((shard.to_owned(), r));
+        }
+        Ok(Checkpoint {
+            index,
+            shards,
+            shard_of,
+        })
+    }
+
+    /// The index.
+    pub fn index(&self) -> &ShardedIndex {
+        &self.index
+    }
+
+    /// `(shard file name, its reader)`, in the order the index first names them.
+    pub fn shards(&self) -> &[(String, DtReader)] {
+        &self.shards
+    }
+
+    /// The shard holding `tensor` and its reader.
+    ///
+    /// # Errors
+    /// [`Error::TensorNotFound`] when the index does not name `tensor`.
+    pub fn shard(&self, tensor: &str) -> Result<(&str, &DtReader)> {
+        let (name, r) = self
+            .shard_of
+            .get(tensor)
+            .map(|&i| &self.shards[i])
+            .ok_or_else(|| Error::TensorNotFound(tensor.to_owned()))?;
+        Ok((name, r))
+    }
+
+    /// Every tensor of the index, in index order, with the reader of its shard.
+    pub fn tensors(&self) -> impl Iterator<Item = (&DtReader, &TensorInfo)> + '_ {
+        self.index.weight_map.iter().filter_map(|(t, _)| {
+            let (_, r) = self.shard(t).ok()?;
+            Some((r, r.tensor(t).ok()?))
+        })
+    }
+}
+
+/// `f`'s result, its error naming the shard ([`Error::InShard`]).
+///
+/// # Errors
+/// `f`'s.
+pub fn in_shard<T>(shard: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    f().map_err(|e| Error::InShard {
+        shard: shard.to_owned(),
+        source: Box::new(e),
+    })
+}
+
+/// What a path names: one file, or a sharded checkpoint (see [`names_checkpoint`]).
+pub enum Source {
+    /// One `.deathtensors` file.
+    File(DtReader),
+    /// A sharded checkpoint, every shard open.
+    Checkpoint(Checkpoint),
+}
+
+impl Source {
+    /// Open `path` as a checkpoint when [`names_checkpoint`] says it names
+    /// one (its index checked by [`ShardedIndex::read_deathtensors`]), else
+    /// as one file.
+    ///
+    /// # Errors
+    /// As [`DtReader::open`], or [`resolve_index`], [`ShardedIndex::read_deathtensors`]
+    /// and [`Checkpoint::open`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if names_checkpoint(path) {
+            let index = ShardedIndex::read_deathtensors(resolve_index(path)?, MAX_INDEX_BYTES)?;
+            Ok(Source::Checkpoint(Checkpoint::open(index)?))
+        } else {
+            Ok(Source::File(DtReader::open(path)?))
+        }
     }
 }
 

@@ -1,13 +1,13 @@
 //! Python bindings of diff.
 
-use deathtensors::diff::{diff_files as framework_diff, DiffOptions};
-use deathtensors::reader::DtReader;
+use deathtensors::diff::{diff_sides, DiffOptions, DiffSide};
+use deathtensors::sharded::Source;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 use crate::to_py;
 
-/// Compare two files (GIL released). Returns the report as JSON text plus
+/// Compare two files or sharded checkpoints (GIL released). Returns the report as JSON text plus
 /// each `value_changed` entry's `max_abs_diff` as a float (JSON cannot carry
 /// infinities, so the Python side puts these back).
 #[pyfunction]
@@ -30,9 +30,8 @@ fn diff_files(
     }
     let report = py
         .detach(|| {
-            let a = DtReader::open(&path_a)?;
-            let b = DtReader::open(&path_b)?;
-            framework_diff(&a, &b, &options)
+            let (a, b) = (Source::open(&path_a)?, Source::open(&path_b)?);
+            diff_sides(&DiffSide::source(&a), &DiffSide::source(&b), &options, &|_| {})
         })
         .map_err(|e| to_py(py, e))?;
     let text = serde_json::to_string(&report).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;

@@ -104,6 +104,35 @@ def test_infinite_difference_is_a_float(tmp_path):
     assert change["first_index"] == [1]
 
 
+def test_checkpoints_compare_with_each_other_and_with_one_file(base, tmp_path):
+    """A sharded checkpoint is one side of a diff, however it is sharded:
+    its tensors come from their shards, its global metadata from the index."""
+    md = {"w": {"layer": 1}}
+    one = tmp_path / "one.deathtensors"
+    dt.save_sharded(one, _tensors(), metadata=md, global_metadata={"model": "tiny"}, max_shard_bytes=1)
+    two = tmp_path / "two.deathtensors"
+    dt.save_sharded(two, _tensors(), metadata=md, global_metadata={"model": "tiny"}, compress=True)
+    with dt.open_sharded(one) as a, dt.open_sharded(two) as b:
+        assert len(a.shards()) == 3 and len(b.shards()) == 1  # differently sharded
+    assert dt.diff(base, one)["identical"] is True
+    assert dt.diff(one, two.with_suffix(".deathtensors.index.json"))["identical"] is True
+
+    tensors = _tensors()
+    tensors["w"][3, 5] += 1.0
+    del tensors["b"]
+    changed = tmp_path / "changed.deathtensors"
+    dt.save_sharded(changed, tensors, metadata=md, global_metadata={"model": "big"}, max_shard_bytes=1)
+    report = dt.diff(one, changed)
+    assert report["removed"] == ["b"] and report["added"] == []
+    assert [(v["name"], v["differing"], v["first_index"]) for v in report["value_changed"]] == [("w", 1, [3, 5])]
+    assert report["global_metadata"] == {"a": {"model": "tiny"}, "b": {"model": "big"}}
+    assert dt.diff(changed, base)["added"] == ["b"]
+
+    (tmp_path / "changed-00001-of-00002.deathtensors").unlink()
+    with pytest.raises(FileNotFoundError):
+        dt.diff(one, changed)
+
+
 def test_paths_are_expanded(base, tmp_path, monkeypatch):
     monkeypatch.setenv("DT_DIFF_DIR", str(tmp_path))
     assert dt.diff("$DT_DIFF_DIR/a.deathtensors", base)["identical"] is True
@@ -152,6 +181,26 @@ def test_cli_exit_codes_and_json(cli, base, tmp_path):
     result = cli("diff", str(base), str(same), "--json", "--rtol", "1e-6", "--atol", "0")
     assert result.returncode == 0
     assert json.loads(result.stdout)["identical"] is True
+
+
+def test_cli_diff_of_checkpoints(cli, base, tmp_path):
+    resharded = tmp_path / "r.deathtensors"
+    dt.save_sharded(
+        resharded, _tensors(), metadata={"w": {"layer": 1}}, global_metadata={"model": "tiny"}, max_shard_bytes=1
+    )
+    result = cli("diff", str(base), str(resharded))
+    assert result.returncode == 0, result.stderr
+    assert b"identical" in result.stdout
+    tensors = _tensors()
+    tensors["b"][9] = -1
+    changed = tmp_path / "c.deathtensors"
+    dt.save_sharded(
+        changed, tensors, metadata={"w": {"layer": 1}}, global_metadata={"model": "tiny"}, max_shard_bytes=1
+    )
+    result = cli("diff", str(resharded), str(changed) + ".index.json", "--json")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert [(v["name"], v["first_index"]) for v in report["value_changed"]] == [("b", [9])]
 
 
 def test_cli_bad_file_and_usage_errors(cli, base, tmp_path):

@@ -12,7 +12,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def diff(path_a: PathLike, path_b: PathLike, rtol: float = 0.0, atol: float = 0.0) -> Dict[str, Any]:
-    """Compare two files tensor by tensor, in Rust, without loading whole tensors.
+    """Compare two files (or sharded checkpoints) tensor by tensor, in Rust, without loading whole tensors.
 
     Values are read in windows of a few MiB from both files (decoding only the
     chunks each window covers), tensors and windows in parallel, with the GIL
@@ -22,9 +22,14 @@ def diff(path_a: PathLike, path_b: PathLike, rtol: float = 0.0, atol: float = 0.
     checksum, tensor order and aliasing (an alias compares by its values) are
     not compared.
 
+    Either side may be a sharded checkpoint (its index or base path, as
+    :func:`open_sharded` takes): its tensors are read from their shards and its
+    global metadata from the index, so a checkpoint compares with its
+    resharded or single-file self as identical.
+
     Args:
-        path_a: The first file (the reference); ``~`` and ``$VARS`` are expanded.
-        path_b: The second file.
+        path_a: The first file or checkpoint (the reference); ``~`` and ``$VARS`` are expanded.
+        path_b: The second file or checkpoint.
         rtol: Relative tolerance for float and complex values.
         atol: Absolute tolerance for float and complex values. With both 0
             (the default) the comparison is exact: bytes, so ``0.0 != -0.0``
@@ -59,7 +64,7 @@ def diff(path_a: PathLike, path_b: PathLike, rtol: float = 0.0, atol: float = 0.
 
     Raises:
         InvalidArgumentError: a negative or non-finite tolerance.
-        FileNotFoundError, FormatError: a file is missing or not valid.
+        FileNotFoundError, FormatError: a file (or shard) is missing or not valid.
     """
     from . import expand_path
 
