@@ -45,7 +45,16 @@ pub(crate) fn read_json_file(path: &Path, limit: u64, bad: impl Fn(String) -> Er
     if text.len() as u64 > limit {
         return Err(bad(format!("it grew over the limit of {limit} bytes")));
     }
-    parse_json_strict(&text).map_err(|e| match e {
+    parse_json_text(&text, bad)
+}
+
+/// `text` parsed by [`parse_json_strict`]; a parse failure is `bad`
+/// applied to `"not valid JSON (or not UTF-8): ..."`.
+///
+/// # Errors
+/// As described.
+pub(crate) fn parse_json_text(text: &[u8], bad: impl Fn(String) -> Error) -> Result<Value> {
+    parse_json_strict(text).map_err(|e| match e {
         Error::InvalidHeader(why) => bad(format!("not valid JSON (or not UTF-8): {why}")),
         other => other,
     })

@@ -35,7 +35,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::format::TensorInfo;
-use crate::jsonfile::read_json_file;
+use crate::jsonfile::{parse_json_text, read_json_file};
 use crate::reader::DtReader;
 
 /// What a checkpoint's stem gets to name its index.
@@ -66,11 +66,33 @@ impl ShardedIndex {
     /// the first rule it breaks.
     pub fn read(path: impl AsRef<Path>, max_bytes: u64) -> Result<Self> {
         let path = path.as_ref();
+        let value = read_json_file(path, max_bytes, |reason| Error::InvalidIndex {
+            path: path.to_owned(),
+            reason,
+        })?;
+        Self::from_value(path, value)
+    }
+
+    /// [`ShardedIndex::read`] of index text already in memory (`path` names
+    /// it in messages and places its shards).
+    ///
+    /// # Errors
+    /// [`Error::InvalidIndex`] naming the first rule `text` breaks.
+    pub fn parse(path: impl AsRef<Path>, text: &[u8]) -> Result<Self> {
+        let path = path.as_ref();
+        let value = parse_json_text(text, |reason| Error::InvalidIndex {
+            path: path.to_owned(),
+            reason,
+        })?;
+        Self::from_value(path, value)
+    }
+
+    fn from_value(path: &Path, value: Value) -> Result<Self> {
         let bad = |reason: String| Error::InvalidIndex {
             path: path.to_owned(),
             reason,
         };
-        let Value::Object(mut doc) = read_json_file(path, max_bytes, bad)? else {
+        let Value::Object(mut doc) = value else {
             return Err(bad("it must be a JSON object".into()));
         };
         let weight_map = match doc.remove("weight_map") {
@@ -125,11 +147,21 @@ impl ShardedIndex {
     /// As [`ShardedIndex::read`].
     pub fn read_deathtensors(path: impl AsRef<Path>, max_bytes: u64) -> Result<Self> {
         let index = Self::read(path, max_bytes)?;
+        index.check_deathtensors()?;
+        Ok(index)
+    }
+
+    /// The rules of a deathtensors index beyond [`ShardedIndex::read`]'s (see
+    /// [`ShardedIndex::read_deathtensors`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidIndex`] naming the first rule broken.
+    pub fn check_deathtensors(&self) -> Result<()> {
         let bad = |reason: String| Error::InvalidIndex {
-            path: index.path.clone(),
+            path: self.path.clone(),
             reason,
         };
-        let m = &index.metadata;
+        let m = &self.metadata;
         match m.get("format") {
             None => {}
             Some(Value::String(f)) if f == INDEX_FORMAT => {}
@@ -148,7 +180,7 @@ impl ShardedIndex {
                 json_kind(g)
             )));
         }
-        Ok(index)
+        Ok(())
     }
 
     /// The index file.

@@ -27,6 +27,7 @@ use deathtensors::format::{
 };
 use deathtensors::reader::DtReader;
 use deathtensors::registry::{self, Codec, DtypeHandler};
+use deathtensors::sharded::{bad_shard_name, ShardedIndex};
 use deathtensors::stats;
 use deathtensors::writer::{append_file, Entry, TensorData, WriteOptions};
 use serde_json::{Map, Value};
@@ -511,6 +512,37 @@ fn check_import(source: &[u8], imported: &Path) {
             .unwrap_or_else(|e| panic!("{name:?} does not read: {e}"));
         assert!(&bytes[..] == view.data(), "{name:?}: bytes differ from the source");
     }
+}
+
+/// Target `sharded_index`: the reader of a sharded checkpoint's index
+/// ([`ShardedIndex::parse`] and [`ShardedIndex::check_deathtensors`]).
+///
+/// An index that is accepted must keep only shard names that stay in its
+/// folder, list every tensor once in [`ShardedIndex::by_shard`], and read
+/// back to itself from [`ShardedIndex::to_json`].
+///
+/// # Errors
+/// The error the index was refused with.
+pub fn sharded_index(data: &[u8]) -> Result<()> {
+    let path = Path::new("fuzz/model.deathtensors.index.json");
+    let index = ShardedIndex::parse(path, data)?;
+    index.check_deathtensors()?;
+    for (tensor, shard) in index.weight_map() {
+        assert_eq!(bad_shard_name(shard), None, "{tensor:?} -> {shard:?} was accepted");
+        assert_eq!(
+            index.shard_path(shard).parent(),
+            path.parent(),
+            "{shard:?} leaves the folder"
+        );
+    }
+    let grouped: usize = index.by_shard().iter().map(|(_, t)| t.len()).sum();
+    assert_eq!(grouped, index.weight_map().len(), "by_shard lists every tensor once");
+    let text = index.to_json().to_string();
+    let again = ShardedIndex::parse(path, text.as_bytes())
+        .unwrap_or_else(|e| panic!("an accepted index does not read back from its JSON: {e}"));
+    assert_eq!(again.weight_map(), index.weight_map(), "weight_map round trip");
+    assert_eq!(again.metadata(), index.metadata(), "metadata round trip");
+    Ok(())
 }
 
 /// Item `selector` (modulo the count) of `items`, or `None` when there are none.

@@ -29,7 +29,14 @@ use serde_json::{json, Map, Value};
 use crate::harness::chunk_input;
 
 /// The fuzz targets, in the order `fuzz/run.sh` runs them.
-pub const TARGETS: [&str; 5] = ["header", "open_read", "chunks", "safetensors_import", "append"];
+pub const TARGETS: [&str; 6] = [
+    "header",
+    "open_read",
+    "chunks",
+    "safetensors_import",
+    "append",
+    "sharded_index",
+];
 
 /// Most chunks of one file that become `chunks` seeds.
 const CHUNK_SEEDS_PER_FILE: usize = 12;
@@ -71,7 +78,41 @@ pub fn write_seeds(dir: &Path) -> Result<Vec<(&'static str, PathBuf)>> {
     for path in write_safetensors_seeds(&dir.join("safetensors_import"))? {
         seeds.push(("safetensors_import", path));
     }
+    for path in write_index_seeds(&dir.join("sharded_index"))? {
+        seeds.push(("sharded_index", path));
+    }
     Ok(seeds)
+}
+
+/// Indexes of sharded checkpoints, as `save_sharded` writes them and as
+/// Hugging Face writes theirs: metadata of each kind, names that need
+/// escaping, a shard holding many tensors.
+fn write_index_seeds(dir: &Path) -> Result<Vec<PathBuf>> {
+    let shard = |k: usize, n: usize| format!("model-{k:05}-of-{n:05}.deathtensors");
+    let mut ours = Map::new();
+    for i in 0..6 {
+        ours.insert(format!("layers.{i}.weight"), json!(shard(i / 2 + 1, 3)));
+    }
+    let docs = [
+        json!({"metadata": {"total_size": 6144, "format": "deathtensors",
+                            "global_metadata": {"arch": "tiny", "step": 7, "tags": ["a", null, 1.5]}},
+               "weight_map": ours}),
+        json!({"metadata": {"total_size": 16}, "weight_map": {"w": "model-00001-of-00001.safetensors"}}),
+        json!({"weight_map": {"": "x.dt", "é\u{1b}[2J\"quote": "..m", "ab:c": "ab-ok.deathtensors"}}),
+        json!({"metadata": null, "weight_map": {}}),
+    ];
+    let mut out = Vec::new();
+    for (k, doc) in docs.iter().enumerate() {
+        let path = dir.join(format!("index-{k}.json"));
+        let text = if k % 2 == 0 {
+            serde_json::to_string_pretty(doc)
+        } else {
+            serde_json::to_string(doc)
+        };
+        write(&path, text.unwrap_or_default().as_bytes())?;
+        out.push(path);
+    }
+    Ok(out)
 }
 
 fn stem(path: &Path) -> String {

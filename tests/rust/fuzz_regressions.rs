@@ -31,6 +31,7 @@ fn target(name: &str) -> Target {
         "chunks" => harness::chunks,
         "safetensors_import" => harness::safetensors_import,
         "append" => harness::append,
+        "sharded_index" => harness::sharded_index,
         other => panic!("no fuzz target {other:?}"),
     }
 }
