@@ -738,3 +738,96 @@ fn progress_counts_every_compared_byte() {
         assert_eq!(seen.into_inner(), total, "window {window}");
     }
 }
+
+/// Write a checkpoint by hand: each shard a file, then the index.
+fn write_checkpoint(dir: &Path, stem: &str, shards: &[&[TensorData<'_>]], global: Value) -> std::path::PathBuf {
+    let mut weight_map = Map::new();
+    for (k, tensors) in shards.iter().enumerate() {
+        let shard = format!("{stem}-{:05}-of-{:05}.deathtensors", k + 1, shards.len());
+        write_valid(dir, &shard, tensors, &Map::new(), &opts(Some("zstd"), Some("sha256")));
+        for t in tensors.iter() {
+            weight_map.insert(t.name.clone(), json!(shard));
+        }
+    }
+    let index = dir.join(format!("{stem}.deathtensors.index.json"));
+    let doc = json!({"metadata": {"format": "deathtensors", "global_metadata": global}, "weight_map": weight_map});
+    std::fs::write(&index, doc.to_string()).unwrap();
+    index
+}
+
+#[test]
+fn a_checkpoint_is_a_side_like_a_file() {
+    use deathtensors::diff::{diff_sides, DiffSide};
+    use deathtensors::sharded::Source;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        f32_bytes(&random_f32(300, 1)),
+        i64_bytes(&[1, 2, 3]),
+        f64_bytes(&[0.5; 7]),
+    );
+    let all = [
+        tensor("a", "F32", &[300], &a),
+        tensor("b", "I64", &[3], &b),
+        tensor("c", "F64", &[7], &c),
+    ];
+    let file = write_valid(
+        dir.path(),
+        "one.deathtensors",
+        &all,
+        &map(json!({"m": 1})),
+        &opts(None, None),
+    );
+    let index = write_checkpoint(dir.path(), "ck", &[&all[..1], &all[1..]], json!({"m": 1}));
+
+    let (f, ck) = (
+        Source::open(&file).unwrap(),
+        Source::open(dir.path().join("ck.deathtensors")).unwrap(),
+    );
+    assert!(matches!(ck, Source::Checkpoint(_)) && matches!(f, Source::File(_)));
+    let same = diff_sides(
+        &DiffSide::source(&f),
+        &DiffSide::source(&ck),
+        &DiffOptions::default(),
+        &|_| {},
+    )
+    .unwrap();
+    assert!(same.identical, "{same:?}");
+
+    let mut b2 = b.clone();
+    b2[8] = 9; // b[1]: 2 -> 9
+    let changed = [tensor("a", "F32", &[300], &a), tensor("b", "I64", &[3], &b2)];
+    write_checkpoint(dir.path(), "ck2", &[&changed[..1], &changed[1..]], json!({"m": 2}));
+    let ck2 = Source::open(dir.path().join("ck2.deathtensors.index.json")).unwrap();
+    let (one, two) = (DiffSide::source(&ck), DiffSide::source(&ck2));
+    assert_eq!(one.shared_bytes(&two), 1200 + 24);
+    let report = diff_sides(&one, &two, &DiffOptions::default(), &|_| {}).unwrap();
+    assert_eq!(report.removed, ["c"]);
+    assert_eq!(
+        report
+            .value_changed
+            .iter()
+            .map(|v| (v.name.as_str(), v.first_index.clone()))
+            .collect::<Vec<_>>(),
+        [("b", Some(vec![1]))]
+    );
+    assert!(report.global_metadata_changed);
+
+    // A shard that lacks a tensor its index places there is refused, naming the shard.
+    std::fs::remove_file(dir.path().join("ck2-00002-of-00002.deathtensors")).unwrap();
+    write_valid(
+        dir.path(),
+        "ck2-00002-of-00002.deathtensors",
+        &changed[..1],
+        &Map::new(),
+        &opts(None, None),
+    );
+    let Err(e) = Source::open(index.with_file_name("ck2.deathtensors.index.json")) else {
+        panic!("a shard without its tensors opened");
+    };
+    assert!(
+        matches!(&e, Error::InShard { shard, .. } if shard == "ck2-00002-of-00002.deathtensors"),
+        "{e}"
+    );
+    assert_eq!(e.class_name(), "FormatError");
+}
