@@ -3,7 +3,6 @@
 //! when only the shards and the index exist), they read the index and then
 //! each shard, as `deathtensors.open_sharded` does.
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -179,16 +178,14 @@ pub(crate) fn verify(path: &Path, as_json: bool) -> Result<String, Error> {
 /// when given).
 pub(crate) fn stats(path: &Path, names: &[String], as_json: bool) -> Result<String, Error> {
     let index = index(path)?;
-    let listed: HashSet<&str> = index.weight_map().iter().map(|(t, _)| t.as_str()).collect();
-    if let Some(unknown) = names.iter().find(|n| !listed.contains(n.as_str())) {
-        return Err(Error::TensorNotFound(unknown.clone()));
-    }
-    let cp = Checkpoint::open(index)?;
-    let wanted: Vec<&str> = if names.is_empty() {
-        cp.index().weight_map().iter().map(|(t, _)| t.as_str()).collect()
+    let wanted: Vec<String> = if names.is_empty() {
+        index.weight_map().iter().map(|(t, _)| t.clone()).collect()
     } else {
-        names.iter().map(String::as_str).collect()
+        names.to_vec()
     };
+    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    // Only the shards that hold the tensors asked for.
+    let cp = Checkpoint::open_holding(index, &wanted)?;
     let rows = wanted
         .iter()
         .map(|tensor| {

@@ -30,6 +30,8 @@
 use std::path::{Path, PathBuf};
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 
 use serde_json::{Map, Value};
 
@@ -140,8 +142,8 @@ impl ShardedIndex {
 
     /// [`ShardedIndex::read`], then the rules of a deathtensors index:
     /// `metadata.format` is [`INDEX_FORMAT`] when present, `total_size` a
-    /// non-negative integer when present, `global_metadata` an object when
-    /// present.
+    /// non-negative integer when present and not `null`, `global_metadata`
+    /// an object when present.
     ///
     /// # Errors
     /// As [`ShardedIndex::read`].
@@ -167,7 +169,7 @@ impl ShardedIndex {
             Some(Value::String(f)) if f == INDEX_FORMAT => {}
             Some(other) => return Err(bad(format!("metadata.format is {other}, not {INDEX_FORMAT:?}"))),
         }
-        if let Some(total) = m.get("total_size") {
+        if let Some(total) = m.get("total_size").filter(|t| !t.is_null()) {
             if total.as_u64().is_none() {
                 return Err(bad(format!(
                     "metadata.total_size must be a non-negative integer, not {total}"
@@ -206,7 +208,7 @@ impl ShardedIndex {
         self.metadata.get("global_metadata").and_then(Value::as_object)
     }
 
-    /// `metadata.total_size`: the raw bytes of every tensor (`None` when absent).
+    /// `metadata.total_size`: the raw bytes of every tensor (`None` when absent or `null`).
     pub fn total_size(&self) -> Option<u64> {
         self.metadata.get("total_size").and_then(Value::as_u64)
     }
@@ -264,12 +266,35 @@ impl Checkpoint {
     /// [`Error::InShard`] naming the first shard that cannot be opened, is
     /// not a valid file, or lacks a tensor the index places in it.
     pub fn open(index: ShardedIndex) -> Result<Self> {
+        Self::open_where(index, |_| true)
+    }
+
+    /// [`Checkpoint::open`], opening only the shards that hold `tensors`
+    /// (the others are neither opened nor checked; [`Checkpoint::shard`]
+    /// knows only the tensors of the shards opened).
+    ///
+    /// # Errors
+    /// [`Error::TensorNotFound`] for a name the index lacks; otherwise as
+    /// [`Checkpoint::open`].
+    pub fn open_holding(index: ShardedIndex, tensors: &[&str]) -> Result<Self> {
+        let placed: HashMap<&str, &str> = index.weight_map.iter().map(|(t, s)| (t.as_str(), s.as_str())).collect();
+        let mut wanted = std::collections::HashSet::new();
+        for t in tensors {
+            let shard = placed.get(t).ok_or_else(|| Error::TensorNotFound((*t).to_owned()))?;
+            wanted.insert(shard.to_string());
+        }
+        Self::open_where(index, |shard| wanted.contains(shard))
+    }
+
+    fn open_where(index: ShardedIndex, keep: impl Fn(&str) -> bool) -> Result<Self> {
         let mut shards = Vec::new();
         let mut shard_of = HashMap::with_capacity(index.weight_map.len());
-        for (shard, tensors) in index.by_shard() {
+        for (shard, tensors) in index.by_shard().into_iter().filter(|(s, _)| keep(s)) {
             let r = in_shard(shard, || {
                 let r = DtReader::open(index.shard_path(shard))?;
-                let missing: Vec<&str> = tensors.iter().copied().filter(|t| r.tensor(t).is_err()).collect();
+                // A stored part of another tensor (sparse indices) is not a tensor of its own.
+                let held = |t: &str| r.tensor(t).is_ok_and(|info| info.part_of.is_none());
+                let missing: Vec<&str> = tensors.iter().copied().filter(|t| !held(t)).collect();
                 if missing.is_empty() {
                     return Ok(r);
                 }
@@ -394,14 +419,19 @@ pub fn bad_shard_name(name: &str) -> Option<&'static str> {
 /// [`Error::Io`] (not found) listing the names tried.
 pub fn resolve_index(path: impl AsRef<Path>) -> Result<PathBuf> {
     let path = path.as_ref();
-    let text = path.to_string_lossy();
-    let is_tensor_file = text.ends_with(".deathtensors") || text.ends_with(".dt");
-    if text.ends_with(".json") || (path.is_file() && !is_tensor_file) {
+    let bytes = path.as_os_str().as_bytes();
+    let is_tensor_file = bytes.ends_with(b".deathtensors") || bytes.ends_with(b".dt");
+    if bytes.ends_with(b".json") || (path.is_file() && !is_tensor_file) {
         return Ok(path.to_owned());
     }
-    let mut candidates = vec![PathBuf::from(format!("{text}.index.json"))];
-    let stem = STEM_ENDINGS.iter().find_map(|e| text.strip_suffix(e)).unwrap_or(&text);
-    let by_stem = PathBuf::from(format!("{stem}{INDEX_SUFFIX}"));
+    // Built from the bytes, so that a path that is not UTF-8 keeps its name.
+    let joined = |a: &[u8], b: &[u8]| PathBuf::from(OsStr::from_bytes(&[a, b].concat()));
+    let mut candidates = vec![joined(bytes, b".index.json")];
+    let stem = STEM_ENDINGS
+        .iter()
+        .find_map(|e| bytes.strip_suffix(e.as_bytes()))
+        .unwrap_or(bytes);
+    let by_stem = joined(stem, INDEX_SUFFIX.as_bytes());
     if by_stem != candidates[0] {
         candidates.push(by_stem);
     }
@@ -413,16 +443,22 @@ pub fn resolve_index(path: impl AsRef<Path>) -> Result<PathBuf> {
         path,
         std::io::Error::new(
             std::io::ErrorKind::NotFound,
-            format!("no sharded index for {} (tried {})", quoted(&text), tried.join(", ")),
+            format!(
+                "no sharded index for {} (tried {})",
+                quoted(&path.to_string_lossy()),
+                tried.join(", ")
+            ),
         ),
     ))
 }
 
-/// Whether `path` names a sharded checkpoint rather than one file: it ends in
-/// `.index.json`, or it does not exist and [`resolve_index`] finds an index for it.
+/// Whether `path` names a sharded checkpoint rather than one file: it ends
+/// in `.json` (an index; no tensor file is JSON), or it does not exist and
+/// [`resolve_index`] finds an index for it (`big.deathtensors` when only
+/// `big.deathtensors.index.json` and the shards exist).
 pub fn names_checkpoint(path: impl AsRef<Path>) -> bool {
     let path = path.as_ref();
-    path.to_string_lossy().ends_with(".index.json") || (!path.exists() && resolve_index(path).is_ok())
+    path.as_os_str().as_bytes().ends_with(b".json") || (!path.exists() && resolve_index(path).is_ok())
 }
 
 /// A string as JSON writes it (quoted, controls escaped), for messages.
@@ -546,5 +582,26 @@ mod tests {
         let single = dir.path().join("one.deathtensors");
         std::fs::write(&single, "x").unwrap();
         assert!(!names_checkpoint(&single));
+        // Any .json path is an index, whatever its name.
+        assert!(names_checkpoint(dir.path().join("idx.json")));
+    }
+
+    #[test]
+    fn resolve_keeps_a_path_that_is_not_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join(std::ffi::OsStr::from_bytes(b"m\xff.deathtensors"));
+        let mut name = base.as_os_str().to_owned();
+        name.push(".index.json");
+        std::fs::write(&name, "{}").unwrap();
+        assert_eq!(resolve_index(&base).unwrap(), PathBuf::from(name));
+        assert!(names_checkpoint(&base));
+    }
+
+    #[test]
+    fn a_null_total_size_is_absent() {
+        let (_d, p) = index(r#"{"metadata": {"total_size": null}, "weight_map": {}}"#);
+        let i = ShardedIndex::read_deathtensors(&p, MAX_INDEX_BYTES).unwrap();
+        assert_eq!(i.total_size(), None);
     }
 }

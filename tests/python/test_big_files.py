@@ -183,7 +183,8 @@ def test_get_slice_handle(tmp_path):
 
 def test_get_slice_takes_numpy_and_torch_integer_indices(tmp_path):
     """Regression: ``h[np.int64(3)]`` raised TypeError (only Python ints were
-    rows), and ``h[True]`` read row 1 where numpy and torch read a mask."""
+    rows), and ``h[True]`` (or ``h[torch.tensor([1])]``) read one row where
+    numpy and torch read a mask (or a list of rows)."""
     t = torch.randn(40, 3)
     p = tmp_path / "s.deathtensors"
     dt.save(p, {"t": t})
@@ -195,7 +196,8 @@ def test_get_slice_takes_numpy_and_torch_integer_indices(tmp_path):
         assert torch.equal(h[np.int64(2) : np.int64(30) : np.int64(9)], t[2:30:9])
         with pytest.raises(IndexError):
             h[np.int64(40)]
-        for bad in [True, np.float64(1.0), np.array([1, 2]), "1"]:
+        # Bools and arrays (even of one element) are masks or row lists to numpy and torch.
+        for bad in [True, np.True_, torch.tensor(True), torch.tensor([1]), np.array([1]), np.float64(1.0), "1"]:
             with pytest.raises(TypeError):
                 h[bad]
 

@@ -414,3 +414,37 @@ def test_verify_checks_the_index_total_size(cli, checkpoint):
     assert "total_size" in _one_clean_error_line(result)
     with pytest.raises(dt.FormatError, match="total_size"), dt.open_sharded(index) as sr:
         sr.verify()  # the Python reader says the same
+
+
+def test_any_json_index_name_and_a_partial_stats(cli, checkpoint, tmp_path):
+    """An index under any .json name is read as open_sharded reads it, and
+    `stats CKPT NAME` opens only the shards holding NAME."""
+    folder, tensors, where = checkpoint
+    renamed = folder / "idx.json"
+    renamed.write_bytes((folder / "big.deathtensors.index.json").read_bytes())
+    listed = cli("list", str(renamed))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.decode().splitlines() == list(tensors)
+    assert dt.diff(renamed, folder / "big.deathtensors")["identical"] is True
+
+    other = next(s for s in set(where.values()) if s != where["embed"])
+    (folder / other).unlink()
+    stats = cli("stats", "--json", str(renamed), "embed")
+    assert stats.returncode == 0, stats.stderr
+    assert [r["name"] for r in json.loads(stats.stdout)] == ["embed"]
+    assert cli("stats", str(renamed)).returncode == 1  # every tensor: the missing shard is an error
+
+
+def test_an_index_naming_a_stored_part_is_refused_like_open_sharded(cli, tmp_path):
+    sp = torch.sparse_coo_tensor([[0, 2]], [1.0, 2.0], (4,), check_invariants=True).coalesce()
+    dt.save(tmp_path / "s1.deathtensors", {"dense": torch.ones(2), "sp": sp})
+    part = "sp/__sparse_indices__"  # the reference writer's name for the indices (format spec 3.6)
+    assert dt.open(tmp_path / "s1.deathtensors").info("sp")["layout"]["parts"] == {"indices": part}
+    index = tmp_path / "p.deathtensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"dense": "s1.deathtensors", part: "s1.deathtensors"}}))
+    for command in ("info", "stats", "verify"):
+        result = cli(command, str(index))
+        assert result.returncode == 1, (command, result.stdout)
+        assert "lacks" in _one_clean_error_line(result)
+    with pytest.raises(dt.FormatError, match="lacks"), dt.open_sharded(index) as sr:
+        sr.get_tensor("dense")

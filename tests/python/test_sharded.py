@@ -376,6 +376,19 @@ def test_rows_bytes_stats_and_mmap_come_from_the_one_shard(tmp_path, compress):
             sr.stats("nope")
 
 
+def test_all_stats_takes_each_tensor_from_the_shard_the_index_names(tmp_path):
+    """Regression: a shard that also held a stale copy of a tensor the index
+    places elsewhere gave all_stats() that copy (stats() and get_tensors() did not)."""
+    dt.save(tmp_path / "s1.deathtensors", {"a": torch.tensor([0.0, 1.0, 2.0])})
+    dt.save(tmp_path / "s2.deathtensors", {"c": torch.ones(2), "a": torch.full((3,), 7.0)})
+    index = tmp_path / "m.deathtensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "s1.deathtensors", "c": "s2.deathtensors"}}))
+    with dt.open_sharded(index) as sr:
+        assert sr.stats("a")["mean"] == 1.0
+        every = sr.all_stats()
+        assert list(every) == ["a", "c"] and every["a"]["mean"] == 1.0
+
+
 def test_lazy_opening(small):
     folder, tensors, names = small
     with dt.open_sharded(folder / "s.deathtensors") as sr:

@@ -22,8 +22,9 @@ def diff(path_a: PathLike, path_b: PathLike, rtol: float = 0.0, atol: float = 0.
     checksum, tensor order and aliasing (an alias compares by its values) are
     not compared.
 
-    Either side may be a sharded checkpoint (its index or base path, as
-    :func:`open_sharded` takes): its tensors are read from their shards and its
+    Either side may be a sharded checkpoint, named by its index (a path
+    ending in ``.json``) or by its base path when no such file exists
+    (``big.deathtensors`` for ``big.deathtensors.index.json``): its tensors are read from their shards and its
     global metadata from the index, so a checkpoint compares with its
     resharded or single-file self as identical.
 

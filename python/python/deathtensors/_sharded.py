@@ -713,7 +713,8 @@ class ShardedReader:
         """:meth:`stats` of every tensor, in index order (each shard in one parallel pass). Opens every shard."""
         got: Dict[str, Dict[str, Any]] = {}
         for shard in self.shards():
-            got.update(self._shard(shard).all_stats())
+            stats = self._shard(shard).all_stats()
+            got.update((t, stats[t]) for t in self._by_shard[shard])  # only what the index places here
         return {t: got[t] for t in self._weight_map}
 
     def get_tensors(self, framework: str = "torch") -> Dict[str, Any]:

@@ -72,10 +72,10 @@ class TensorSlice:
         if key is Ellipsis:
             key, rest = slice(None), (Ellipsis, *rest)
         rows = len(self)
+        if not isinstance(key, (int, slice)) and hasattr(type(key), "__index__"):
+            key = _row_number(key)
         if isinstance(key, bool):  # numpy and torch read a bool as a mask, not a row
             raise TypeError("tensor slices take an int, a slice or a tuple, not bool")
-        if not isinstance(key, slice) and hasattr(type(key), "__index__"):
-            key = operator.index(key)  # numpy and torch integer scalars are rows too
         if isinstance(key, int):
             index = key + rows if key < 0 else key
             if not 0 <= index < rows:
@@ -94,6 +94,15 @@ class TensorSlice:
                 out = block if step == 1 else _every(block, step, self._framework)
             return out[(slice(None), *rest)] if rest else out
         raise TypeError(f"tensor slices take an int, a slice or a tuple, not {type(key).__name__}")
+
+
+def _row_number(key: Any) -> Any:
+    """A numpy or torch integer scalar as a Python int; ``key`` itself (for the
+    caller to refuse) when it is a bool, or an array of any shape, even one
+    element: numpy and torch index with those as masks or lists of rows."""
+    if getattr(key, "ndim", 0) != 0 or "bool" in str(getattr(key, "dtype", "")):
+        raise TypeError(f"tensor slices take an int, a slice or a tuple, not {type(key).__name__} {key!r}")
+    return operator.index(key)
 
 
 def _every(block: Any, step: int, framework: str) -> Any:
