@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use deathtensors::diff::{diff_sides, Change, DiffOptions, DiffReport, DiffSide};
-use deathtensors::sharded::Source;
+use deathtensors::sharded::{names_checkpoint, Source};
 use deathtensors::Error;
 use serde_json::{Map, Value};
 
@@ -42,7 +42,11 @@ pub(crate) fn run(args: DiffArgs) -> Result<(String, i32), Error> {
         atol: args.atol,
         ..DiffOptions::default()
     };
-    let (a, b) = (Source::open(expand_path(&args.a))?, Source::open(expand_path(&args.b))?);
+    let (a, b) = (expand_path(&args.a), expand_path(&args.b));
+    if names_checkpoint(&a) || names_checkpoint(&b) {
+        allow_many_open_files();
+    }
+    let (a, b) = (Source::open(a)?, Source::open(b)?);
     let (a, b) = (DiffSide::source(&a), DiffSide::source(&b));
     let pb = progress::bar(a.shared_bytes(&b), "diff");
     let report = diff_sides(&a, &b, &options, &|n| {
@@ -67,6 +71,23 @@ pub(crate) fn run(args: DiffArgs) -> Result<(String, i32), Error> {
         write_report(&args.a, &args.b, &report)
     };
     Ok((text, code))
+}
+
+/// A checkpoint side keeps every one of its shards open while it is
+/// compared; lift this process's soft limit on open files to its hard limit
+/// (`ulimit -Sn`), as a command that is about to exit may.
+fn allow_many_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: both calls only read or write the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// The readable report: one line per difference, then a summary.

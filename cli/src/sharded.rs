@@ -1,13 +1,15 @@
 //! `info`, `list`, `verify` and `stats` of a sharded checkpoint: given its
-//! index (`big.deathtensors.index.json`) or its base path (`big.deathtensors`
-//! when only the shards and the index exist), they read the index and then
-//! each shard, as `deathtensors.open_sharded` does.
+//! index (a `.json` path) or its base path (`big.deathtensors` when only the
+//! shards and `big.deathtensors.index.json` exist), they read the index and
+//! then each shard, as `deathtensors.open_sharded` does. Shards are visited
+//! one at a time, so a checkpoint of any number of shards holds one file open.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use deathtensors::reader::hex;
-use deathtensors::sharded::{in_shard, resolve_index, Checkpoint, ShardedIndex, MAX_INDEX_BYTES};
+use deathtensors::reader::{hex, DtReader};
+use deathtensors::sharded::{in_shard, resolve_index, ShardedIndex, MAX_INDEX_BYTES};
 use deathtensors::stats::TensorStats;
 use deathtensors::Error;
 use serde_json::{json, Value};
@@ -19,19 +21,53 @@ fn index(path: &Path) -> Result<ShardedIndex, Error> {
     ShardedIndex::read_deathtensors(resolve_index(path)?, MAX_INDEX_BYTES)
 }
 
+/// Call `f` with each shard of `index` holding one of `wanted` (every shard
+/// when `None`), its tensors and its open reader, one shard at a time.
+fn each_shard(
+    index: &ShardedIndex,
+    wanted: Option<&[&str]>,
+    mut f: impl FnMut(&str, &[&str], &DtReader) -> Result<(), Error>,
+) -> Result<(), Error> {
+    for (shard, tensors) in index.by_shard() {
+        if wanted.is_some_and(|w| !tensors.iter().any(|t| w.contains(t))) {
+            continue;
+        }
+        let r = index.open_shard(shard, &tensors)?;
+        f(shard, &tensors, &r)?;
+    }
+    Ok(())
+}
+
 /// `deathtensors info` of a checkpoint.
 pub(crate) fn info(path: &Path, as_json: bool) -> Result<String, Error> {
-    let cp = Checkpoint::open(index(path)?)?;
-    let (index, shards) = (cp.index(), cp.shards());
+    let index = index(path)?;
+    let mut shard_infos = Vec::new();
+    let mut shard_rows = Vec::new();
+    let mut tensor_rows: HashMap<String, Vec<String>> = HashMap::new();
+    let mut on_disk = 0;
+    each_shard(&index, None, |shard, tensors, r| {
+        on_disk += r.file_len();
+        if as_json {
+            let mut v = info_json(r);
+            v["shard"] = json!(shard);
+            shard_infos.push(v);
+            return Ok(());
+        }
+        shard_rows.push(vec![
+            shown(shard).into_owned(),
+            tensors.len().to_string(),
+            human(r.file_len()),
+            r.codec().map_or("none", |c| c.id()).to_owned(),
+            r.checksum().map_or("none", |c| c.id()).to_owned(),
+        ]);
+        for t in tensors {
+            let mut row = tensor_row(r.tensor(t)?);
+            row.push(shown(shard).into_owned());
+            tensor_rows.insert((*t).to_owned(), row);
+        }
+        Ok(())
+    })?;
     if as_json {
-        let shard_infos: Vec<Value> = shards
-            .iter()
-            .map(|(name, r)| {
-                let mut v = info_json(r);
-                v["shard"] = json!(name);
-                v
-            })
-            .collect();
         return Ok(pretty(&json!({
             "path": index.path(),
             "sharded": true,
@@ -42,12 +78,16 @@ pub(crate) fn info(path: &Path, as_json: bool) -> Result<String, Error> {
         })));
     }
     let mut s = String::new();
-    let on_disk: u64 = shards.iter().map(|(_, r)| r.file_len()).sum();
     let _ = writeln!(s, "checkpoint: {}", index.path().display());
     let data = index
         .total_size()
         .map_or_else(String::new, |t| format!(" ({} of tensor data)", human(t)));
-    let _ = writeln!(s, "size:       {} in {} shard(s){data}", human(on_disk), shards.len());
+    let _ = writeln!(
+        s,
+        "size:       {} in {} shard(s){data}",
+        human(on_disk),
+        shard_rows.len()
+    );
     let _ = writeln!(
         s,
         "format:     deathtensors v{}, sharded",
@@ -58,32 +98,12 @@ pub(crate) fn info(path: &Path, as_json: bool) -> Result<String, Error> {
     }
     let _ = writeln!(s, "tensors:    {}", index.weight_map().len());
     let _ = writeln!(s, "shards:");
-    let counts: std::collections::HashMap<&str, usize> =
-        index.by_shard().into_iter().map(|(s, t)| (s, t.len())).collect();
-    let shard_rows: Vec<Vec<String>> = shards
-        .iter()
-        .map(|(name, r)| {
-            let count = counts.get(name.as_str()).copied().unwrap_or(0);
-            vec![
-                shown(name).into_owned(),
-                count.to_string(),
-                human(r.file_len()),
-                r.codec().map_or("none", |c| c.id()).to_owned(),
-                r.checksum().map_or("none", |c| c.id()).to_owned(),
-            ]
-        })
-        .collect();
     write_table(&mut s, &["shard", "tensors", "size", "codec", "checksum"], &shard_rows);
     let _ = writeln!(s, "tensor table:");
     let rows: Vec<Vec<String>> = index
         .weight_map()
         .iter()
-        .filter_map(|(tensor, _)| {
-            let (shard, r) = cp.shard(tensor).ok()?;
-            let mut row = tensor_row(r.tensor(tensor).ok()?);
-            row.push(shown(shard).into_owned());
-            Some(row)
-        })
+        .filter_map(|(t, _)| tensor_rows.remove(t))
         .collect();
     write_table(&mut s, &["name", "dtype", "shape", "size", "stored", "shard"], &rows);
     Ok(s)
@@ -108,50 +128,47 @@ pub(crate) fn list(path: &Path, as_json: bool) -> Result<String, Error> {
 /// one) equal to their bytes, as `ShardedReader.verify` checks. The first
 /// failure is the error.
 pub(crate) fn verify(path: &Path, as_json: bool) -> Result<String, Error> {
-    let cp = Checkpoint::open(index(path)?)?;
-    let (index, shards) = (cp.index(), cp.shards());
-    let total = shards.iter().map(|(_, r)| r.file_len()).sum();
+    let index = index(path)?;
+    // For the progress bar only: a shard that is missing fails when it is opened.
+    let total = index
+        .by_shard()
+        .iter()
+        .filter_map(|(shard, _)| std::fs::metadata(index.shard_path(shard)).ok())
+        .map(|m| m.len())
+        .sum();
     let pb = progress::bar(total, "verify");
     let mut done = 0;
-    let mut rows = Vec::with_capacity(shards.len());
-    for (name, r) in shards {
-        let verified = in_shard(name, || {
+    let mut held = 0u64;
+    let mut rows = Vec::new();
+    let verified = each_shard(&index, None, |shard, tensors, r| {
+        in_shard(shard, || {
             r.verify_with_progress(&|n| {
                 if let Some(pb) = &pb {
                     pb.set_position(done + n);
                 }
-            })?;
-            Ok((
-                r.checksum().map(|c| c.id()).unwrap_or_default(),
-                hex(&r.stored_digest()?),
-            ))
-        });
+            })
+        })?;
         done += r.file_len();
-        match verified {
-            Ok((algorithm, digest)) => rows.push((name.as_str(), algorithm, digest)),
-            Err(e) => {
-                if let Some(pb) = &pb {
-                    pb.finish_and_clear();
-                }
-                return Err(e);
-            }
+        for t in tensors {
+            held += r.tensor(t)?.nbytes;
         }
-    }
+        let algorithm = r.checksum().map(|c| c.id()).unwrap_or_default();
+        rows.push((
+            shard.to_owned(),
+            algorithm,
+            hex(&in_shard(shard, || r.stored_digest())?),
+        ));
+        Ok(())
+    });
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
-    if let Some(declared) = index.total_size() {
-        let held: u64 = index
-            .weight_map()
-            .iter()
-            .filter_map(|(t, _)| cp.shard(t).ok()?.1.tensor(t).ok().map(|info| info.nbytes))
-            .sum();
-        if held != declared {
-            return Err(Error::InvalidIndex {
-                path: index.path().to_owned(),
-                reason: format!("it says total_size={declared} but its tensors hold {held} bytes"),
-            });
-        }
+    verified?;
+    if let Some(declared) = index.total_size().filter(|&d| d != held) {
+        return Err(Error::InvalidIndex {
+            path: index.path().to_owned(),
+            reason: format!("it says total_size={declared} but its tensors hold {held} bytes"),
+        });
     }
     if as_json {
         let shards: Vec<Value> = rows
@@ -174,25 +191,29 @@ pub(crate) fn verify(path: &Path, as_json: bool) -> Result<String, Error> {
     Ok(s)
 }
 
-/// `deathtensors stats` of a checkpoint: rows in index order (only `names`
-/// when given).
+/// `deathtensors stats` of a checkpoint: rows in index order, or in the
+/// order of `names` when given (then only the shards holding them are opened).
 pub(crate) fn stats(path: &Path, names: &[String], as_json: bool) -> Result<String, Error> {
     let index = index(path)?;
-    let wanted: Vec<String> = if names.is_empty() {
-        index.weight_map().iter().map(|(t, _)| t.clone()).collect()
+    let wanted: Vec<&str> = if names.is_empty() {
+        index.weight_map().iter().map(|(t, _)| t.as_str()).collect()
     } else {
-        names.to_vec()
+        let listed: std::collections::HashSet<&str> = index.weight_map().iter().map(|(t, _)| t.as_str()).collect();
+        if let Some(unknown) = names.iter().find(|n| !listed.contains(n.as_str())) {
+            return Err(Error::TensorNotFound(unknown.clone()));
+        }
+        names.iter().map(String::as_str).collect()
     };
-    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
-    // Only the shards that hold the tensors asked for.
-    let cp = Checkpoint::open_holding(index, &wanted)?;
-    let rows = wanted
-        .iter()
-        .map(|tensor| {
-            let (shard, r) = cp.shard(tensor)?;
-            in_shard(shard, || deathtensors::stats::tensor_stats(r, tensor))
-        })
-        .collect::<Result<Vec<TensorStats>, Error>>()?;
+    let mut got: HashMap<String, TensorStats> = HashMap::new();
+    let only = (!names.is_empty()).then_some(&wanted[..]);
+    each_shard(&index, only, |shard, tensors, r| {
+        for t in tensors.iter().filter(|t| only.is_none_or(|w| w.contains(t))) {
+            let row = in_shard(shard, || deathtensors::stats::tensor_stats(r, t))?;
+            got.insert((*t).to_owned(), row);
+        }
+        Ok(())
+    })?;
+    let rows: Vec<TensorStats> = wanted.iter().filter_map(|t| got.get(*t).cloned()).collect();
     if as_json {
         return Ok(pretty(&serde_json::to_value(&rows).unwrap_or_default()));
     }

@@ -233,6 +233,35 @@ impl ShardedIndex {
         out
     }
 
+    /// Open `shard` and check that it holds `tensors` (those the index
+    /// places in it, see [`ShardedIndex::by_shard`]) as tensors of its own.
+    /// To visit a checkpoint one shard at a time (one file open at once),
+    /// call it for each item of [`ShardedIndex::by_shard`].
+    ///
+    /// # Errors
+    /// [`Error::InShard`] naming `shard`: it cannot be opened, is not a valid
+    /// file, or lacks one of `tensors` (or holds it only as a stored part of
+    /// another tensor).
+    pub fn open_shard(&self, shard: &str, tensors: &[&str]) -> Result<DtReader> {
+        in_shard(shard, || {
+            let r = DtReader::open(self.shard_path(shard))?;
+            // A stored part of another tensor (sparse indices) is not a tensor of its own.
+            let held = |t: &str| r.tensor(t).is_ok_and(|info| info.part_of.is_none());
+            let missing: Vec<&str> = tensors.iter().copied().filter(|t| !held(t)).collect();
+            if missing.is_empty() {
+                return Ok(r);
+            }
+            Err(Error::InvalidIndex {
+                path: self.path.clone(),
+                reason: format!(
+                    "it places {} tensor(s) in this shard that it lacks: {:?}",
+                    missing.len(),
+                    &missing[..missing.len().min(10)]
+                ),
+            })
+        })
+    }
+
     /// The path of a shard named by the index.
     pub fn shard_path(&self, shard: &str) -> PathBuf {
         self.path.with_file_name(shard)
@@ -290,23 +319,7 @@ impl Checkpoint {
         let mut shards = Vec::new();
         let mut shard_of = HashMap::with_capacity(index.weight_map.len());
         for (shard, tensors) in index.by_shard().into_iter().filter(|(s, _)| keep(s)) {
-            let r = in_shard(shard, || {
-                let r = DtReader::open(index.shard_path(shard))?;
-                // A stored part of another tensor (sparse indices) is not a tensor of its own.
-                let held = |t: &str| r.tensor(t).is_ok_and(|info| info.part_of.is_none());
-                let missing: Vec<&str> = tensors.iter().copied().filter(|t| !held(t)).collect();
-                if missing.is_empty() {
-                    return Ok(r);
-                }
-                Err(Error::InvalidIndex {
-                    path: index.path.clone(),
-                    reason: format!(
-                        "it places {} tensor(s) in this shard that it lacks: {:?}",
-                        missing.len(),
-                        &missing[..missing.len().min(10)]
-                    ),
-                })
-            })?;
+            let r = index.open_shard(shard, &tensors)?;
             for t in tensors {
                 shard_of.insert(t.to_owned(), shards.len());
             }

@@ -448,3 +448,26 @@ def test_an_index_naming_a_stored_part_is_refused_like_open_sharded(cli, tmp_pat
         assert "lacks" in _one_clean_error_line(result)
     with pytest.raises(dt.FormatError, match="lacks"), dt.open_sharded(index) as sr:
         sr.get_tensor("dense")
+
+
+def test_checkpoints_of_many_shards_under_a_low_open_file_limit(tmp_path):
+    """info/verify/stats hold one shard open at a time; diff, which keeps both
+    sides' shards open, lifts the soft limit to the hard one."""
+    import resource
+    import subprocess
+
+    tensors = {f"t{i}": torch.ones(16) for i in range(120)}
+    dt.save_sharded(tmp_path / "m.deathtensors", tensors, max_shard_bytes=64, checksum=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 400:
+        pytest.skip(f"the hard limit on open files ({hard}) is too low to lift")
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (48, hard))
+
+    base = str(tmp_path / "m.deathtensors")
+    for args in (["info", base], ["verify", base], ["stats", base], ["diff", base, base + ".index.json"]):
+        for prefix in COMMANDS.values():
+            result = subprocess.run([*prefix, *args], capture_output=True, preexec_fn=low_limit, timeout=60)
+            assert result.returncode == 0, (args, result.stderr)
+            assert b"Too many open files" not in result.stderr, args
