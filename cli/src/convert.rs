@@ -250,8 +250,8 @@ fn execute(job: Job) -> Result<(String, i32), Error> {
     let size = std::fs::metadata(&src).map(|m| m.len()).unwrap_or(0);
     let spinner = crate::progress::spinner(size, "converting");
     let converted = match &job.import {
-        Some(options) => job.converter.import(&src, &dst, options),
-        None => job.converter.export(&src, &dst),
+        Some(options) => registry::import_foreign(job.converter, &src, &dst, options),
+        None => registry::export_foreign(job.converter, &src, &dst),
     };
     if let Some(pb) = spinner {
         pb.finish_and_clear();

@@ -257,6 +257,41 @@ pub trait Converter: Plugin {
     fn export(&self, src: &Path, dst: &Path) -> Result<()>;
 }
 
+/// [`Converter::import`] of `src` into `dst`, refusing to convert a file
+/// onto itself. Both fronts convert through this and [`export_foreign`].
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when `dst` is `src` (the same file, links
+/// followed): the conversion would replace the source with its copy in the
+/// other format. Otherwise the converter's errors.
+pub fn import_foreign(converter: &dyn Converter, src: &Path, dst: &Path, options: &WriteOptions) -> Result<()> {
+    refuse_same_file(src, dst)?;
+    converter.import(src, dst, options)
+}
+
+/// [`Converter::export`] of `src` into `dst`, refusing to convert a file onto itself.
+///
+/// # Errors
+/// As [`import_foreign`].
+pub fn export_foreign(converter: &dyn Converter, src: &Path, dst: &Path) -> Result<()> {
+    refuse_same_file(src, dst)?;
+    converter.export(src, dst)
+}
+
+fn refuse_same_file(src: &Path, dst: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(a), Ok(b)) = (std::fs::metadata(src), std::fs::metadata(dst)) {
+        if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
+            return Err(Error::InvalidArgument(format!(
+                "{} and {} are the same file: converting it onto itself would replace the source",
+                src.display(),
+                dst.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// One registration: the plugin and the crate that submitted it.
 pub struct Registration<T: ?Sized + 'static> {
     /// `CARGO_PKG_NAME` of the registering crate (filled in by the macros).

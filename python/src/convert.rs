@@ -34,7 +34,7 @@ fn import_foreign(
         ..WriteOptions::default()
     };
     let (src, dst) = (src.to_owned(), dst.to_owned());
-    py.detach(|| converter.import(src.as_ref(), dst.as_ref(), &options))
+    py.detach(|| registry::import_foreign(converter, src.as_ref(), dst.as_ref(), &options))
         .map_err(|e| to_py(py, e))
 }
 
@@ -46,7 +46,7 @@ fn export_foreign(py: Python<'_>, converter: &str, src: &str, dst: &str) -> PyRe
         .and_then(|r| r.get(converter))
         .map_err(|e| to_py(py, e))?;
     let (src, dst) = (src.to_owned(), dst.to_owned());
-    py.detach(|| converter.export(src.as_ref(), dst.as_ref()))
+    py.detach(|| registry::export_foreign(converter, src.as_ref(), dst.as_ref()))
         .map_err(|e| to_py(py, e))
 }
 

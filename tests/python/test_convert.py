@@ -234,6 +234,29 @@ def test_a_valid_file_with_a_dtype_we_lack_is_unsupported_not_corrupt(tmp_path, 
     assert not (tmp_path / "e8m0.deathtensors").exists() and not (tmp_path / "x.deathtensors").exists()
 
 
+def test_converting_a_file_onto_itself_is_refused(tmp_path, cli):
+    """Regression: ``from_safetensors(p, p)`` replaced the safetensors file with
+    its deathtensors copy under the same name (and ``to_safetensors`` likewise)."""
+    st = tmp_path / "m.safetensors"
+    st_torch.save_file({"a": torch.arange(4.0)}, str(st))
+    original = st.read_bytes()
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(st)
+    for dst in (st, link):
+        with pytest.raises(dt.InvalidArgumentError, match="same file"):
+            dt.from_safetensors(st, dst)
+        r = cli("convert", "from-safetensors", str(st), str(dst))
+        assert r.returncode == 2 and b"same file" in r.stderr, r.stderr
+    assert st.read_bytes() == original
+    ours = tmp_path / "m.deathtensors"
+    dt.from_safetensors(st, ours)
+    before = ours.read_bytes()
+    with pytest.raises(dt.InvalidArgumentError, match="same file"):
+        dt.to_safetensors(ours, ours)
+    assert cli("convert", "to-safetensors", str(ours), str(ours)).returncode == 2
+    assert ours.read_bytes() == before
+
+
 def test_metadata_nested_past_the_header_limit_is_the_source_files_fault(tmp_path, cli):
     """Regression: a safetensors file whose reserved per-tensor metadata nests
     124 levels deep was refused as InvalidArgumentError (a usage error, CLI
