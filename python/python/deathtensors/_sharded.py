@@ -733,9 +733,10 @@ class ShardedReader:
     def verify(self) -> bool:
         """Verify every shard's checksum footer and the index against the shards; returns ``True``.
 
-        Opens every shard. Checks that each shard holds the tensors the index
-        places there and that ``metadata.total_size`` (when present) equals
-        their raw bytes.
+        Checks that each shard holds the tensors the index places there and
+        that ``metadata.total_size`` (when present) equals their raw bytes.
+        Shards not opened yet are opened one at a time and closed again, so a
+        checkpoint of any number of shards holds at most one more file open.
 
         Raises:
             ChecksumError: a shard's contents do not match its footer (the
@@ -746,12 +747,19 @@ class ShardedReader:
         """
         total = 0
         for shard in self.shards():
-            f = self._shard(shard)
+            with self._lock:
+                if self._closed:
+                    raise ValueError("I/O operation on a closed deathtensors ShardedReader")
+                cached = self._open.get(shard)
+            f = cached if cached is not None else self._open_shard(shard, False)
             try:
                 f.verify()
+                total += sum(int(f.info(t)["nbytes"]) for t in self._by_shard[shard])
             except ChecksumError as e:
                 raise type(e)(f"shard {shard!r}: {e}") from e
-            total += sum(int(f.info(t)["nbytes"]) for t in self._by_shard[shard])
+            finally:
+                if cached is None:
+                    f.close()
         declared = self.total_size
         if declared is not None and declared != total:
             raise FormatError(
