@@ -43,9 +43,8 @@ pub(crate) fn run(args: DiffArgs) -> Result<(String, i32), Error> {
         ..DiffOptions::default()
     };
     let (a, b) = (expand_path(&args.a), expand_path(&args.b));
-    if names_checkpoint(&a) || names_checkpoint(&b) {
-        allow_many_open_files();
-    }
+    // Until the end of this function (the command may run inside a Python process).
+    let _limit = (names_checkpoint(&a) || names_checkpoint(&b)).then(OpenFileLimit::lift);
     let (a, b) = (Source::open(a)?, Source::open(b)?);
     let (a, b) = (DiffSide::source(&a), DiffSide::source(&b));
     let pb = progress::bar(a.shared_bytes(&b), "diff");
@@ -74,18 +73,38 @@ pub(crate) fn run(args: DiffArgs) -> Result<(String, i32), Error> {
 }
 
 /// A checkpoint side keeps every one of its shards open while it is
-/// compared; lift this process's soft limit on open files to its hard limit
-/// (`ulimit -Sn`), as a command that is about to exit may.
-fn allow_many_open_files() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: both calls only read or write the struct they are given.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+/// compared: while this lives, the soft limit on open files (`ulimit -Sn`)
+/// is lifted to the hard limit; dropping it puts the old limit back.
+struct OpenFileLimit(Option<libc::rlimit>);
+
+impl OpenFileLimit {
+    fn lift() -> Self {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: both calls only read or write the struct they are given.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+                let old = limit;
+                limit.rlim_cur = limit.rlim_max;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    return OpenFileLimit(Some(old));
+                }
+            }
+        }
+        OpenFileLimit(None)
+    }
+}
+
+impl Drop for OpenFileLimit {
+    fn drop(&mut self) {
+        if let Some(old) = self.0 {
+            // SAFETY: as above. Files opened meanwhile are closed by now (the
+            // sides are dropped first), and a lower soft limit closes nothing.
+            unsafe {
+                libc::setrlimit(libc::RLIMIT_NOFILE, &old);
+            }
         }
     }
 }

@@ -261,9 +261,9 @@ pub trait Converter: Plugin {
 /// onto itself. Both fronts convert through this and [`export_foreign`].
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] when `dst` is `src` (the same file, links
-/// followed): the conversion would replace the source with its copy in the
-/// other format. Otherwise the converter's errors.
+/// [`Error::InvalidArgument`] when `dst` is `src` (the same path once
+/// symbolic links are followed): the conversion would replace the source
+/// with its copy in the other format. Otherwise the converter's errors.
 pub fn import_foreign(converter: &dyn Converter, src: &Path, dst: &Path, options: &WriteOptions) -> Result<()> {
     refuse_same_file(src, dst)?;
     converter.import(src, dst, options)
@@ -279,9 +279,10 @@ pub fn export_foreign(converter: &dyn Converter, src: &Path, dst: &Path) -> Resu
 }
 
 fn refuse_same_file(src: &Path, dst: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    if let (Ok(a), Ok(b)) = (std::fs::metadata(src), std::fs::metadata(dst)) {
-        if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
+    // Canonical paths (links followed): a hard link is another name, and the
+    // atomic write replaces only that name, so converting onto one is safe.
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(src), std::fs::canonicalize(dst)) {
+        if a == b {
             return Err(Error::InvalidArgument(format!(
                 "{} and {} are the same file: converting it onto itself would replace the source",
                 src.display(),

@@ -298,23 +298,6 @@ impl Checkpoint {
         Self::open_where(index, |_| true)
     }
 
-    /// [`Checkpoint::open`], opening only the shards that hold `tensors`
-    /// (the others are neither opened nor checked; [`Checkpoint::shard`]
-    /// knows only the tensors of the shards opened).
-    ///
-    /// # Errors
-    /// [`Error::TensorNotFound`] for a name the index lacks; otherwise as
-    /// [`Checkpoint::open`].
-    pub fn open_holding(index: ShardedIndex, tensors: &[&str]) -> Result<Self> {
-        let placed: HashMap<&str, &str> = index.weight_map.iter().map(|(t, s)| (t.as_str(), s.as_str())).collect();
-        let mut wanted = std::collections::HashSet::new();
-        for t in tensors {
-            let shard = placed.get(t).ok_or_else(|| Error::TensorNotFound((*t).to_owned()))?;
-            wanted.insert(shard.to_string());
-        }
-        Self::open_where(index, |shard| wanted.contains(shard))
-    }
-
     fn open_where(index: ShardedIndex, keep: impl Fn(&str) -> bool) -> Result<Self> {
         let mut shards = Vec::new();
         let mut shard_of = HashMap::with_capacity(index.weight_map.len());
@@ -466,12 +449,35 @@ pub fn resolve_index(path: impl AsRef<Path>) -> Result<PathBuf> {
 }
 
 /// Whether `path` names a sharded checkpoint rather than one file: it ends
-/// in `.json` (an index; no tensor file is JSON), or it does not exist and
+/// in `.json` (an index) and is not a tensor file under that name (it does
+/// not start with the magic), or it does not exist and
 /// [`resolve_index`] finds an index for it (`big.deathtensors` when only
 /// `big.deathtensors.index.json` and the shards exist).
 pub fn names_checkpoint(path: impl AsRef<Path>) -> bool {
     let path = path.as_ref();
-    path.as_os_str().as_bytes().ends_with(b".json") || (!path.exists() && resolve_index(path).is_ok())
+    if path.as_os_str().as_bytes().ends_with(b".json") {
+        return !starts_with_magic(path);
+    }
+    !path.exists() && resolve_index(path).is_ok()
+}
+
+/// Whether `path` is a file that starts with the `.deathtensors` magic (a
+/// tensor file whatever its name; reading stops at 8 bytes and never blocks).
+fn starts_with_magic(path: &Path) -> bool {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut head = [0u8; 8];
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .and_then(|f| {
+            if !f.metadata()?.is_file() {
+                return Ok(false);
+            }
+            f.take(8).read_exact(&mut head).map(|()| &head == crate::format::MAGIC)
+        })
+        .unwrap_or(false)
 }
 
 /// A string as JSON writes it (quoted, controls escaped), for messages.

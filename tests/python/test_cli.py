@@ -476,3 +476,32 @@ def test_checkpoints_of_many_shards_under_a_low_open_file_limit(tmp_path):
             result = subprocess.run([*prefix, *args], capture_output=True, preexec_fn=low_limit, timeout=60)
             assert result.returncode == 0, (args, result.stderr)
             assert b"Too many open files" not in result.stderr, args
+
+
+def test_a_tensor_file_named_json_is_a_file_not_an_index(cli, files, tmp_path):
+    weird = tmp_path / "weird.json"
+    weird.write_bytes(files["good"].read_bytes())
+    result = cli("info", str(weird))
+    assert result.returncode == 0, result.stderr
+    assert "tiny" in result.stdout.decode()
+    assert dt.diff(weird, files["good"])["identical"] is True
+
+
+def test_diff_in_process_puts_the_open_file_limit_back(checkpoint):
+    """python -m deathtensors runs the CLI inside the Python process: diff lifts
+    the soft limit on open files for checkpoints, and must restore it."""
+    import resource
+
+    from deathtensors.__main__ import main
+
+    folder, _, _ = checkpoint
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 64:
+        pytest.skip(f"hard limit {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    try:
+        base = str(folder / "big.deathtensors")
+        assert main(["diff", base, base + ".index.json"]) == 0
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (64, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -323,6 +323,48 @@ def _hf_checkpoint(folder, stem="model"):
     return tensors, order, total
 
 
+def test_a_sharded_conversion_never_writes_over_its_own_inputs(tmp_path):
+    """Regression: an input shard (or index) named like an output was
+    overwritten halfway through the conversion and then removed by the cleanup."""
+    a = {"a": torch.arange(4.0)}
+    b = {"b": torch.ones(3)}
+    st_torch.save_file(a, str(tmp_path / "a.safetensors"))
+    clash = tmp_path / "m-00001-of-00002.deathtensors"  # what shard 1 of the output is called
+    st_torch.save_file(b, str(clash))
+    index = tmp_path / "m.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "a.safetensors", "b": clash.name}}))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(dt.InvalidArgumentError, match="over its own input"):
+        dt.from_safetensors(index)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+    # An input index named like the output index is not removed first either.
+    own = tmp_path / "n.deathtensors.index.json"
+    own.write_text(json.dumps({"weight_map": {"a": "a.safetensors"}}))
+    with pytest.raises(dt.InvalidArgumentError, match="over its own input"):
+        dt.from_safetensors(own)
+    assert own.exists()
+
+    # Elsewhere it converts, and a dst naming the other format gives the same stem.
+    (tmp_path / "out").mkdir()
+    out = dt.from_safetensors(index, tmp_path / "out" / "model.safetensors")
+    assert out == str(tmp_path / "out" / "model.deathtensors.index.json")
+    with dt.open_sharded(out) as sr:
+        assert torch.equal(sr.get_tensor("b"), b["b"])
+
+
+def test_a_hard_link_is_another_name_and_may_be_converted_onto(tmp_path):
+    st = tmp_path / "m.safetensors"
+    st_torch.save_file({"a": torch.arange(4.0)}, str(st))
+    original = st.read_bytes()
+    link = tmp_path / "h.deathtensors"
+    os.link(st, link)
+    dt.from_safetensors(st, link)  # the atomic write replaces the name h.deathtensors only
+    assert st.read_bytes() == original
+    with dt.open(link) as f:
+        assert torch.equal(f.get_tensor("a"), torch.arange(4.0))
+
+
 def test_hf_sharded_checkpoint_round_trip(tmp_path):
     hf = tmp_path / "hf"
     hf.mkdir()

@@ -51,6 +51,15 @@ SAFETENSORS_SUFFIX = ".safetensors"
 #: What Hugging Face appends to the stem to name a sharded checkpoint's index.
 SAFETENSORS_INDEX_SUFFIX = ".safetensors.index.json"
 _DT_SUFFIXES = (".deathtensors", ".dt")
+#: What a given ``dst`` of a sharded conversion may end with: its base path is what remains.
+_CHECKPOINT_SUFFIXES = (
+    SAFETENSORS_INDEX_SUFFIX,
+    INDEX_SUFFIX,
+    ".dt.index.json",
+    ".index.json",
+    SAFETENSORS_SUFFIX,
+    *_DT_SUFFIXES,
+)
 
 
 def _pkg() -> Any:
@@ -112,6 +121,19 @@ def _out_stem(dst: Optional[PathLike], default: str, suffixes: tuple) -> tuple:
     if not base:
         raise InvalidArgumentError(f"destination {os.fspath(dst or default)!r} names a folder, not a checkpoint")
     return stem, folder, base
+
+
+def _refuse_overwriting_inputs(inputs: List[str], outputs: List[str]) -> None:
+    """Refuse a sharded conversion that would write one of its outputs over one
+    of its inputs (the index or a shard, symbolic links followed), before
+    anything is written: the input would be lost halfway through."""
+    real = {os.path.realpath(p): p for p in inputs}
+    for out in outputs:
+        hit = real.get(os.path.realpath(out))
+        if hit is not None:
+            raise InvalidArgumentError(
+                f"the conversion would write {out!r} over its own input {hit!r}; give another dst"
+            )
 
 
 def _check_shard_keys(keys: List[str], expected: List[str], shard: str, where: str) -> None:
@@ -178,6 +200,9 @@ def from_safetensors(
             reserved metadata.
         FileNotFoundError: ``src`` (or a shard) does not exist.
         PluginError: an unknown codec or checksum id.
+        InvalidArgumentError: ``dst`` is ``src`` itself (symbolic links
+            followed), or an output of a sharded conversion would replace one
+            of its inputs; nothing is written.
     """
     pkg = _pkg()
     codec = pkg._choose(compress, pkg.DEFAULT_CODEC, "compress")
@@ -206,13 +231,17 @@ def _import_sharded(
     where = f"safetensors index {index_path!r}"
     weight_map: Dict[str, str] = _read_index(index_path)["weight_map"]
     folder = os.path.dirname(index_path) or "."
-    stem, out_folder, base = _out_stem(dst, _index_stem(index_path), (INDEX_SUFFIX, ".deathtensors", ".dt"))
+    stem, out_folder, base = _out_stem(dst, _index_stem(index_path), _CHECKPOINT_SUFFIXES)
     by_shard: Dict[str, List[str]] = {}
     for tensor, shard in weight_map.items():
         by_shard.setdefault(shard, []).append(tensor)
     shards = sorted(by_shard)
     names = {shard: _shard_name(base, i + 1, len(shards)) for i, shard in enumerate(shards)}
     out_index = stem + INDEX_SUFFIX
+    _refuse_overwriting_inputs(
+        [index_path, *(os.path.join(folder, s) for s in shards)],
+        [out_index, *(os.path.join(out_folder, n) for n in names.values())],
+    )
 
     _remove_quietly(out_index)
     written: List[str] = []
@@ -279,6 +308,8 @@ def to_safetensors(src: PathLike, dst: Optional[PathLike] = None) -> str:
             a global metadata key that is reserved (the message names it).
         FormatError, ChecksumError: ``src`` is not a valid deathtensors file.
         FileNotFoundError: ``src`` (or a shard) does not exist.
+        InvalidArgumentError: (also) ``dst`` is ``src`` itself, or an output
+            of a sharded conversion would replace one of its inputs.
     """
     pkg = _pkg()
     source = pkg.expand_path(src)
@@ -299,13 +330,15 @@ def _export_sharded(index_path: str, dst: Optional[PathLike]) -> str:
         for tensor, shard in weight_map.items():
             by_shard.setdefault(shard, []).append(tensor)
         shards = sr.shards()
-        stem, out_folder, base = _out_stem(
-            dst, _index_stem(sr.path), (SAFETENSORS_INDEX_SUFFIX, SAFETENSORS_SUFFIX, ".index.json")
-        )
+        stem, out_folder, base = _out_stem(dst, _index_stem(sr.path), _CHECKPOINT_SUFFIXES)
         names = {
             shard: f"{base}-{i + 1:05d}-of-{len(shards):05d}{SAFETENSORS_SUFFIX}" for i, shard in enumerate(shards)
         }
         out_index = stem + SAFETENSORS_INDEX_SUFFIX
+        _refuse_overwriting_inputs(
+            [sr.path, *(sr.shard_path(s) for s in shards)],
+            [out_index, *(os.path.join(out_folder, n) for n in names.values())],
+        )
         _remove_quietly(out_index)
         written: List[str] = []
         try:

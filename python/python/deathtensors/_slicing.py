@@ -97,9 +97,9 @@ class TensorSlice:
 
 
 def _row_number(key: Any) -> Any:
-    """A numpy or torch integer scalar as a Python int; ``key`` itself (for the
-    caller to refuse) when it is a bool, or an array of any shape, even one
-    element: numpy and torch index with those as masks or lists of rows."""
+    """A numpy or torch integer scalar (0-d) as a Python int. Raises
+    ``TypeError`` for a bool scalar or an array of one or more dimensions, even
+    of one element: numpy and torch index with those as masks or lists of rows."""
     if getattr(key, "ndim", 0) != 0 or "bool" in str(getattr(key, "dtype", "")):
         raise TypeError(f"tensor slices take an int, a slice or a tuple, not {type(key).__name__} {key!r}")
     return operator.index(key)
