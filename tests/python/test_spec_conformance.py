@@ -834,6 +834,18 @@ def xxd_to_bytes(dump: str) -> bytes:
     return bytes(out)
 
 
+def tiny_example_file(tmp_path: Path) -> Path:
+    """The file of the §11 example (the §13.3 manifest describes it too)."""
+    path = tmp_path / "tiny.deathtensors"
+    dt.save_file(
+        path,
+        {"a": {"dtype": "F32", "shape": [2], "data": bytes.fromhex("0000803f00000040")}},
+        global_metadata={"k": "v"},
+        checksum=True,
+    )
+    return path
+
+
 def test_example_section_11_byte_for_byte(tmp_path: Path) -> None:
     sec = spec_section("11")
     (code,) = spec_blocks(sec, "python")
@@ -842,13 +854,7 @@ def test_example_section_11_byte_for_byte(tmp_path: Path) -> None:
     want = xxd_to_bytes(dump)
     stated = int(re.search(r"\((\d+) bytes\)", sec).group(1))
     assert len(want) == stated
-    path = tmp_path / "tiny.deathtensors"
-    dt.save_file(
-        path,
-        {"a": {"dtype": "F32", "shape": [2], "data": bytes.fromhex("0000803f00000040")}},
-        global_metadata={"k": "v"},
-        checksum=True,
-    )
+    path = tiny_example_file(tmp_path)
     got = path.read_bytes()
     assert got == want
     r = SpecReader(want)
@@ -889,13 +895,7 @@ def test_example_section_12_header(tmp_path: Path) -> None:
 
 def test_example_section_13_manifest(tmp_path: Path) -> None:
     want = json.loads(spec_blocks(spec_section("13"), "json")[0])
-    path = tmp_path / "tiny.deathtensors"
-    dt.save_file(
-        path,
-        {"a": {"dtype": "F32", "shape": [2], "data": bytes.fromhex("0000803f00000040")}},
-        global_metadata={"k": "v"},
-        checksum=True,
-    )
+    path = tiny_example_file(tmp_path)
     got = json.loads(Path(dt.write_manifest(path)).read_text(encoding="utf-8"))
     assert got == want
     assert got["digest"] == path.read_bytes()[-32:].hex()
