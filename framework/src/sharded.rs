@@ -295,13 +295,9 @@ impl Checkpoint {
     /// [`Error::InShard`] naming the first shard that cannot be opened, is
     /// not a valid file, or lacks a tensor the index places in it.
     pub fn open(index: ShardedIndex) -> Result<Self> {
-        Self::open_where(index, |_| true)
-    }
-
-    fn open_where(index: ShardedIndex, keep: impl Fn(&str) -> bool) -> Result<Self> {
         let mut shards = Vec::new();
         let mut shard_of = HashMap::with_capacity(index.weight_map.len());
-        for (shard, tensors) in index.by_shard().into_iter().filter(|(s, _)| keep(s)) {
+        for (shard, tensors) in index.by_shard() {
             let r = index.open_shard(shard, &tensors)?;
             for t in tensors {
                 shard_of.insert(t.to_owned(), shards.len());

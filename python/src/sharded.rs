@@ -35,11 +35,23 @@ fn resolve_sharded_index(py: Python<'_>, path: &str) -> PyResult<String> {
     Ok(found.to_string_lossy().into_owned())
 }
 
+/// The index of the sharded checkpoint `path` names, or `None` when it names
+/// one file (the rule the CLI and `diff` follow: a `.json` path that is not a
+/// tensor file, or a missing path whose index exists).
+#[pyfunction]
+fn checkpoint_index(path: &str) -> Option<String> {
+    sharded::names_checkpoint(path)
+        .then(|| sharded::resolve_index(path).ok())
+        .flatten()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_INDEX_BYTES", sharded::MAX_INDEX_BYTES)?;
     m.add("INDEX_SUFFIX", sharded::INDEX_SUFFIX)?;
     m.add("INDEX_FORMAT", sharded::INDEX_FORMAT)?;
     m.add_function(wrap_pyfunction!(read_sharded_index, m)?)?;
     m.add_function(wrap_pyfunction!(resolve_sharded_index, m)?)?;
+    m.add_function(wrap_pyfunction!(checkpoint_index, m)?)?;
     Ok(())
 }

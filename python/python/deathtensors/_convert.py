@@ -37,7 +37,6 @@ from ._sharded import (
     _shard_name,
     _write_json_atomically,
 )
-from ._sharded import _stem as _dt_stem
 from .errors import FormatError, InvalidArgumentError
 
 __all__ = ["from_safetensors", "to_safetensors", "SAFETENSORS_INDEX_SUFFIX"]
@@ -92,18 +91,6 @@ def _safetensors_index(path: str) -> Optional[str]:
     if os.path.isfile(path):
         return None
     for candidate in (path + ".index.json", _strip(path, (SAFETENSORS_SUFFIX,)) + SAFETENSORS_INDEX_SUFFIX):
-        if os.path.isfile(candidate):
-            return candidate
-    return None
-
-
-def _deathtensors_index(path: str) -> Optional[str]:
-    """The deathtensors index ``path`` names, or ``None`` when it names a single file."""
-    if path.endswith(".json"):
-        return path
-    if os.path.isfile(path):
-        return None
-    for candidate in (path + ".index.json", _dt_stem(path) + INDEX_SUFFIX):
         if os.path.isfile(candidate):
             return candidate
     return None
@@ -313,7 +300,7 @@ def to_safetensors(src: PathLike, dst: Optional[PathLike] = None) -> str:
     """
     pkg = _pkg()
     source = pkg.expand_path(src)
-    index = _deathtensors_index(source)
+    index = _core.checkpoint_index(source)  # the rule the CLI follows too
     if index is not None:
         return _export_sharded(index, dst)
     out = pkg.expand_path(dst) if dst is not None else _strip(source, _DT_SUFFIXES) + SAFETENSORS_SUFFIX

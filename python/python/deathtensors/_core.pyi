@@ -32,6 +32,7 @@ __all__ = [
     "INDEX_FORMAT",
     "read_sharded_index",
     "resolve_sharded_index",
+    "checkpoint_index",
 ]
 __version__: str
 TENSOR_ALIGNMENT: int
@@ -131,3 +132,4 @@ INDEX_FORMAT: str
 
 def read_sharded_index(path: str, max_bytes: int, deathtensors: bool = True) -> str: ...
 def resolve_sharded_index(path: str) -> str: ...
+def checkpoint_index(path: str) -> Optional[str]: ...
