@@ -402,6 +402,19 @@ pub fn bad_shard_name(name: &str) -> Option<&'static str> {
     }
 }
 
+/// The stem of a checkpoint's path: `path` without the first of
+/// [`INDEX_SUFFIX`], `.dt.index.json`, `.deathtensors` or `.dt` it ends in
+/// (`big.deathtensors` → `big`). Shards are `{stem}-0000k-of-0000n.deathtensors`
+/// and the index `{stem}.deathtensors.index.json`.
+pub fn checkpoint_stem(path: impl AsRef<Path>) -> PathBuf {
+    let bytes = path.as_ref().as_os_str().as_bytes();
+    let stem = STEM_ENDINGS
+        .iter()
+        .find_map(|e| bytes.strip_suffix(e.as_bytes()))
+        .unwrap_or(bytes);
+    PathBuf::from(OsStr::from_bytes(stem))
+}
+
 /// The index of the sharded checkpoint `path` names: `path` itself when it
 /// ends in `.json` (or is a file other than a `.deathtensors`/`.dt` one),
 /// else `path` + `.index.json`, else its stem + [`INDEX_SUFFIX`], whichever
@@ -419,11 +432,7 @@ pub fn resolve_index(path: impl AsRef<Path>) -> Result<PathBuf> {
     // Built from the bytes, so that a path that is not UTF-8 keeps its name.
     let joined = |a: &[u8], b: &[u8]| PathBuf::from(OsStr::from_bytes(&[a, b].concat()));
     let mut candidates = vec![joined(bytes, b".index.json")];
-    let stem = STEM_ENDINGS
-        .iter()
-        .find_map(|e| bytes.strip_suffix(e.as_bytes()))
-        .unwrap_or(bytes);
-    let by_stem = joined(stem, INDEX_SUFFIX.as_bytes());
+    let by_stem = joined(checkpoint_stem(path).as_os_str().as_bytes(), INDEX_SUFFIX.as_bytes());
     if by_stem != candidates[0] {
         candidates.push(by_stem);
     }

@@ -46,6 +46,13 @@ fn checkpoint_index(path: &str) -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
+/// The stem of a checkpoint's path (`big.deathtensors` → `big`), which its
+/// shards and index are named after.
+#[pyfunction]
+fn checkpoint_stem(path: &str) -> String {
+    sharded::checkpoint_stem(path).to_string_lossy().into_owned()
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_INDEX_BYTES", sharded::MAX_INDEX_BYTES)?;
     m.add("INDEX_SUFFIX", sharded::INDEX_SUFFIX)?;
@@ -53,5 +60,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_sharded_index, m)?)?;
     m.add_function(wrap_pyfunction!(resolve_sharded_index, m)?)?;
     m.add_function(wrap_pyfunction!(checkpoint_index, m)?)?;
+    m.add_function(wrap_pyfunction!(checkpoint_stem, m)?)?;
     Ok(())
 }

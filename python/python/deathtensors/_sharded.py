@@ -77,7 +77,6 @@ SHARD_SUFFIX = ".deathtensors"
 INDEX_FORMAT: str = _core.INDEX_FORMAT
 
 _DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
-_STEM_EXTENSIONS = (INDEX_SUFFIX, ".dt.index.json", ".deathtensors", ".dt")
 
 
 def _pkg() -> Any:
@@ -87,10 +86,7 @@ def _pkg() -> Any:
 
 
 def _stem(path: str) -> str:
-    for ext in _STEM_EXTENSIONS:
-        if path.endswith(ext):
-            return path[: -len(ext)]
-    return path
+    return _core.checkpoint_stem(path)  # the rule the index lookup follows too
 
 
 def _shard_name(base: str, index: int, count: int) -> str:
