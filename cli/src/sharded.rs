@@ -9,17 +9,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use deathtensors::reader::{hex, DtReader};
-use deathtensors::sharded::{in_shard, resolve_index, ShardedIndex, MAX_INDEX_BYTES};
+use deathtensors::sharded::{in_shard, ShardedIndex};
 use deathtensors::stats::TensorStats;
 use deathtensors::Error;
 use serde_json::{json, Value};
 
 use crate::{human, info_json, pretty, progress, shown, tensor_row, write_stats, write_table};
-
-/// The checked index of the checkpoint `path` names.
-fn index(path: &Path) -> Result<ShardedIndex, Error> {
-    ShardedIndex::read_deathtensors(resolve_index(path)?, MAX_INDEX_BYTES)
-}
 
 /// Call `f` with each shard of `index` holding one of `wanted` (every shard
 /// when `None`), its tensors and its open reader, one shard at a time.
@@ -40,7 +35,7 @@ fn each_shard(
 
 /// `deathtensors info` of a checkpoint.
 pub(crate) fn info(path: &Path, as_json: bool) -> Result<String, Error> {
-    let index = index(path)?;
+    let index = ShardedIndex::of_checkpoint(path)?;
     let mut shard_infos = Vec::new();
     let mut shard_rows = Vec::new();
     let mut tensor_rows: HashMap<String, Vec<String>> = HashMap::new();
@@ -111,7 +106,7 @@ pub(crate) fn info(path: &Path, as_json: bool) -> Result<String, Error> {
 
 /// `deathtensors list` of a checkpoint: the index's tensors, in saved order.
 pub(crate) fn list(path: &Path, as_json: bool) -> Result<String, Error> {
-    let index = index(path)?;
+    let index = ShardedIndex::of_checkpoint(path)?;
     let names: Vec<&str> = index.weight_map().iter().map(|(t, _)| t.as_str()).collect();
     if as_json {
         return Ok(pretty(&json!(names)));
@@ -128,7 +123,7 @@ pub(crate) fn list(path: &Path, as_json: bool) -> Result<String, Error> {
 /// one) equal to their bytes, as `ShardedReader.verify` checks. The first
 /// failure is the error.
 pub(crate) fn verify(path: &Path, as_json: bool) -> Result<String, Error> {
-    let index = index(path)?;
+    let index = ShardedIndex::of_checkpoint(path)?;
     // For the progress bar only: a shard that is missing fails when it is opened.
     let total = index
         .by_shard()
@@ -194,7 +189,7 @@ pub(crate) fn verify(path: &Path, as_json: bool) -> Result<String, Error> {
 /// `deathtensors stats` of a checkpoint: rows in index order, or in the
 /// order of `names` when given (then only the shards holding them are opened).
 pub(crate) fn stats(path: &Path, names: &[String], as_json: bool) -> Result<String, Error> {
-    let index = index(path)?;
+    let index = ShardedIndex::of_checkpoint(path)?;
     let wanted: Vec<&str> = if names.is_empty() {
         index.weight_map().iter().map(|(t, _)| t.as_str()).collect()
     } else {

@@ -185,6 +185,15 @@ impl ShardedIndex {
         Ok(())
     }
 
+    /// The checked index of the checkpoint `path` names (see [`resolve_index`]),
+    /// read with the default size limit.
+    ///
+    /// # Errors
+    /// As [`resolve_index`] and [`ShardedIndex::read_deathtensors`].
+    pub fn of_checkpoint(path: impl AsRef<Path>) -> Result<Self> {
+        Self::read_deathtensors(resolve_index(path)?, MAX_INDEX_BYTES)
+    }
+
     /// The index file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -373,8 +382,9 @@ impl Source {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if names_checkpoint(path) {
-            let index = ShardedIndex::read_deathtensors(resolve_index(path)?, MAX_INDEX_BYTES)?;
-            Ok(Source::Checkpoint(Checkpoint::open(index)?))
+            Ok(Source::Checkpoint(Checkpoint::open(ShardedIndex::of_checkpoint(
+                path,
+            )?)?))
         } else {
             Ok(Source::File(DtReader::open(path)?))
         }
