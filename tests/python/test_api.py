@@ -388,24 +388,6 @@ def test_saved_file_permissions_follow_the_umask(tmp_path):
         os.umask(old)
 
 
-# -- GPU ------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_gpu_tensors_are_saved_from_the_device(tmp_path):
-    cpu = {"a": torch.randn(64, 33), "b": torch.arange(10, dtype=torch.int64), "h": torch.randn(5).to(torch.bfloat16)}
-    gpu = {name: t.cuda() for name, t in cpu.items()}
-    gpu["nc"] = gpu["a"].t()
-    path = tmp_path / "gpu.deathtensors"
-    dt.save(path, gpu, compress=True, checksum=True)
-    with dt.open(path, verify=True) as f:
-        for name, t in cpu.items():
-            got = f.get_tensor(name)
-            assert got.device.type == "cpu"
-            assert torch.equal(got, t)
-        assert torch.equal(f.get_tensor("nc"), cpu["a"].t())
-
-
 # -- optional frameworks -------------------------------------------------------------------------------
 
 
