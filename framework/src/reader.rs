@@ -223,9 +223,15 @@ impl DtReader {
     }
 
     /// Fill `out` from file `offset` (every byte, or an error).
+    ///
+    /// Each piece is prefaulted first ([`buffer::prefault`]): its length is
+    /// that of file bytes the header placed inside the data region, so a
+    /// file never makes this populate more memory than the file's own size.
     fn read_at(&self, out: &mut [MaybeUninit<u8>], offset: u64) -> Result<()> {
-        let read =
-            |piece: &mut [MaybeUninit<u8>], at: u64| pread_exact(&self.file, piece, at).map_err(|e| self.io_at(e, at));
+        let read = |piece: &mut [MaybeUninit<u8>], at: u64| {
+            buffer::prefault(piece);
+            pread_exact(&self.file, piece, at).map_err(|e| self.io_at(e, at))
+        };
         if out.len() < 2 * PARALLEL_READ_PIECE || single_threaded() {
             return read(out, offset);
         }
