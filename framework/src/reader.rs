@@ -19,7 +19,7 @@ use crate::format::{self, Chunk, Layout, Preamble, TensorInfo, DEFAULT_MAX_HEADE
 use crate::registry::{ChecksumAlgorithm, Codec};
 
 /// Pieces larger than this are read by several threads at once.
-const PARALLEL_READ_PIECE: usize = 4 << 20;
+const PARALLEL_READ_PIECE: usize = 1 << 20;
 /// Block size of the verification pipeline.
 const VERIFY_BLOCK: usize = 4 << 20;
 
