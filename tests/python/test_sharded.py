@@ -389,6 +389,42 @@ def test_all_stats_takes_each_tensor_from_the_shard_the_index_names(tmp_path):
         assert list(every) == ["a", "c"] and every["a"]["mean"] == 1.0
 
 
+def test_whole_checkpoint_reads_work_under_a_low_open_file_limit(tmp_path):
+    """get_tensors, all_stats and verify visit the shards not open yet one at a
+    time: 120 shards under a limit of 48 open files (get_tensors used to keep
+    every shard open and fail with EMFILE). Shards already open stay cached."""
+    import resource
+    import subprocess
+    import sys
+
+    tensors = {f"t{i}": torch.full((16,), float(i)) for i in range(120)}
+    dt.save_sharded(tmp_path / "m.deathtensors", tensors, max_shard_bytes=64, checksum=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 48:
+        pytest.skip(f"the hard limit on open files ({hard}) is below 48")
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (48, hard))
+
+    script = f"""
+import deathtensors as dt
+with dt.open_sharded({str(tmp_path / "m.deathtensors")!r}, verify=True) as sr:
+    kept = sr.get_tensor("t7")
+    every = sr.get_tensors()
+    assert list(every) == [f"t{{i}}" for i in range(120)]
+    assert all(float(t[0]) == i and t.shape == (16,) for i, t in enumerate(every.values()))
+    stats = sr.all_stats()
+    assert [s["mean"] for s in stats.values()] == [float(i) for i in range(120)]
+    assert sr.verify() is True
+    assert sr.opened_shards() == [sr.which_shard("t7")]
+    every["t3"] += 1  # the tensors outlive their closed shards
+    print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, preexec_fn=low_limit, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.strip() == b"ok"
+
+
 def test_lazy_opening(small):
     folder, tensors, names = small
     with dt.open_sharded(folder / "s.deathtensors") as sr:

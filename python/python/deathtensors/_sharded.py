@@ -33,6 +33,7 @@ way); a hostile index alone cannot reach outside the folder.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import operator
@@ -481,10 +482,14 @@ class ShardedReader:
     Opening reads and validates the index only (and notes which file each
     shard name holds). A shard is opened (its header read) the first time one
     of its tensors is asked for, and stays open until :meth:`close`;
-    :meth:`opened_shards` tells which. If the checkpoint is saved again in the
-    meantime, shards already open keep reading the old version, and opening a
-    shard that the new save replaced raises :class:`FormatError` instead of
-    mixing the two versions. Use as a context manager.
+    :meth:`opened_shards` tells which. The calls that read the whole
+    checkpoint (:meth:`get_tensors`, :meth:`all_stats`, :meth:`verify`) open
+    the shards not open yet one at a time and close each again, so they work
+    on checkpoints of more shards than the process may hold files open.
+    If the checkpoint is saved again in the meantime, shards already open keep
+    reading the old version, and opening a shard that the new save replaced
+    raises :class:`FormatError` instead of mixing the two versions. Use as a
+    context manager.
     Safe to share between threads.
     """
 
@@ -667,6 +672,24 @@ class ShardedReader:
             raise
         return f
 
+    @contextlib.contextmanager
+    def _visit(self, shard: str, verify: bool) -> Iterator[DtFile]:
+        """The shard's :class:`DtFile`: the cached one if it is open, else one
+        opened for this visit only (checked as :meth:`_open_shard` does) and
+        closed when the visit ends."""
+        with self._lock:
+            if self._closed:
+                raise ValueError("I/O operation on a closed deathtensors ShardedReader")
+            cached = self._open.get(shard)
+        if cached is not None:
+            yield cached
+            return
+        f = self._open_shard(shard, verify)
+        try:
+            yield f
+        finally:
+            f.close()
+
     def _entry_shard(self, name: str) -> DtFile:
         return self._shard(self.which_shard(name))
 
@@ -706,24 +729,30 @@ class ShardedReader:
         return self._entry_shard(name).stats(name)
 
     def all_stats(self) -> Dict[str, Dict[str, Any]]:
-        """:meth:`stats` of every tensor, in index order (each shard in one parallel pass). Opens every shard."""
+        """:meth:`stats` of every tensor, in index order (each shard in one parallel pass).
+
+        Shards not open yet are opened one at a time and closed again."""
         got: Dict[str, Dict[str, Any]] = {}
         for shard in self.shards():
-            stats = self._shard(shard).all_stats()
+            with self._visit(shard, self._verify_on_open) as f:
+                stats = f.all_stats()
             got.update((t, stats[t]) for t in self._by_shard[shard])  # only what the index places here
         return {t: got[t] for t in self._weight_map}
 
     def get_tensors(self, framework: str = "torch") -> Dict[str, Any]:
-        """Every tensor, in index order (each shard read in parallel by the Rust core)."""
+        """Every tensor, in index order (each shard read in parallel by the Rust core).
+
+        Shards not open yet are opened one at a time and closed again (the
+        tensors own their memory and outlive the file)."""
         got: Dict[str, Any] = {}
         for shard in self.shards():
-            f = self._shard(shard)
             wanted = self._by_shard[shard]
-            if set(f.keys()) == set(wanted):
-                got.update(f.get_tensors(framework))
-            else:
-                for t in wanted:
-                    got[t] = f.get_tensor(t, framework)
+            with self._visit(shard, self._verify_on_open) as f:
+                if set(f.keys()) == set(wanted):
+                    got.update(f.get_tensors(framework))
+                else:
+                    for t in wanted:
+                        got[t] = f.get_tensor(t, framework)
         return {t: got[t] for t in self._weight_map}
 
     def verify(self) -> bool:
@@ -743,19 +772,12 @@ class ShardedReader:
         """
         total = 0
         for shard in self.shards():
-            with self._lock:
-                if self._closed:
-                    raise ValueError("I/O operation on a closed deathtensors ShardedReader")
-                cached = self._open.get(shard)
-            f = cached if cached is not None else self._open_shard(shard, False)
-            try:
-                f.verify()
+            with self._visit(shard, False) as f:
+                try:
+                    f.verify()
+                except ChecksumError as e:
+                    raise type(e)(f"shard {shard!r}: {e}") from e
                 total += sum(int(f.info(t)["nbytes"]) for t in self._by_shard[shard])
-            except ChecksumError as e:
-                raise type(e)(f"shard {shard!r}: {e}") from e
-            finally:
-                if cached is None:
-                    f.close()
         declared = self.total_size
         if declared is not None and declared != total:
             raise FormatError(
