@@ -218,3 +218,41 @@ def run_on_pty(args: Sequence[str], env: Dict[str, str]) -> Tuple[subprocess.Com
         chunks.append(data)
     os.close(master)
     return proc, b"".join(chunks).decode(errors="replace")
+
+
+_PEAK_PROBE = """
+import sys, deathtensors as dt
+
+def status(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])  # KiB
+    raise SystemExit("no " + key)
+
+argv = sys.argv[3:]
+exec(sys.argv[2])  # setup, not measured
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # reset the peak resident set size (VmHWM)
+before = status("VmRSS")
+exec(sys.argv[1])
+print(status("VmHWM") - before)
+"""
+
+
+def peak_growth_mib(code: str, *args: str, setup: str = "") -> float:
+    """How far one statement grows the peak resident memory of a fresh process, in MiB.
+
+    ``code`` runs with ``dt`` (deathtensors) imported and ``argv`` = ``args``,
+    after ``setup`` (imports, say, which are not measured); the peak
+    (``VmHWM``) is reset just before ``code`` (Linux ``clear_refs``).
+    Each decoding thread holds about two chunks of scratch (~1.6 MiB), so a
+    bound would depend on the machine's core count (a 16-core machine failed
+    one at 41 MiB): two worker threads make it the same everywhere.
+    """
+    env = dict(os.environ, RAYON_NUM_THREADS="2")
+    res = subprocess.run(
+        [sys.executable, "-c", _PEAK_PROBE, code, setup, *args], capture_output=True, timeout=120, check=False, env=env
+    )
+    assert res.returncode == 0, res.stderr.decode()
+    return int(res.stdout) / 1024

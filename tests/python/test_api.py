@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from _dtutil import DTYPE_IDS, layout, torch_bytes
+from _dtutil import DTYPE_IDS, layout, peak_growth_mib, torch_bytes
 
 import deathtensors as dt
 
@@ -386,6 +386,90 @@ def test_saved_file_permissions_follow_the_umask(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644
     finally:
         os.umask(old)
+
+
+# -- device= ------------------------------------------------------------------------------------------
+# The meta device moves a tensor without a GPU (shape and dtype kept, no data),
+# so these run everywhere; tests/python/test_gpu.py does the same on CUDA.
+
+
+def test_device_moves_what_is_read(tmp_path):
+    w = torch.randn(40, 8)
+    path = tmp_path / "d.deathtensors"
+    dt.save(path, {"w": w, "tied": w, "i": torch.arange(5)}, compress=True)
+    with dt.open(path) as f:
+        one = f.get_tensor("w", device="meta")
+        assert one.device.type == "meta" and one.shape == (40, 8) and one.dtype == torch.float32
+        rows = f.get_tensor_slice("w", 10, 5, device=torch.device("meta"))
+        assert rows.device.type == "meta" and rows.shape == (5, 8)
+        every = f.get_tensors(device="meta")
+        assert list(every) == ["w", "tied", "i"]
+        assert all(t.device.type == "meta" for t in every.values())
+        assert every["tied"] is every["w"]  # moved once, still tied
+        for cpu in ("cpu", torch.device("cpu"), None):
+            assert torch.equal(f.get_tensor("w", device=cpu), w)
+            host = f.get_tensors(device=cpu)
+            assert host["tied"].device.type == "cpu" and host["tied"].data_ptr() == host["w"].data_ptr()
+    shards = tmp_path / "s.deathtensors"
+    dt.save_sharded(shards, {"a": w, "b": torch.ones(3)}, max_shard_bytes=64)
+    with dt.open_sharded(shards) as sr:
+        assert sr.get_tensor("b", device="meta").device.type == "meta"
+        assert sr.get_tensor_slice("a", 0, 2, device="meta").shape == (2, 8)
+        assert {t.device.type for t in sr.get_tensors(device="meta").values()} == {"meta"}
+
+
+def test_device_arguments_are_checked_before_reading(tmp_path):
+    path = tmp_path / "d.deathtensors"
+    dt.save(path, {"w": torch.ones(4)})
+    with dt.open(path) as f:
+        with pytest.raises(dt.InvalidArgumentError, match="framework='torch'"):
+            f.get_tensor("w", framework="numpy", device="meta")
+        with pytest.raises(dt.InvalidArgumentError, match="framework='torch'"):
+            f.get_tensors(framework="numpy", device="meta")
+        with pytest.raises(dt.InvalidArgumentError, match="not a torch device"):
+            f.get_tensor("w", device="no-such-device")
+        with pytest.raises(dt.InvalidArgumentError, match="not a torch device"):
+            f.get_tensor_slice("w", 0, 1, device=3.5)
+        assert f.get_tensor("w", framework="numpy", device=None).tolist() == [1.0] * 4
+    shards = tmp_path / "s.deathtensors"
+    dt.save_sharded(shards, {"a": torch.ones(2)}, max_shard_bytes=64)
+    with dt.open_sharded(shards) as sr:
+        with pytest.raises(dt.InvalidArgumentError, match="not a torch device"):
+            sr.get_tensors(device="no-such-device")
+        assert sr.opened_shards() == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_an_unusable_device_fails_before_anything_is_read(tmp_path, monkeypatch):
+    path = tmp_path / "d.deathtensors"
+    dt.save(path, {"w": torch.ones(4)})
+    with dt.open(path) as f:
+        reads = []
+        monkeypatch.setattr(f, "_reader", _CountingReader(f._reader, reads))
+        with pytest.raises((RuntimeError, AssertionError)):
+            f.get_tensors(device="cuda")
+        assert reads == []
+
+
+class _CountingReader:
+    def __init__(self, inner, calls):
+        self._inner, self._calls = inner, calls
+
+    def __getattr__(self, name):
+        self._calls.append(name)
+        return getattr(self._inner, name)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak RSS reset")
+def test_get_tensors_to_a_device_holds_one_tensor_at_a_time_in_host_memory(tmp_path):
+    count, mib = 8, 12
+    path = tmp_path / "big.deathtensors"
+    dt.save(path, {f"t{i}": torch.randn(mib * 1024 * 1024 // 4) for i in range(count)})
+    load = "with dt.open(argv[0]) as f: kept = f.get_tensors({})"
+    host = peak_growth_mib(load.format(""), str(path), setup="import torch")
+    assert host > count * mib * 0.9, f"the probe saw only {host:.0f} MiB for loading everything"
+    moved = peak_growth_mib(load.format("device='meta'"), str(path), setup="import torch")
+    assert moved < 3 * mib, f"get_tensors(device=...) grew host memory by {moved:.0f} MiB for {count * mib} MiB"
 
 
 # -- optional frameworks -------------------------------------------------------------------------------

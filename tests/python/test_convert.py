@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from _dtutil import DTYPES, cli_commands, random_bytes, run_cli, torch_bytes, torch_from_bytes
+from _dtutil import DTYPES, cli_commands, peak_growth_mib, random_bytes, run_cli, torch_bytes, torch_from_bytes
 
 import deathtensors as dt
 
@@ -474,42 +472,6 @@ def test_sharded_errors_leave_no_half_written_checkpoint(tmp_path):
 # -- memory -----------------------------------------------------------------------------------------
 
 
-_PEAK_PROBE = """
-import sys, deathtensors as dt
-
-def status(key):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])  # KiB
-    raise SystemExit("no " + key)
-
-with open("/proc/self/clear_refs", "w") as fh:
-    fh.write("5")  # reset the peak resident set size (VmHWM)
-before = status("VmRSS")
-if sys.argv[1] == "export":
-    dt.to_safetensors(sys.argv[2], sys.argv[3])
-else:  # "load": what loading every tensor costs, to show the probe can tell
-    with dt.open(sys.argv[2]) as f:
-        kept = f.get_tensors("numpy")
-print(status("VmHWM") - before)
-"""
-
-
-def _peak_growth_mib(*args: str) -> float:
-    # Each decoding thread holds about two chunks of scratch (the stored bytes
-    # and the byte planes): ~1.6 MiB a thread, so the bound below would depend
-    # on the machine's core count (a 16-core machine failed it at 41 MiB). Two
-    # workers make it the same everywhere; what is measured is that an export
-    # holds one tensor at a time, not the whole file.
-    env = dict(os.environ, RAYON_NUM_THREADS="2")
-    res = subprocess.run(
-        [sys.executable, "-c", _PEAK_PROBE, *args], capture_output=True, timeout=120, check=False, env=env
-    )
-    assert res.returncode == 0, res.stderr.decode()
-    return int(res.stdout) / 1024
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak RSS reset")
 @pytest.mark.parametrize("compress", [True, False])
 def test_export_holds_one_tensor_at_a_time(tmp_path, compress):
@@ -519,9 +481,9 @@ def test_export_holds_one_tensor_at_a_time(tmp_path, compress):
     src = tmp_path / "big.deathtensors"
     dt.save(src, tensors, compress=compress)
     del tensors
-    whole = _peak_growth_mib("load", str(src))
+    whole = peak_growth_mib("with dt.open(argv[0]) as f: kept = f.get_tensors('numpy')", str(src))
     assert whole > count * mib * 0.9, f"the probe saw only {whole:.0f} MiB for loading everything"
-    grown = _peak_growth_mib("export", str(src), str(tmp_path / "big.safetensors"))
+    grown = peak_growth_mib("dt.to_safetensors(argv[0], argv[1])", str(src), str(tmp_path / "big.safetensors"))
     assert grown < 3 * mib, f"export grew peak memory by {grown:.0f} MiB for a {count * mib} MiB file"
     assert os.path.getsize(tmp_path / "big.safetensors") > count * mib * 1024 * 1024
 

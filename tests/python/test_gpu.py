@@ -163,3 +163,35 @@ def test_empty_and_zero_dimensional_device_tensors(tmp_path):
         assert f.get_tensor("empty").shape == (0, 5)
         scalar = f.get_tensor("scalar")
         assert scalar.shape == () and scalar.item() == 2.5
+
+
+@pytest.mark.parametrize("compress", [False, True, "lz4"])
+def test_device_argument_loads_onto_the_gpu(tmp_path, compress):
+    emb = torch.randn(64, 16)
+    cpu = {"emb": emb, "head": emb, "b": torch.randn(16).to(torch.bfloat16), "n": torch.arange(7)}
+    path = tmp_path / "d.deathtensors"
+    dt.save(path, cpu, compress=compress, checksum=True)
+    with dt.open(path, verify=True) as f:
+        one = f.get_tensor("b", device="cuda")
+        assert one.is_cuda and torch.equal(one, cpu["b"].cuda())
+        rows = f.get_tensor_slice("emb", 8, 4, device="cuda:0")
+        assert rows.is_cuda and torch.equal(rows, emb[8:12].cuda())
+        every = f.get_tensors(device=torch.device("cuda"))
+    assert list(every) == list(cpu)
+    for name, t in cpu.items():
+        assert every[name].is_cuda and torch.equal(every[name], t.cuda()), name
+    assert every["head"].data_ptr() == every["emb"].data_ptr()  # tied on the device too
+
+
+def test_device_argument_on_sharded_and_sparse_tensors(tmp_path):
+    cpu = {f"w{i}": torch.randn(10, 10) for i in range(4)}
+    dt.save_sharded(tmp_path / "m.deathtensors", cpu, max_shard_bytes=2 * 400)
+    with dt.open_sharded(tmp_path / "m.deathtensors") as sr:
+        every = sr.get_tensors(device="cuda")
+        assert all(every[n].is_cuda and torch.equal(every[n], t.cuda()) for n, t in cpu.items())
+        assert torch.equal(sr.get_tensor("w3", device="cuda"), cpu["w3"].cuda())
+    sp = torch.sparse_coo_tensor([[0, 3], [1, 2]], [1.0, -1.0], (4, 4), check_invariants=True)
+    dt.save_sparse(tmp_path / "s.deathtensors", {"sp": sp})
+    with dt.open(tmp_path / "s.deathtensors") as f:
+        got = f.get_tensor("sp", device="cuda")
+        assert got.is_sparse and got.is_cuda and torch.equal(got.to_dense(), sp.to_dense().cuda())

@@ -371,11 +371,13 @@ def test_remote_header_and_tensor_are_read_by_range_without_downloading(lfs_hub:
     got = lfs_hub.result(
         """
         f = HubCachedFile("ns/remote", "packed.deathtensors")
-        f.get_tensor("norm")
-        out(f.bytes_fetched)
+        t = f.get_tensor("norm", device="meta")  # read by range, then moved
+        out({"fetched": f.bytes_fetched, "device": str(t.device), "shape": list(t.shape)})
         """
     )
-    assert got < len(packed) / 20, f"{got} of {len(packed)} bytes fetched for a 2 KiB tensor"
+    assert got["device"] == "meta" and got["shape"] == [512]
+    fetched = got["fetched"]
+    assert fetched < len(packed) / 20, f"{fetched} of {len(packed)} bytes fetched for a 2 KiB tensor"
 
 
 def test_a_damaged_remote_chunk_is_a_typed_error(lfs_hub: Env) -> None:

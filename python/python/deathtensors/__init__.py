@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 from . import _core
 from ._convert import from_safetensors, to_safetensors
 from ._diff import diff
-from ._frameworks import convert, prepare
+from ._frameworks import convert, prepare, target_device, to_device
 from ._manifest import read_manifest, write_manifest
 from ._schema import Schema
 from ._sharded import ShardedReader, open_sharded, save_sharded
@@ -503,17 +503,20 @@ class DtFile:
         self._entry(name)
         return memoryview(self._reader.read(name))
 
-    def get_tensor(self, name: str, framework: str = "torch") -> Any:
+    def get_tensor(self, name: str, framework: str = "torch", device: Any = None) -> Any:
         """Read one tensor as a ``torch.Tensor`` (default) or ``numpy.ndarray`` (``framework="numpy"``).
 
         Only this tensor's bytes are read (and decompressed). The result owns
         its memory; it is writable and independent of the file. A sparse
         tensor comes back as a torch sparse COO tensor (see :func:`get_sparse`).
+        ``device`` (torch only: ``"cuda"``, ``"cuda:1"``, a ``torch.device``)
+        moves the tensor there once read; the default keeps it in host memory.
         """
         e = self._entry(name)
+        dev = target_device(device, framework)
         if e.get("layout"):
-            return load_sparse(self, name, framework)
-        return convert(self._reader.read(name), e["dtype"], e["shape"], framework)
+            return to_device(load_sparse(self, name, framework), dev)
+        return to_device(convert(self._reader.read(name), e["dtype"], e["shape"], framework), dev)
 
     def is_sparse(self, name: str) -> bool:
         """Whether ``name`` is a sparse tensor."""
@@ -531,30 +534,46 @@ class DtFile:
         e = self._dense_entry(name, "get_tensor_mmap")
         return convert(self._reader.map(name), e["dtype"], e["shape"], framework)
 
-    def get_tensor_slice(self, name: str, start: int, count: int, framework: str = "torch") -> Any:
+    def get_tensor_slice(self, name: str, start: int, count: int, framework: str = "torch", device: Any = None) -> Any:
         """Rows ``[start, start + count)`` along the first dimension, reading only those rows.
 
         A negative ``start`` counts from the end; a range past either end is
         clamped, as Python slicing clamps (so fewer rows may come back). In a
         compressed file only the chunks holding those rows are decompressed.
-        0-d and sparse tensors raise :class:`InvalidArgumentError`.
+        0-d and sparse tensors raise :class:`InvalidArgumentError`. ``device``
+        is as in :meth:`get_tensor`.
         """
         rows = self._entry(name)["shape"][:1]  # read_rows refuses sparse tensors
         if not rows:
             raise InvalidArgumentError(f"tensor {name!r} is 0-d: it has no rows to slice")
+        dev = target_device(device, framework)
         lo, hi = row_bounds(rows[0], start, count)
-        return read_rows(self, name, lo, hi, framework)
+        return to_device(read_rows(self, name, lo, hi, framework), dev)
 
     def get_slice(self, name: str, framework: str = "torch") -> TensorSlice:
         """A lazy handle: ``f.get_slice(name)[a:b]`` reads only rows ``a..b``."""
         return TensorSlice(self, name, framework)
 
-    def get_tensors(self, framework: str = "torch") -> Dict[str, Any]:
+    def get_tensors(self, framework: str = "torch", device: Any = None) -> Dict[str, Any]:
         """Every tensor, in saved order (read and decompressed in parallel).
 
         Tied weights (a name saved as an alias of another) come back as the
         same tensor object, sharing memory as they did when saved.
+
+        With ``device`` (as in :meth:`get_tensor`) each tensor is read and
+        moved in turn, so host memory holds one tensor at a time rather than
+        the whole file; tied weights are moved once and still share memory.
         """
+        dev = target_device(device, framework)
+        if dev is not None:
+            moved: Dict[str, Any] = {}
+
+            def load(n: str) -> Any:
+                if n not in moved:
+                    moved[n] = to_device(self.get_tensor(n, framework), dev)
+                return moved[n]
+
+            return {n: load(e.get("alias_of") or n) for n, e in self._tensors.items()}
         owners = [n for n, e in self._tensors.items() if e.get("alias_of") is None and not e.get("layout")]
         buffers = self._reader.read_many(owners)
         loaded = {

@@ -122,6 +122,35 @@ def to_numpy(buf: Any, dtype_id: str, shape: Sequence[int]) -> Any:
     return np.frombuffer(buf, dtype=npdtype).reshape(tuple(shape))
 
 
+def target_device(device: Any, framework: str) -> Any:
+    """The ``torch.device`` that ``device=`` asks loaded tensors to move to, or
+    ``None`` to keep them in host memory (``device=None`` or a CPU device).
+
+    Checked before anything is read: ``device`` needs the torch framework and
+    must name a device this torch can use (a zero-size tensor is made on it,
+    so an unusable one fails here, not after reading).
+    """
+    if device is None:
+        return None
+    if not isinstance(framework, str) or framework.lower() not in TORCH_NAMES:
+        raise InvalidArgumentError(f"device={device!r} needs framework='torch' (numpy arrays live in host memory)")
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"device={device!r} is not a torch device: {e}") from None
+    if dev.type == "cpu":
+        return None
+    torch.empty(0, device=dev)  # raises torch's own error for a device it cannot use
+    return dev
+
+
+def to_device(tensor: Any, device: Any) -> Any:
+    """``tensor`` moved to ``device`` (from :func:`target_device`; ``None`` keeps it)."""
+    return tensor if device is None else tensor.to(device)
+
+
 def convert(buf: Any, dtype_id: str, shape: Sequence[int], framework: str) -> Any:
     """Dispatch on the framework name."""
     if not isinstance(framework, str):

@@ -50,7 +50,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 from . import _core
-from ._frameworks import _is_torch, _torch_maps, prepare
+from ._frameworks import _is_torch, _torch_maps, prepare, target_device
 from .errors import (
     ChecksumError,
     DeathtensorsError,
@@ -700,9 +700,11 @@ class ShardedReader:
         out["shard"] = self._weight_map[name]
         return out
 
-    def get_tensor(self, name: str, framework: str = "torch") -> Any:
-        """Read one tensor (``framework="torch"`` or ``"numpy"``), opening only its shard."""
-        return self._entry_shard(name).get_tensor(name, framework)
+    def get_tensor(self, name: str, framework: str = "torch", device: Any = None) -> Any:
+        """Read one tensor (``framework="torch"`` or ``"numpy"``), opening only its shard.
+
+        ``device`` is as in :meth:`DtFile.get_tensor`."""
+        return self._entry_shard(name).get_tensor(name, framework, device)
 
     def get_bytes(self, name: str) -> bytes:
         """:meth:`DtFile.get_bytes` of ``name``, opening only its shard."""
@@ -716,9 +718,9 @@ class ShardedReader:
         """:meth:`DtFile.get_tensor_mmap` of ``name`` (zero-copy, uncompressed shards only)."""
         return self._entry_shard(name).get_tensor_mmap(name, framework)
 
-    def get_tensor_slice(self, name: str, start: int, count: int, framework: str = "torch") -> Any:
+    def get_tensor_slice(self, name: str, start: int, count: int, framework: str = "torch", device: Any = None) -> Any:
         """:meth:`DtFile.get_tensor_slice`: rows ``[start, start + count)``, reading only those rows of its shard."""
-        return self._entry_shard(name).get_tensor_slice(name, start, count, framework)
+        return self._entry_shard(name).get_tensor_slice(name, start, count, framework, device)
 
     def get_slice(self, name: str, framework: str = "torch") -> TensorSlice:
         """:meth:`DtFile.get_slice`: a lazy handle, ``sr.get_slice(name)[a:b]`` reads only rows ``a..b``."""
@@ -739,20 +741,22 @@ class ShardedReader:
             got.update((t, stats[t]) for t in self._by_shard[shard])  # only what the index places here
         return {t: got[t] for t in self._weight_map}
 
-    def get_tensors(self, framework: str = "torch") -> Dict[str, Any]:
+    def get_tensors(self, framework: str = "torch", device: Any = None) -> Dict[str, Any]:
         """Every tensor, in index order (each shard read in parallel by the Rust core).
 
         Shards not open yet are opened one at a time and closed again (the
-        tensors own their memory and outlive the file)."""
+        tensors own their memory and outlive the file). ``device`` is as in
+        :meth:`DtFile.get_tensors`: tensors are read and moved one at a time."""
+        target_device(device, framework)  # a bad device fails before any shard is read
         got: Dict[str, Any] = {}
         for shard in self.shards():
             wanted = self._by_shard[shard]
             with self._visit(shard, self._verify_on_open) as f:
                 if set(f.keys()) == set(wanted):
-                    got.update(f.get_tensors(framework))
+                    got.update(f.get_tensors(framework, device))
                 else:
                     for t in wanted:
-                        got[t] = f.get_tensor(t, framework)
+                        got[t] = f.get_tensor(t, framework, device)
         return {t: got[t] for t in self._weight_map}
 
     def verify(self) -> bool:

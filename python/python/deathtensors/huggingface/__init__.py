@@ -37,7 +37,7 @@ import tempfile
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .. import _core, _sharded
-from .._frameworks import convert
+from .._frameworks import convert, target_device, to_device
 from ..errors import (
     DeathtensorsError,
     HubAuthError,
@@ -767,25 +767,27 @@ class HubCachedFile:
                 return dict(t)
         raise TensorNotFoundError(f"no tensor named {name!r} in {self.filename} of {self.repo_id}")
 
-    def get_tensor(self, name: str, framework: str = "torch") -> Any:
+    def get_tensor(self, name: str, framework: str = "torch", device: Any = None) -> Any:
         """One tensor: from the cached file if present, else by range requests.
 
         Without a cached copy, the header is read by range and then the
         tensor's stored bytes with one more range request, compressed or
         not; the Rust reader decodes them (chunks in parallel) with the same
         checks as a local read. Non-dense tensors (sparse layouts) are read
-        from the downloaded file.
+        from the downloaded file. ``device`` is as in
+        :meth:`deathtensors.DtFile.get_tensor`.
         """
+        dev = target_device(device, framework)
         local = self.cached_path
         if local is None:
             entry = self.info(name)
             if entry.get("layout") is None:
                 total, fetch = self._fetcher()
                 buf = _core.read_remote_tensor(total, fetch, name)
-                return convert(buf, entry["dtype"], entry["shape"], framework)
+                return to_device(convert(buf, entry["dtype"], entry["shape"], framework), dev)
             local = self.download()
         with _pkg().open(local) as f:
-            return f.get_tensor(name, framework=framework)
+            return to_device(f.get_tensor(name, framework=framework), dev)
 
 
 def _total_size(content_range: Optional[str], status: int, length: Optional[str]) -> int:
