@@ -213,7 +213,7 @@ const PREFAULT_MIN: usize = 64 * 1024;
 /// 5.14, memory that cannot be written) is ignored. A read's output comes
 /// fresh from the kernel whenever it is over glibc's mmap threshold, and
 /// for such memory a copy from the page cache is dominated by its faults:
-/// populating first made the fresh-process load of a 1 GiB BF16 file 18%
+/// populating first made the fresh-process load of a 1 GiB BF16 file 6-18%
 /// faster (docs/performance.md, "Page faults"). Callers use it only where the
 /// bytes that follow are real file bytes of the same length (`pread`), so a
 /// file cannot make the process populate more than its own size.

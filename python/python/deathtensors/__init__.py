@@ -573,7 +573,7 @@ class DtFile:
                     moved[n] = to_device(self.get_tensor(n, framework), dev)
                 return moved[n]
 
-            return {n: load(e.get("alias_of") or n) for n, e in self._tensors.items()}
+            return {n: load(n if e.get("alias_of") is None else e["alias_of"]) for n, e in self._tensors.items()}
         owners = [n for n, e in self._tensors.items() if e.get("alias_of") is None and not e.get("layout")]
         buffers = self._reader.read_many(owners)
         loaded = {
