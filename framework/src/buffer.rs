@@ -201,40 +201,41 @@ pub fn copy_into<'o>(out: &'o mut [MaybeUninit<u8>], src: &[u8]) -> &'o mut [u8]
     }
 }
 
-/// Smallest region [`prefault`] asks the kernel to populate: below it the
-/// system call costs about what the page faults it saves do.
-const PREFAULT_MIN: usize = 64 * 1024;
-
 /// Ask the kernel to back the whole pages of `out` with memory now, in one
 /// system call (Linux's `MADV_POPULATE_WRITE`), instead of one page fault per
-/// 4 KiB page as a copy first touches them.
+/// 4 KiB page as a copy first touches them. Returns whether the kernel did
+/// (`false` for a region too small to be worth it, off Linux, and on kernels
+/// before 5.14 or sandboxes without the call).
 ///
-/// Only a hint: no byte changes value, and an error (a kernel older than
-/// 5.14, memory that cannot be written) is ignored. A read's output comes
-/// fresh from the kernel whenever it is over glibc's mmap threshold, and
-/// for such memory a copy from the page cache is dominated by its faults:
-/// populating first made the fresh-process load of a 1 GiB BF16 file 6-18%
-/// faster (docs/performance.md, "Page faults"). Callers use it only where the
-/// bytes that follow are real file bytes of the same length (`pread`), so a
-/// file cannot make the process populate more than its own size.
-pub fn prefault(out: &mut [MaybeUninit<u8>]) {
+/// Only a hint: no byte changes value, and an error (an old kernel, memory
+/// that cannot be written) is ignored. A read's output comes fresh from the
+/// kernel whenever it is over glibc's mmap threshold, and for such memory a
+/// copy from the page cache is dominated by its faults: populating first
+/// made the fresh-process load of a 1 GiB BF16 file 6-18% faster
+/// (docs/performance.md, "Page faults"). Callers use it only where the bytes
+/// that follow are real file bytes of the same length (`pread`), so a file
+/// cannot make the process populate more than its own size.
+pub fn prefault(out: &mut [MaybeUninit<u8>]) -> bool {
     #[cfg(target_os = "linux")]
     {
+        /// Below this the system call costs about what the faults it saves do.
+        const PREFAULT_MIN: usize = 64 * 1024;
         const PAGE: usize = 4096;
         if out.len() < PREFAULT_MIN {
-            return;
+            return false;
         }
         let start = out.as_mut_ptr() as usize;
         let begin = start.next_multiple_of(PAGE);
         let end = (start + out.len()) & !(PAGE - 1);
-        if end > begin {
-            // SAFETY: [begin, end) lies inside `out`, which we may write, and
-            // populating pages changes no byte's value.
-            unsafe { libc::madvise(begin as *mut libc::c_void, end - begin, libc::MADV_POPULATE_WRITE) };
-        }
+        // SAFETY: [begin, end) lies inside `out`, which we may write, and
+        // populating pages changes no byte's value.
+        end > begin && unsafe { libc::madvise(begin as *mut libc::c_void, end - begin, libc::MADV_POPULATE_WRITE) } == 0
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = out;
+    {
+        let _ = out;
+        false
+    }
 }
 
 impl std::ops::Deref for AlignedBuf {
@@ -290,8 +291,9 @@ mod tests {
         }
     }
 
-    /// Held by the tests that measure the process's resident memory, so that
-    /// one's allocations do not land inside another's measurement.
+    /// Held by the two tests that make large regions resident or measure that
+    /// they are not, so that neither lands inside the other's measurement
+    /// (the other tests of this binary allocate little).
     #[cfg(target_os = "linux")]
     static RESIDENT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -331,19 +333,22 @@ mod tests {
         let size = 64 << 20;
         let mut b = UninitBuf::new(size).unwrap();
         let before = resident_bytes();
-        prefault(b.as_uninit_mut());
-        let growth = resident_bytes().saturating_sub(before);
-        assert!(
-            growth > 48 << 20,
-            "prefault of 64 MiB made only {growth} bytes resident"
-        );
+        if prefault(b.as_uninit_mut()) {
+            let growth = resident_bytes().saturating_sub(before);
+            assert!(
+                growth > 48 << 20,
+                "prefault of 64 MiB made only {growth} bytes resident"
+            );
+        } else {
+            eprintln!("this kernel has no MADV_POPULATE_WRITE: residency not checked");
+        }
         // Unaligned, partly written and short regions: values are kept.
         let out = b.as_uninit_mut();
         for (i, x) in out.iter_mut().enumerate().take(1 << 20) {
             x.write((i % 251) as u8);
         }
         prefault(&mut out[3..(1 << 20) - 5]);
-        prefault(&mut out[..100]);
+        assert!(!prefault(&mut out[..100]), "a region under a page is left alone");
         // SAFETY: the first MiB was written above.
         let head = unsafe { assume_init_mut(&mut out[..1 << 20]) };
         assert!(head.iter().enumerate().all(|(i, &x)| x == (i % 251) as u8));

@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 use crate::format::{self, Chunk, Layout, Preamble, TensorInfo, DEFAULT_MAX_HEADER_LEN, FOOTER_LEN, PREAMBLE_LEN};
 use crate::registry::{ChecksumAlgorithm, Codec};
 
-/// Pieces larger than this are read by several threads at once.
+/// Reads are made in pieces of this size (each prefaulted, then read), and a
+/// range of several pieces is read by several threads at once.
 const PARALLEL_READ_PIECE: usize = 1 << 20;
 /// Block size of the verification pipeline.
 const VERIFY_BLOCK: usize = 4 << 20;
@@ -224,13 +225,21 @@ impl DtReader {
 
     /// Fill `out` from file `offset` (every byte, or an error).
     ///
-    /// Each piece is prefaulted first ([`buffer::prefault`]): its length is
-    /// that of file bytes the header placed inside the data region, so a
-    /// file never makes this populate more memory than the file's own size.
+    /// Pieces of [`PARALLEL_READ_PIECE`] bytes are each prefaulted
+    /// ([`buffer::prefault`]) just before they are read, while the fresh
+    /// pages are still in cache. Their length is that of file bytes the
+    /// header placed inside the data region, so a file never makes this
+    /// populate more memory than the file's own size.
     fn read_at(&self, out: &mut [MaybeUninit<u8>], offset: u64) -> Result<()> {
         let read = |piece: &mut [MaybeUninit<u8>], at: u64| {
-            buffer::prefault(piece);
-            pread_exact(&self.file, piece, at).map_err(|e| self.io_at(e, at))
+            let mut done = 0;
+            for step in piece.chunks_mut(PARALLEL_READ_PIECE) {
+                buffer::prefault(step);
+                let at = at + done as u64;
+                pread_exact(&self.file, step, at).map_err(|e| self.io_at(e, at))?;
+                done += step.len();
+            }
+            Ok(())
         };
         if out.len() < 2 * PARALLEL_READ_PIECE || single_threaded() {
             return read(out, offset);

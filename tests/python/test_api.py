@@ -402,6 +402,8 @@ def test_device_moves_what_is_read(tmp_path):
         assert one.device.type == "meta" and one.shape == (40, 8) and one.dtype == torch.float32
         rows = f.get_tensor_slice("w", 10, 5, device=torch.device("meta"))
         assert rows.device.type == "meta" and rows.shape == (5, 8)
+        lazy = f.get_slice("w", device="meta")
+        assert lazy[2].shape == (8,) and lazy[1:7:2, :3].shape == (3, 3) and lazy[4].device.type == "meta"
         every = f.get_tensors(device="meta")
         assert list(every) == ["w", "tied", "i"]
         assert all(t.device.type == "meta" for t in every.values())
@@ -418,25 +420,42 @@ def test_device_moves_what_is_read(tmp_path):
         assert {t.device.type for t in sr.get_tensors(device="meta").values()} == {"meta"}
 
 
-def test_device_arguments_are_checked_before_reading(tmp_path):
+def test_device_arguments_are_checked_before_reading(tmp_path, monkeypatch):
     path = tmp_path / "d.deathtensors"
     dt.save(path, {"w": torch.ones(4)})
     with dt.open(path) as f:
-        with pytest.raises(dt.InvalidArgumentError, match="framework='torch'"):
-            f.get_tensor("w", framework="numpy", device="meta")
-        with pytest.raises(dt.InvalidArgumentError, match="framework='torch'"):
-            f.get_tensors(framework="numpy", device="meta")
-        with pytest.raises(dt.InvalidArgumentError, match="not a torch device"):
-            f.get_tensor("w", device="no-such-device")
-        with pytest.raises(dt.InvalidArgumentError, match="not a torch device"):
-            f.get_tensor_slice("w", 0, 1, device=3.5)
-        assert f.get_tensor("w", framework="numpy", device=None).tolist() == [1.0] * 4
+        reads: list = []
+        monkeypatch.setattr(f, "_reader", _CountingReader(f._reader, reads))
+        bad = [
+            ("framework='torch'", lambda: f.get_tensor("w", framework="numpy", device="meta")),
+            ("framework='torch'", lambda: f.get_tensors(framework="numpy", device="meta")),
+            ("not a torch device", lambda: f.get_tensor("w", device="no-such-device")),
+            ("not a torch device", lambda: f.get_tensor_slice("w", 0, 1, device=3.5)),
+            ("not a torch device", lambda: f.get_slice("w", device="no-such-device")),
+        ]
+        for message, call in bad:
+            with pytest.raises(dt.InvalidArgumentError, match=message):
+                call()
+        assert reads == []
+        # numpy arrays are host arrays: the CPU is a device they may name
+        assert f.get_tensor("w", framework="numpy", device="cpu").tolist() == [1.0] * 4
+        assert f.get_tensors(framework="np", device=torch.device("cpu"))["w"].tolist() == [1.0] * 4
     shards = tmp_path / "s.deathtensors"
     dt.save_sharded(shards, {"a": torch.ones(2)}, max_shard_bytes=64)
     with dt.open_sharded(shards) as sr:
+        opened: list = []
+        real = sr._open_shard
+        monkeypatch.setattr(sr, "_open_shard", lambda shard, verify: opened.append(shard) or real(shard, verify))
+        for call in (sr.get_tensors, lambda device: sr.get_tensor("a", device=device)):
+            with pytest.raises(dt.InvalidArgumentError, match="not a torch device"):
+                call(device="no-such-device")
         with pytest.raises(dt.InvalidArgumentError, match="not a torch device"):
-            sr.get_tensors(device="no-such-device")
-        assert sr.opened_shards() == []
+            sr.get_tensor_slice("a", 0, 1, device="no-such-device")
+        with pytest.raises(dt.InvalidArgumentError, match="not a torch device"):
+            sr.get_slice("a", device="no-such-device")
+        assert opened == []
+        assert sr.get_slice("a", device="meta")[0:1].device.type == "meta"
+        assert opened == [sr.which_shard("a")]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
@@ -444,9 +463,9 @@ def test_an_unusable_device_fails_before_anything_is_read(tmp_path, monkeypatch)
     path = tmp_path / "d.deathtensors"
     dt.save(path, {"w": torch.ones(4)})
     with dt.open(path) as f:
-        reads = []
+        reads: list = []
         monkeypatch.setattr(f, "_reader", _CountingReader(f._reader, reads))
-        with pytest.raises((RuntimeError, AssertionError)):
+        with pytest.raises(dt.InvalidArgumentError, match="cannot be used"):
             f.get_tensors(device="cuda")
         assert reads == []
 

@@ -202,6 +202,23 @@ def test_push_then_load_sharded_fetches_the_index_and_one_shard(hub: Env) -> Non
     assert got["downloaded"] == [got["shard"]]
     assert resolve_gets(hub.server) == ["big_model.deathtensors.index.json", got["shard"]]
 
+    # Whole-checkpoint reads open and close each shard, but fetch each once.
+    got = hub.result(
+        """
+        with load_sharded_from_hub("death-legion/big-model", "big_model.deathtensors", verify=True) as sr:
+            every = sr.get_tensors(framework="numpy")
+            stats = sr.all_stats()
+            again = sr.get_tensors(framework="numpy")
+            sr.verify()
+            out({"digests": {k: digest(v) for k, v in every.items()}, "again": {k: digest(v) for k, v in again.items()},
+                 "means": [s["mean"] for s in stats.values()],
+                 "downloaded": sr.downloaded_shards()})
+        """
+    )
+    assert got["digests"] == got["again"] == digests(tensors)
+    assert got["means"] == [float(i) for i in range(8)]
+    assert sorted(got["downloaded"]) == [f"big_model-0000{i}-of-00004.deathtensors" for i in range(1, 5)]
+
 
 def test_a_second_sharded_push_replaces_every_shard_in_one_commit(lfs_hub: Env) -> None:
     base = str(lfs_hub.files / "ck.deathtensors")

@@ -425,6 +425,30 @@ with dt.open_sharded({str(tmp_path / "m.deathtensors")!r}, verify=True) as sr:
     assert result.stdout.strip() == b"ok"
 
 
+def test_a_verifying_reader_hashes_each_shard_once(small, monkeypatch):
+    """verify=True checks a shard's footer when the reader first opens it; the
+    whole-checkpoint reads close the shards they open, and opening one again
+    does not hash it again. An explicit verify() always does."""
+    folder, tensors, names = small
+    hashed: list = []
+    real = dt.DtFile.verify
+
+    def counting(self):
+        hashed.append(os.path.basename(self.path))
+        return real(self)
+
+    monkeypatch.setattr(dt.DtFile, "verify", counting)
+    with dt.open_sharded(folder / "s.deathtensors", verify=True) as sr:
+        sr.get_tensors()
+        sr.all_stats()
+        sr.get_tensors()
+        for name in tensors:
+            sr.get_tensor(name)
+        assert sorted(hashed) == names
+        sr.verify()
+        assert sorted(hashed) == sorted(names * 2)
+
+
 def test_lazy_opening(small):
     folder, tensors, names = small
     with dt.open_sharded(folder / "s.deathtensors") as sr:

@@ -550,9 +550,10 @@ class DtFile:
         lo, hi = row_bounds(rows[0], start, count)
         return to_device(read_rows(self, name, lo, hi, framework), dev)
 
-    def get_slice(self, name: str, framework: str = "torch") -> TensorSlice:
-        """A lazy handle: ``f.get_slice(name)[a:b]`` reads only rows ``a..b``."""
-        return TensorSlice(self, name, framework)
+    def get_slice(self, name: str, framework: str = "torch", device: Any = None) -> TensorSlice:
+        """A lazy handle: ``f.get_slice(name)[a:b]`` reads only rows ``a..b``
+        (moved to ``device``, as in :meth:`get_tensor`, when one is given)."""
+        return TensorSlice(self, name, framework, device)
 
     def get_tensors(self, framework: str = "torch", device: Any = None) -> Dict[str, Any]:
         """Every tensor, in saved order (read and decompressed in parallel).
@@ -563,6 +564,9 @@ class DtFile:
         With ``device`` (as in :meth:`get_tensor`) each tensor is read and
         moved in turn, so host memory holds one tensor at a time rather than
         the whole file; tied weights are moved once and still share memory.
+        Each tensor's chunks are still decoded in parallel, but tensors are
+        no longer read side by side: a file of many small tensors loads more
+        slowly than to host memory.
         """
         dev = target_device(device, framework)
         if dev is not None:

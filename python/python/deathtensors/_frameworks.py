@@ -126,13 +126,19 @@ def target_device(device: Any, framework: str) -> Any:
     """The ``torch.device`` that ``device=`` asks loaded tensors to move to, or
     ``None`` to keep them in host memory (``device=None`` or a CPU device).
 
-    Checked before anything is read: ``device`` needs the torch framework and
-    must name a device this torch can use (a zero-size tensor is made on it,
-    so an unusable one fails here, not after reading).
+    Checked before anything is read: a device other than the CPU needs the
+    torch framework and must name a device this torch can use (a zero-size
+    tensor is made on it, so an unusable one fails here, not after reading).
+
+    Raises:
+        InvalidArgumentError: not a device, not usable by this torch, or not
+            the CPU with ``framework="numpy"``.
     """
     if device is None:
         return None
     if not isinstance(framework, str) or framework.lower() not in TORCH_NAMES:
+        if str(device) == "cpu":  # "cpu" or torch.device("cpu"): where numpy arrays are anyway
+            return None
         raise InvalidArgumentError(f"device={device!r} needs framework='torch' (numpy arrays live in host memory)")
     import torch
 
@@ -142,7 +148,10 @@ def target_device(device: Any, framework: str) -> Any:
         raise InvalidArgumentError(f"device={device!r} is not a torch device: {e}") from None
     if dev.type == "cpu":
         return None
-    torch.empty(0, device=dev)  # raises torch's own error for a device it cannot use
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as e:  # torch's "not compiled with CUDA", "invalid device ordinal"...
+        raise InvalidArgumentError(f"device={device!r} cannot be used by this torch: {e}") from e
     return dev
 
 

@@ -42,7 +42,7 @@ import re
 import sys
 import tempfile
 import threading
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple, Union
 
 try:
     import fcntl
@@ -529,6 +529,9 @@ class ShardedReader:
             by_shard.setdefault(shard, []).append(tensor)
         self._by_shard = by_shard
         self._open: Dict[str, DtFile] = {}
+        # Shards whose footer this reader has checked (each is hashed once, even
+        # when a whole-checkpoint read opens and closes it again).
+        self._verified: Set[str] = set()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -662,11 +665,12 @@ class ShardedReader:
                 raise FormatError(
                     f"shard {shard!r} lacks tensors the index {self._index_path!r} places there: {missing[:10]}"
                 )
-            if verify:
+            if verify and shard not in self._verified:
                 try:
                     f.verify()
                 except ChecksumError as e:
                     raise type(e)(f"shard {shard!r}: {e}") from e
+                self._verified.add(shard)
         except BaseException:
             f.close()
             raise
@@ -704,6 +708,7 @@ class ShardedReader:
         """Read one tensor (``framework="torch"`` or ``"numpy"``), opening only its shard.
 
         ``device`` is as in :meth:`DtFile.get_tensor`."""
+        target_device(device, framework)  # a bad device fails before the shard is opened
         return self._entry_shard(name).get_tensor(name, framework, device)
 
     def get_bytes(self, name: str) -> bytes:
@@ -720,11 +725,13 @@ class ShardedReader:
 
     def get_tensor_slice(self, name: str, start: int, count: int, framework: str = "torch", device: Any = None) -> Any:
         """:meth:`DtFile.get_tensor_slice`: rows ``[start, start + count)``, reading only those rows of its shard."""
+        target_device(device, framework)  # a bad device fails before the shard is opened
         return self._entry_shard(name).get_tensor_slice(name, start, count, framework, device)
 
-    def get_slice(self, name: str, framework: str = "torch") -> TensorSlice:
+    def get_slice(self, name: str, framework: str = "torch", device: Any = None) -> TensorSlice:
         """:meth:`DtFile.get_slice`: a lazy handle, ``sr.get_slice(name)[a:b]`` reads only rows ``a..b``."""
-        return self._entry_shard(name).get_slice(name, framework)
+        target_device(device, framework)  # a bad device fails before the shard is opened
+        return self._entry_shard(name).get_slice(name, framework, device)
 
     def stats(self, name: str) -> Dict[str, Any]:
         """:meth:`DtFile.stats` of ``name`` (computed in Rust, no tensor created). Opens its shard."""
@@ -781,6 +788,7 @@ class ShardedReader:
                     f.verify()
                 except ChecksumError as e:
                     raise type(e)(f"shard {shard!r}: {e}") from e
+                self._verified.add(shard)
                 total += sum(int(f.info(t)["nbytes"]) for t in self._by_shard[shard])
         declared = self.total_size
         if declared is not None and declared != total:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 from typing import TYPE_CHECKING, Any, List, Tuple
 
-from ._frameworks import convert
+from ._frameworks import convert, target_device, to_device
 from .errors import InvalidArgumentError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,11 +45,12 @@ class TensorSlice:
     rows read. Mirrors ``safetensors``' ``get_slice``.
     """
 
-    def __init__(self, file: DtFile, name: str, framework: str = "torch") -> None:
+    def __init__(self, file: DtFile, name: str, framework: str = "torch", device: Any = None) -> None:
         self._file = file
         self._name = name
         self._framework = framework
         self._entry = file._dense_entry(name, "get_slice")
+        self._device = target_device(device, framework)
 
     def get_shape(self) -> List[int]:
         """The tensor's full shape."""
@@ -66,6 +67,10 @@ class TensorSlice:
         return int(shape[0])
 
     def __getitem__(self, key: Any) -> Any:
+        """The rows ``key`` picks (read from the file), moved to the handle's device if it has one."""
+        return to_device(self._rows(key), self._device)
+
+    def _rows(self, key: Any) -> Any:
         rest: Tuple[Any, ...] = ()
         if isinstance(key, tuple):
             key, rest = (key[0], key[1:]) if key else (slice(None), ())

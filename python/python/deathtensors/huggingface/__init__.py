@@ -501,12 +501,16 @@ class HubShardedReader(_sharded.ShardedReader):
         self.commit = _snapshot_commit(index_path, index_in_repo)
         self._fetch = fetch
         self._revision = self.commit or revision
-        self._downloaded: List[str] = []
+        self._downloaded: Dict[str, str] = {}  # shard -> local path, in download order
 
     def _shard_file(self, shard: str) -> str:
-        folder = posixpath.dirname(self.index_in_repo)
-        local = self._fetch(posixpath.join(folder, shard) if folder else shard, self._revision)
-        self._downloaded.append(shard)
+        # A shard visited once (get_tensors, all_stats and verify close the
+        # shards they open) is not asked of the Hub again.
+        local = self._downloaded.get(shard)
+        if local is None:
+            folder = posixpath.dirname(self.index_in_repo)
+            local = self._fetch(posixpath.join(folder, shard) if folder else shard, self._revision)
+            self._downloaded[shard] = local
         return local
 
     def downloaded_shards(self) -> List[str]:
