@@ -175,6 +175,9 @@ def test_device_argument_loads_onto_the_gpu(tmp_path, compress):
         assert one.is_cuda and torch.equal(one, cpu["b"].cuda())
         rows = f.get_tensor_slice("emb", 8, 4, device="cuda:0")
         assert rows.is_cuda and torch.equal(rows, emb[8:12].cuda())
+        lazy = f.get_slice("emb", device="cuda")
+        assert lazy[3:5].is_cuda and torch.equal(lazy[3:5], emb[3:5].cuda())
+        assert torch.equal(lazy[7, 2:4], emb[7, 2:4].cuda())
         every = f.get_tensors(device=torch.device("cuda"))
     assert list(every) == list(cpu)
     for name, t in cpu.items():
