@@ -256,3 +256,16 @@ def peak_growth_mib(code: str, *args: str, setup: str = "") -> float:
     )
     assert res.returncode == 0, res.stderr.decode()
     return int(res.stdout) / 1024
+
+
+def open_file_limit(soft: int) -> Any:
+    """A ``preexec_fn`` for ``subprocess.run`` that lowers the child's soft
+    limit on open files to ``soft``; skips the test where the hard limit is lower."""
+    import resource
+
+    import pytest
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < soft:
+        pytest.skip(f"the hard limit on open files ({hard}) is below {soft}")
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _dtutil import open_file_limit
 
 import deathtensors as dt
 from deathtensors import _sharded
@@ -393,19 +394,12 @@ def test_whole_checkpoint_reads_work_under_a_low_open_file_limit(tmp_path):
     """get_tensors, all_stats and verify visit the shards not open yet one at a
     time: 120 shards under a limit of 48 open files (get_tensors used to keep
     every shard open and fail with EMFILE). Shards already open stay cached."""
-    import resource
     import subprocess
     import sys
 
+    low_limit = open_file_limit(48)
     tensors = {f"t{i}": torch.full((16,), float(i)) for i in range(120)}
     dt.save_sharded(tmp_path / "m.deathtensors", tensors, max_shard_bytes=64, checksum=True)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 48:
-        pytest.skip(f"the hard limit on open files ({hard}) is below 48")
-
-    def low_limit():
-        resource.setrlimit(resource.RLIMIT_NOFILE, (48, hard))
-
     script = f"""
 import deathtensors as dt
 with dt.open_sharded({str(tmp_path / "m.deathtensors")!r}, verify=True) as sr:
