@@ -28,6 +28,7 @@ pub mod atomic;
 pub mod buffer;
 pub mod chunk;
 pub mod diff;
+pub mod direct;
 pub mod error;
 pub mod format;
 mod jsonfile;

@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use crate::atomic::AtomicFile;
 use crate::buffer::AlignedBuf;
 use crate::chunk::{self, AppliedFilter};
+use crate::direct;
 use crate::error::{Error, Result};
 use crate::format::{
     self, align_up, Chunk, CompressionHeader, FilterHeader, Header, LayoutHeader, Preamble, TensorHeader, TensorInfo,
@@ -381,6 +382,8 @@ struct Plan<'a> {
     codec: Option<(&'static dyn Codec, i32)>,
     checksum: Option<&'static dyn ChecksumAlgorithm>,
     chunk_bytes: u64,
+    /// The write is synced before the rename ([`WriteOptions::durable`]).
+    durable: bool,
 }
 
 impl<'a> Plan<'a> {
@@ -505,6 +508,7 @@ impl<'a> Plan<'a> {
             codec,
             checksum,
             chunk_bytes: options.chunk_bytes,
+            durable: options.durable,
         })
     }
 }
@@ -681,12 +685,12 @@ fn write_uncompressed(
     }
     .encode();
     debug_assert_eq!(format::nul_padding(text.len() as u64), 0);
-    file.write_all(&preamble).map_err(io)?;
 
     let entries = &header.tensors;
     if plan.items.iter().all(|i| !matches!(i.body, Body::Stored(..))) {
-        return write_in_parallel(file, &text, plan, entries, tmp_path);
+        return write_in_parallel(file, &preamble, &text, plan, entries, tmp_path);
     }
+    file.write_all(&preamble).map_err(io)?;
     let mut sink = Sink {
         file,
         hash: None,
@@ -718,12 +722,15 @@ fn write_uncompressed(
     }
 }
 
-/// Write the header text and every tensor's bytes at their offsets from all
-/// cores (page-cache copies scale with cores), while one more thread hashes
-/// the same bytes in file order, zero gaps included. Gaps are never written:
-/// the new file reads zeros there.
+/// Write the preamble, the header text and every tensor's bytes at their
+/// offsets, while one more thread hashes the same bytes in file order, zero
+/// gaps included. A durable write of a large file goes around the page cache
+/// ([`direct`]); otherwise the pieces are written from all cores (page-cache
+/// copies scale with cores), and gaps are never written: the new file reads
+/// zeros there.
 fn write_in_parallel(
     file: &mut File,
+    preamble: &[u8],
     text: &[u8],
     plan: &Plan<'_>,
     entries: &[TensorHeader],
@@ -731,7 +738,7 @@ fn write_in_parallel(
 ) -> Result<Option<[u8; 32]>> {
     let io = |e| Error::io(tmp_path, e);
     let data_start = PREAMBLE_LEN + text.len() as u64;
-    let mut pieces: Vec<(u64, &[u8])> = vec![(PREAMBLE_LEN, text)];
+    let mut pieces: Vec<(u64, &[u8])> = vec![(0, preamble), (PREAMBLE_LEN, text)];
     let mut in_order: Vec<&[u8]> = vec![text];
     let mut cursor = 0u64;
     let mut end = data_start;
@@ -761,9 +768,16 @@ fn write_in_parallel(
                 hasher.finish()
             })
         });
-        let written = pieces
-            .par_iter()
-            .try_for_each(|(at, piece)| file_ref.write_all_at(piece, *at));
+        let written = match plan.durable && direct::wanted(end) {
+            true => direct::write_direct(tmp_path, &pieces, end),
+            false => Ok(false),
+        }
+        .and_then(|done| match done {
+            true => Ok(()),
+            false => pieces
+                .par_iter()
+                .try_for_each(|(at, piece)| file_ref.write_all_at(piece, *at)),
+        });
         let digest = hashing
             .map(|h| {
                 h.join()

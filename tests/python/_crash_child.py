@@ -11,7 +11,7 @@ goes to stdout.
 
 Commands::
 
-    {"cmd": "write", "op": "save"|"append"|"sharded", "version": 0|1,
+    {"cmd": "write", "op": "save"|"save_direct"|"append"|"sharded", "version": 0|1,
      "path": "...", "delay": seconds or null}
     -> {"killed": bool, "seconds": float, "status": int}
 
@@ -45,17 +45,30 @@ def version_tensors(version: int) -> Dict[str, np.ndarray]:
     return out
 
 
+#: Size of each version of ``save_direct``: over the 64 MiB from which durable
+#: uncompressed saves use direct I/O (framework/src/direct.rs).
+DIRECT_BYTES = 68 * 1024 * 1024
+
+
+def direct_tensors(version: int) -> Dict[str, np.ndarray]:
+    """The tensors of ``version`` (0 or 1) for ``save_direct``: 68 MiB of random bytes in 4 tensors."""
+    rng = np.random.default_rng(3000 + version)
+    return {f"block.{i}": rng.integers(0, 256, DIRECT_BYTES // 4, dtype=np.uint8) for i in range(4)}
+
+
 def appended_tensors() -> Dict[str, np.ndarray]:
     """What ``append`` adds to a file holding version 0: 6 MiB more."""
     rng = np.random.default_rng(2000)
     return {f"extra.{i}": rng.standard_normal((512, 1024)).astype(np.float32) for i in range(3)}
 
 
-def write(op: str, version: int, path: str, data: Dict[int, Dict[str, np.ndarray]], extra: Dict[str, Any]) -> None:
+def write(op: str, version: int, path: str, data: Dict[Any, Dict[str, np.ndarray]], extra: Dict[str, Any]) -> None:
     import deathtensors as dt
 
     if op == "save":
         dt.save(path, data[version], global_metadata={"version": version}, **WRITE_OPTIONS)
+    elif op == "save_direct":
+        dt.save(path, data[("direct", version)], global_metadata={"version": version}, checksum=True)
     elif op == "append":
         dt.append(path, extra, extra_global_metadata={"appended": True})
     elif op == "sharded":
@@ -69,7 +82,8 @@ def write(op: str, version: int, path: str, data: Dict[int, Dict[str, np.ndarray
 def serve() -> None:
     import deathtensors  # noqa: F401 - imported once, before any fork
 
-    data = {v: version_tensors(v) for v in (0, 1)}
+    data: Dict[Any, Dict[str, np.ndarray]] = {v: version_tensors(v) for v in (0, 1)}
+    data.update({("direct", v): direct_tensors(v) for v in (0, 1)})
     extra = appended_tensors()
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:

@@ -410,3 +410,27 @@ def test_sparse_indices_out_of_bounds_are_a_format_error(tmp_path):
     p.write_bytes(bytes(raw))
     with dt.open(p) as f, pytest.raises(dt.FormatError, match="sp"):
         f.get_tensor("sp")
+
+
+def test_large_durable_saves_match_with_and_without_direct_io(tmp_path, monkeypatch):
+    """A durable uncompressed save of 64 MiB or more writes with direct I/O
+    (framework/src/direct.rs); with ``DEATHTENSORS_DIRECT_IO=0`` it writes
+    through the page cache. Both make the same bytes, and torch reads them back."""
+    gen = torch.Generator().manual_seed(11)
+    sd = {
+        "embed": torch.randn(16411, 2048, generator=gen).to(torch.bfloat16),  # 64 MiB + 22 KiB
+        "odd": torch.randn(1001, 3, generator=gen),
+        "transposed": torch.randn(300, 700, generator=gen).t(),
+        "bias": torch.zeros(7, dtype=torch.float16),
+    }
+    direct, buffered = tmp_path / "direct.deathtensors", tmp_path / "buffered.deathtensors"
+    monkeypatch.delenv("DEATHTENSORS_DIRECT_IO", raising=False)
+    dt.save(direct, sd, checksum=True, metadata={"odd": {"k": 1}})
+    monkeypatch.setenv("DEATHTENSORS_DIRECT_IO", "0")
+    dt.save(buffered, sd, checksum=True, metadata={"odd": {"k": 1}})
+    assert direct.stat().st_size == buffered.stat().st_size > 64 << 20
+    assert direct.read_bytes() == buffered.read_bytes()
+    with dt.open(direct, verify=True) as f:
+        assert f.keys() == list(sd)
+        for name, t in sd.items():
+            assert torch.equal(f.get_tensor(name), t), name

@@ -146,23 +146,26 @@ def _run_single_file_trials(server: ForkServer, op: str, work: Path, refs: Dict[
     assert sorted(p.name for p in work.iterdir()) == ["m.deathtensors"]
 
 
-def test_save_is_old_or_new_after_sigkill(server, tmp_path):
+@pytest.mark.parametrize("op", ["save", "save_direct"])
+def test_save_is_old_or_new_after_sigkill(server, tmp_path, op):
+    """``save``: a small compressed file; ``save_direct``: a large uncompressed
+    one, which a durable save writes with direct I/O."""
     ref_dir, work = tmp_path / "ref", tmp_path / "work"
     ref_dir.mkdir()
     work.mkdir()
     refs = {}
     for v in (0, 1):
-        server.write("save", v, ref_dir / f"v{v}.deathtensors", None)
+        server.write(op, v, ref_dir / f"v{v}.deathtensors", None)
         with dt.open(ref_dir / f"v{v}.deathtensors", verify=True) as f:
-            _check_tensors(f, child.version_tensors(v))
-            assert f.is_compressed() and f.has_checksum()
+            _check_tensors(f, child.version_tensors(v) if op == "save" else child.direct_tensors(v))
+            assert f.is_compressed() == (op == "save") and f.has_checksum()
         refs[v] = (ref_dir / f"v{v}.deathtensors").read_bytes()
     shutil.copyfile(ref_dir / "v0.deathtensors", work / "m.deathtensors")
 
     def reset(i: int) -> None:
         pass  # save needs no setup: each trial writes the version that is not there
 
-    _run_single_file_trials(server, "save", work, refs, reset)
+    _run_single_file_trials(server, op, work, refs, reset)
 
 
 def test_append_is_old_or_new_after_sigkill(server, tmp_path):
