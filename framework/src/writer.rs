@@ -66,6 +66,10 @@ pub struct WriteOptions {
     pub chunk_bytes: u64,
     /// fsync the file and its directory before returning (default true).
     pub durable: bool,
+    /// Let a durable write of a large uncompressed file go around the page
+    /// cache ([`direct`]). The default comes from the environment
+    /// ([`direct::enabled_by_env`]: true unless `DEATHTENSORS_DIRECT_IO=0`).
+    pub direct_io: bool,
 }
 
 /// How the writer picks a chunk filter for each tensor.
@@ -90,6 +94,7 @@ impl Default for WriteOptions {
             filter: FilterChoice::Auto,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             durable: true,
+            direct_io: direct::enabled_by_env(),
         }
     }
 }
@@ -382,8 +387,9 @@ struct Plan<'a> {
     codec: Option<(&'static dyn Codec, i32)>,
     checksum: Option<&'static dyn ChecksumAlgorithm>,
     chunk_bytes: u64,
-    /// The write is synced before the rename ([`WriteOptions::durable`]).
-    durable: bool,
+    /// Direct I/O for the bytes of a durable write ([`WriteOptions::durable`]
+    /// and [`WriteOptions::direct_io`]).
+    direct: bool,
 }
 
 impl<'a> Plan<'a> {
@@ -508,7 +514,7 @@ impl<'a> Plan<'a> {
             codec,
             checksum,
             chunk_bytes: options.chunk_bytes,
-            durable: options.durable,
+            direct: options.durable && options.direct_io,
         })
     }
 }
@@ -768,8 +774,8 @@ fn write_in_parallel(
                 hasher.finish()
             })
         });
-        let written = match plan.durable && direct::wanted(end) {
-            true => direct::write_direct(tmp_path, &pieces, end),
+        let written = match plan.direct && direct::wanted(end) {
+            true => direct::write_direct(file_ref, &pieces, end),
             false => Ok(false),
         }
         .and_then(|done| match done {

@@ -412,6 +412,42 @@ def test_sparse_indices_out_of_bounds_are_a_format_error(tmp_path):
         f.get_tensor("sp")
 
 
+def _direct_io_works_in(folder) -> bool:
+    """Whether the file system of ``folder`` takes an aligned O_DIRECT write."""
+    import mmap
+
+    path = os.path.join(folder, "probe")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0), 0o600)
+    except OSError:
+        return False
+    try:
+        os.pwrite(fd, mmap.mmap(-1, 4096), 0)  # page-aligned memory
+        return hasattr(os, "O_DIRECT")
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def _cached_share(path) -> float:
+    """Share of the file's pages in the page cache (mincore(2) on a private map)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) as m:
+        pages = (len(m) + 4095) // 4096
+        vec = (ctypes.c_ubyte * pages)()
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        rc = libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(len(m)), vec)
+        assert rc == 0, os.strerror(ctypes.get_errno())
+        share = sum(b & 1 for b in vec) / pages
+        del addr
+    return share
+
+
 def test_large_durable_saves_match_with_and_without_direct_io(tmp_path, monkeypatch):
     """A durable uncompressed save of 64 MiB or more writes with direct I/O
     (framework/src/direct.rs); with ``DEATHTENSORS_DIRECT_IO=0`` it writes
@@ -428,6 +464,9 @@ def test_large_durable_saves_match_with_and_without_direct_io(tmp_path, monkeypa
     dt.save(direct, sd, checksum=True, metadata={"odd": {"k": 1}})
     monkeypatch.setenv("DEATHTENSORS_DIRECT_IO", "0")
     dt.save(buffered, sd, checksum=True, metadata={"odd": {"k": 1}})
+    if _direct_io_works_in(tmp_path):
+        assert _cached_share(direct) < 0.05, "the default durable save did not write around the page cache"
+        assert _cached_share(buffered) > 0.5, "DEATHTENSORS_DIRECT_IO=0 did not write through the page cache"
     assert direct.stat().st_size == buffered.stat().st_size > 64 << 20
     assert direct.read_bytes() == buffered.read_bytes()
     with dt.open(direct, verify=True) as f:
