@@ -84,11 +84,7 @@ impl AtomicFile {
         let tmp_path = self.tmp.path().to_path_buf();
         let io = |e| Error::io(&tmp_path, e);
         let file = self.tmp.as_file();
-        let mode = match std::fs::metadata(&self.target) {
-            Ok(m) => m.permissions().mode() & 0o777,
-            Err(_) => 0o666 & !umask(),
-        };
-        file.set_permissions(std::fs::Permissions::from_mode(mode))
+        file.set_permissions(std::fs::Permissions::from_mode(replacement_mode(&self.target)))
             .map_err(io)?;
         if durable {
             file.sync_all().map_err(io)?;
@@ -145,7 +141,7 @@ pub fn locked_temp_file(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempF
             .prefix(prefix)
             .suffix(TEMP_SUFFIX)
             .tempfile_in(dir)
-            .map_err(|e| Error::io(dir, e))?;
+            .map_err(|e| Error::io(dir, without_temp_name(dir, e)))?;
         if try_lock(tmp.as_file()) && is_at(tmp.as_file(), tmp.path()) {
             return Ok(tmp);
         }
@@ -157,6 +153,27 @@ pub fn locked_temp_file(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempF
             "could not lock a new temporary file (another process keeps taking it)",
         ),
     ))
+}
+
+/// tempfile's error names the temporary file (`... at path
+/// "dir/.x.AbC123.dt-tmp"`) and hides the OS error number: give the plain OS
+/// error instead, about the folder, which is what the user gave and what is
+/// wrong (missing, not a folder, read-only, full).
+fn without_temp_name(dir: &Path, e: std::io::Error) -> std::io::Error {
+    use std::io::ErrorKind;
+    if let Err(about_dir) = std::fs::metadata(dir) {
+        return about_dir;
+    }
+    let errno = match e.kind() {
+        ErrorKind::PermissionDenied => libc::EACCES,
+        ErrorKind::ReadOnlyFilesystem => libc::EROFS,
+        ErrorKind::StorageFull => libc::ENOSPC,
+        ErrorKind::QuotaExceeded => libc::EDQUOT,
+        ErrorKind::NotADirectory => libc::ENOTDIR,
+        ErrorKind::NotFound => libc::ENOENT,
+        _ => return e,
+    };
+    std::io::Error::from_raw_os_error(errno)
 }
 
 /// Remove the temporary files of dead writers from `dir`: every regular file
@@ -201,6 +218,17 @@ fn is_at(file: &File, path: &Path) -> bool {
     match (file.metadata(), std::fs::symlink_metadata(path)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
+    }
+}
+
+/// The permission bits a file written to `target` gets: those of the file it
+/// replaces, else what a plain `open(2)` would give (`0666 & ~umask`). Every
+/// writer of the project uses it (the Python package for its JSON side files
+/// too), so a checkpoint's files all get the same mode.
+pub fn replacement_mode(target: &Path) -> u32 {
+    match std::fs::metadata(target) {
+        Ok(m) => m.permissions().mode() & 0o777,
+        Err(_) => 0o666 & !umask(),
     }
 }
 

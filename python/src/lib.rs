@@ -339,6 +339,13 @@ fn to_entries<'a>(specs: Vec<Spec>, sources: &'a [Source]) -> Vec<Entry<'a>> {
 
 /// Save tensors (see [`parse_entries`] for `entries`). `filter` is `"auto"`
 /// (default), `"none"` or a filter id.
+/// The permission bits for a file written to `path`: the replaced file's,
+/// else `0o666 & ~umask` (read without changing the process's umask).
+#[pyfunction]
+fn file_mode_for(path: &str) -> u32 {
+    deathtensors::atomic::replacement_mode(path.as_ref())
+}
+
 #[pyfunction]
 #[pyo3(signature = (path, entries, global_metadata=None, codec=None, level=None, checksum=None, chunk_bytes=None, filter=None, durable=true))]
 #[allow(clippy::too_many_arguments)]
@@ -778,6 +785,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Reader>()?;
     m.add_class::<MappedBuffer>()?;
     m.add_function(wrap_pyfunction!(save, m)?)?;
+    m.add_function(wrap_pyfunction!(file_mode_for, m)?)?;
     m.add_function(wrap_pyfunction!(append, m)?)?;
     m.add_function(wrap_pyfunction!(plugins, m)?)?;
     m.add_function(wrap_pyfunction!(dtypes, m)?)?;

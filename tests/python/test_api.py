@@ -164,6 +164,8 @@ def test_missing_file_and_directory(tmp_path):
         with pytest.raises(FileNotFoundError) as e:
             write(tmp_path / "no" / "such" / "dir" / "x.deathtensors")
         assert e.value.errno == 2, e.value
+        # Regression: the message named the internal temporary file (".x.deathtensors.AbC123.dt-tmp").
+        assert ".dt-tmp" not in str(e.value) and "dir" in str(e.value), e.value
 
 
 def _saved(folder: Path) -> Path:

@@ -646,6 +646,39 @@ def test_missing_repo_file_and_revision_are_typed_errors(lfs_hub: Env) -> None:
     assert all(v[1] for v in got.values())
 
 
+def test_a_malformed_repo_id_is_an_argument_error_and_missing_names_are_named(lfs_hub: Env) -> None:
+    """A repo id the client refuses was a HubConnectionError (an OSError, so
+    retried by retry-on-OSError code) and exit 1; a missing local file or
+    remote name was reported as a missing sharded index."""
+    dt.save(lfs_hub.files / "m.deathtensors", {"w": np.ones(4, np.float32)})
+    got = lfs_hub.result(
+        """
+        try:
+            push_to_hub("not a repo id!!", os.path.join(sys.argv[1], "m.deathtensors"))
+            out(None)
+        except Exception as e:
+            out([type(e).__name__, isinstance(e, dt.InvalidArgumentError), isinstance(e, OSError), str(e)])
+        """
+    )
+    assert got[:3] == ["InvalidArgumentError", True, False], got
+    assert "not a repo id!!" in got[3]
+    bad = lfs_hub.cli("hub-push", "bad repo!!", "m.deathtensors")
+    assert bad.returncode == 2, bad.stderr
+    assert "bad repo!!" in bad.stderr and "Traceback" not in bad.stderr
+
+    gone = lfs_hub.cli("hub-push", "ns/x", "nope.deathtensors")
+    assert gone.returncode == 1
+    assert "nope.deathtensors: no such file, and no sharded checkpoint index" in gone.stderr, gone.stderr
+    assert "[Errno" not in gone.stderr
+
+    lfs_hub.server.add_repo("ns/there", files={"a.deathtensors": _file_bytes(lfs_hub.files / "a.dt", 1)})
+    absent = lfs_hub.cli("hub-pull", "ns/there", "nope.deathtensors")
+    assert absent.returncode == 1
+    assert "nope.deathtensors is not in ns/there, and neither is a sharded checkpoint index" in absent.stderr, (
+        absent.stderr
+    )
+
+
 @pytest.mark.parametrize("where", ["lfs-upload", "commit"])
 def test_a_server_error_mid_upload_leaves_the_repo_unchanged(lfs_hub: Env, where: str) -> None:
     first = {f"t{i}": np.full(512, i, np.float32) for i in range(4)}

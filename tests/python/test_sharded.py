@@ -738,3 +738,30 @@ def test_public_api_names():
     for name in ("save_sharded", "open_sharded", "ShardedReader"):
         assert name in dt.__all__ and hasattr(dt, name)
     assert dt.open_sharded.__doc__ and dt.save_sharded.__doc__ and dt.ShardedReader.verify.__doc__
+
+
+def test_open_sharded_takes_index_path_by_keyword(tmp_path):
+    """The spec's signature: open_sharded(index_path, verify=False)."""
+    base = tmp_path / "kw.deathtensors"
+    dt.save_sharded(base, {"w": _f32(8)}, max_shard_bytes=1 << 20, checksum=True)
+    with dt.open_sharded(index_path=tmp_path / "kw.deathtensors.index.json", verify=True) as sr:
+        assert torch.equal(sr.get_tensor("w"), _f32(8))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_the_index_is_as_readable_as_its_shards(tmp_path, umask):
+    """The index used to be written 0600 (mkstemp's mode) beside 0644 shards,
+    so other users could read the shards but not open the checkpoint."""
+    old = os.umask(umask)
+    try:
+        dt.save_sharded(tmp_path / "m.deathtensors", {"a": _f32(300), "b": _f32(300, 1)}, max_shard_bytes=1000)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert len(modes) == 3, modes
+    assert set(modes.values()) == {0o666 & ~umask}, {k: oct(v) for k, v in modes.items()}
+    # Saving again over a file keeps that file's bits, index included.
+    index = tmp_path / "m.deathtensors.index.json"
+    index.chmod(0o640)
+    dt.save_sharded(tmp_path / "m.deathtensors", {"a": _f32(300), "b": _f32(300, 1)}, max_shard_bytes=1000)
+    assert index.stat().st_mode & 0o777 == 0o640

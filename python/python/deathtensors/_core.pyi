@@ -10,6 +10,7 @@ __all__ = [
     "Buffer",
     "Reader",
     "MappedBuffer",
+    "file_mode_for",
     "save",
     "append",
     "plugins",
@@ -79,6 +80,7 @@ class Reader:
     @property
     def closed(self) -> bool: ...
 
+def file_mode_for(path: str) -> int: ...
 def save(
     path: str,
     entries: List[Tuple[Any, ...]],

@@ -187,6 +187,8 @@ def _write_json_atomically(path: str, value: Any) -> None:
     folder = os.path.dirname(path) or "."
     fd, tmp = _locked_temp_file(folder, "." + os.path.basename(path) + ".")
     try:
+        # mkstemp makes 0600; the index must be as readable as its shards.
+        os.fchmod(fd, _core.file_mode_for(path))
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -802,10 +804,10 @@ class ShardedReader:
         return f"<deathtensors.ShardedReader {self._index_path!r} ({state})>"
 
 
-def open_sharded(path: PathLike, verify: bool = False) -> ShardedReader:
-    """Open a sharded checkpoint lazily: ``with deathtensors.open_sharded(path) as sr:``.
+def open_sharded(index_path: PathLike, verify: bool = False) -> ShardedReader:
+    """Open a sharded checkpoint lazily: ``with deathtensors.open_sharded(index_path) as sr:``.
 
-    ``path`` is the index (``big_model.deathtensors.index.json``, or any
+    ``index_path`` is the index (``big_model.deathtensors.index.json``, or any
     ``.json`` file) or the base path given to :func:`save_sharded`
     (``big_model.deathtensors`` finds ``big_model.deathtensors.index.json``).
     With ``verify=True`` each shard's checksum footer is checked when that
@@ -814,10 +816,10 @@ def open_sharded(path: PathLike, verify: bool = False) -> ShardedReader:
     them all now.
 
     Raises:
-        FileNotFoundError: no index at ``path``. A missing shard raises it
+        FileNotFoundError: no index at ``index_path``. A missing shard raises it
             later, when one of its tensors is read.
         FormatError: the index is not valid JSON, is over
             :data:`MAX_INDEX_BYTES`, or names a shard that is not a plain file
             name in the index's folder (the message names the entry).
     """
-    return ShardedReader(path, verify=verify)
+    return ShardedReader(index_path, verify=verify)

@@ -153,6 +153,8 @@ def _hub_errors(what: str, upload: bool = False) -> Iterator[None]:
         yield
     except DeathtensorsError:
         raise
+    except errors.HFValidationError as e:  # a malformed repo id or file name: the caller's mistake
+        raise InvalidArgumentError(f"{what}: {_first_line(e)}") from e
     except errors.RevisionNotFoundError as e:
         raise HubRevisionNotFoundError(f"{what}: revision not found ({_first_line(e)})") from e
     except errors.RepositoryNotFoundError as e:

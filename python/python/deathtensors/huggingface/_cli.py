@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import unicodedata
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import DeathtensorsError, HubEntryNotFoundError, InvalidArgumentError
 
@@ -41,7 +41,12 @@ def _push(hub: Any, req: Dict[str, Any]) -> Any:
     sharded = full.endswith(".json") or not os.path.isfile(full)
     kw = dict(_common(req), private=req.get("private") or None, commit_message=req.get("message"))
     if sharded:
-        url = hub.push_sharded_to_hub(req["repo_id"], path, req.get("path_in_repo"), **kw)
+        try:
+            url = hub.push_sharded_to_hub(req["repo_id"], path, req.get("path_in_repo"), **kw)
+        except FileNotFoundError as e:
+            if full.endswith(".json") or os.path.exists(full):
+                raise
+            raise FileNotFoundError(f"{path}: no such file, and no sharded checkpoint index for it") from e
     else:
         url = hub.push_to_hub(req["repo_id"], path, req.get("path_in_repo"), **kw)
     return {"repo_id": req["repo_id"], "url": url, "sharded": sharded}
@@ -52,18 +57,27 @@ def _pull(hub: Any, req: Dict[str, Any]) -> Any:
     kw = _common(req)
     verify = bool(req.get("verify"))
     files: List[str] = []
+    single_missing: Optional[HubEntryNotFoundError] = None
     if not name.endswith(".json"):
         try:
             with hub.load_from_hub(req["repo_id"], name, verify=verify, **kw) as f:
                 files = [f.path]
-        except HubEntryNotFoundError:
+        except HubEntryNotFoundError as e:
             if not name.endswith(hub.DEATHTENSORS_SUFFIXES):
                 raise
+            single_missing = e
     if not files:  # a sharded checkpoint: the index, then every shard
-        with hub.load_sharded_from_hub(req["repo_id"], name, verify=verify, **kw) as sr:
-            for shard in sr.shards():
-                sr.open_shard(shard)  # downloads, opens (and verifies when asked) the shard
-            files = [sr.path, *[sr.shard_path(s) for s in sr.shards()]]
+        try:
+            with hub.load_sharded_from_hub(req["repo_id"], name, verify=verify, **kw) as sr:
+                for shard in sr.shards():
+                    sr.open_shard(shard)  # downloads, opens (and verifies when asked) the shard
+                files = [sr.path, *[sr.shard_path(s) for s in sr.shards()]]
+        except HubEntryNotFoundError as e:
+            if single_missing is None:
+                raise
+            raise HubEntryNotFoundError(
+                f"{name} is not in {req['repo_id']}, and neither is a sharded checkpoint index for it ({e})"
+            ) from single_missing
     local_dir = req.get("local_dir")
     if local_dir:
         dest = os.path.expanduser(os.path.expandvars(local_dir))
