@@ -777,6 +777,36 @@ def test_without_huggingface_hub_the_error_says_how_to_install_it(lfs_hub: Env, 
     assert "pip install deathtensors[huggingface]" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_an_old_huggingface_hub_is_named_not_half_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub 0.x has another HTTP stack and other error classes:
+    refuse it up front with the version found, instead of failing mid-call."""
+    import huggingface_hub
+
+    from deathtensors import huggingface as h
+
+    assert h._version_tuple("1.8.0rc1") == (1, 8, 0) and h._version_tuple("0.36.2") == (0, 36, 2)
+    monkeypatch.setattr(huggingface_hub, "__version__", "0.36.2")
+    with pytest.raises(ImportError, match=r"huggingface_hub 1\.0 or newer, found 0\.36\.2"):
+        h.list_repo_models("ns/x")
+
+
+def test_the_extras_resolve_on_every_python_the_package_supports() -> None:
+    """huggingface_hub 1.x needs Python 3.9: on 3.8 the extras must leave it out
+    (pip could not resolve `deathtensors[huggingface]` there at all)."""
+    tomllib = pytest.importorskip("tomllib")
+    requirements = pytest.importorskip("packaging.requirements")
+    pyproject = Path(__file__).resolve().parents[2] / "python" / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text())["project"]
+    assert project["requires-python"] == ">=3.8"
+    for extra in ("huggingface", "dev"):
+        hub = [requirements.Requirement(r) for r in project["optional-dependencies"][extra]]
+        hub = [r for r in hub if r.name == "huggingface_hub"]
+        assert len(hub) == 1, extra
+        for py, wanted in (("3.8", False), ("3.9", True), ("3.13", True)):
+            env = {"python_version": py, "python_full_version": py + ".0"}
+            assert (hub[0].marker is None or hub[0].marker.evaluate(env)) == wanted, (extra, py)
+
+
 def test_importing_deathtensors_never_imports_huggingface_hub() -> None:
     code = "import sys, deathtensors, deathtensors.huggingface; print('huggingface_hub' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -765,3 +765,16 @@ def test_the_index_is_as_readable_as_its_shards(tmp_path, umask):
     index.chmod(0o640)
     dt.save_sharded(tmp_path / "m.deathtensors", {"a": _f32(300), "b": _f32(300, 1)}, max_shard_bytes=1000)
     assert index.stat().st_mode & 0o777 == 0o640
+
+
+def test_opening_a_checkpoint_as_one_file_points_to_open_sharded(tmp_path):
+    dt.save_sharded(tmp_path / "ck.deathtensors", {"w": _f32(8)})
+    with pytest.raises(FileNotFoundError, match="open_sharded") as e:
+        dt.open(tmp_path / "ck.deathtensors")
+    assert e.value.errno == 2
+    with pytest.raises(dt.FormatError, match="the magic is.*open_sharded"):
+        dt.open(tmp_path / "ck.deathtensors.index.json")
+    # Not a checkpoint: the plain error, no hint.
+    with pytest.raises(FileNotFoundError) as e:
+        dt.open(tmp_path / "other.deathtensors")
+    assert "open_sharded" not in str(e.value)

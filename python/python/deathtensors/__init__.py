@@ -389,6 +389,18 @@ def get_sparse(f: DtFile, name: str) -> Any:
     return load_sparse(f, name)
 
 
+def _sharded_hint(path: str) -> Optional[str]:
+    """What to say when ``path``, which did not open as one file, names a
+    sharded checkpoint (its base path or its index); ``None`` otherwise."""
+    try:
+        index = _core.checkpoint_index(path)
+    except (OSError, DeathtensorsError):  # pragma: no cover - an unreadable folder
+        return None
+    if index is None or not os.path.isfile(index):
+        return None
+    return f"it names the sharded checkpoint {index!r}: open it with deathtensors.open_sharded"
+
+
 class DtFile:
     """A lazily read ``.deathtensors`` file (also opens legacy ``.dt`` files).
 
@@ -399,7 +411,15 @@ class DtFile:
 
     def __init__(self, path: PathLike, verify: bool = False) -> None:
         self._path = expand_path(path)
-        self._reader = _core.Reader(self._path)
+        try:
+            self._reader = _core.Reader(self._path)
+        except (FileNotFoundError, FormatError) as e:
+            hint = _sharded_hint(self._path)
+            if hint is None:
+                raise
+            if isinstance(e, FileNotFoundError):
+                raise FileNotFoundError(e.errno, f"{e.strerror}; {hint}", e.filename) from e
+            raise FormatError(f"{e}; {hint}") from e
         desc = json.loads(self._reader.describe())
         self._desc = desc
         # Listed tensors, and the hidden parts of non-dense ones (sparse indices).

@@ -33,6 +33,7 @@ import functools
 import os
 import posixpath
 import re
+import sys
 import tempfile
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -86,14 +87,44 @@ _REPO_TYPES = ("model", "dataset", "space")
 _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 
 
+#: The oldest huggingface_hub the Hub functions work with (its 1.x HTTP stack and error classes).
+MIN_HUGGINGFACE_HUB = (1, 0)
+
+
 def _hf() -> Any:
     try:
         import huggingface_hub
         import huggingface_hub.errors
         import huggingface_hub.utils
     except ImportError as e:
+        if sys.version_info < (3, 9):
+            raise ImportError(
+                "the Hugging Face Hub functions of deathtensors need huggingface_hub 1.0 or newer, "
+                f"which needs Python 3.9 or newer (this is Python {sys.version_info[0]}.{sys.version_info[1]}); "
+                "everything else in deathtensors works here"
+            ) from e
         raise ImportError(f"the Hugging Face Hub functions of deathtensors need huggingface_hub: {INSTALL_HINT}") from e
+    found = _version_tuple(getattr(huggingface_hub, "__version__", ""))
+    if found < MIN_HUGGINGFACE_HUB:
+        raise ImportError(
+            f"the Hugging Face Hub functions of deathtensors need huggingface_hub 1.0 or newer, "
+            f"found {getattr(huggingface_hub, '__version__', 'an unknown version')}: "
+            f'pip install -U "huggingface_hub>=1.0"'
+        )
     return huggingface_hub
+
+
+def _version_tuple(version: str) -> Tuple[int, ...]:
+    """``"1.8.0rc1"`` -> ``(1, 8, 0)``; the leading numeric parts only."""
+    parts: List[int] = []
+    for piece in version.split("."):
+        digits = re.match(r"\d+", piece)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+        if digits.end() != len(piece):
+            break
+    return tuple(parts)
 
 
 def _pkg() -> Any:
