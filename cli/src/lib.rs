@@ -139,8 +139,23 @@ where
     H: FnOnce(&str) -> i32,
 {
     deathtensors_plugins::link();
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
+        Err(_) if unknown_direction(&args).is_some() => {
+            let (word, known) = unknown_direction(&args).unwrap_or_default();
+            let _ = writeln!(
+                std::io::stderr(),
+                "deathtensors: error: unknown conversion {word:?}: use {}, or `convert SRC DST --to FORMAT` \
+                 (see deathtensors convert --help)",
+                known
+                    .iter()
+                    .map(|k| format!("`convert {k} SRC DST`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return EXIT_USAGE;
+        }
         Err(e) => {
             use clap::error::ErrorKind;
             let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
@@ -194,6 +209,25 @@ where
             }
         }
     }
+}
+
+/// For `convert to-gguf A B` (a word shaped like a direction that is none of
+/// `convert`'s subcommands, which clap would take for SRC and then complain
+/// about B): that word and the directions there are.
+fn unknown_direction(args: &[OsString]) -> Option<(String, Vec<String>)> {
+    use clap::CommandFactory;
+    let at = args.iter().position(|a| a == "convert")?;
+    let word = args.get(at + 1)?.to_str()?;
+    if !(word.starts_with("to-") || word.starts_with("from-")) || args.len() < at + 4 {
+        return None;
+    }
+    let cli = Cli::command();
+    let known: Vec<String> = cli
+        .find_subcommand("convert")?
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    (!known.iter().any(|k| k == word)).then(|| (word.to_owned(), known))
 }
 
 /// A command-line error from clap in one line: its message and the usage of

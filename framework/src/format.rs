@@ -532,9 +532,11 @@ pub fn validate(preamble: Preamble, header: Header, file_len: u64) -> Result<Lay
         })?;
         let [begin, end] = t.offsets;
         if begin > end || end > data_len {
+            // Past the end with a sane range: most likely a cut-off copy.
+            let hint = if begin <= end { " (is the file truncated?)" } else { "" };
             return Err(Error::tensor(
                 name,
-                format!("byte range [{begin}, {end}) is outside the data region of {data_len} bytes"),
+                format!("byte range [{begin}, {end}) is outside the data region of {data_len} bytes{hint}"),
             ));
         }
         let stored_len = end - begin;

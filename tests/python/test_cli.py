@@ -498,3 +498,12 @@ def test_diff_in_process_puts_the_open_file_limit_back(checkpoint):
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (64, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_an_unknown_convert_direction_names_the_ones_there_are(cli, files, tmp_path):
+    """clap took `to-gguf` for SRC and complained about 'the subcommand q.gguf'."""
+    result = cli("convert", "to-gguf", str(files["good"]), str(tmp_path / "q.gguf"))
+    assert result.returncode == 2
+    line = _one_clean_error_line(result)
+    assert 'unknown conversion "to-gguf"' in line and "convert to-safetensors SRC DST" in line, line
+    assert not (tmp_path / "q.gguf").exists()

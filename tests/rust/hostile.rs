@@ -492,8 +492,12 @@ fn byte_range_beyond_the_data_region_is_refused() {
     assert_invalid_tensor(
         &open_err(&craft_aligned(0, &json, &sixteen())),
         "a",
-        "outside the data region",
+        "outside the data region of 16 bytes (is the file truncated?)",
     );
+    // A reversed range is no sign of a cut-off file.
+    let json = ONE_TENSOR.replace("[0,16]", "[16,0]");
+    let err = open_err(&craft_aligned(0, &json, &sixteen())).to_string();
+    assert!(!err.contains("truncated"), "{err}");
 }
 
 #[test]
