@@ -142,22 +142,18 @@ where
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
-        Err(_) if unknown_direction(&args).is_some() => {
-            let (word, known) = unknown_direction(&args).unwrap_or_default();
-            let _ = writeln!(
-                std::io::stderr(),
-                "deathtensors: error: unknown conversion {word:?}: use {}, or `convert SRC DST --to FORMAT` \
-                 (see deathtensors convert --help)",
-                known
-                    .iter()
-                    .map(|k| format!("`convert {k} SRC DST`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            return EXIT_USAGE;
-        }
         Err(e) => {
             use clap::error::ErrorKind;
+            if let Some((word, known)) = unknown_direction(&args) {
+                let known: Vec<String> = known.iter().map(|k| format!("`convert {k} SRC DST`")).collect();
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "deathtensors: error: unknown conversion {word:?}: use {}, or `convert SRC DST --to FORMAT` \
+                     (see deathtensors convert --help)",
+                    known.join(", ")
+                );
+                return EXIT_USAGE;
+            }
             let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
             if matches!(
                 e.kind(),

@@ -774,15 +774,18 @@ fn write_in_parallel(
                 hasher.finish()
             })
         });
-        let written = match plan.direct && direct::wanted(end) {
-            true => direct::write_direct(file_ref, &pieces, end),
-            false => Ok(false),
-        }
-        .and_then(|done| match done {
-            true => Ok(()),
-            false => pieces
+        let written_directly = if plan.direct && direct::wanted(end) {
+            direct::write_direct(file_ref, &pieces, end)
+        } else {
+            Ok(false)
+        };
+        let written = written_directly.and_then(|done| {
+            if done {
+                return Ok(());
+            }
+            pieces
                 .par_iter()
-                .try_for_each(|(at, piece)| file_ref.write_all_at(piece, *at)),
+                .try_for_each(|(at, piece)| file_ref.write_all_at(piece, *at))
         });
         let digest = hashing
             .map(|h| {

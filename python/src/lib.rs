@@ -337,8 +337,6 @@ fn to_entries<'a>(specs: Vec<Spec>, sources: &'a [Source]) -> Vec<Entry<'a>> {
     out
 }
 
-/// Save tensors (see [`parse_entries`] for `entries`). `filter` is `"auto"`
-/// (default), `"none"` or a filter id.
 /// The permission bits for a file written to `path`: the replaced file's,
 /// else `0o666 & ~umask` (read without changing the process's umask).
 #[pyfunction]
@@ -346,6 +344,8 @@ fn file_mode_for(path: &str) -> u32 {
     deathtensors::atomic::replacement_mode(path.as_ref())
 }
 
+/// Save tensors (see [`parse_entries`] for `entries`). `filter` is `"auto"`
+/// (default), `"none"` or a filter id.
 #[pyfunction]
 #[pyo3(signature = (path, entries, global_metadata=None, codec=None, level=None, checksum=None, chunk_bytes=None, filter=None, durable=true))]
 #[allow(clippy::too_many_arguments)]
