@@ -36,10 +36,9 @@ fn direct_io_works_in(dir: &Path) -> bool {
     else {
         return false;
     };
-    let mut buf = vec![0u8; 2 * DIRECT_ALIGN];
+    let buf = vec![0u8; 2 * DIRECT_ALIGN];
     let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
     let ok = file.write_all_at(&buf[start..start + DIRECT_ALIGN], 0).is_ok();
-    buf.clear();
     let _ = std::fs::remove_file(&path);
     ok
 }

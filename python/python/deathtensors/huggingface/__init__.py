@@ -92,6 +92,8 @@ MIN_HUGGINGFACE_HUB = (1, 0)
 
 
 def _hf() -> Any:
+    minimum = ".".join(map(str, MIN_HUGGINGFACE_HUB))
+    needs = f"the Hugging Face Hub functions of deathtensors need huggingface_hub {minimum} or newer"
     try:
         import huggingface_hub
         import huggingface_hub.errors
@@ -99,17 +101,14 @@ def _hf() -> Any:
     except ImportError as e:
         if sys.version_info < (3, 9):
             raise ImportError(
-                "the Hugging Face Hub functions of deathtensors need huggingface_hub 1.0 or newer, "
-                f"which needs Python 3.9 or newer (this is Python {sys.version_info[0]}.{sys.version_info[1]}); "
-                "everything else in deathtensors works here"
+                f"{needs}, which needs Python 3.9 or newer (this is Python "
+                f"{sys.version_info[0]}.{sys.version_info[1]}); everything else in deathtensors works here"
             ) from e
-        raise ImportError(f"the Hugging Face Hub functions of deathtensors need huggingface_hub: {INSTALL_HINT}") from e
-    found = _version_tuple(getattr(huggingface_hub, "__version__", ""))
-    if found < MIN_HUGGINGFACE_HUB:
+        raise ImportError(f"{needs}: {INSTALL_HINT}") from e
+    version = getattr(huggingface_hub, "__version__", "")
+    if _version_tuple(version) < MIN_HUGGINGFACE_HUB:
         raise ImportError(
-            f"the Hugging Face Hub functions of deathtensors need huggingface_hub 1.0 or newer, "
-            f"found {getattr(huggingface_hub, '__version__', 'an unknown version')}: "
-            f'pip install -U "huggingface_hub>=1.0"'
+            f'{needs}, found {version or "an unknown version"}: pip install -U "huggingface_hub>={minimum}"'
         )
     return huggingface_hub
 
