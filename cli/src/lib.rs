@@ -140,6 +140,14 @@ where
 {
     deathtensors_plugins::link();
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    if let Some(codec) = codec_after_bare_compress(&args) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "deathtensors: error: `--compress {codec}` would compress with zstd and read {codec:?} as a file name: \
+             write `--compress={codec}` (or `./{codec}` for a file of that name)"
+        );
+        return EXIT_USAGE;
+    }
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -224,6 +232,22 @@ fn unknown_direction(args: &[OsString]) -> Option<(String, Vec<String>)> {
         .map(|c| c.get_name().to_owned())
         .collect();
     (!known.iter().any(|k| k == word)).then(|| (word.to_owned(), known))
+}
+
+/// For `--compress lz4`: a bare `--compress` (which means zstd, its codec
+/// being given only as `--compress=CODEC`) followed by a word that names a
+/// registered codec. clap reads that word as the next positional argument, so
+/// `convert from-safetensors a.safetensors --compress lz4` would write a
+/// zstd file named `lz4`; this returns the codec so that the run is refused.
+fn codec_after_bare_compress(args: &[OsString]) -> Option<String> {
+    let codecs = registry::codecs().ok()?;
+    args.iter()
+        .take_while(|a| *a != "--")
+        .zip(args.iter().skip(1))
+        .find_map(|(flag, next)| {
+            let next = next.to_str()?;
+            (flag == "--compress" && codecs.ids().any(|id| id == next)).then(|| next.to_owned())
+        })
 }
 
 /// A command-line error from clap in one line: its message and the usage of
@@ -645,6 +669,47 @@ mod tests {
         assert_eq!(run(["deathtensors", "no-such-command"]), EXIT_USAGE);
         assert_eq!(run(["deathtensors", "info"]), EXIT_USAGE);
         assert_eq!(run(["deathtensors", "--version"]), EXIT_OK);
+    }
+
+    #[test]
+    fn a_codec_after_a_bare_compress_is_refused_not_read_as_a_file() {
+        let args = |words: &[&str]| words.iter().map(OsString::from).collect::<Vec<_>>();
+        let missing = "/nonexistent/a.safetensors";
+        // Before the check, `lz4` became DST: this ran (and failed on the missing SRC, exit 1).
+        let trap = [
+            "deathtensors",
+            "convert",
+            "from-safetensors",
+            missing,
+            "--compress",
+            "lz4",
+        ];
+        assert_eq!(codec_after_bare_compress(&args(&trap)), Some("lz4".into()));
+        assert_eq!(run(trap), EXIT_USAGE);
+        let joined = [
+            "deathtensors",
+            "convert",
+            "from-safetensors",
+            missing,
+            "/nonexistent/b.dt",
+            "--compress=lz4",
+        ];
+        assert_eq!(codec_after_bare_compress(&args(&joined)), None);
+        assert_eq!(run(joined), EXIT_BAD_FILE);
+        // A bare --compress before a word that is no codec, or after `--`, is left to clap.
+        let plain = ["deathtensors", "convert", "--compress", missing, "b.dt"];
+        assert_eq!(codec_after_bare_compress(&args(&plain)), None);
+        let after_dashes = ["deathtensors", "convert", "--", "--compress", "zstd"];
+        assert_eq!(codec_after_bare_compress(&args(&after_dashes)), None);
+        let hub = [
+            "deathtensors",
+            "hub-convert",
+            "ns/repo",
+            "m.safetensors",
+            "--compress",
+            "zstd",
+        ];
+        assert_eq!(codec_after_bare_compress(&args(&hub)), Some("zstd".into()));
     }
 
     #[test]
