@@ -63,8 +63,8 @@ pub struct CompressionHeader {
 /// this when nothing shrinks by 5%). With planes, the chunk is the filter's
 /// planes one after another, each compressed on its own; a plane whose
 /// stored length equals its raw length is stored raw.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "ChunkRepr", into = "ChunkRepr")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "ChunkRepr")]
 pub struct Chunk {
     offset: u64,
     stored_len: u64,
@@ -72,19 +72,39 @@ pub struct Chunk {
     planes: Option<Vec<u64>>,
 }
 
-#[derive(Serialize, Deserialize)]
+/// A chunk as written: `[offset, stored_len, raw_len]`, or with the planes'
+/// stored lengths as a fourth element.
+#[derive(Serialize)]
 #[serde(untagged)]
 enum ChunkRepr {
     Plain(u64, u64, u64),
     Planes(u64, u64, u64, Vec<u64>),
 }
 
-impl From<ChunkRepr> for Chunk {
-    fn from(r: ChunkRepr) -> Self {
-        match r {
-            ChunkRepr::Plain(o, s, r) => Chunk::new(o, s, r, None),
-            ChunkRepr::Planes(o, s, r, p) => Chunk::new(o, s, r, Some(p)),
+/// Read straight from the array (an untagged enum would buffer every chunk
+/// of a header into serde's generic content tree before trying its forms).
+impl<'de> Deserialize<'de> for Chunk {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct ChunkVisitor;
+        impl<'de> Visitor<'de> for ChunkVisitor {
+            type Value = Chunk;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a chunk: [offset, stored_len, raw_len] or [offset, stored_len, raw_len, [plane lengths]]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Chunk, A::Error> {
+                let mut field = |i: usize| {
+                    seq.next_element::<u64>()?
+                        .ok_or_else(|| de::Error::invalid_length(i, &self))
+                };
+                let (offset, stored_len, raw_len) = (field(0)?, field(1)?, field(2)?);
+                let planes = seq.next_element::<Vec<u64>>()?;
+                if seq.next_element::<de::IgnoredAny>()?.is_some() {
+                    return Err(de::Error::invalid_length(5, &self));
+                }
+                Ok(Chunk::new(offset, stored_len, raw_len, planes))
+            }
         }
+        d.deserialize_seq(ChunkVisitor)
     }
 }
 
@@ -172,7 +192,7 @@ pub struct TensorHeader {
     pub chunks: Option<Vec<Chunk>>,
     /// The filter applied to each chunk before the codec, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filter: Option<FilterHeader>,
+    pub filter: Option<Box<FilterHeader>>,
     /// For a second name of an earlier tensor (tied weights): that tensor's
     /// name. The entry then repeats the target's dtype, shape, offsets,
     /// chunks and filter, and shares its bytes.
@@ -181,7 +201,7 @@ pub struct TensorHeader {
     /// For the primary part of a non-dense tensor: its layout. The entry's
     /// dtype and shape are those of the primary part (e.g. sparse values).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub layout: Option<LayoutHeader>,
+    pub layout: Option<Box<LayoutHeader>>,
     /// For a secondary part of a non-dense tensor: that tensor's name. Such
     /// entries are not listed as tensors of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,8 +237,15 @@ pub struct Header {
 /// # Errors
 /// [`Error::InvalidHeader`] on invalid UTF-8, invalid JSON or duplicate keys.
 pub fn parse_json_strict<T: for<'de> Deserialize<'de>>(text: &[u8]) -> Result<T> {
+    parse_checked(text, Place::Any)
+}
+
+/// Check `text` with a [`Strict`] walk from `place`, then deserialize it
+/// straight into `T`: no intermediate `serde_json::Value` tree, which takes
+/// several times the text's size for a header of many tensors and chunks.
+fn parse_checked<T: for<'de> Deserialize<'de>>(text: &[u8], place: Place) -> Result<T> {
     let mut de = serde_json::Deserializer::from_slice(text);
-    NoDuplicates
+    Strict(place)
         .deserialize(&mut de)
         .and_then(|()| de.end())
         .map_err(|e| Error::InvalidHeader(e.to_string()))?;
@@ -235,63 +262,100 @@ impl Header {
     /// # Errors
     /// [`Error::InvalidHeader`] naming the first problem.
     pub fn parse(text: &[u8]) -> Result<Header> {
-        let value: Value = parse_json_strict(text)?;
-        let invalid = |what: &str| Error::InvalidHeader(format!("{what} must be a JSON object"));
-        let top = value.as_object().ok_or_else(|| invalid("the header"))?;
-        if let Some(c) = top.get("compression").filter(|c| !c.is_null()) {
-            c.as_object().ok_or_else(|| invalid("\"compression\""))?;
-        }
-        if let Some(Value::Array(tensors)) = top.get("tensors") {
-            if let Some(i) = tensors.iter().position(|t| !t.is_object()) {
-                return Err(invalid(&format!("tensors[{i}]")));
-            }
-        }
-        serde_json::from_value(value).map_err(|e| Error::InvalidHeader(e.to_string()))
+        parse_checked(text, Place::Header)
     }
 }
 
-/// A serde visitor that walks any JSON value and fails on a duplicate key.
-struct NoDuplicates;
+/// Where a JSON value sits, for the checks of a [`Strict`] walk: places of a
+/// header that the format requires to be objects, or anywhere else.
+#[derive(Clone, Copy)]
+enum Place {
+    /// Any value (and everything inside one).
+    Any,
+    /// The top level of a header: an object.
+    Header,
+    /// A header's `compression`: an object, or null.
+    Compression,
+    /// A header's `tensors`: when an array, each element is a tensor entry.
+    Tensors,
+    /// Entry `i` of a header's `tensors`: an object.
+    Tensor(usize),
+}
 
-impl<'de> DeserializeSeed<'de> for NoDuplicates {
+impl Place {
+    /// The error for a value other than an object here, if the place needs one
+    /// (`null` is allowed for `compression`).
+    fn refuse<E: de::Error>(self, is_null: bool) -> std::result::Result<(), E> {
+        let what = match self {
+            Place::Header => "the header".to_owned(),
+            Place::Compression if !is_null => "\"compression\"".to_owned(),
+            Place::Tensor(i) => format!("tensors[{i}]"),
+            _ => return Ok(()),
+        };
+        Err(E::custom(format_args!("{what} must be a JSON object")))
+    }
+
+    /// The place of the value under `key` of an object here.
+    fn child(self, key: &str) -> Place {
+        match (self, key) {
+            (Place::Header, "compression") => Place::Compression,
+            (Place::Header, "tensors") => Place::Tensors,
+            _ => Place::Any,
+        }
+    }
+}
+
+/// A serde visitor that walks any JSON value, failing on a duplicate key
+/// anywhere and on a non-object where its [`Place`] needs an object.
+struct Strict(Place);
+
+impl<'de> DeserializeSeed<'de> for Strict {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for NoDuplicates {
+impl<'de> Visitor<'de> for Strict {
     type Value = ();
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_bool<E>(self, _: bool) -> std::result::Result<(), E> {
-        Ok(())
+    fn visit_bool<E: de::Error>(self, _: bool) -> std::result::Result<(), E> {
+        self.0.refuse(false)
     }
-    fn visit_i64<E>(self, _: i64) -> std::result::Result<(), E> {
-        Ok(())
+    fn visit_i64<E: de::Error>(self, _: i64) -> std::result::Result<(), E> {
+        self.0.refuse(false)
     }
-    fn visit_u64<E>(self, _: u64) -> std::result::Result<(), E> {
-        Ok(())
+    fn visit_u64<E: de::Error>(self, _: u64) -> std::result::Result<(), E> {
+        self.0.refuse(false)
     }
-    fn visit_f64<E>(self, _: f64) -> std::result::Result<(), E> {
-        Ok(())
+    fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<(), E> {
+        self.0.refuse(false)
     }
-    fn visit_str<E>(self, _: &str) -> std::result::Result<(), E> {
-        Ok(())
+    fn visit_str<E: de::Error>(self, _: &str) -> std::result::Result<(), E> {
+        self.0.refuse(false)
     }
-    fn visit_unit<E>(self) -> std::result::Result<(), E> {
-        Ok(())
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<(), E> {
+        self.0.refuse(true)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
-        while seq.next_element_seed(NoDuplicates)?.is_some() {}
+        self.0.refuse(false)?;
+        let mut i = 0;
+        let element = |i| match self.0 {
+            Place::Tensors => Place::Tensor(i),
+            _ => Place::Any,
+        };
+        while seq.next_element_seed(Strict(element(i)))?.is_some() {
+            i += 1;
+        }
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
         let mut seen = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            map.next_value_seed(NoDuplicates)?;
-            if !seen.insert(key.clone()) {
+            map.next_value_seed(Strict(self.0.child(&key)))?;
+            if let Some(key) = seen.replace(key) {
                 return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
             }
         }
@@ -321,7 +385,7 @@ pub struct TensorInfo {
     /// The tensor this entry is a second name of (tied weights), if any.
     pub alias_of: Option<String>,
     /// The layout, for the primary part of a non-dense tensor.
-    pub layout: Option<LayoutHeader>,
+    pub layout: Option<Box<LayoutHeader>>,
     /// The tensor this entry is a secondary part of, if any.
     pub part_of: Option<String>,
     /// Per-tensor metadata.
@@ -940,6 +1004,44 @@ mod tests {
         assert!(Header::parse(br#"{"compression":["zstd",3],"tensors":[]}"#).is_err());
         let ok = Header::parse(br#"{"tensors":[{"name":"a","dtype":"F32","shape":[2],"offsets":[0,8]}]}"#).unwrap();
         assert_eq!(ok.tensors[0].name, "a");
+    }
+
+    #[test]
+    fn header_places_are_checked_in_the_strict_walk() {
+        let message = |text: &[u8]| Header::parse(text).unwrap_err().to_string();
+        assert!(message(br#""text""#).contains("the header must be a JSON object"));
+        assert!(
+            message(br#"{"tensors":[{"name":"a","dtype":"U8","shape":[0],"offsets":[0,0]},7]}"#)
+                .contains("tensors[1] must be a JSON object")
+        );
+        assert!(message(br#"{"compression":"zstd","tensors":[]}"#).contains("\"compression\" must be a JSON object"));
+        // null is an absent compression; arrays elsewhere are data.
+        let ok = Header::parse(br#"{"compression":null,"metadata":{"list":[[1],{"x":[]}]},"tensors":[]}"#).unwrap();
+        assert!(ok.compression.is_none());
+        // The shape rules apply to headers only, not to other strict JSON.
+        assert!(parse_json_strict::<Value>(b"[1, 2]").is_ok());
+    }
+
+    #[test]
+    fn chunks_are_three_numbers_or_three_and_the_planes() {
+        let chunk = |text: &str| serde_json::from_str::<Chunk>(text);
+        assert_eq!(chunk("[1,2,3]").unwrap(), Chunk::new(1, 2, 3, None));
+        assert_eq!(chunk("[1,2,3,[4,5]]").unwrap(), Chunk::new(1, 2, 3, Some(vec![4, 5])));
+        for bad in [
+            "[1,2]",
+            "[]",
+            "[1,2,3,[4],5]",
+            "[1,2,3,null]",
+            "[1,2,\"3\"]",
+            "[1,2,-3]",
+            r#"{"offset":1}"#,
+            "7",
+        ] {
+            assert!(chunk(bad).is_err(), "{bad} was accepted");
+        }
+        for c in [Chunk::new(1, 2, 3, None), Chunk::new(9, 8, 7, Some(vec![1, 2]))] {
+            assert_eq!(chunk(&serde_json::to_string(&c).unwrap()).unwrap(), c);
+        }
     }
 
     #[test]

@@ -329,7 +329,7 @@ struct Item<'a> {
     /// The filter for newly compressed bytes (compressed files only).
     filter: Option<SelectedFilter>,
     /// Layout of a non-dense tensor's primary part.
-    layout: Option<LayoutHeader>,
+    layout: Option<Box<LayoutHeader>>,
     /// The tensor this item is a secondary part of.
     part_of: Option<String>,
 }
@@ -441,7 +441,7 @@ impl<'a> Plan<'a> {
                 Entry::Data(t) => Item::from_data(t)?,
                 Entry::Layout { primary, layout, parts } => {
                     let mut item = Item::from_data(primary)?;
-                    item.layout = Some(layout.clone());
+                    item.layout = Some(Box::new(layout.clone()));
                     add(item, &mut items)?;
                     for part in parts {
                         let mut item = Item::from_data(part)?;
@@ -998,11 +998,11 @@ fn write_compressed(
     }
 }
 
-fn filter_header((f, params, _): &SelectedFilter) -> FilterHeader {
-    FilterHeader {
+fn filter_header((f, params, _): &SelectedFilter) -> Box<FilterHeader> {
+    Box::new(FilterHeader {
         id: f.id().to_owned(),
         params: params.clone(),
-    }
+    })
 }
 
 fn entry(plan: &Plan<'_>, item: &Item<'_>, offsets: [u64; 2], chunks: Option<Vec<Chunk>>) -> TensorHeader {
