@@ -333,6 +333,39 @@ def test_non_contiguous_torch_inputs(tmp_path):
             assert not got.requires_grad
 
 
+@pytest.mark.parametrize("first", ["base", "view"])
+def test_conjugate_and_negative_views_are_never_aliases_of_their_base(tmp_path, first):
+    # A conj or neg view shares its base's whole storage with the same dtype and
+    # shape, like a tied weight, but reads as other values. It used to be saved
+    # as an alias of whichever came first, so one of the two read back wrong.
+    z = torch.tensor([1 + 2j, 3 - 4j], dtype=torch.complex64)
+    x = torch.tensor([1.0, -2.0])
+    pairs = {"z": z, "z_conj": z.conj(), "x": x, "x_neg": x._neg_view()}
+    order = ["z", "z_conj", "x", "x_neg"] if first == "base" else ["z_conj", "z", "x_neg", "x"]
+    tensors = {k: pairs[k] for k in order}
+    expected = {
+        "z": [1 + 2j, 3 - 4j],
+        "z_conj": [1 - 2j, 3 + 4j],
+        "x": [1.0, -2.0],
+        "x_neg": [-1.0, 2.0],
+    }
+    saved = tmp_path / "views.deathtensors"
+    dt.save(saved, tensors)
+    appended = tmp_path / "appended.deathtensors"
+    dt.save(appended, {"other": torch.zeros(1)})
+    dt.append(appended, tensors)
+    dt.save_sharded(tmp_path / "sharded.deathtensors", tensors)
+    with dt.open(saved) as f, dt.open(appended) as g, dt.open_sharded(tmp_path / "sharded.deathtensors") as s:
+        for name in order:
+            assert f.info(name)["alias_of"] is None, name
+            for reader in (f, g, s):
+                assert reader.get_tensor(name).tolist() == expected[name], name
+    # A true tie (the same tensor twice) is still saved once.
+    dt.save(saved, {"w": z, "tied": z})
+    with dt.open(saved) as f:
+        assert f.info("tied")["alias_of"] == "w"
+
+
 def test_non_contiguous_and_big_endian_numpy_inputs(tmp_path):
     base = np.arange(48, dtype=np.int32).reshape(6, 8)
     arrays = {

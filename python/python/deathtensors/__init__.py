@@ -223,7 +223,12 @@ def _entries(tensors: Mapping[str, Any]) -> List[tuple]:
 
 
 def _storage_key(value: Any) -> Optional[tuple]:
-    """Identity of a torch tensor's storage when the tensor covers all of it, else None."""
+    """Identity of a torch tensor's storage when the tensor covers all of it, else None.
+
+    A conjugate or negative view (``x.conj()`` of a complex tensor,
+    ``x._neg_view()``) shares its base's storage but reads as other values,
+    so those flags are part of the identity: such a view is saved as its own
+    values, never as an alias of its base."""
     if not (hasattr(value, "untyped_storage") and hasattr(value, "storage_offset")):
         return None
     try:
@@ -231,7 +236,7 @@ def _storage_key(value: Any) -> Optional[tuple]:
         whole = value.storage_offset() == 0 and value.is_contiguous()
         if not whole or value.numel() * value.element_size() != storage.nbytes() or storage.nbytes() == 0:
             return None
-        return (str(value.device), storage.data_ptr(), storage.nbytes())
+        return (str(value.device), storage.data_ptr(), storage.nbytes(), value.is_conj(), value.is_neg())
     except (RuntimeError, NotImplementedError):  # sparse, meta or other storage-less tensors
         return None
 
