@@ -221,6 +221,26 @@ fn is_at(file: &File, path: &Path) -> bool {
     }
 }
 
+/// Refuse to write `dst` when it is `src` (the same path once symbolic links
+/// are followed): an atomic write to `dst` would replace `src`'s contents.
+/// `doing` says what that would do, for the message. A hard link is another
+/// name, and the atomic write replaces only that name, so it is allowed.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming both paths.
+pub fn refuse_same_file(src: &Path, dst: &Path, doing: &str) -> Result<()> {
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(src), std::fs::canonicalize(dst)) {
+        if a == b {
+            return Err(Error::InvalidArgument(format!(
+                "{} and {} are the same file: {doing}",
+                src.display(),
+                dst.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The permission bits a file written to `target` gets: those of the file it
 /// replaces, else what a plain `open(2)` would give (`0666 & ~umask`). Every
 /// writer of the project uses it (the Python package for its JSON side files

@@ -147,9 +147,16 @@ pub fn manifest(reader: &DtReader) -> Result<Value> {
 /// never see a partial manifest.
 ///
 /// # Errors
-/// I/O errors reading the footer or writing the sidecar.
+/// I/O errors reading the footer or writing the sidecar;
+/// [`Error::InvalidArgument`] when `out` is the tensor file itself (through a
+/// symbolic link or not), which the manifest would replace.
 pub fn write_manifest(reader: &DtReader, out: Option<&Path>) -> Result<PathBuf> {
     let target = out.map_or_else(|| sidecar_path(reader.path()), Path::to_path_buf);
+    crate::atomic::refuse_same_file(
+        reader.path(),
+        &target,
+        "writing the manifest there would replace the tensor file",
+    )?;
     let value = manifest(reader)?;
     let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
     text.push('\n');

@@ -265,7 +265,7 @@ pub trait Converter: Plugin {
 /// symbolic links are followed): the conversion would replace the source
 /// with its copy in the other format. Otherwise the converter's errors.
 pub fn import_foreign(converter: &dyn Converter, src: &Path, dst: &Path, options: &WriteOptions) -> Result<()> {
-    refuse_same_file(src, dst)?;
+    crate::atomic::refuse_same_file(src, dst, "converting it onto itself would replace the source")?;
     converter.import(src, dst, options)
 }
 
@@ -274,23 +274,8 @@ pub fn import_foreign(converter: &dyn Converter, src: &Path, dst: &Path, options
 /// # Errors
 /// As [`import_foreign`].
 pub fn export_foreign(converter: &dyn Converter, src: &Path, dst: &Path) -> Result<()> {
-    refuse_same_file(src, dst)?;
+    crate::atomic::refuse_same_file(src, dst, "converting it onto itself would replace the source")?;
     converter.export(src, dst)
-}
-
-fn refuse_same_file(src: &Path, dst: &Path) -> Result<()> {
-    // Canonical paths (links followed): a hard link is another name, and the
-    // atomic write replaces only that name, so converting onto one is safe.
-    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(src), std::fs::canonicalize(dst)) {
-        if a == b {
-            return Err(Error::InvalidArgument(format!(
-                "{} and {} are the same file: converting it onto itself would replace the source",
-                src.display(),
-                dst.display()
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// One registration: the plugin and the crate that submitted it.

@@ -193,6 +193,21 @@ def cli(request):
     return lambda *args, **kw: run_cli(prefix, *args, **kw)
 
 
+def test_writing_the_manifest_over_the_tensor_file_is_refused(cli, model, tmp_path):
+    # It used to replace the checkpoint with its own manifest.
+    before = model.read_bytes()
+    link = tmp_path / "link.json"
+    link.symlink_to(model)
+    for out in (model, link):
+        with pytest.raises(dt.InvalidArgumentError, match="would replace the tensor file"):
+            dt.write_manifest(model, out)
+        r = cli("manifest", str(model), "-o", str(out))
+        assert r.returncode == 2, r.stderr
+        assert b"would replace the tensor file" in r.stderr
+    assert model.read_bytes() == before
+    assert link.is_symlink()
+
+
 def test_cli_writes_the_sidecar_and_prints_its_path(cli, model):
     r = cli("manifest", str(model))
     assert r.returncode == 0, r.stderr
