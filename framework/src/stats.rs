@@ -38,8 +38,12 @@
 //!   `sqrt(stddev_real² + stddev_imag²)`). `nnz` counts `z != 0` (either part
 //!   non-zero or NaN). The extra keys appear for complex tensors only.
 //!
-//! A `mean` or `stddev` that overflows `f64` (values near `f64::MAX`) is
-//! reported as `None` rather than as an infinity.
+//! Values of magnitude over 2^450 are taken scaled by an exact power of two
+//! for the moments, so `mean` and `stddev` are finite whenever the finite
+//! values they describe are (1000 copies of 1e308 have a standard deviation,
+//! and so do 1e200 and -1e200, though their squares overflow `f64`). Should
+//! rounding at the very edge of `f64` still overflow one, it is reported as
+//! `None` rather than as an infinity.
 //!
 //! # How it stays exact enough
 //!
@@ -263,11 +267,33 @@ fn reduce<P: Partial>(reader: &DtReader, info: &TensorInfo) -> Result<P> {
 }
 
 /// Count, mean and sum of squared deviations (`M2`) of some finite values.
+///
+/// Values of magnitude over 2^450 have deviations whose squares may overflow
+/// f64, although the standard deviation is finite (1000 copies of 1e308,
+/// or 1e200 and -1e200). Such values are taken scaled by 2^-[`BIG_SCALE`]
+/// (exactly: a power of two), and `scaled` says so: the true mean is
+/// `mean` × 2^BIG_SCALE and the true `M2` is `m2` × 2^(2 BIG_SCALE). Values
+/// small enough to vanish under that scaling are below f64's precision of
+/// the result anyway.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Moments {
     n: u64,
     mean: f64,
     m2: f64,
+    scaled: bool,
+}
+
+/// Magnitude above which values are taken scaled (see [`Moments`]): 2^450,
+/// under which n ≤ 2^64 squared deviations (each ≤ 2^902) cannot overflow.
+const BIG: f64 = 2.907_354_897_182_427_6e135;
+/// The power of two such values are scaled down by.
+const BIG_SCALE: i32 = 600;
+
+/// `x` × 2^`exp`, exactly while the result is normal.
+fn times_pow2(x: f64, exp: i32) -> f64 {
+    // 2^exp in two factors, so that neither overflows nor underflows for |exp| ≤ 2000.
+    let half = exp / 2;
+    x * 2f64.powi(half) * 2f64.powi(exp - half)
 }
 
 impl Moments {
@@ -276,16 +302,34 @@ impl Moments {
         if values.is_empty() {
             return Moments::default();
         }
-        let n = values.len() as f64;
-        let mut mean = sum / n;
-        if !mean.is_finite() {
-            // The sum overflowed (values near f64::MAX): sum values scaled by an
-            // exact power of two (n ≤ SUB_BLOCK, so that sum cannot overflow),
-            // and keep the mean within the finite range it mathematically lies in.
-            const SCALE: f64 = 2048.0;
-            let scaled: f64 = values.iter().map(|v| v / SCALE).sum();
-            mean = (scaled / n * SCALE).clamp(f64::MIN, f64::MAX);
+        if !values.iter().any(|v| v.abs() > BIG) {
+            return Moments::unscaled(values, sum);
         }
+        let mut scaled = [0.0f64; SUB_BLOCK];
+        let mut moments = Moments::default();
+        for piece in values.chunks(SUB_BLOCK) {
+            let part = &mut scaled[..piece.len()];
+            for (s, &v) in part.iter_mut().zip(piece) {
+                *s = times_pow2(v, -BIG_SCALE);
+            }
+            // The caller's sum, scaled, is exact if it did not overflow.
+            let sum = if sum.is_finite() && piece.len() == values.len() {
+                times_pow2(sum, -BIG_SCALE)
+            } else {
+                lanes_total(part)
+            };
+            moments = moments.merge(Moments {
+                scaled: true,
+                ..Moments::unscaled(part, sum)
+            });
+        }
+        moments
+    }
+
+    /// [`Moments::of_finite`] of values under [`BIG`] (whose squared deviations cannot overflow).
+    fn unscaled(values: &[f64], sum: f64) -> Moments {
+        let n = values.len() as f64;
+        let mean = sum / n;
         let mut acc = [0.0f64; LANES];
         let chunks = values.chunks_exact(LANES);
         let rest = chunks.remainder();
@@ -300,6 +344,20 @@ impl Moments {
             n: values.len() as u64,
             mean,
             m2,
+            scaled: false,
+        }
+    }
+
+    /// The same moments, scaled (see [`Moments`]).
+    fn to_scaled(self) -> Moments {
+        if self.scaled {
+            return self;
+        }
+        Moments {
+            n: self.n,
+            mean: times_pow2(self.mean, -BIG_SCALE),
+            m2: times_pow2(self.m2, -2 * BIG_SCALE),
+            scaled: true,
         }
     }
 
@@ -311,28 +369,50 @@ impl Moments {
         if self.n == 0 {
             return other;
         }
-        let n = self.n + other.n;
-        let (na, nb, nf) = (self.n as f64, other.n as f64, n as f64);
-        let delta = other.mean - self.mean;
-        let mean = if delta.is_finite() {
-            self.mean + delta * (nb / nf)
+        let (a, b) = if self.scaled == other.scaled {
+            (self, other)
         } else {
-            self.mean * (na / nf) + other.mean * (nb / nf)
+            (self.to_scaled(), other.to_scaled())
         };
+        let n = a.n + b.n;
+        let (na, nb, nf) = (a.n as f64, b.n as f64, n as f64);
+        let delta = b.mean - a.mean;
         Moments {
             n,
-            mean,
-            m2: self.m2 + other.m2 + delta * delta * (na * (nb / nf)),
+            mean: a.mean + delta * (nb / nf),
+            m2: a.m2 + b.m2 + delta * delta * (na * (nb / nf)),
+            scaled: a.scaled,
         }
     }
 
     fn mean(&self) -> Option<f64> {
-        Some(self.mean).filter(|m| self.n > 0 && m.is_finite())
+        let mean = if self.scaled {
+            // The mean of finite values is finite; rounding may not make it otherwise.
+            times_pow2(self.mean, BIG_SCALE).clamp(f64::MIN, f64::MAX)
+        } else {
+            self.mean
+        };
+        Some(mean).filter(|m| self.n > 0 && m.is_finite())
     }
 
     fn stddev(&self) -> Option<f64> {
-        Some((self.m2 / self.n as f64).sqrt()).filter(|s| self.n > 0 && s.is_finite())
+        let s = (self.m2 / self.n as f64).sqrt();
+        let s = if self.scaled { times_pow2(s, BIG_SCALE) } else { s };
+        Some(s).filter(|s| self.n > 0 && s.is_finite())
     }
+}
+
+/// The sum of `values` in [`LANES`] lanes, as [`FloatPartial::of_values`] adds them.
+fn lanes_total(values: &[f64]) -> f64 {
+    let mut lanes = [0.0f64; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in lanes.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    lanes_sum(lanes) + rest.iter().sum::<f64>()
 }
 
 fn lanes_sum(lanes: [f64; LANES]) -> f64 {
@@ -798,6 +878,35 @@ mod tests {
         let values = [f64::MAX, f64::MAX, f64::MAX];
         let m = Moments::of_finite(&values, values.iter().sum());
         assert_eq!(m.mean(), Some(f64::MAX));
+        assert_eq!(m.stddev(), Some(0.0));
+    }
+
+    #[test]
+    fn huge_floats_have_a_finite_stddev() {
+        let moments = |values: &[f64]| {
+            let m = Moments::of_finite(values, values.iter().sum());
+            (m.mean().unwrap(), m.stddev().unwrap())
+        };
+        // Their squared deviations overflow f64 (they used to give None).
+        assert_eq!(moments(&[1e200, -1e200]), (0.0, 1e200));
+        assert_eq!(moments(&[f64::MAX, -f64::MAX]), (0.0, f64::MAX));
+        let same = vec![1e308; 1000];
+        let (mean, sd) = moments(&same);
+        assert!(close(mean, 1e308, 1e-12) && sd <= 1e-12 * 1e308, "{mean} {sd}");
+        // Scaled and unscaled sub-blocks merge: 1024 ones, then 1024 values of 1e300.
+        let mixed: Vec<f64> = (0..2048).map(|i| if i < 1024 { 1.0 } else { 1e300 }).collect();
+        let merged = mixed
+            .chunks(1024)
+            .map(|c| Moments::of_finite(c, c.iter().sum()))
+            .fold(Moments::default(), Moments::merge);
+        // (A sum of 1024 values carries up to ~1e-13 of relative rounding.)
+        assert!(close(merged.mean().unwrap(), 0.5e300, 1e-12), "{merged:?}");
+        assert!(close(merged.stddev().unwrap(), 0.5e300, 1e-12), "{merged:?}");
+        // Values under 2^450 keep the unscaled path, bit for bit as before.
+        let small = [1.5, -2.0, 1e130];
+        let m = Moments::of_finite(&small, small.iter().sum());
+        assert!(!m.scaled);
+        assert_eq!(m.stddev(), Some(two_pass(&small).1));
     }
 
     #[test]
@@ -854,11 +963,14 @@ mod tests {
         assert!(close(p.abs.moments.mean().unwrap(), mean, 1e-15));
         let (mean_re, _) = two_pass(&[3.0, 0.0, -6.0, 1e300]);
         assert!(close(p.real.mean().unwrap(), mean_re, 1e-15));
-        // Squared deviations of 1e300 overflow: reported as None, never as Inf.
-        assert_eq!(p.real.stddev(), None);
+        // Squared deviations of 1e300 overflow f64; the moments do not.
+        let (_, sd_re) = two_pass(&[3e-300, 0.0, -6e-300, 1.0]);
+        assert!(close(p.real.stddev().unwrap(), sd_re * 1e300, 1e-14));
         let (mean_im, sd_im) = two_pass(&[4.0, 0.0, 8.0, 1e300]);
         assert!(close(p.imag.mean().unwrap(), mean_im, 1e-15));
-        assert!(p.imag.stddev().is_none() && sd_im.is_infinite());
+        assert!(sd_im.is_infinite());
+        let (_, sd_im) = two_pass(&[4e-300, 0.0, 8e-300, 1.0]);
+        assert!(close(p.imag.stddev().unwrap(), sd_im * 1e300, 1e-14));
     }
 
     #[test]

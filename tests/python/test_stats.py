@@ -77,6 +77,23 @@ def test_complex_stats_describe_the_magnitude(tmp_path):
     assert math.isclose(s["mean_imag"], 5.0 / 3.0, rel_tol=1e-6)
 
 
+def test_huge_finite_values_have_a_finite_stddev(tmp_path):
+    # Their squared deviations overflow f64; stddev used to come back None.
+    path = tmp_path / "huge.deathtensors"
+    tensors = {
+        "pm": torch.tensor([1e200, -1e200], dtype=torch.float64),
+        "same": torch.full((1000,), 1e308, dtype=torch.float64),
+        "edge": torch.tensor([1.7e308, -1.7e308], dtype=torch.float64),
+    }
+    dt.save(path, tensors)
+    with dt.open(path) as f:
+        pm, same, edge = (f.stats(n) for n in tensors)
+    assert (pm["mean"], pm["stddev"]) == (0.0, 1e200)
+    assert same["mean"] == pytest.approx(1e308, rel=1e-12)
+    assert 0.0 <= same["stddev"] <= 1e-12 * 1e308
+    assert (edge["mean"], edge["stddev"]) == (0.0, 1.7e308)
+
+
 def test_empty_and_missing(tmp_path):
     p = tmp_path / "e.deathtensors"
     dt.save(p, {"e": torch.zeros(0, 3)})
