@@ -236,7 +236,7 @@ impl DtReader {
             for step in piece.chunks_mut(PARALLEL_READ_PIECE) {
                 buffer::prefault(step);
                 let at = at + done as u64;
-                pread_exact(&self.file, step, at).map_err(|e| self.io_at(e, at))?;
+                pread_exact(&self.file, step, at).map_err(|e| self.io_at(e, at, step.len()))?;
                 done += step.len();
             }
             Ok(())
@@ -249,12 +249,16 @@ impl DtReader {
             .try_for_each(|(i, piece)| read(piece, offset + (i * PARALLEL_READ_PIECE) as u64))
     }
 
-    fn io_at(&self, e: std::io::Error, at: u64) -> Error {
+    /// The error of a read of `len` bytes at `at` that failed with `e`: a file
+    /// that ended first shrank since it was opened (the header placed every
+    /// range inside it), so the error gives the end the read needed and the
+    /// file's length now.
+    fn io_at(&self, e: std::io::Error, at: u64, len: usize) -> Error {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             Error::Truncated {
                 what: "tensor data (the file shrank while open)",
-                needed: at,
-                available: self.file_len,
+                needed: at.saturating_add(len as u64),
+                available: self.file.metadata().map_or(self.file_len, |m| m.len()),
             }
         } else {
             Error::io(&self.path, e)
@@ -487,7 +491,7 @@ impl DtReader {
         let mut digest = [0u8; 32];
         self.file
             .read_exact_at(&mut digest, self.file_len - FOOTER_LEN)
-            .map_err(|e| self.io_at(e, self.file_len - FOOTER_LEN))?;
+            .map_err(|e| self.io_at(e, self.file_len - FOOTER_LEN, digest.len()))?;
         Ok(digest)
     }
 
@@ -537,7 +541,7 @@ impl DtReader {
                     let result = self
                         .file
                         .read_exact_at(&mut buf[..n], at)
-                        .map_err(|e| self.io_at(e, at));
+                        .map_err(|e| self.io_at(e, at, n));
                     let failed = result.is_err();
                     if full_tx.send(result.map(|()| (buf, n))).is_err() || failed {
                         return;
