@@ -207,6 +207,49 @@ pub fn remove_stale_temp_files(dir: &Path) {
     }
 }
 
+/// Hold an exclusive `flock` on the file `path` names (through symbolic
+/// links), for a read-modify-write of it such as an append: waits while
+/// another updater holds it. Each updater replaces the file by a rename, so
+/// one that waited on the old file finds the name moved on once it gets the
+/// lock, and locks the new file instead: two appends never both start from
+/// the same old contents. The lock lasts as long as the returned handle.
+///
+/// Only updaters that lock are serialized: a plain save replaces the file
+/// without waiting, as it always did.
+///
+/// `None` when `path` is not a regular file (opened without blocking, so a
+/// FIFO cannot hang the call): there is nothing to lock, and reading it
+/// fails with the reader's own error.
+///
+/// # Errors
+/// I/O errors opening or locking the file; [`Error::Io`] if the name kept
+/// moving to a new file for 16 tries.
+pub fn lock_for_update(path: &Path) -> Result<Option<File>> {
+    for _ in 0..CREATE_ATTEMPTS {
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Ok(None);
+        }
+        // SAFETY: flock on a valid open descriptor, no pointers involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::io(path, std::io::Error::last_os_error()));
+        }
+        let now = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let locked = file.metadata().map_err(|e| Error::io(path, e))?;
+        if (locked.dev(), locked.ino()) == (now.dev(), now.ino()) {
+            return Ok(Some(file));
+        }
+    }
+    Err(Error::io(
+        path,
+        std::io::Error::other("the file kept being replaced while waiting to update it"),
+    ))
+}
+
 /// Take an exclusive `flock` without waiting; whether it was taken.
 fn try_lock(file: &File) -> bool {
     // SAFETY: flock on a valid open descriptor, no pointers involved.
@@ -268,6 +311,43 @@ pub fn umask() -> u32 {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn an_update_lock_follows_the_file_to_its_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.dt");
+        std::fs::write(&path, b"old").unwrap();
+        let held = lock_for_update(&path).unwrap().expect("a regular file is locked");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let lock = lock_for_update(&path).unwrap().unwrap();
+                tx.send(()).unwrap();
+                lock.metadata().unwrap().ino()
+            })
+        };
+        // The waiter cannot get the lock while it is held...
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err());
+        // ...and once the holder has replaced the file and let go, it locks the new file.
+        let mut out = AtomicFile::create(&path).unwrap();
+        out.file().write_all(b"new").unwrap();
+        out.commit(false).unwrap();
+        drop(held);
+        let locked = waiter.join().unwrap();
+        assert_eq!(locked, std::fs::metadata(&path).unwrap().ino());
+    }
+
+    #[test]
+    fn an_update_lock_of_a_fifo_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(lock_for_update(&fifo).unwrap().is_none());
+        assert!(lock_for_update(&dir.path().join("missing")).is_err());
+    }
 
     #[test]
     fn commit_replaces_and_drop_leaves_nothing() {

@@ -235,7 +235,8 @@ pub fn write_entries(
 /// metadata. A name that exists is an error unless `overwrite`, which
 /// replaces that tensor in place (aliases of a replaced tensor keep the old
 /// bytes as tensors of their own). Peak memory is a few copy buffers, not the
-/// file's size.
+/// file's size. Concurrent appends to one file take turns
+/// ([`lock_for_update`](crate::atomic::lock_for_update)), so none is lost.
 ///
 /// # Errors
 /// A name that exists without `overwrite`; anything [`write_entries`] refuses;
@@ -247,6 +248,7 @@ pub fn append_file(
     overwrite: bool,
 ) -> Result<()> {
     let path = path.as_ref();
+    let _updating = crate::atomic::lock_for_update(path)?;
     let source = DtReader::open(path)?;
     let name_of = |e: &Entry<'_>| match e {
         Entry::Data(t) | Entry::Layout { primary: t, .. } => t.name.clone(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 import time
@@ -246,3 +247,25 @@ def test_a_file_replaced_while_open_is_never_read_mixed(tmp_path, compress):
     assert len(set(seen_by_reopen)) == 4, seen_by_reopen
     with dt.open(path, verify=True) as g:
         assert g.metadata() == {"v": saves % 4}
+
+
+# -- appends to one file from many threads and processes ------------------------------------------------------
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_concurrent_appends_keep_every_tensor(tmp_path, compress):
+    # Each append reads the file, writes a new one and renames it over the old. Without
+    # a lock two appends started from the same old file and the later rename dropped the
+    # other's tensor: 12 threaded appends used to leave 3.
+    path = tmp_path / "grow.deathtensors"
+    dt.save(path, {"base": torch.zeros(4)}, compress=compress, checksum=True)
+    names = [f"t{i}" for i in range(12)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(lambda n: dt.append(path, {n: torch.full((64,), float(n[1:]))}), names))
+    child = "import sys, torch, deathtensors as dt\ndt.append(sys.argv[1], {sys.argv[2]: torch.ones(8)})\n"
+    procs = [subprocess.Popen([sys.executable, "-c", child, str(path), f"p{i}"]) for i in range(4)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    with dt.open(path, verify=True) as f:
+        assert sorted(f.keys()) == sorted(["base", *names, "p0", "p1", "p2", "p3"])
+        for n in names:
+            assert f.get_tensor(n).tolist() == [float(n[1:])] * 64

@@ -354,6 +354,9 @@ def append(
     crash at any moment leaves the old file intact. The file keeps its own
     compression and checksum settings; its footer is recomputed.
     ``extra_global_metadata`` is merged over the file's global metadata.
+    Appends to one file from several threads or processes take turns (an
+    exclusive lock on the file), so each adds its tensors to what the others
+    wrote and none is lost.
 
     Raises:
         InvalidArgumentError: a name already in the file (unless
