@@ -1,7 +1,7 @@
 //! # deathtensors
 //!
 //! Safe, fast, pickle-free tensor storage. This crate is the framework: the
-//! `.deathtensors` v1 file format ([`format`]), its [`reader`] and [`writer`],
+//! `.deathtensors` v1 file format ([`format`](mod@format)), its [`reader`] and [`writer`],
 //! the plugin [`registry`] and the [`Error`] type. It names no concrete codec,
 //! hash or foreign format: those are plugins (see the `deathtensors-plugins`
 //! crate), found by id in the registry.
