@@ -149,11 +149,18 @@ pub(crate) fn run(args: ConvertArgs) -> Result<(String, i32), Error> {
     execute(job)
 }
 
-/// The lower-cased extension of a path, without the dot.
+/// The lower-cased extension of a path as given (once ~ and $VARS are
+/// expanded, as they are for the conversion itself), without the dot.
 fn extension(path: &str) -> Option<String> {
-    Path::new(path)
+    expand_path(path)
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
+}
+
+/// Whether `format` (an id or extension, any case, with or without the dot)
+/// names the deathtensors format itself.
+fn is_native(format: &str) -> bool {
+    NATIVE.contains(&format.trim_start_matches('.').to_ascii_lowercase().as_str())
 }
 
 /// The converter named by `format`: its id, or one of its extensions.
@@ -198,7 +205,7 @@ fn plan(
             ))
         })?,
     };
-    let importing = NATIVE.contains(&target.trim_start_matches('.').to_ascii_lowercase().as_str());
+    let importing = is_native(&target);
     if importing {
         let source = match from {
             Some(f) => f,
@@ -208,7 +215,7 @@ fn plan(
                 ))
             })?,
         };
-        if NATIVE.contains(&source.as_str()) {
+        if is_native(&source) {
             return Err(Error::InvalidArgument(format!(
                 "{src:?} is already a deathtensors file; give --from FORMAT if it is not"
             )));
@@ -228,7 +235,7 @@ fn plan(
         ));
     }
     if let Some(ext) = extension(&src) {
-        if !NATIVE.contains(&ext.as_str()) && find(&ext).is_ok() {
+        if !is_native(&ext) && find(&ext).is_ok() {
             return Err(Error::InvalidArgument(format!(
                 "{src:?} is not a deathtensors file: conversions go through .deathtensors \
                  (convert it with --to deathtensors first)"

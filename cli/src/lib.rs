@@ -169,7 +169,13 @@ where
                     | ErrorKind::DisplayVersion
                     | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) {
-                let _ = e.print();
+                // Help and version go to stdout: one that cannot take them fails like any other output.
+                if let Err(err) = e.print().and_then(|()| std::io::stdout().flush()) {
+                    if err.kind() != std::io::ErrorKind::BrokenPipe {
+                        let _ = writeln!(std::io::stderr(), "deathtensors: error: cannot write the output: {err}");
+                        return EXIT_USAGE;
+                    }
+                }
             } else {
                 let _ = writeln!(std::io::stderr(), "deathtensors: error: {}", usage_error_line(&e));
             }
@@ -415,9 +421,9 @@ fn execute(command: Command) -> Result<(String, i32), Error> {
             let algorithm = r.checksum().map(|c| c.id()).unwrap_or_default();
             let digest = hex(&r.stored_digest()?);
             if json {
-                s = pretty(&json!({"path": path, "ok": true, "algorithm": algorithm, "digest": digest}));
+                s = pretty(&json!({"path": r.path(), "ok": true, "algorithm": algorithm, "digest": digest}));
             } else {
-                let _ = writeln!(s, "OK  {path}  {algorithm}:{digest}");
+                let _ = writeln!(s, "OK  {}  {algorithm}:{digest}", r.path().display());
             }
         }
         Command::Stats { path, names, json } => {

@@ -756,7 +756,7 @@ fn read_remote_tensor(
 /// The `hub-*` commands are parsed here and run by
 /// `deathtensors.huggingface._cli.run(request_json)` (Python, GIL held).
 #[pyfunction]
-fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
+fn cli_main(py: Python<'_>, argv: Vec<std::ffi::OsString>) -> i32 {
     py.detach(|| {
         deathtensors_cli::run_with_hub(argv, |request| {
             Python::attach(|py| {

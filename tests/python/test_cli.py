@@ -142,6 +142,26 @@ def test_output_that_cannot_be_written_is_an_error(cli, files):
     assert len(lines) == 1 and lines[0].startswith("deathtensors: error: cannot write the output"), lines
 
 
+@pytest.mark.parametrize("args", [["--help"], ["info", "--help"], ["help"], ["--version"]])
+def test_help_and_version_that_cannot_be_written_are_an_error(cli, args):
+    """Regression: help and version to a full device exited 0, silently."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    with open("/dev/full", "wb") as full:
+        result = cli(*args, stdout=full)
+    assert result.returncode == 2, args
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("deathtensors: error: cannot write the output"), lines
+
+
+def test_a_non_utf8_argument_is_a_usage_error_not_a_traceback(cli, tmp_path):
+    """Regression: python -m deathtensors crashed with a UnicodeEncodeError traceback."""
+    name = os.fsdecode(b"bad\xff.deathtensors")
+    result = cli("info", str(tmp_path / name))
+    assert result.returncode == 2
+    assert "invalid UTF-8" in _one_clean_error_line(result)
+
+
 def test_list(cli, files):
     result = cli("list", str(files["good"]))
     assert result.returncode == 0, result.stderr
@@ -298,6 +318,23 @@ def test_cli_expands_paths(cli, files, tmp_path):
         result = cli("list", spelled, env=env)
         assert result.returncode == 0, (spelled, result.stderr)
         assert result.stdout.decode().splitlines() == NAMES
+        # verify reports the file it read, as info does (it echoed the path as typed).
+        verified = json.loads(cli("verify", "--json", spelled, env=env).stdout)
+        assert verified["path"] == str(files["good"]), spelled
+    # The generic convert reads the formats from the expanded paths (it refused '$DT_CLI_DIR/x.safetensors').
+    result = cli("convert", "$DT_CLI_DIR/good.deathtensors", "$DT_CLI_DIR/out.safetensors", env=env)
+    assert result.returncode == 0, result.stderr
+    result = cli("convert", "$DT_CLI_DIR/out.safetensors", "${DT_CLI_DIR}/back.deathtensors", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "back.deathtensors").exists()
+
+
+@pytest.mark.parametrize("spelled", ["deathtensors", "DeathTensors", ".deathtensors", "DT"])
+def test_convert_from_the_native_format_in_any_spelling_says_so(cli, files, tmp_path, spelled):
+    # It said 'unknown converter "DeathTensors"; available: deathtensors, ...'.
+    result = cli("convert", str(files["good"]), str(tmp_path / "x.deathtensors"), "--from", spelled)
+    assert result.returncode == 2
+    assert "is already a deathtensors file" in _one_clean_error_line(result)
 
 
 def test_dt_extension_works_in_cli(cli, files, tmp_path):
