@@ -253,6 +253,35 @@ def test_out_of_range_zstd_level_is_an_argument_error(tmp_path):
     assert not (tmp_path / "x.deathtensors").exists()
 
 
+def test_odd_arguments_are_argument_errors_not_raw_python_errors(tmp_path):
+    # Each of these used to escape as OverflowError, RecursionError or torch's RuntimeError.
+    path = tmp_path / "x.deathtensors"
+    x = {"a": torch.zeros(4)}
+    for level in (2**31, -(2**31) - 1, 2**64):
+        with pytest.raises(dt.InvalidArgumentError, match="out of range"):
+            dt.save(path, x, compress=True, compress_level=level)
+        with pytest.raises(dt.InvalidArgumentError, match="out of range"):
+            dt.from_safetensors(tmp_path / "none.safetensors", path, compress=True, compress_level=level)
+    with pytest.raises(dt.InvalidArgumentError, match="over 2\\*\\*64"):
+        dt.save_file(path, {"a": {"dtype": "U8", "shape": [2**64], "data": b""}})
+    looped: dict = {}
+    looped["self"] = looped
+    deep: dict = {}
+    for _ in range(5000):
+        deep = {"d": deep}
+    for bad in (looped, deep):
+        with pytest.raises(dt.InvalidArgumentError, match="nested too deeply, or contains itself"):
+            dt.save(path, x, global_metadata=bad)
+    nested = torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)])
+    with pytest.raises(dt.InvalidArgumentError, match="nested tensor"):
+        dt.save(path, {"n": nested})
+    assert not path.exists()
+    # numpy integers are levels like ints.
+    dt.save(path, x, compress=True, compress_level=np.int64(5))
+    with dt.open(path) as f:
+        assert f._desc["level"] == 5
+
+
 # -- shapes and layouts ---------------------------------------------------------------------
 
 

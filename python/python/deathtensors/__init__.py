@@ -17,7 +17,7 @@ import os
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
 from . import _core
-from ._convert import from_safetensors, to_safetensors
+from ._convert import _check_level, from_safetensors, to_safetensors
 from ._diff import diff
 from ._frameworks import convert, prepare, target_device, to_device
 from ._manifest import read_manifest, write_manifest
@@ -146,11 +146,13 @@ def _dumps(value: Any, what: str) -> Optional[str]:
         return None
     if not isinstance(value, Mapping):
         raise InvalidArgumentError(f"{what} must be a dict, not {type(value).__name__}")
-    _check_json(value, what)
     try:
+        _check_json(value, what)
         return json.dumps(dict(value), allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as e:
         raise InvalidArgumentError(f"{what} must be JSON-serialisable: {e}") from None
+    except RecursionError:
+        raise InvalidArgumentError(f"{what} is nested too deeply, or contains itself") from None
 
 
 def _write(
@@ -165,8 +167,7 @@ def _write(
 ) -> None:
     rows = _rows(entries, metadata)
     codec = _choose(compress, DEFAULT_CODEC, "compress")
-    if compress_level is not None and (isinstance(compress_level, bool) or not isinstance(compress_level, int)):
-        raise InvalidArgumentError(f"compress_level must be an int or None, not {compress_level!r}")
+    compress_level = _check_level(compress_level)
     _core.save(
         expand_path(path),
         rows,
@@ -336,6 +337,8 @@ def _raw_shape(name: str, shape: Any) -> List[int]:
             raise InvalidArgumentError(f"tensor {name!r}: shape {shape!r} holds {d!r}, not an int") from None
         if dim < 0:
             raise InvalidArgumentError(f"tensor {name!r}: shape {shape!r} holds a negative dimension")
+        if dim > _INT_RANGE[1]:
+            raise InvalidArgumentError(f"tensor {name!r}: shape {shape!r} holds a dimension over 2**64 - 1")
         dims.append(dim)
     return dims
 

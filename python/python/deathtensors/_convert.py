@@ -23,6 +23,7 @@ output index lists the tensors in the input index's order.
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import re
 import sys
@@ -74,11 +75,22 @@ def _strip(path: str, suffixes: tuple) -> str:
 
 
 def _check_level(level: Any) -> Optional[int]:
+    """A ``compress_level`` argument as an int (numpy integers too), or None.
+
+    Only the type and the range any codec could take are checked here; each
+    codec checks its own range when it is chosen.
+    """
     if level is None:
         return None
-    if isinstance(level, bool) or not isinstance(level, int):
+    if isinstance(level, bool):
         raise InvalidArgumentError(f"compress_level must be an integer or None, not {level!r}")
-    return level
+    try:
+        level = operator.index(level)
+    except TypeError:
+        raise InvalidArgumentError(f"compress_level must be an integer or None, not {level!r}") from None
+    if not -(2**31) <= level < 2**31:
+        raise InvalidArgumentError(f"compress_level {level} is out of range for any codec")
+    return int(level)
 
 
 # -- finding an index ----------------------------------------------------------------------------

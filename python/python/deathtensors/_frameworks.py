@@ -60,6 +60,10 @@ def prepare(name: str, value: Any) -> Tuple[str, List[int], Any]:
     if _is_torch(value):
         import torch
 
+        if getattr(value, "is_nested", False):
+            raise InvalidArgumentError(
+                f"tensor {name!r} is a nested tensor; save its components (tensor.unbind()) as tensors of their own"
+            )
         if value.layout != torch.strided:
             raise InvalidArgumentError(
                 f"tensor {name!r} has layout {value.layout}; dense (strided) and sparse COO tensors can be saved"
