@@ -16,7 +16,7 @@ use crate::buffer::{self, AlignedBuf, UninitBuf};
 use crate::chunk::{self, AppliedFilter};
 use crate::error::{Error, Result};
 use crate::format::{self, Chunk, Layout, Preamble, TensorInfo, DEFAULT_MAX_HEADER_LEN, FOOTER_LEN, PREAMBLE_LEN};
-use crate::registry::{ChecksumAlgorithm, Codec};
+use crate::registry::{ChecksumAlgorithm, Codec, DtypeKind};
 
 /// Reads are made in pieces of this size (each prefaulted, then read), and a
 /// range of several pieces is read by several threads at once.
@@ -51,6 +51,20 @@ pub struct DtReader {
     layout: Layout,
     decoded: AtomicU64,
     mapping: OnceLock<Arc<MmapMut>>,
+}
+
+/// Make the bytes of a BOOL tensor 0 or 1. The format's BOOL is `0x00`
+/// false and `0x01` true, and reads take any other byte (which writers must
+/// not write, but a foreign or hostile file may hold) as true, as stats do:
+/// handed to torch or numpy as a bool, a byte of 2 would compare unequal to
+/// `True`. `out` has been filled.
+fn canonical_bools(info: &TensorInfo, out: &mut [MaybeUninit<u8>]) {
+    if info.dtype.kind() == DtypeKind::Bool {
+        // SAFETY: the read that filled `out` returned Ok, so every byte is written.
+        for b in unsafe { buffer::assume_init_mut(out) } {
+            *b = u8::from(*b != 0);
+        }
+    }
 }
 
 /// Whether rayon's pool has a single worker (`RAYON_NUM_THREADS=1`): work is
@@ -218,9 +232,11 @@ impl DtReader {
             )));
         }
         match (&info.chunks, self.layout.codec) {
-            (Some(chunks), Some(codec)) => self.read_chunks(info, chunks, codec, out),
-            _ => self.read_at(out, info.file_offset),
+            (Some(chunks), Some(codec)) => self.read_chunks(info, chunks, codec, out)?,
+            _ => self.read_at(out, info.file_offset)?,
         }
+        canonical_bools(info, out);
+        Ok(())
     }
 
     /// Fill `out` from file `offset` (every byte, or an error).
@@ -364,7 +380,9 @@ impl DtReader {
                 ))
             })?;
         let (Some(chunks), Some(codec)) = (&info.chunks, self.layout.codec) else {
-            return self.read_at(out, info.file_offset + start);
+            self.read_at(out, info.file_offset + start)?;
+            canonical_bools(info, out);
+            return Ok(());
         };
         // (chunk index, chunk's raw start, first byte wanted, output piece) per overlapping chunk.
         let mut pieces = Vec::new();
@@ -394,7 +412,9 @@ impl DtReader {
                 let from = (lo - raw_start) as usize;
                 buffer::copy_into(piece, &whole[from..from + piece.len()]);
                 Ok(())
-            })
+            })?;
+        canonical_bools(info, out);
+        Ok(())
     }
 
     /// Apply `f` to each decoded block of `info`, in parallel, and return the
@@ -462,12 +482,23 @@ impl DtReader {
             None => {
                 // SAFETY: a private map of a file we hold open; validation bounded every
                 // offset by the length the file had, and the map is never shrunk by us.
-                let m = unsafe {
+                let mut m = unsafe {
                     memmap2::MmapOptions::new()
                         .len(self.file_len as usize)
                         .map_copy(&self.file)
                 }
                 .map_err(|e| Error::io(&self.path, e))?;
+                // BOOL bytes other than 0 and 1 read as 1 (see `canonical_bools`), here
+                // too: before the map is shared, writing (copy-on-write) only bytes
+                // that need it, so a clean file's pages stay the page cache's.
+                for t in
+                    (self.layout.tensors.iter()).filter(|t| t.dtype.kind() == DtypeKind::Bool && t.chunks.is_none())
+                {
+                    let at = t.file_offset as usize;
+                    for b in m[at..at + t.nbytes as usize].iter_mut().filter(|b| **b > 1) {
+                        *b = 1;
+                    }
+                }
                 self.mapping.get_or_init(|| Arc::new(m)).clone()
             }
         };

@@ -514,3 +514,28 @@ def test_random_bytes_are_refused(tmp_path):
             path = _write(tmp_path / "r.deathtensors", data)
             with pytest.raises(dt.FormatError):
                 dt.open(path)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_bool_bytes_other_than_0_and_1_come_back_as_true(tmp_path, compress):
+    # A file whose BOOL tensor holds bytes 2 and 255 (writers must not, a foreign file may):
+    # they reached torch and numpy as bools that compared unequal to True.
+    path = tmp_path / "bools.deathtensors"
+    dt.save(path, {"b": torch.tensor([0, 1, 2, 255] * 64, dtype=torch.uint8)}, compress=compress)
+    raw = bytearray(path.read_bytes())
+    header_len = struct.unpack_from("<Q", raw, 16)[0]
+    header = raw[24 : 24 + header_len].decode()
+    patched = header.replace('"U8"', '"BOOL"', 1)
+    raw[24 : 24 + header_len] = (patched.rstrip(" ") + " " * (header_len - len(patched.rstrip(" ")))).encode()
+    path.write_bytes(bytes(raw))
+    expected = [False, True, True, True] * 64
+    canonical = [0, 1, 1, 1] * 64  # the bytes behind them: true is 1
+    with dt.open(path) as f:
+        t = f.get_tensor("b")
+        assert t.dtype == torch.bool and t.tolist() == expected
+        assert t.view(torch.uint8).tolist() == canonical
+        assert f.get_tensor("b", framework="numpy").view("u1").tolist() == canonical
+        assert f.get_tensor_slice("b", 1, 3).view(torch.uint8).tolist() == canonical[1:4]
+        assert f.get_bytes("b") == bytes(canonical)
+        if not compress:
+            assert f.get_tensor_mmap("b").view(torch.uint8).tolist() == canonical

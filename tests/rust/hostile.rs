@@ -1125,3 +1125,35 @@ fn parts_must_be_listed_by_their_owner() {
     data.resize(80, 0);
     assert_invalid_tensor(&open_err(&craft_aligned(0, json, &data)), "a", "does not list it");
 }
+
+#[test]
+fn bool_bytes_other_than_0_and_1_read_as_true() {
+    // Writers must store BOOL as 0x00 / 0x01; a foreign file may hold other bytes, which
+    // reads take as true, as stats do. They used to reach torch as bools of value 2 or 255.
+    let stored = [0u8, 1, 2, 255, 0, 7, 1, 128].repeat(64);
+    let canonical = [0u8, 1, 1, 1, 0, 1, 1, 1].repeat(64);
+    let plain = craft_aligned(
+        0,
+        r#"{"tensors":[{"name":"b","dtype":"BOOL","shape":[512],"offsets":[0,512]}]}"#,
+        &stored,
+    );
+    let zstd_codec = registry::codecs().unwrap().get("zstd").unwrap();
+    let packed = zstd_codec.compress(&stored, 3).unwrap();
+    let n = packed.len();
+    let json = format!(
+        r#"{{"compression":{{"codec":"zstd","level":3}},"tensors":[{{"name":"b","dtype":"BOOL","shape":[512],"offsets":[0,{n}],"chunks":[[0,{n},512]]}}]}}"#
+    );
+    let zstd = craft_aligned(FLAG_COMPRESSED, &json, &packed);
+    // The zero-copy map of the plain file holds them canonical too (the file does not change).
+    let reader = open_bytes(&plain).unwrap();
+    let (map, at, len) = reader.tensor_mapping("b").unwrap();
+    assert_eq!(&map[at..at + len], &canonical[..]);
+    for bytes in [plain, zstd] {
+        let reader = open_bytes(&bytes).unwrap();
+        assert_eq!(&reader.read_tensor("b").unwrap()[..], &canonical[..]);
+        let info = reader.tensor("b").unwrap();
+        let mut part = [9u8; 5];
+        reader.read_range(info, 2, &mut part).unwrap();
+        assert_eq!(part, canonical[2..7]);
+    }
+}
