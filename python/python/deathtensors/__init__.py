@@ -278,6 +278,12 @@ def save(
             rename is still atomic for other processes, but after a power
             loss the target may hold the old file or an incomplete new one.
 
+    The tensors' memory is written to the file directly, with the GIL
+    released, not copied first: another thread must not free or resize
+    their storage (``untyped_storage().resize_(0)``, as FSDP does with
+    parameters) until ``save`` returns, or the save reads freed memory.
+    Changing their values meanwhile saves a mix of old and new values.
+
     Raises:
         InvalidArgumentError: bad names, metadata or values.
         PluginError: unknown codec or checksum id.
@@ -558,7 +564,11 @@ class DtFile:
 
         The map is private and copy-on-write: writing to the tensor never
         changes the file. It stays valid after the file is closed, for as long
-        as any tensor uses it. Only uncompressed files can be mapped; a
+        as any tensor uses it. Every ``get_tensor_mmap`` of one open file
+        shares that map, so a write through one tensor shows in the others
+        mapped from the same ``DtFile`` (not in :meth:`get_tensor` copies,
+        nor in another ``dt.open`` of the file); clone a tensor you mean to
+        change on its own. Only uncompressed files can be mapped; a
         compressed one raises :class:`InvalidArgumentError` (use
         :meth:`get_tensor`). So does a sparse tensor.
         """
