@@ -598,6 +598,23 @@ def test_non_json_metadata_is_refused(tmp_path, kwargs):
         dt.save(tmp_path / "x.deathtensors", {"a": torch.zeros(1)}, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "meta", [{1: "a", "1": "b"}, {True: 1, "true": 2}, {None: 1, "null": 2}, {"x": {2.5: 1, "2.5": 2}}]
+)
+def test_metadata_keys_that_become_one_json_key_are_refused(tmp_path, meta):
+    # json.dumps writes 1 as "1": the two values used to collapse into one, silently.
+    path = tmp_path / "x.deathtensors"
+    with pytest.raises(dt.InvalidArgumentError, match="are both the JSON key"):
+        dt.save(path, {"a": torch.zeros(1)}, global_metadata=meta)
+    with pytest.raises(dt.InvalidArgumentError, match="are both the JSON key"):
+        dt.save(path, {"a": torch.zeros(1)}, metadata={"a": meta})
+    assert not path.exists()
+    # Keys that stay distinct are written as JSON writes them.
+    dt.save(path, {"a": torch.zeros(1)}, global_metadata={1: "a", "2": "b", None: "c"})
+    with dt.open(path) as f:
+        assert f.metadata() == {"1": "a", "2": "b", "null": "c"}
+
+
 @pytest.mark.parametrize("where", ["name", "metadata"])
 def test_unencodable_strings_raise_invalid_argument(tmp_path, where):
     tensors = {"\ud800": torch.zeros(1)} if where == "name" else {"a": torch.zeros(1)}

@@ -113,6 +113,8 @@ def _choose(value: Union[bool, str, None], default: str, what: str) -> Optional[
 
 
 _INT_RANGE = (-(2**63), 2**64 - 1)
+#: How json.dumps writes keys that are not strings but JSON constants.
+_JSON_KEY_WORDS = {True: "true", False: "false", None: "null"}
 
 
 def _check_json(value: Any, what: str) -> None:
@@ -125,9 +127,17 @@ def _check_json(value: Any, what: str) -> None:
     elif isinstance(value, str):
         _check_text(value, what)
     elif isinstance(value, Mapping):
+        seen: Dict[Any, Any] = {}
         for k, v in value.items():
             if isinstance(k, str):
                 _check_text(k, what)
+            # JSON keys are strings: json.dumps writes 1 as "1" and True as "true", so
+            # {1: "a", "1": "b"} would become one key and lose a value.
+            key = _JSON_KEY_WORDS.get(k, k) if isinstance(k, bool) or k is None else k
+            key = json.dumps(key) if isinstance(key, (int, float)) else key
+            if key in seen:
+                raise InvalidArgumentError(f"{what}: keys {seen[key]!r} and {k!r} are both the JSON key {key!r}")
+            seen[key] = k
             _check_json(v, what)
     elif isinstance(value, (list, tuple)):
         for v in value:
