@@ -214,6 +214,10 @@ pub fn remove_stale_temp_files(dir: &Path) {
 /// lock, and locks the new file instead: two appends never both start from
 /// the same old contents. The lock lasts as long as the returned handle.
 ///
+/// Waiting is unbounded, as for any lock: every time the name has moved on,
+/// another updater finished, so the waiters as a whole make progress. A
+/// signal during the wait resumes it.
+///
 /// Only updaters that lock are serialized: a plain save replaces the file
 /// without waiting, as it always did.
 ///
@@ -222,10 +226,9 @@ pub fn remove_stale_temp_files(dir: &Path) {
 /// fails with the reader's own error.
 ///
 /// # Errors
-/// I/O errors opening or locking the file; [`Error::Io`] if the name kept
-/// moving to a new file for 16 tries.
+/// I/O errors opening or locking the file.
 pub fn lock_for_update(path: &Path) -> Result<Option<File>> {
-    for _ in 0..CREATE_ATTEMPTS {
+    loop {
         let file = File::options()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
@@ -234,9 +237,15 @@ pub fn lock_for_update(path: &Path) -> Result<Option<File>> {
         if !file.metadata().is_ok_and(|m| m.is_file()) {
             return Ok(None);
         }
-        // SAFETY: flock on a valid open descriptor, no pointers involved.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::io(path, std::io::Error::last_os_error()));
+        loop {
+            // SAFETY: flock on a valid open descriptor, no pointers involved.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::io(path, e));
+            }
         }
         let now = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let locked = file.metadata().map_err(|e| Error::io(path, e))?;
@@ -244,10 +253,6 @@ pub fn lock_for_update(path: &Path) -> Result<Option<File>> {
             return Ok(Some(file));
         }
     }
-    Err(Error::io(
-        path,
-        std::io::Error::other("the file kept being replaced while waiting to update it"),
-    ))
 }
 
 /// Take an exclusive `flock` without waiting; whether it was taken.

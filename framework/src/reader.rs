@@ -467,6 +467,10 @@ impl DtReader {
     /// written reflect the file, so a file changed in place (not replaced, as
     /// deathtensors' own atomic saves do) shows through.
     ///
+    /// The first call also reads every BOOL tensor of the file (usually a
+    /// few small masks) through the map, to hand out their bytes as 0 or 1 as
+    /// the other reads do (see `canonical_bools`).
+    ///
     /// # Errors
     /// [`Error::TensorNotFound`]; [`Error::InvalidArgument`] for a compressed
     /// file; I/O errors from `mmap`.
@@ -714,6 +718,7 @@ pub fn decode_stored(layout: &Layout, info: &TensorInfo, stored: &[u8]) -> Resul
     let mut out = UninitBuf::new(info.nbytes)?;
     let (Some(chunks), Some(codec)) = (&info.chunks, layout.codec) else {
         buffer::copy_into(out.as_uninit_mut(), stored);
+        canonical_bools(info, out.as_uninit_mut());
         // SAFETY: every byte was just copied.
         return Ok(unsafe { out.assume_init() });
     };
@@ -732,6 +737,7 @@ pub fn decode_stored(layout: &Layout, info: &TensorInfo, stored: &[u8]) -> Resul
             })?;
             decode_chunk_of(info, index, chunk, codec, bytes, piece, planes)
         })?;
+    canonical_bools(info, out.as_uninit_mut());
     // SAFETY: every chunk decoded Ok, and the chunks' pieces cover `out`.
     Ok(unsafe { out.assume_init() })
 }

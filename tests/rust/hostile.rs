@@ -1155,5 +1155,10 @@ fn bool_bytes_other_than_0_and_1_read_as_true() {
         let mut part = [9u8; 5];
         reader.read_range(info, 2, &mut part).unwrap();
         assert_eq!(part, canonical[2..7]);
+        // The remote path (stored bytes fetched by ranges) too.
+        let mut stored = vec![0u8; info.stored_len as usize];
+        reader.read_stored(info.file_offset, &mut stored).unwrap();
+        let remote = deathtensors::reader::decode_stored(reader.layout(), info, &stored).unwrap();
+        assert_eq!(&remote[..], &canonical[..]);
     }
 }

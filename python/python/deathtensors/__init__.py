@@ -159,6 +159,8 @@ def _dumps(value: Any, what: str) -> Optional[str]:
     try:
         _check_json(value, what)
         return json.dumps(dict(value), allow_nan=False, ensure_ascii=False)
+    except InvalidArgumentError:
+        raise  # already says what is wrong (it is a ValueError too)
     except (TypeError, ValueError) as e:
         raise InvalidArgumentError(f"{what} must be JSON-serialisable: {e}") from None
     except RecursionError:
