@@ -324,6 +324,40 @@ def _file_bytes(path: Path, seed: int, compress: bool = False, **tensors: Any) -
     return path.read_bytes()
 
 
+def test_remote_reads_stay_on_one_commit_while_the_branch_moves(lfs_hub: Env) -> None:
+    # The header was read by range from v1, then v2 was pushed with another dtype at the
+    # same offset: the tensor's later range read used to return v2's bytes decoded as v1's
+    # dtype, silently. A cached copy of v1 also stood in for the branch after v2.
+    got = lfs_hub.result(
+        """
+        p = sys.argv[1] + "/m.deathtensors"
+        pad = np.zeros(40000, np.float32)  # puts 'a' past the first range request
+        dt.save(p, {"pad": pad, "a": np.arange(8, dtype=np.float32)})
+        push_to_hub("ns/moving", p)
+        f = HubCachedFile("ns/moving", "m.deathtensors")
+        dtype_v1 = f.info("a")["dtype"]
+        dt.save(p, {"pad": pad, "a": np.arange(100, 108, dtype=np.int32)})
+        push_to_hub("ns/moving", p)
+        a = f.get_tensor("a", framework="numpy")
+        fresh = HubCachedFile("ns/moving", "m.deathtensors")
+        b = fresh.get_tensor("a", framework="numpy")
+        # Download v2, push v3: the cached v2 must not stand in for the branch.
+        fresh.download()
+        dt.save(p, {"pad": pad, "a": np.arange(8, dtype=np.float32), "new": np.ones(2, np.float32)})
+        push_to_hub("ns/moving", p)
+        later = HubCachedFile("ns/moving", "m.deathtensors")
+        out({"dtype_v1": dtype_v1, "a": a.tolist(), "a_dtype": str(a.dtype), "b": b.tolist(),
+             "later_keys": later.keys(),
+             "info_keys": [t["name"] for t in hub_file_info("ns/moving", "m.deathtensors")["tensors"]]})
+        """
+    )
+    assert got["dtype_v1"] == "F32"
+    assert (got["a"], got["a_dtype"]) == (list(range(8)), "float32")
+    assert got["b"] == list(range(100, 108))
+    assert got["later_keys"] == ["pad", "a", "new"]
+    assert got["info_keys"] == ["pad", "a", "new"]
+
+
 def test_remote_header_and_tensor_are_read_by_range_without_downloading(lfs_hub: Env) -> None:
     rng = np.random.default_rng(5)
     big = {

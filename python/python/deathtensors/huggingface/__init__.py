@@ -96,6 +96,7 @@ def _hf() -> Any:
     needs = f"the Hugging Face Hub functions of deathtensors need huggingface_hub {minimum} or newer"
     try:
         import huggingface_hub
+        import huggingface_hub.constants
         import huggingface_hub.errors
         import huggingface_hub.utils
     except ImportError as e:
@@ -651,6 +652,12 @@ class HubCachedFile:
     A range read is checked against the file's header but not against its
     checksum footer (that needs the whole file): use ``open(verify=True)``
     for that.
+
+    A branch or tag is resolved to its commit on the first read (one ``HEAD``
+    request, none in offline mode or when ``revision`` is a commit hash),
+    and every later read is of that commit: a push made meanwhile can neither
+    mix two versions of the file under one header nor leave a cached copy of
+    an older commit standing in for the branch.
     """
 
     def __init__(
@@ -664,6 +671,8 @@ class HubCachedFile:
         cache_dir: Optional[PathLike] = None,
         endpoint: Optional[str] = None,
     ) -> None:
+        with _hub_errors(f"reading {filename} of {repo_id}"):
+            _hf().utils.validate_repo_id(repo_id)
         self.repo_id = repo_id
         self.filename = filename
         self.revision = revision
@@ -673,6 +682,8 @@ class HubCachedFile:
         self._endpoint = endpoint
         self._desc: Optional[Dict[str, Any]] = None
         self._probe: Optional[Tuple[bytes, int]] = None
+        #: The commit every read is of, once resolved (see the class docstring).
+        self._commit: Optional[str] = revision if _is_commit_hash(revision) else None
         self.bytes_fetched = 0
 
     def __repr__(self) -> str:
@@ -680,35 +691,57 @@ class HubCachedFile:
 
     @property
     def url(self) -> str:
-        """The file's ``resolve`` URL."""
-        return str(
-            _hf().hf_hub_url(
-                self.repo_id,
-                self.filename,
-                repo_type=self.repo_type,
-                revision=self.revision,
-                endpoint=self._endpoint,
+        """The file's ``resolve`` URL (of the resolved commit, once there is one)."""
+        with _hub_errors(f"reading {self.filename} of {self.repo_id}"):
+            return str(
+                _hf().hf_hub_url(
+                    self.repo_id,
+                    self.filename,
+                    repo_type=self.repo_type,
+                    revision=self._commit or self.revision,
+                    endpoint=self._endpoint,
+                )
             )
-        )
 
     @property
     def cached_path(self) -> Optional[str]:
-        """The file's path in the cache, if it was downloaded already (no request)."""
-        found = _hf().try_to_load_from_cache(
-            self.repo_id,
-            self.filename,
-            cache_dir=self._cache_dir,
-            revision=self.revision,
-            repo_type=self.repo_type,
-        )
+        """The file's path in the cache, if it was downloaded already (no request).
+
+        Before the first read resolves the revision, a branch means whichever
+        commit the cache last saw it at."""
+        with _hub_errors(f"reading {self.filename} of {self.repo_id}"):
+            found = _hf().try_to_load_from_cache(
+                self.repo_id,
+                self.filename,
+                cache_dir=self._cache_dir,
+                revision=self._commit or self.revision,
+                repo_type=self.repo_type,
+            )
         return found if isinstance(found, str) else None
+
+    def _resolve(self) -> None:
+        """Pin reads to the commit the revision names now (one ``HEAD`` request, once)."""
+        hf = _hf()
+        if self._commit is not None or hf.constants.HF_HUB_OFFLINE:
+            return
+        with _hub_errors(f"reading {self.filename} of {self.repo_id}"):
+            meta = hf.get_hf_file_metadata(
+                self.url,
+                token=resolve_token(self._token) or False,
+                library_name="deathtensors",
+                library_version=_core.__version__,
+                endpoint=self._endpoint,
+            )
+        if not meta.commit_hash:
+            raise HubError(f"the Hub named no commit for {self.filename} of {self.repo_id}")
+        self._commit = meta.commit_hash
 
     def download(self, local_files_only: bool = False) -> str:
         """Download the whole file into the cache (once); return its path."""
         return _download(
             self.repo_id,
             self.filename,
-            revision=self.revision,
+            revision=self._commit or self.revision,
             repo_type=self.repo_type,
             token=self._token,
             cache_dir=self._cache_dir,
@@ -736,6 +769,11 @@ class HubCachedFile:
             with hf.utils.get_session().stream("GET", self.url, headers=headers, follow_redirects=True) as r:
                 hf.utils.hf_raise_for_status(r)
                 total = _total_size(r.headers.get("Content-Range"), r.status_code, r.headers.get("Content-Length"))
+                if self._probe is not None and total != self._probe[1]:
+                    raise HubError(
+                        f"{self.filename} of {self.repo_id} changed size on the Hub while it was read "
+                        f"({self._probe[1]} then {total} bytes)"
+                    )
                 if r.status_code == 206 and not r.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
                     raise HubError(f"the Hub answered range {r.headers.get('Content-Range')!r}, not bytes={start}-")
                 if r.status_code == 200 and start > 0:
@@ -759,6 +797,7 @@ class HubCachedFile:
             return self._desc
         import json
 
+        self._resolve()
         local = self.cached_path
         if local is not None:
             with _pkg().open(local) as f:
@@ -814,6 +853,7 @@ class HubCachedFile:
         :meth:`deathtensors.DtFile.get_tensor`.
         """
         dev = target_device(device, framework)
+        self._resolve()
         local = self.cached_path
         if local is None:
             entry = self.info(name)
@@ -824,6 +864,11 @@ class HubCachedFile:
             local = self.download()
         with _pkg().open(local) as f:
             return to_device(f.get_tensor(name, framework=framework), dev)
+
+
+def _is_commit_hash(revision: Optional[str]) -> bool:
+    """Whether ``revision`` is a full commit hash (40 hex digits), which names one version for good."""
+    return revision is not None and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
 
 
 def _total_size(content_range: Optional[str], status: int, length: Optional[str]) -> int:
