@@ -778,3 +778,19 @@ def test_opening_a_checkpoint_as_one_file_points_to_open_sharded(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         dt.open(tmp_path / "other.deathtensors")
     assert "open_sharded" not in str(e.value)
+
+
+@pytest.mark.parametrize("limit", [10**7, 300_000, 1])
+def test_tied_weights_are_stored_once_in_their_targets_shard(tmp_path, limit):
+    # The planner counted a tie's bytes again and could put it in another shard,
+    # where it was stored twice and read back untied.
+    embed = torch.randn(1000, 64)
+    tensors = {"embed": embed, "l0": torch.randn(64, 64), "l1": torch.randn(64, 64), "lm_head": embed}
+    paths = dt.save_sharded(tmp_path / "m", tensors, max_shard_bytes=limit)
+    with dt.open_sharded(tmp_path / "m") as sr:
+        assert sr.which_shard("lm_head") == sr.which_shard("embed")
+        got = sr.get_tensors()
+        assert got["lm_head"].data_ptr() == got["embed"].data_ptr()
+        assert torch.equal(got["lm_head"], embed) and list(got) == list(tensors)
+    stored = sum(os.path.getsize(p) for p in paths)
+    assert stored < embed.numel() * 4 + 2 * 64 * 64 * 4 + 64 * 1024, stored

@@ -217,26 +217,41 @@ def _entries(tensors: Mapping[str, Any]) -> List[tuple]:
     first. Views of part of a storage are saved as their own bytes.
     """
     _check_mapping(tensors)
+    tied = _tied_to(tensors)
     entries = []
-    owners: Dict[tuple, tuple] = {}
     for name, value in tensors.items():
         if is_sparse(value):
             entries.append(sparse_entry(name, value))
             continue
         dtype_id, shape, obj = prepare(name, value)
-        key = _storage_key(value)
-        owner = owners.get(key) if key else None
-        if owner is not None and owner[1:] == (dtype_id, shape):
-            entries.append((name, dtype_id, shape, None, owner[0], None))
-            continue
-        if key and owner is None:
-            owners[key] = (name, dtype_id, shape)
-        entries.append((name, dtype_id, shape, obj, None, None))
+        if name in tied:
+            entries.append((name, dtype_id, shape, None, tied[name], None))
+        else:
+            entries.append((name, dtype_id, shape, obj, None, None))
     return entries
 
 
+def _tied_to(tensors: Mapping[str, Any]) -> Dict[str, str]:
+    """``{name: earlier name}`` for each tensor that is a second name of an
+    earlier one (tied weights): the same whole storage, dtype and shape, and
+    the same conj/neg view flags (see :func:`_storage_key`)."""
+    first: Dict[tuple, str] = {}
+    tied: Dict[str, str] = {}
+    for name, value in tensors.items():
+        key = None if is_sparse(value) else _storage_key(value)
+        if key is None:
+            continue
+        if key in first:
+            tied[name] = first[key]
+        else:
+            first[key] = name
+    return tied
+
+
 def _storage_key(value: Any) -> Optional[tuple]:
-    """Identity of a torch tensor's storage when the tensor covers all of it, else None.
+    """Identity of a torch tensor's storage and how it is viewed (dtype, shape
+    and view flags) when the tensor covers all of it, else None: two tensors
+    with one key hold the same values.
 
     A conjugate or negative view (``x.conj()`` of a complex tensor,
     ``x._neg_view()``) shares its base's storage but reads as other values,
@@ -249,7 +264,8 @@ def _storage_key(value: Any) -> Optional[tuple]:
         whole = value.storage_offset() == 0 and value.is_contiguous()
         if not whole or value.numel() * value.element_size() != storage.nbytes() or storage.nbytes() == 0:
             return None
-        return (str(value.device), storage.data_ptr(), storage.nbytes(), value.is_conj(), value.is_neg())
+        view = (str(value.dtype), tuple(value.shape), value.is_conj(), value.is_neg())
+        return (str(value.device), storage.data_ptr(), storage.nbytes(), *view)
     except (RuntimeError, NotImplementedError):  # sparse, meta or other storage-less tensors
         return None
 

@@ -234,7 +234,10 @@ def save_sharded(
 
     The dict is split in order: a shard takes tensors while their raw
     (uncompressed) bytes stay within ``max_shard_bytes``; a tensor bigger than
-    the limit gets a shard of its own. No shard is ever empty (an empty dict
+    the limit gets a shard of its own. A tied weight (a second name of an
+    earlier tensor, as :func:`deathtensors.save` finds them) goes into its
+    target's shard and costs nothing there: it is stored once and read back
+    sharing memory. No shard is ever empty (an empty dict
     writes no shard and an index with an empty ``weight_map``).
 
     With ``path="dir/big_model.deathtensors"`` (stem ``dir/big_model``; a
@@ -306,7 +309,10 @@ def save_sharded(
     global_text = pkg._dumps(global_metadata, "global_metadata")
     pkg._choose(compress, pkg.DEFAULT_CODEC, "compress")
     pkg._choose(checksum, pkg.DEFAULT_CHECKSUM, "checksum")
-    sizes = [(name, _raw_nbytes(name, value)) for name, value in tensors.items()]
+    # A tied weight (a second name of an earlier tensor) costs no bytes and goes
+    # into its target's shard, where save() stores it once, as an alias.
+    tied = pkg._tied_to(tensors)
+    sizes = [(name, _raw_nbytes(name, value)) for name, value in tensors.items() if name not in tied]
 
     full = pkg.expand_path(path)
     stem = _stem(full)
@@ -317,6 +323,12 @@ def save_sharded(
     index_path = stem + INDEX_SUFFIX
 
     groups = _plan(sizes, limit)
+    if tied:
+        group_of = {t: i for i, group in enumerate(groups) for t in group}
+        order = {t: i for i, t in enumerate(tensors)}
+        for name, target in tied.items():
+            groups[group_of[target]].append(name)
+        groups = [sorted(group, key=order.__getitem__) for group in groups]
     count = len(groups)
     names = [_shard_name(base, i + 1, count) for i in range(count)]
     shard_of = {t: names[i] for i, group in enumerate(groups) for t in group}
