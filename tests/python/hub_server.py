@@ -392,6 +392,11 @@ class _Handler(BaseHTTPRequestHandler):
                     continue
                 op = json.loads(line)
                 key, value = op["key"], op["value"]
+                parent = value.get("parentCommit") if key == "header" else None
+                if parent and current and parent != current[0]:
+                    # What the Hub answers when the branch moved past the given parent.
+                    self._json(412, {"error": "A commit has happened since. Please refresh and try again."})
+                    return
                 if key == "file":
                     added[value["path"]] = StoredFile(base64.b64decode(value["content"]), False)
                 elif key == "lfsFile":

@@ -577,6 +577,49 @@ def test_convert_safetensors_on_hub(hub: Env, delete_original: bool) -> None:
         assert digests({k: f.get_tensor(k, framework="numpy") for k in f.keys()}) == digests(tensors)
 
 
+def test_convert_on_hub_never_deletes_a_source_pushed_meanwhile(lfs_hub: Env) -> None:
+    # The commit went to the branch with no parent: a model.safetensors pushed while the
+    # conversion ran was deleted, and the branch kept only the conversion of the old one.
+    st = pytest.importorskip("safetensors.numpy")
+    st.save_file(model(1), str(lfs_hub.files / "v1.safetensors"))
+    st.save_file(model(2), str(lfs_hub.files / "v2.safetensors"))
+    v2 = (lfs_hub.files / "v2.safetensors").read_bytes()
+    lfs_hub.server.add_repo("ns/racing", files={"model.safetensors": (lfs_hub.files / "v1.safetensors").read_bytes()})
+    got = lfs_hub.result(
+        """
+        from huggingface_hub import HfApi
+        from deathtensors.errors import HubUploadError
+        convert = dt.from_safetensors
+        def convert_while_someone_pushes(*args, **kwargs):
+            done = convert(*args, **kwargs)
+            HfApi().upload_file(path_or_fileobj=sys.argv[1] + "/v2.safetensors", path_in_repo="model.safetensors",
+                                repo_id="ns/racing")
+            return done
+        dt.from_safetensors = convert_while_someone_pushes
+        try:
+            convert_safetensors_on_hub("ns/racing", "model.safetensors", delete_original=True)
+            out("committed")
+        except HubUploadError as e:
+            out("refused: " + str(e))
+        """
+    )
+    assert got.startswith("refused"), got
+    files = lfs_hub.server.files("ns/racing")
+    assert files == {"model.safetensors": v2}
+    # Converting a file onto its own name would delete it; that is refused up front.
+    refused = lfs_hub.result(
+        """
+        try:
+            convert_safetensors_on_hub("ns/racing", "model.safetensors", deathtensors_filename="model.safetensors",
+                                       delete_original=True)
+        except dt.InvalidArgumentError as e:
+            out(str(e))
+        """
+    )
+    assert "a file it converts" in refused
+    assert lfs_hub.server.files("ns/racing") == {"model.safetensors": v2}
+
+
 def test_convert_a_sharded_safetensors_checkpoint_on_hub(lfs_hub: Env) -> None:
     st = pytest.importorskip("safetensors.numpy")
     tensors = {f"t{i}": np.full(100, i, np.float32) for i in range(4)}

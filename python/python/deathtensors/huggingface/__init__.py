@@ -264,7 +264,9 @@ def _commit(
     message: str,
     create_repo: bool,
     what: str,
+    parent_commit: Optional[str] = None,
 ) -> None:
+    """One commit of ``operations``; with ``parent_commit``, only if the branch is still there."""
     if create_repo:
         with _hub_errors(f"creating {repo_id}"):
             api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
@@ -275,6 +277,7 @@ def _commit(
             commit_message=message,
             repo_type=repo_type,
             revision=revision,
+            parent_commit=parent_commit,
         )
 
 
@@ -931,7 +934,9 @@ def convert_safetensors_on_hub(
     processes) and converted tensor by tensor from a memory map
     (:func:`deathtensors.from_safetensors`) into a temporary folder; then one
     commit adds the result and, with ``delete_original=True``, deletes the
-    source. A failure leaves the repo unchanged.
+    source. A failure leaves the repo unchanged, and so does a branch that
+    moved on while the conversion ran (the commit names the source's commit
+    as its parent; the Hub refuses it, and this raises :class:`HubUploadError`).
 
     Args:
         safetensors_filename: ``model.safetensors``, or the index of a sharded
@@ -986,6 +991,12 @@ def convert_safetensors_on_hub(
             targets = [posixpath.join(out_folder, n) if out_folder else n for n in files]
         else:
             files, targets = [os.path.basename(written)], [deathtensors_filename]
+        overwritten = sorted(set(targets) & set(sources))
+        if overwritten:
+            raise InvalidArgumentError(
+                f"converting {safetensors_filename} of {repo_id} would write {overwritten[0]}, a file it converts "
+                "(and replace the source); give another deathtensors_filename"
+            )
         result = targets[-1]
         ops: List[Any] = [
             hf.CommitOperationAdd(path_in_repo=t, path_or_fileobj=os.path.join(tmp, n)) for n, t in zip(files, targets)
@@ -1007,5 +1018,8 @@ def convert_safetensors_on_hub(
             message=message,
             create_repo=False,
             what=f"uploading {result} to {repo_id}",
+            # The commit the source came from: if the branch moved on meanwhile (a newer
+            # source pushed), the commit is refused rather than deleting or shadowing it.
+            parent_commit=commit if _is_commit_hash(commit) else None,
         )
     return _blob_url(_endpoint(endpoint), repo_type, repo_id, revision, result)
