@@ -1029,3 +1029,64 @@ def test_the_spec_readme_example_runs_as_written(lfs_hub: Env) -> None:
     downloads = lfs_hub.server.repo("death-legion/my-model").downloads
     assert lines[3] == f"{downloads} 0 ['model.deathtensors']" and downloads >= 1
     assert "model.deathtensors" in lfs_hub.server.files("death-legion/old-checkpoint")
+
+
+def test_spaces_and_odd_repo_paths_push_or_fail_cleanly(lfs_hub: Env) -> None:
+    # A Space could never be pushed to: the client wants an SDK to create one, even one that
+    # exists (a raw ValueError, a traceback from the CLI). Paths the Hub refuses were a
+    # ValueError mid-call; '/x' and './x' were stored as 'x' but reported as '//x' and './x'.
+    local = lfs_hub.files / "model.deathtensors"
+    dt.save(str(local), model())
+    got = lfs_hub.result(
+        """
+        p = sys.argv[1] + "/model.deathtensors"
+        urls = [push_to_hub("ns/space", p, repo_type="space"),
+                push_to_hub("ns/space", p, "/abs.deathtensors", repo_type="space"),
+                push_to_hub("ns/space", p, "./sub//dot.deathtensors", repo_type="space")]
+        refused = []
+        for bad in ("../x.deathtensors", "a/../../b.deathtensors", ".git/x.deathtensors", "/"):
+            try:
+                push_to_hub("ns/space", p, bad, repo_type="space")
+            except dt.InvalidArgumentError as e:
+                refused.append(bad)
+        out({"urls": urls, "refused": refused})
+        """
+    )
+    base = f"{lfs_hub.server.url}/spaces/ns/space/blob/main/"
+    assert got["urls"] == [base + "model.deathtensors", base + "abs.deathtensors", base + "sub/dot.deathtensors"]
+    assert got["refused"] == ["../x.deathtensors", "a/../../b.deathtensors", ".git/x.deathtensors", "/"]
+    stored = lfs_hub.server.files("ns/space", repo_type="space")
+    assert {"model.deathtensors", "abs.deathtensors", "sub/dot.deathtensors"} <= set(stored)
+    r = lfs_hub.cli("hub-push", "ns/space", str(local), "--repo-type", "space", "--path-in-repo", "../up.deathtensors")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "not a path inside the repo" in r.stderr
+
+
+def test_an_endpoint_that_answers_html_is_a_hub_error_not_a_traceback(lfs_hub: Env) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class LoginPage(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = b"<html><body>Proxy login</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), LoginPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        for args in (["hub-list", "ns/repo"], ["hub-info", "ns/repo"]):
+            r = lfs_hub.cli(*args, HF_ENDPOINT=url)
+            assert r.returncode == 1, (args, r.stderr)
+            assert "Traceback" not in r.stderr and "is not JSON" in r.stderr, r.stderr
+    finally:
+        server.shutdown()

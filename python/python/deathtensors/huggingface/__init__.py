@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import posixpath
 import re
@@ -199,6 +200,10 @@ def _hub_errors(what: str, upload: bool = False) -> Iterator[None]:
             f"{what}: not in the local cache and the Hub cannot be used (offline mode or no connection): "
             f"{_first_line(e)}"
         ) from e
+    except json.JSONDecodeError as e:  # an answer that is not the Hub's JSON (a proxy's login page, say)
+        raise HubError(
+            f"{what} failed: the server's answer is not JSON; is {_endpoint(None)} a Hugging Face Hub? ({e})"
+        ) from e
     except Exception as e:
         http = _http_cause(e, errors.HfHubHTTPError)
         status = getattr(getattr(http, "response", None), "status_code", None)
@@ -246,6 +251,18 @@ def _blob_url(endpoint: str, repo_type: str, repo_id: str, revision: Optional[st
     return f"{endpoint}/{_URL_PREFIX[repo_type]}{repo_id}/blob/{revision or 'main'}/{path}"
 
 
+def _repo_path(path: str, what: str) -> str:
+    """``path`` (a file or folder in a repo) as the Hub stores it: without a
+    leading ``/`` or ``.`` components and repeated slashes. A path that climbs
+    out of the repo (``..``) or into ``.git`` or ``.cache`` is refused up
+    front as :class:`InvalidArgumentError` (the client raised a bare
+    ``ValueError`` mid-call)."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts or any(p in (".git", ".cache") for p in parts):
+        raise InvalidArgumentError(f"{what}: {path!r} is not a path inside the repo (no '..', '.git' or '.cache')")
+    return "/".join(parts)
+
+
 def _check_local(path: str, verify: bool) -> None:
     """Refuse to upload a file that is not a valid deathtensors file (or whose footer does not match)."""
     with _pkg().open(path) as f:
@@ -268,8 +285,11 @@ def _commit(
 ) -> None:
     """One commit of ``operations``; with ``parent_commit``, only if the branch is still there."""
     if create_repo:
+        # The client insists on an SDK for a Space, even one that exists: a new
+        # Space that only holds files is a static one.
+        sdk = {"space_sdk": "static"} if repo_type == "space" else {}
         with _hub_errors(f"creating {repo_id}"):
-            api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+            api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **sdk)
     with _hub_errors(what, upload=True):
         api.create_commit(
             repo_id,
@@ -304,8 +324,8 @@ def push_to_hub(
     has one and ``verify`` is true), so a damaged file is never pushed.
 
     Args:
-        repo_id: ``namespace/name``. Created (``private`` or public) when it
-            does not exist and ``create_repo`` is true.
+        repo_id: ``namespace/name``. Created (``private`` or public; a Space
+            as a static one) when it does not exist and ``create_repo`` is true.
         local_path: The file (``~`` and ``$VARS`` expanded).
         path_in_repo: Where it goes (default: the file's name).
         token: See :func:`resolve_token`. Required.
@@ -326,7 +346,9 @@ def push_to_hub(
     _check_repo_type(repo_type)
     tok = _write_token(token, f"pushing to {repo_id}")
     path = _pkg().expand_path(local_path)
-    name = path_in_repo or os.path.basename(path)
+    name = _repo_path(path_in_repo or os.path.basename(path), f"pushing to {repo_id}")
+    if not name:
+        raise InvalidArgumentError(f"pushing to {repo_id}: path_in_repo {path_in_repo!r} names no file")
     _check_local(path, verify)
     hf = _hf()
     api = _api(tok, endpoint)
@@ -382,7 +404,7 @@ def push_sharded_to_hub(
         shards = sr.shards()
         for shard in shards:
             _check_local(sr.shard_path(shard), verify)
-    folder = (path_in_repo or "").strip("/")
+    folder = _repo_path(path_in_repo or "", f"pushing to {repo_id}")
     index_name = os.path.basename(index_path)
     stem = index_name[: -len(_sharded.INDEX_SUFFIX)] if index_name.endswith(_sharded.INDEX_SUFFIX) else None
     hf = _hf()
@@ -798,7 +820,6 @@ class HubCachedFile:
         """
         if self._desc is not None:
             return self._desc
-        import json
 
         self._resolve()
         local = self.cached_path
