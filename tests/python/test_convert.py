@@ -469,6 +469,24 @@ def test_sharded_errors_leave_no_half_written_checkpoint(tmp_path):
         dt.from_safetensors(tmp_path / "model.safetensors.index.json")
 
 
+def test_a_failed_sharded_reconversion_keeps_the_earlier_one(tmp_path):
+    # It removed the old index first and wrote shards over the old names: a corrupt
+    # source shard left no checkpoint at all, and an orphan shard.
+    _hf_checkpoint(tmp_path)
+    out = dt.from_safetensors(tmp_path / "model.safetensors.index.json")
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("*.deathtensors*")}
+    with dt.open_sharded(out) as sr:
+        keys, values = sr.keys(), {k: sr.get_tensor(k) for k in sr.keys()}
+    (tmp_path / "model-00002-of-00003.safetensors").write_bytes(b"garbage, not a safetensors file")
+    with pytest.raises(dt.FormatError, match="model-00002-of-00003.safetensors"):
+        dt.from_safetensors(tmp_path / "model.safetensors.index.json")
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.deathtensors*")} == before
+    with dt.open_sharded(out, verify=True) as sr:
+        assert sr.keys() == keys
+        assert all(torch.equal(sr.get_tensor(k), v) for k, v in values.items())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 # -- memory -----------------------------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ from . import _core
 from ._sharded import (
     INDEX_FORMAT,
     INDEX_SUFFIX,
+    _commit_checkpoint,
     _read_index,
     _remove_quietly,
     _shard_name,
@@ -242,35 +243,35 @@ def _import_sharded(
         [out_index, *(os.path.join(out_folder, n) for n in names.values())],
     )
 
-    _remove_quietly(out_index)
-    written: List[str] = []
-    try:
-        total = 0
-        global_metadata: List[Dict[str, Any]] = []
-        for shard in shards:
-            shard_path = os.path.join(folder, shard)
-            if not os.path.exists(shard_path):
-                raise FileNotFoundError(errno.ENOENT, f"shard {shard!r} named by {index_path!r} is missing", shard_path)
-            out = os.path.join(out_folder, names[shard])
-            try:
-                _core.import_foreign(_CONVERTER, shard_path, out, codec, level, algorithm)
-            except FormatError as e:
-                raise FormatError(f"shard {shard!r}: {e}") from e
-            written.append(out)
-            with pkg.DtFile(out) as f:
-                _check_shard_keys(f.keys(), by_shard[shard], shard, where)
-                total += sum(int(f.info(t)["nbytes"]) for t in f.keys())
-                global_metadata.append(f.metadata())
+    # Crash safe like save_sharded: a failure (a corrupt source shard, say) or a
+    # crash leaves an earlier conversion at this path as it was.
+    order = [names[s] for s in shards]
+    total = 0
+    global_metadata: List[Dict[str, Any]] = []
+
+    def write_shard(i: int, out: str) -> None:
+        nonlocal total
+        shard = shards[i]
+        shard_path = os.path.join(folder, shard)
+        if not os.path.exists(shard_path):
+            raise FileNotFoundError(errno.ENOENT, f"shard {shard!r} named by {index_path!r} is missing", shard_path)
+        try:
+            _core.import_foreign(_CONVERTER, shard_path, out, codec, level, algorithm)
+        except FormatError as e:
+            raise FormatError(f"shard {shard!r}: {e}") from e
+        with pkg.DtFile(out) as f:
+            _check_shard_keys(f.keys(), by_shard[shard], shard, where)
+            total += sum(int(f.info(t)["nbytes"]) for t in f.keys())
+            global_metadata.append(f.metadata())
+
+    def index_doc(shard_names: List[str]) -> Dict[str, Any]:
+        renamed = dict(zip(order, shard_names))
         index_meta: Dict[str, Any] = {"total_size": total, "format": INDEX_FORMAT}
         if global_metadata and global_metadata[0] and all(g == global_metadata[0] for g in global_metadata):
             index_meta["global_metadata"] = global_metadata[0]
-        doc = {"metadata": index_meta, "weight_map": {t: names[s] for t, s in weight_map.items()}}
-        _write_json_atomically(out_index, doc)
-    except BaseException:
-        for p in written:
-            _remove_quietly(p)
-        raise
-    _remove_stale(out_folder, base, ".deathtensors", list(names.values()))
+        return {"metadata": index_meta, "weight_map": {t: renamed[names[s]] for t, s in weight_map.items()}}
+
+    _commit_checkpoint(out_folder, base, order, write_shard, index_doc)
     return out_index
 
 

@@ -42,7 +42,7 @@ import re
 import sys
 import tempfile
 import threading
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Set, Tuple, Union
 
 try:
     import fcntl
@@ -320,7 +320,6 @@ def save_sharded(
     base = os.path.basename(stem)
     if not base:
         raise InvalidArgumentError(f"path {os.fspath(path)!r} names a folder, not a checkpoint")
-    index_path = stem + INDEX_SUFFIX
 
     groups = _plan(sizes, limit)
     if tied:
@@ -337,39 +336,59 @@ def save_sharded(
     if global_text is not None:
         index_meta["global_metadata"] = json.loads(global_text)
 
-    def write_index(shard_names: List[str]) -> None:
-        where = dict(zip(names, shard_names))
-        weight_map = {t: where[shard_of[t]] for t in tensors}
-        _write_json_atomically(index_path, {"metadata": index_meta, "weight_map": weight_map})
+    def write_shard(i: int, shard_path: str) -> None:
+        group = groups[i]
+        pkg.save(
+            shard_path,
+            {t: tensors[t] for t in group},
+            metadata={t: per_tensor[t] for t in group if t in per_tensor} or None,
+            global_metadata=global_metadata,
+            checksum=checksum,
+            compress=compress,
+            compress_level=compress_level,
+        )
 
-    # Crash safety: the index is the commit point. The new shards are first
-    # written under names no index refers to ("pending" names carrying this
-    # save's token), then the index is switched to them in one rename, so a
-    # crash leaves the old checkpoint or the new one, never a mix. Then each
-    # final name is replaced by a hard link to its pending shard and the index
-    # is switched again, to the final names. The token is the random part of a
-    # locked marker file (a temporary file of the shape the core's AtomicFile
-    # uses) that lives as long as this save: pending shards of a token whose
-    # marker is gone or unlocked belong to a dead save and are removed.
+    def index_doc(shard_names: List[str]) -> Dict[str, Any]:
+        where = dict(zip(names, shard_names))
+        return {"metadata": index_meta, "weight_map": {t: where[shard_of[t]] for t in tensors}}
+
+    return _commit_checkpoint(folder, base, names, write_shard, index_doc)
+
+
+def _commit_checkpoint(
+    folder: str,
+    base: str,
+    names: List[str],
+    write_shard: Callable[[int, str], None],
+    index_doc: Callable[[List[str]], Dict[str, Any]],
+) -> List[str]:
+    """Write a sharded checkpoint crash-safely; return the shard paths.
+
+    ``write_shard(i, path)`` writes shard ``i`` (final name ``names[i]``) to
+    ``path``; ``index_doc(shard_names)`` is the index naming those files,
+    written to ``{folder}/{base}`` + :data:`INDEX_SUFFIX`. The index is the
+    commit point. The new shards are first written under names no index
+    refers to ("pending" names carrying this save's token), then the index is
+    switched to them in one rename, so a crash or an error leaves the old
+    checkpoint or the new one, never a mix. Then each final name is replaced
+    by a hard link to its pending shard and the index is switched again, to
+    the final names. The token is the random part of a locked marker file (a
+    temporary file of the shape the core's AtomicFile uses) that lives as
+    long as this save: pending shards of a token whose marker is gone or
+    unlocked belong to a dead save and are removed.
+    """
+    index_path = os.path.join(folder, base + INDEX_SUFFIX)
     marker_fd, marker = _locked_temp_file(folder, f".{base}.")
     token = os.path.basename(marker)[len(base) + 2 : -len(_TEMP_SUFFIX)]
     try:
         pending = [_pending_name(name, token) for name in names]
         written: List[str] = []
         try:
-            for group, name in zip(groups, pending):
+            for i, name in enumerate(pending):
                 shard_path = os.path.join(folder, name)
                 written.append(shard_path)
-                pkg.save(
-                    shard_path,
-                    {t: tensors[t] for t in group},
-                    metadata={t: per_tensor[t] for t in group if t in per_tensor} or None,
-                    global_metadata=global_metadata,
-                    checksum=checksum,
-                    compress=compress,
-                    compress_level=compress_level,
-                )
-            write_index(pending)
+                write_shard(i, shard_path)
+            _write_json_atomically(index_path, index_doc(pending))
         except BaseException:
             for p in written:
                 try:
@@ -382,7 +401,7 @@ def save_sharded(
         try:
             for name, pend in zip(names, pending):
                 _link_over(os.path.join(folder, pend), os.path.join(folder, name))
-            write_index(names)
+            _write_json_atomically(index_path, index_doc(names))
         except OSError:  # e.g. no hard links on this file system: keep the pending names
             final = pending
         _remove_orphans(folder, base, keep=set(final), own_token=token)
