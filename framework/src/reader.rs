@@ -742,6 +742,20 @@ pub fn decode_stored(layout: &Layout, info: &TensorInfo, stored: &[u8]) -> Resul
     Ok(unsafe { out.assume_init() })
 }
 
+/// [`decode_stored`] of stored bytes already in a buffer of their own, which
+/// an uncompressed tensor's bytes are returned in (no second copy).
+///
+/// # Errors
+/// As [`decode_stored`].
+pub fn decode_stored_buf(layout: &Layout, info: &TensorInfo, mut stored: AlignedBuf) -> Result<AlignedBuf> {
+    if info.chunks.is_some() || stored.len() as u64 != info.stored_len || info.stored_len != info.nbytes {
+        return decode_stored(layout, info, &stored);
+    }
+    // SAFETY: the bytes are initialised; canonical_bools stores only 0 or 1.
+    canonical_bools(info, unsafe { buffer::as_uninit_mut(&mut stored) });
+    Ok(stored)
+}
+
 /// `pread` until `out` is full, into memory that may be uninitialised; the
 /// file ending first is [`std::io::ErrorKind::UnexpectedEof`].
 fn pread_exact(file: &File, out: &mut [MaybeUninit<u8>], offset: u64) -> std::io::Result<()> {

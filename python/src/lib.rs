@@ -661,15 +661,17 @@ fn describe(layout: &Layout, file_len: u64) -> Value {
 
 /// `fetch(offset, length) -> bytes` from Python, checked to return exactly `length` bytes.
 fn fetch_exact(fetch: &Bound<'_, PyAny>, offset: u64, buf: &mut [u8], what: &'static str) -> PyResult<Option<Error>> {
-    let bytes = fetch.call1((offset, buf.len()))?.extract::<Vec<u8>>()?;
-    if bytes.len() != buf.len() {
+    // Any bytes-like answer (bytes, bytearray, memoryview), copied once, straight into `buf`.
+    let answer = fetch.call1((offset, buf.len()))?;
+    let bytes = PyBuffer::<u8>::get(&answer)?;
+    if bytes.item_count() != buf.len() {
         return Ok(Some(Error::Truncated {
             what,
             needed: buf.len() as u64,
-            available: bytes.len() as u64,
+            available: bytes.item_count() as u64,
         }));
     }
-    buf.copy_from_slice(&bytes);
+    bytes.copy_to_slice(answer.py(), buf)?;
     Ok(None)
 }
 
@@ -746,7 +748,7 @@ fn read_remote_tensor(
         }
     }
     let data = py
-        .detach(|| deathtensors::reader::decode_stored(&layout, &info, &stored))
+        .detach(|| deathtensors::reader::decode_stored_buf(&layout, &info, stored))
         .map_err(|e| to_py(py, e))?;
     Ok(Buffer { data })
 }

@@ -1090,3 +1090,30 @@ def test_an_endpoint_that_answers_html_is_a_hub_error_not_a_traceback(lfs_hub: E
             assert "Traceback" not in r.stderr and "is not JSON" in r.stderr, r.stderr
     finally:
         server.shutdown()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak RSS reset")
+def test_a_remote_tensor_read_peaks_at_about_twice_its_size(lfs_hub: Env) -> None:
+    # The body went through a growing bytearray, a slice, bytes() and a Vec before the
+    # tensor's own buffer: about four times the tensor at the peak.
+    mib = 64
+    local = lfs_hub.files / "big.deathtensors"
+    dt.save(str(local), {"a": np.arange(mib * 1024 * 1024 // 4, dtype=np.float32)})
+    lfs_hub.server.add_repo("ns/big", files={"big.deathtensors": local.read_bytes()})
+    got = lfs_hub.result(
+        """
+        def status(key):
+            with open("/proc/self/status") as s:
+                return next(int(line.split()[1]) for line in s if line.startswith(key)) * 1024
+        f = HubCachedFile("ns/big", "big.deathtensors")
+        f.keys()
+        with open("/proc/self/clear_refs", "w") as c:
+            c.write("5")
+        base = status("VmRSS")
+        a = f.get_tensor("a", framework="numpy")
+        out({"grown": status("VmHWM") - base, "ok": bool((a == np.arange(a.size, dtype=np.float32)).all()),
+             "cached": f.cached_path is not None})
+        """
+    )
+    assert got["ok"] and not got["cached"]
+    assert got["grown"] < 2.5 * mib * 2**20, f"peak grew by {got['grown'] / 2**20:.0f} MiB for a {mib} MiB tensor"
