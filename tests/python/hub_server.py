@@ -286,7 +286,9 @@ class _Handler(BaseHTTPRequestHandler):
             if (repo_type, repo_id) in self.hub.repos:
                 self._json(409, {"error": "You already created this repo", "url": url})
                 return
-            repo = Repo(repo_type, repo_id, private=bool(req.get("private")))
+            # huggingface_hub 1.x sends "visibility"; older clients sent "private".
+            private = req.get("visibility") == "private" or bool(req.get("private"))
+            repo = Repo(repo_type, repo_id, private=private)
             self.hub.repos[(repo_type, repo_id)] = repo
             self.hub._commit(repo, "main", {".gitattributes": StoredFile(b"*.deathtensors filter=lfs\n", False)}, [])
         self._json(200, {"url": url, "name": repo_id})

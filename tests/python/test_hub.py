@@ -1117,3 +1117,29 @@ def test_a_remote_tensor_read_peaks_at_about_twice_its_size(lfs_hub: Env) -> Non
     )
     assert got["ok"] and not got["cached"]
     assert got["grown"] < 2.5 * mib * 2**20, f"peak grew by {got['grown'] / 2**20:.0f} MiB for a {mib} MiB tensor"
+
+
+def test_private_repos_are_created_private_and_urls_are_quoted(lfs_hub: Env) -> None:
+    # The test server read "private", which huggingface_hub 1.x no longer sends ("visibility"),
+    # so private=True was never exercised. Revisions with a slash and odd file names
+    # appeared in the returned URL unquoted.
+    local = lfs_hub.files / "model.deathtensors"
+    dt.save(str(local), model())
+    got = lfs_hub.result(
+        """
+        out(push_to_hub("ns/secret", sys.argv[1] + "/model.deathtensors", "sp ace#1.deathtensors", private=True))
+        """
+    )
+    assert got == f"{lfs_hub.server.url}/ns/secret/blob/main/sp%20ace%231.deathtensors"
+    assert lfs_hub.server.repo("ns/secret").private
+    anonymous = lfs_hub.py(
+        """
+        from deathtensors.errors import HubRepoNotFoundError
+        try:
+            load_from_hub("ns/secret", "sp ace#1.deathtensors")
+        except HubRepoNotFoundError:
+            print("RESULT \\"hidden\\"")
+        """,
+        HF_TOKEN=None,
+    )
+    assert 'RESULT "hidden"' in anonymous.stdout, anonymous.stderr[-2000:]

@@ -248,7 +248,10 @@ def _first_line(e: BaseException) -> str:
 
 
 def _blob_url(endpoint: str, repo_type: str, repo_id: str, revision: Optional[str], path: str) -> str:
-    return f"{endpoint}/{_URL_PREFIX[repo_type]}{repo_id}/blob/{revision or 'main'}/{path}"
+    from urllib.parse import quote
+
+    rev = quote(revision or "main", safe="")  # refs/pr/1 is one path segment: refs%2Fpr%2F1
+    return f"{endpoint}/{_URL_PREFIX[repo_type]}{repo_id}/blob/{rev}/{quote(path)}"
 
 
 def _repo_path(path: str, what: str) -> str:
