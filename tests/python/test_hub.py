@@ -1143,3 +1143,21 @@ def test_private_repos_are_created_private_and_urls_are_quoted(lfs_hub: Env) -> 
         HF_TOKEN=None,
     )
     assert 'RESULT "hidden"' in anonymous.stdout, anonymous.stderr[-2000:]
+
+
+def test_an_oversized_hub_index_is_refused_before_it_is_downloaded(lfs_hub: Env) -> None:
+    from deathtensors._sharded import MAX_INDEX_BYTES
+
+    huge = b'{"metadata": {}, "weight_map": {}}' + b" " * MAX_INDEX_BYTES
+    lfs_hub.server.add_repo("ns/huge-index", files={"m.deathtensors.index.json": huge})
+    lfs_hub.server.clear_log()
+    got = lfs_hub.result(
+        """
+        try:
+            load_sharded_from_hub("ns/huge-index", "m.deathtensors")
+        except dt.FormatError as e:
+            out(str(e))
+        """
+    )
+    assert "over the limit" in got and "nothing was downloaded" in got
+    assert not resolve_gets(lfs_hub.server), "the index was downloaded anyway"

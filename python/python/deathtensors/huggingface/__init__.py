@@ -42,6 +42,7 @@ from .. import _core, _sharded
 from .._frameworks import convert, target_device, to_device
 from ..errors import (
     DeathtensorsError,
+    FormatError,
     HubAuthError,
     HubConnectionError,
     HubEntryNotFoundError,
@@ -457,10 +458,29 @@ def _download(
     cache_dir: Optional[PathLike],
     local_files_only: bool,
     endpoint: Optional[str],
+    max_bytes: Optional[int] = None,
 ) -> str:
+    """``hf_hub_download`` with our errors; with ``max_bytes`` (an index: JSON
+    read whole into memory), a file the Hub says is larger is refused before
+    anything is downloaded."""
+    hf = _hf()
     with _hub_errors(f"downloading {filename} from {repo_id}"):
+        if max_bytes is not None and not local_files_only and not hf.constants.HF_HUB_OFFLINE:
+            url = hf.hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=endpoint)
+            meta = hf.get_hf_file_metadata(
+                url,
+                token=resolve_token(token) or False,
+                library_name="deathtensors",
+                library_version=_core.__version__,
+                endpoint=endpoint,
+            )
+            if meta.size is not None and meta.size > max_bytes:
+                raise FormatError(
+                    f"{filename} of {repo_id} is {meta.size} bytes, over the limit of {max_bytes} bytes "
+                    "for a sharded checkpoint's index; nothing was downloaded"
+                )
         return str(
-            _hf().hf_hub_download(
+            hf.hf_hub_download(
                 repo_id,
                 filename,
                 revision=revision,
@@ -476,7 +496,10 @@ def _download(
 
 
 def _fetch(repo_id: str, name: str, rev: Optional[str], **options: Any) -> str:
-    """:func:`_download` with the revision positional: the ``fetch(name, revision)`` of sharded reads."""
+    """:func:`_download` with the revision positional: the ``fetch(name, revision)`` of
+    sharded reads. A JSON index is refused over :data:`MAX_INDEX_BYTES` before it is fetched."""
+    if name.endswith(".json"):
+        options.setdefault("max_bytes", _sharded.MAX_INDEX_BYTES)
     return _download(repo_id, name, revision=rev, **options)
 
 
