@@ -1161,3 +1161,22 @@ def test_an_oversized_hub_index_is_refused_before_it_is_downloaded(lfs_hub: Env)
     )
     assert "over the limit" in got and "nothing was downloaded" in got
     assert not resolve_gets(lfs_hub.server), "the index was downloaded anyway"
+
+
+def test_an_empty_or_tiny_remote_file_is_a_format_error_as_it_is_locally(lfs_hub: Env) -> None:
+    # The empty file's range read was answered 416, which surfaced as a HubError.
+    lfs_hub.server.add_repo("ns/e", files={"empty.deathtensors": b"", "tiny.deathtensors": b"DTLEGION"})
+    got = lfs_hub.result(
+        """
+        kinds = []
+        for name in ("empty.deathtensors", "tiny.deathtensors"):
+            try:
+                hub_file_info("ns/e", name)
+            except dt.FormatError as e:
+                kinds.append("FormatError")
+            except Exception as e:
+                kinds.append(type(e).__name__)
+        out(kinds)
+        """
+    )
+    assert got == ["FormatError", "FormatError"]

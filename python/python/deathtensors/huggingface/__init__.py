@@ -822,6 +822,10 @@ class HubCachedFile:
         want = end - start
         with _hub_errors(f"reading {self.filename} of {self.repo_id}"):
             with hf.utils.get_session().stream("GET", self.url, headers=headers, follow_redirects=True) as r:
+                unsatisfiable = re.fullmatch(r"bytes \*/(\d+)", r.headers.get("Content-Range", "").strip())
+                if r.status_code == 416 and unsatisfiable and start >= int(unsatisfiable.group(1)):
+                    # A range past the end (an empty file): no bytes, and the core says the file is short.
+                    return bytearray(), int(unsatisfiable.group(1))
                 hf.utils.hf_raise_for_status(r)
                 total = _total_size(r.headers.get("Content-Range"), r.status_code, r.headers.get("Content-Length"))
                 if self._probe is not None and total != self._probe[1]:
