@@ -1,7 +1,7 @@
 """Type stubs of the Rust extension ``deathtensors._core``."""
 
 import sys
-from typing import Any, Callable, List, Optional, Tuple, final
+from typing import Any, Callable, List, Optional, Tuple, Union, final
 
 __all__ = [
     "__version__",
@@ -122,9 +122,13 @@ def plugins() -> List[Tuple[str, str, str, str]]: ...
 def dtypes() -> List[Tuple[str, int, str, Optional[str], Optional[str]]]: ...
 def codec_and_checksum_ids() -> Tuple[List[str], List[str]]: ...
 def cli_main(argv: List[str]) -> int: ...
-def read_header(file_len: int, fetch: Callable[[int, int], bytes], max_header_len: Optional[int] = None) -> str: ...
+
+#: What a ``fetch(offset, length)`` of the remote reads returns: any bytes-like object.
+_Fetched = Union[bytes, bytearray, memoryview]
+
+def read_header(file_len: int, fetch: Callable[[int, int], _Fetched], max_header_len: Optional[int] = None) -> str: ...
 def read_remote_tensor(
-    file_len: int, fetch: Callable[[int, int], bytes], name: str, max_header_len: Optional[int] = None
+    file_len: int, fetch: Callable[[int, int], _Fetched], name: str, max_header_len: Optional[int] = None
 ) -> Buffer: ...
 
 # -- sharded checkpoints (deathtensors::sharded) --------------------------------

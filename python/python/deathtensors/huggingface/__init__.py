@@ -732,7 +732,7 @@ class HubCachedFile:
         self._cache_dir = cache_dir
         self._endpoint = endpoint
         self._desc: Optional[Dict[str, Any]] = None
-        self._probe: Optional[Tuple[bytes, int]] = None
+        self._probe: Optional[Tuple[bytearray, int]] = None
         #: The commit every read is of, once resolved (see the class docstring).
         self._commit: Optional[str] = revision if _is_commit_hash(revision) else None
         self.bytes_fetched = 0
@@ -872,19 +872,19 @@ class HubCachedFile:
         self._desc = json.loads(_core.read_header(total, fetch))
         return self._desc
 
-    def _fetcher(self, keep: bool = False) -> Tuple[int, Callable[[int, int], bytes]]:
+    def _fetcher(self, keep: bool = False) -> Tuple[int, Callable[[int, int], bytearray]]:
         """The file's size and a ``fetch(offset, length)`` that serves the file's
         start from memory: the first :data:`HEADER_PROBE_BYTES` (one range
         request, made once), plus, with ``keep`` (header reads), the rest of a
         header longer than that, fetched once and kept, so that reading a
         tensor later does not fetch the header again. Anything else is a range
         request of its own."""
-        if self._probe is None:
-            self._probe = self._range(0, HEADER_PROBE_BYTES)
-        total = self._probe[1]
+        probe = self._probe if self._probe is not None else self._range(0, HEADER_PROBE_BYTES)
+        self._probe = probe
+        total = probe[1]
 
-        def fetch(offset: int, length: int) -> bytes:
-            first = self._probe[0] if self._probe else b""
+        def fetch(offset: int, length: int) -> bytearray:
+            first = self._probe[0] if self._probe else bytearray()
             end = offset + length
             if end <= len(first):
                 return first[offset:end]
