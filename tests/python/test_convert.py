@@ -487,6 +487,26 @@ def test_a_failed_sharded_reconversion_keeps_the_earlier_one(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_a_failed_sharded_export_keeps_the_earlier_one(tmp_path):
+    # The export removed the old safetensors index first and wrote over the old shards.
+    tensors = {f"layer.{i}": torch.randn(16, 16) for i in range(4)}
+    dt.save_sharded(tmp_path / "ck.deathtensors", tensors, max_shard_bytes=2 * 16 * 16 * 4)
+    hf_index = dt.to_safetensors(tmp_path / "ck.deathtensors.index.json")
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("ck*.safetensors*")}
+    assert len(before) == 3  # two shards and the index
+    second = tmp_path / "ck-00002-of-00002.deathtensors"
+    second.write_bytes(second.read_bytes()[:-100])  # damaged: it no longer opens
+    with pytest.raises(dt.FormatError):
+        dt.to_safetensors(tmp_path / "ck.deathtensors.index.json")
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("ck*.safetensors*")} == before
+    index = json.loads(open(hf_index).read())
+    assert sorted(set(index["weight_map"].values())) == [
+        "ck-00001-of-00002.safetensors",
+        "ck-00002-of-00002.safetensors",
+    ]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 # -- memory -----------------------------------------------------------------------------------------
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import errno
 import operator
 import os
-import re
 import sys
 from typing import Any, Dict, List, Optional, Union
 
@@ -35,9 +34,7 @@ from ._sharded import (
     INDEX_SUFFIX,
     _commit_checkpoint,
     _read_index,
-    _remove_quietly,
     _shard_name,
-    _write_json_atomically,
 )
 from .errors import FormatError, InvalidArgumentError
 
@@ -145,14 +142,6 @@ def _check_shard_keys(keys: List[str], expected: List[str], shard: str, where: s
             f"shard {shard!r} does not hold the tensors {where} places there "
             f"(missing: {missing}, not in the index: {extra})"
         )
-
-
-def _remove_stale(folder: str, base: str, suffix: str, keep: List[str]) -> None:
-    stale = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}" + re.escape(suffix))
-    kept = set(keep)
-    for entry in os.listdir(folder):
-        if entry not in kept and stale.fullmatch(entry):
-            _remove_quietly(os.path.join(folder, entry))
 
 
 # -- safetensors -> deathtensors -----------------------------------------------------------------
@@ -339,27 +328,36 @@ def _export_sharded(index_path: str, dst: Optional[PathLike]) -> str:
             [sr.path, *(sr.shard_path(s) for s in shards)],
             [out_index, *(os.path.join(out_folder, n) for n in names.values())],
         )
-        _remove_quietly(out_index)
-        written: List[str] = []
-        try:
-            total = 0
-            for shard in shards:
-                shard_path = sr.shard_path(shard)
-                if not os.path.exists(shard_path):
-                    raise FileNotFoundError(
-                        errno.ENOENT, f"shard {shard!r} named by {sr.path!r} is missing", shard_path
-                    )
-                with pkg.DtFile(shard_path) as f:
-                    _check_shard_keys(f.keys(), by_shard[shard], shard, where)
-                    total += sum(int(f.info(t)["nbytes"]) for t in f.keys())
-                out = os.path.join(out_folder, names[shard])
-                _core.export_foreign(_CONVERTER, shard_path, out)
-                written.append(out)
-            doc = {"metadata": {"total_size": total}, "weight_map": {t: names[s] for t, s in weight_map.items()}}
-            _write_json_atomically(out_index, doc)
-        except BaseException:
-            for p in written:
-                _remove_quietly(p)
-            raise
-    _remove_stale(out_folder, base, SAFETENSORS_SUFFIX, list(names.values()))
+        # Crash safe like save_sharded: a failure or a crash leaves an earlier
+        # export at this path as it was.
+        order = [names[s] for s in shards]
+        total = 0
+
+        def write_shard(i: int, out: str) -> None:
+            nonlocal total
+            shard = shards[i]
+            shard_path = sr.shard_path(shard)
+            if not os.path.exists(shard_path):
+                raise FileNotFoundError(errno.ENOENT, f"shard {shard!r} named by {sr.path!r} is missing", shard_path)
+            with pkg.DtFile(shard_path) as f:
+                _check_shard_keys(f.keys(), by_shard[shard], shard, where)
+                total += sum(int(f.info(t)["nbytes"]) for t in f.keys())
+            _core.export_foreign(_CONVERTER, shard_path, out)
+
+        def index_doc(shard_names: List[str]) -> Dict[str, Any]:
+            renamed = dict(zip(order, shard_names))
+            return {
+                "metadata": {"total_size": total},
+                "weight_map": {t: renamed[names[s]] for t, s in weight_map.items()},
+            }
+
+        _commit_checkpoint(
+            out_folder,
+            base,
+            order,
+            write_shard,
+            index_doc,
+            suffix=SAFETENSORS_SUFFIX,
+            index_suffix=SAFETENSORS_INDEX_SUFFIX,
+        )
     return out_index

@@ -361,12 +361,15 @@ def _commit_checkpoint(
     names: List[str],
     write_shard: Callable[[int, str], None],
     index_doc: Callable[[List[str]], Dict[str, Any]],
+    suffix: str = SHARD_SUFFIX,
+    index_suffix: str = INDEX_SUFFIX,
 ) -> List[str]:
     """Write a sharded checkpoint crash-safely; return the shard paths.
 
-    ``write_shard(i, path)`` writes shard ``i`` (final name ``names[i]``) to
-    ``path``; ``index_doc(shard_names)`` is the index naming those files,
-    written to ``{folder}/{base}`` + :data:`INDEX_SUFFIX`. The index is the
+    ``write_shard(i, path)`` writes shard ``i`` (final name ``names[i]``,
+    ``{base}-NNNNN-of-MMMMM{suffix}``) to ``path``; ``index_doc(shard_names)``
+    is the index naming those files, written to ``{folder}/{base}{index_suffix}``
+    (a safetensors export passes its own suffixes). The index is the
     commit point. The new shards are first written under names no index
     refers to ("pending" names carrying this save's token), then the index is
     switched to them in one rename, so a crash or an error leaves the old
@@ -377,11 +380,11 @@ def _commit_checkpoint(
     long as this save: pending shards of a token whose marker is gone or
     unlocked belong to a dead save and are removed.
     """
-    index_path = os.path.join(folder, base + INDEX_SUFFIX)
+    index_path = os.path.join(folder, base + index_suffix)
     marker_fd, marker = _locked_temp_file(folder, f".{base}.")
     token = os.path.basename(marker)[len(base) + 2 : -len(_TEMP_SUFFIX)]
     try:
-        pending = [_pending_name(name, token) for name in names]
+        pending = [_pending_name(name, token, suffix) for name in names]
         written: List[str] = []
         try:
             for i, name in enumerate(pending):
@@ -404,16 +407,16 @@ def _commit_checkpoint(
             _write_json_atomically(index_path, index_doc(names))
         except OSError:  # e.g. no hard links on this file system: keep the pending names
             final = pending
-        _remove_orphans(folder, base, keep=set(final), own_token=token)
+        _remove_orphans(folder, base, keep=set(final), own_token=token, suffix=suffix)
         return [os.path.join(folder, n) for n in final]
     finally:
         os.close(marker_fd)
         _remove_quietly(marker)
 
 
-def _pending_name(name: str, token: str) -> str:
+def _pending_name(name: str, token: str, suffix: str = SHARD_SUFFIX) -> str:
     """``m-00001-of-00002.deathtensors`` -> ``m-00001-of-00002.<token>.deathtensors``."""
-    return name[: -len(SHARD_SUFFIX)] + "." + token + SHARD_SUFFIX
+    return name[: -len(suffix)] + "." + token + suffix
 
 
 def _link_over(src: str, dst: str) -> None:
@@ -444,15 +447,15 @@ def _link_over(src: str, dst: str) -> None:
         os.close(fd)
 
 
-def _remove_orphans(folder: str, base: str, keep: set[str], own_token: str) -> None:
+def _remove_orphans(folder: str, base: str, keep: set[str], own_token: str, suffix: str = SHARD_SUFFIX) -> None:
     """Remove the shards of ``base`` that the index just written does not name.
 
     Those are final names with another shard count (an earlier save), this
     save's pending names, and pending names of saves that died (their marker
     is gone or unlocked). Pending shards of a save still running are kept.
     """
-    final = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}" + re.escape(SHARD_SUFFIX))
-    pend = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}\.([A-Za-z0-9_]+)" + re.escape(SHARD_SUFFIX))
+    final = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}" + re.escape(suffix))
+    pend = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}\.([A-Za-z0-9_]+)" + re.escape(suffix))
     for entry in os.listdir(folder):
         if entry in keep:
             continue
