@@ -329,7 +329,8 @@ def test_bad_max_shard_bytes(tmp_path, limit):
         {"metadata": {"a": {"x": float("nan")}}},
         {"global_metadata": ["not", "a", "dict"]},
         {"compress": 3},
-        {"tensors": {"a": torch.zeros(2), "s": torch.zeros(2, 2).to_sparse()}},
+        # Sparse COO is saved (test_sparse_tensors_are_sharded_with_their_indices); CSR is not.
+        {"tensors": {"a": torch.zeros(2), "s": torch.eye(2).to_sparse_csr()}},
     ],
 )
 def test_bad_arguments_write_nothing(tmp_path, kwargs):
@@ -794,3 +795,20 @@ def test_tied_weights_are_stored_once_in_their_targets_shard(tmp_path, limit):
         assert torch.equal(got["lm_head"], embed) and list(got) == list(tensors)
     stored = sum(os.path.getsize(p) for p in paths)
     assert stored < embed.numel() * 4 + 2 * 64 * 64 * 4 + 64 * 1024, stored
+
+
+def test_sparse_tensors_are_sharded_with_their_indices(tmp_path):
+    # save and append took sparse COO tensors; save_sharded refused them ("only dense").
+    dense = {f"w{i}": torch.randn(32, 32) for i in range(3)}
+    sp = torch.sparse_coo_tensor([[0, 5, 9], [1, 2, 3]], [1.0, -2.0, 3.0], (10, 4), check_invariants=True)
+    uncoalesced = torch.sparse_coo_tensor([[1, 1], [0, 0]], [2.0, 3.0], (2, 2), check_invariants=True)
+    tensors = {"w0": dense["w0"], "sp": sp, "w1": dense["w1"], "un": uncoalesced, "w2": dense["w2"]}
+    dt.save_sharded(tmp_path / "m", tensors, max_shard_bytes=32 * 32 * 4)
+    with dt.open_sharded(tmp_path / "m") as sr:
+        assert sr.keys() == list(tensors)
+        assert sr.is_sparse("sp") and not sr.is_sparse("w1")
+        assert torch.equal(sr.get_tensor("sp").to_dense(), sp.to_dense())
+        assert torch.equal(sr.get_tensor("un").to_dense(), uncoalesced.to_dense())
+        got = sr.get_tensors()
+        assert all(torch.equal(got[n], t) for n, t in dense.items())
+        assert torch.equal(got["sp"].to_dense(), sp.to_dense())

@@ -99,13 +99,19 @@ def _raw_nbytes(name: str, value: Any) -> int:
 
     torch tensors are sized without a copy (a GPU tensor stays on its GPU);
     numpy arrays and anything else go through the same ``prepare`` as ``save``.
+    A sparse COO tensor counts its values and indices, which go into one shard.
     """
     if _is_torch(value):
         import torch
 
+        from ._sparse import is_sparse
+
+        if is_sparse(value):
+            values, indices = value._values(), value._indices()  # coalesced or not
+            return int(values.numel()) * int(values.element_size()) + int(indices.numel()) * 8
         if value.layout != torch.strided:
             raise InvalidArgumentError(
-                f"tensor {name!r} has layout {value.layout}; only dense (strided) tensors can be saved"
+                f"tensor {name!r} has layout {value.layout}; dense (strided) and sparse COO tensors can be saved"
             )
         if value.dtype not in _torch_maps()[1]:
             raise UnsupportedDtypeError(f"tensor {name!r}: torch dtype {value.dtype} has no deathtensors dtype")
