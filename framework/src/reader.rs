@@ -495,9 +495,8 @@ impl DtReader {
                 // BOOL bytes other than 0 and 1 read as 1 (see `canonical_bools`), here
                 // too: before the map is shared, writing (copy-on-write) only bytes
                 // that need it, so a clean file's pages stay the page cache's.
-                for t in
-                    (self.layout.tensors.iter()).filter(|t| t.dtype.kind() == DtypeKind::Bool && t.chunks.is_none())
-                {
+                let tensors = self.layout.tensors.iter();
+                for t in tensors.filter(|t| t.dtype.kind() == DtypeKind::Bool && t.chunks.is_none()) {
                     let at = t.file_offset as usize;
                     for b in m[at..at + t.nbytes as usize].iter_mut().filter(|b| **b > 1) {
                         *b = 1;
