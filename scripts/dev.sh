@@ -11,7 +11,7 @@ VENV=${DEATHTENSORS_VENV:-$ROOT/.venv}
 PY=$VENV/bin/python
 
 setup() {
-    command -v cargo >/dev/null || { echo "cargo (Rust >= 1.74) is required: https://rustup.rs" >&2; exit 1; }
+    command -v cargo >/dev/null || { echo "cargo (Rust >= 1.85) is required: https://rustup.rs" >&2; exit 1; }
     if [ ! -x "$PY" ]; then
         python3 -m venv "$VENV"
     fi

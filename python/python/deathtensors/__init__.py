@@ -299,8 +299,9 @@ def save(
         global_metadata: File metadata, ``{key: any JSON value}``.
         checksum: ``True`` for a SHA-256 footer, or an algorithm id (``"blake3"``).
         compress: ``True`` for zstd, or a codec id (``"lz4"``).
-        compress_level: Codec level (zstd: 1..22; lz4 ignores it). ``None``
-            uses the codec's default.
+        compress_level: Codec level (zstd: -131072..=22, negative levels being
+            its fast modes; lz4 ignores it). ``None`` uses the codec's default;
+            a level the codec refuses is an :class:`InvalidArgumentError`.
         durable: fsync the file and its directory before returning (default).
             ``False`` skips the fsyncs: much faster on slow disks, and the
             rename is still atomic for other processes, but after a power
@@ -525,10 +526,14 @@ class DtFile:
         return e
 
     def info(self, name: str) -> Dict[str, Any]:
-        """``{name, dtype, shape, nbytes, data_offsets, file_offset, stored_nbytes, chunks, metadata}``.
+        """``{name, dtype, shape, nbytes, data_offsets, file_offset, stored_nbytes, chunks, metadata,
+        alias_of, layout, part_of}``.
 
         ``data_offsets`` is ``[begin, end)`` relative to the data region;
-        ``chunks`` is the number of compressed chunks (``None`` if uncompressed).
+        ``chunks`` is the number of compressed chunks (``None`` if uncompressed);
+        ``alias_of`` names the tensor a tied weight shares its bytes with;
+        ``layout`` describes a sparse tensor (``None`` for a dense one);
+        ``part_of`` is always ``None`` here (parts are not tensors of their own).
         """
         e = self._entry(name)
         return json.loads(json.dumps(e))

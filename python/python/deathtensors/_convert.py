@@ -184,9 +184,9 @@ def from_safetensors(
         The path written: the file, or the deathtensors index of a checkpoint.
 
     Raises:
-        FormatError: ``src`` is not a valid safetensors file (or index), holds a
-            dtype deathtensors lacks (``F8_E8M0``...), or has malformed
-            reserved metadata.
+        FormatError: ``src`` is not a valid safetensors file (or index), or has
+            malformed reserved metadata.
+        UnsupportedDtypeError: ``src`` holds a dtype deathtensors lacks (``F8_E8M0``...).
         FileNotFoundError: ``src`` (or a shard) does not exist.
         PluginError: an unknown codec or checksum id.
         InvalidArgumentError: ``dst`` is ``src`` itself (symbolic links
