@@ -13,6 +13,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use deathtensors::format::Layout;
 use deathtensors::reader::{hex, DtReader};
 use deathtensors::registry;
 use deathtensors::sharded::names_checkpoint;
@@ -383,7 +384,7 @@ fn execute(command: Command) -> Result<(String, i32), Error> {
             if json {
                 s = pretty(&info_json(&r));
             } else {
-                write_info(&mut s, &r);
+                s.push_str(&info_text(&r.path().display().to_string(), r.layout(), r.file_len()));
             }
         }
         Command::List { path, json } => {
@@ -516,30 +517,30 @@ fn info_json(r: &DtReader) -> Value {
     })
 }
 
-fn write_info(s: &mut String, r: &DtReader) {
-    let total: u64 = r.tensors().iter().map(|t| t.nbytes).sum();
-    let _ = writeln!(s, "file:      {}", r.path().display());
-    let _ = writeln!(
-        s,
-        "size:      {} ({} of tensor data)",
-        human(r.file_len()),
-        human(total)
-    );
+/// The text of `deathtensors info` for a file of `file_len` bytes whose
+/// validated header is `layout`, shown as `label` (a path, or a Hub
+/// location: `hub-info REPO FILE` prints the same text).
+pub fn info_text(label: &str, layout: &Layout, file_len: u64) -> String {
+    let mut s = String::new();
+    let total: u64 = layout.tensors.iter().map(|t| t.nbytes).sum();
+    let _ = writeln!(s, "file:      {label}");
+    let _ = writeln!(s, "size:      {} ({} of tensor data)", human(file_len), human(total));
     let _ = writeln!(s, "format:    deathtensors v{}", deathtensors::format::VERSION);
-    let _ = writeln!(s, "codec:     {}", r.codec().map_or("none", |c| c.id()));
-    let _ = writeln!(s, "checksum:  {}", r.checksum().map_or("none", |c| c.id()));
-    if !r.metadata().is_empty() {
-        let _ = writeln!(s, "metadata:  {}", Value::Object(r.metadata().clone()));
+    let _ = writeln!(s, "codec:     {}", layout.codec.map_or("none", |c| c.id()));
+    let _ = writeln!(s, "checksum:  {}", layout.checksum.map_or("none", |c| c.id()));
+    if !layout.header.metadata.is_empty() {
+        let _ = writeln!(s, "metadata:  {}", Value::Object(layout.header.metadata.clone()));
     }
-    let parts = r.tensors().iter().filter(|t| t.part_of.is_some()).count();
-    let listed = r.tensors().len() - parts;
+    let parts = layout.tensors.iter().filter(|t| t.part_of.is_some()).count();
+    let listed = layout.tensors.len() - parts;
     let _ = match parts {
         0 => writeln!(s, "tensors:   {listed}"),
         1 => writeln!(s, "tensors:   {listed} (plus 1 stored part of one)"),
         _ => writeln!(s, "tensors:   {listed} (plus {parts} stored parts of them)"),
     };
-    let rows: Vec<Vec<String>> = r.tensors().iter().map(tensor_row).collect();
-    write_table(s, &["name", "dtype", "shape", "size", "stored"], &rows);
+    let rows: Vec<Vec<String>> = layout.tensors.iter().map(tensor_row).collect();
+    write_table(&mut s, &["name", "dtype", "shape", "size", "stored"], &rows);
+    s
 }
 
 /// One row of `info`'s tensor table: name, dtype, shape, size, stored.

@@ -723,6 +723,21 @@ fn read_header(
     Ok(describe(&layout, file_len).to_string())
 }
 
+/// The text `deathtensors info` prints, for a file read by ranges as in
+/// `read_header`, shown as `label` (`hub-info REPO FILE` prints it).
+#[pyfunction]
+#[pyo3(signature = (label, file_len, fetch, max_header_len=None))]
+fn info_text(
+    py: Python<'_>,
+    label: &str,
+    file_len: u64,
+    fetch: Bound<'_, PyAny>,
+    max_header_len: Option<u64>,
+) -> PyResult<String> {
+    let layout = remote_layout(py, file_len, &fetch, max_header_len)?;
+    Ok(deathtensors_cli::info_text(label, &layout, file_len))
+}
+
 /// Read one tensor of a file that Python reads by ranges: validate the header
 /// as `read_header` does, fetch the tensor's stored bytes with one more
 /// `fetch(offset, length)` call, and decode them (chunks in parallel, GIL
@@ -794,6 +809,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(codec_and_checksum_ids, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(read_header, m)?)?;
+    m.add_function(wrap_pyfunction!(info_text, m)?)?;
     m.add_function(wrap_pyfunction!(read_remote_tensor, m)?)?;
     diff::register(m)?;
     manifest::register(m)?;

@@ -911,7 +911,14 @@ def test_cli_hub_commands(lfs_hub: Env) -> None:
 
     table = lfs_hub.cli("hub-info", "death-legion/my-model", "model.deathtensors")
     assert table.returncode == 0, table.stderr
-    assert "weight" in table.stdout and "128x128" in table.stdout and "zstd" in table.stdout
+    # The same text as local `info` (its table used to differ): only the file line differs,
+    # and a last line says how the header was read.
+    local = lfs_hub.cli("info", str(lfs_hub.files / "model.deathtensors"))
+    remote_lines, local_lines = table.stdout.splitlines(), local.stdout.splitlines()
+    assert remote_lines[0] == "file:      death-legion/my-model/model.deathtensors"
+    assert remote_lines[1:-1] == local_lines[1:], table.stdout
+    assert remote_lines[-1].startswith("(header read by range: ")
+    assert "[128, 128]" in table.stdout and "zstd" in table.stdout
 
     out_dir = lfs_hub.files / "pulled"
     pull = lfs_hub.cli(

@@ -18,6 +18,7 @@ __all__ = [
     "codec_and_checksum_ids",
     "cli_main",
     "read_header",
+    "info_text",
     "read_remote_tensor",
     "diff_files",
     "MANIFEST_VERSION",
@@ -127,6 +128,9 @@ def cli_main(argv: List[str]) -> int: ...
 _Fetched = Union[bytes, bytearray, memoryview]
 
 def read_header(file_len: int, fetch: Callable[[int, int], _Fetched], max_header_len: Optional[int] = None) -> str: ...
+def info_text(
+    label: str, file_len: int, fetch: Callable[[int, int], _Fetched], max_header_len: Optional[int] = None
+) -> str: ...
 def read_remote_tensor(
     file_len: int, fetch: Callable[[int, int], _Fetched], name: str, max_header_len: Optional[int] = None
 ) -> Buffer: ...

@@ -896,6 +896,19 @@ class HubCachedFile:
 
         return total, fetch
 
+    def info_text(self) -> str:
+        """What ``deathtensors info`` prints for this file, read as :meth:`header` reads it
+        (from the cache when the file is there, else by range)."""
+        self._resolve()
+        label = f"{self.repo_id}/{self.filename}" + (f" @ {self.revision}" if self.revision else "")
+        local = self.cached_path
+        if local is not None:
+            with open(local, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                return str(_core.info_text(label, size, lambda offset, n: os.pread(fh.fileno(), n, offset)))
+        total, fetch = self._fetcher(keep=True)
+        return str(_core.info_text(label, total, fetch))
+
     def keys(self) -> List[str]:
         """Tensor names, in saved order (reads the header)."""
         return [t["name"] for t in self.header()["tensors"] if t.get("part_of") is None]
@@ -966,8 +979,13 @@ def hub_file_info(
     ``bytes_fetched`` (the bytes the range requests returned).
     """
     f = HubCachedFile(repo_id, filename, revision=revision, repo_type=repo_type, token=token, endpoint=endpoint)
+    return _file_info(f)
+
+
+def _file_info(f: HubCachedFile) -> Dict[str, Any]:
+    """:func:`hub_file_info` of an existing :class:`HubCachedFile`."""
     out = dict(f.header())
-    out.update({"repo_id": repo_id, "filename": filename, "bytes_fetched": f.bytes_fetched})
+    out.update({"repo_id": f.repo_id, "filename": f.filename, "bytes_fetched": f.bytes_fetched})
     return out
 
 

@@ -95,9 +95,21 @@ def _list(hub: Any, req: Dict[str, Any]) -> Any:
     return hub.list_repo_models(req["repo_id"], **_common(req))
 
 
+class _FileInfo(dict):  # type: ignore[type-arg]
+    """``hub-info REPO FILE``'s result: the JSON of :func:`hub_file_info`, and
+    (``text``) the table local ``deathtensors info`` prints, from the same header."""
+
+    text = ""
+
+
 def _info(hub: Any, req: Dict[str, Any]) -> Any:
     if req.get("filename"):
-        return hub.hub_file_info(req["repo_id"], req["filename"], **_common(req))
+        f = hub.HubCachedFile(req["repo_id"], req["filename"], **_common(req))
+        result = _FileInfo(hub._file_info(f))
+        fetched = result["bytes_fetched"]
+        how = f"header read by range: {_human(fetched)} fetched" if fetched else "read from the local cache"
+        result.text = f"{f.info_text().rstrip()}\n({how})"
+        return result
     return hub.hub_model_info(req["repo_id"], **_common(req))
 
 
@@ -153,20 +165,8 @@ def _text(command: str, result: Any) -> str:
         return "\n".join(_shown(f) for f in result)
     if command == "hub-convert":
         return result["url"]
-    if "tensors" in result:  # hub-info REPO FILE
-        head = (
-            f"{result['repo_id']}/{result['filename']}: {_human(result['file_size'])}, "
-            f"codec {result['codec'] or 'none'}, checksum {result['checksum'] or 'none'}, "
-            f"{len(result['tensors'])} tensors (header read by range: {_human(result['bytes_fetched'])} fetched)"
-        )
-        rows = [("name", "dtype", "shape", "bytes")] + [
-            (_shown(t["name"]), t["dtype"], "x".join(map(str, t["shape"])) or "scalar", _human(t["nbytes"]))
-            for t in result["tensors"]
-            if t.get("part_of") is None
-        ]
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        return "\n".join([head, *lines])
+    if isinstance(result, _FileInfo):  # hub-info REPO FILE
+        return result.text
     lines = [
         f"id: {result['id']}",
         f"sha: {result['sha']}",
