@@ -12,16 +12,19 @@
 //! converter picked by `--from` or SRC's extension. Imports write a SHA-256
 //! footer unless `--checksum none`, like `from_safetensors(checksum=True)`.
 
+use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use deathtensors::reader::DtReader;
 use deathtensors::registry::{self, Converter};
+use deathtensors::sharded;
 use deathtensors::writer::WriteOptions;
 use deathtensors::Error;
 use serde_json::json;
 
-use crate::{expand_path, human, pretty, EXIT_OK};
+use crate::{expand_path, human, pretty, Outcome, EXIT_OK};
 
 /// Extensions that name the deathtensors format itself.
 const NATIVE: [&str; 2] = ["deathtensors", "dt"];
@@ -32,12 +35,12 @@ const NATIVE: [&str; 2] = ["deathtensors", "dt"];
 pub(crate) struct ConvertArgs {
     #[command(subcommand)]
     direction: Option<Direction>,
-    /// The file to convert (generic form); ~ and $VARS are expanded.
+    /// The file to convert (generic form), or a sharded checkpoint (its index or base path); ~ and $VARS are expanded.
     #[arg(required = true)]
-    src: Option<String>,
+    src: Option<OsString>,
     /// The file to write, replaced atomically.
     #[arg(required = true)]
-    dst: Option<String>,
+    dst: Option<OsString>,
     /// Target format: a converter id or extension (`safetensors`), or `deathtensors` to import.
     /// Default: DST's extension.
     #[arg(long, value_name = "FORMAT")]
@@ -90,20 +93,20 @@ impl WriteArgs {
 enum Direction {
     /// Convert a .deathtensors file to .safetensors (complex and sparse tensors are refused).
     ToSafetensors {
-        /// The .deathtensors file.
-        src: String,
+        /// The .deathtensors file, or a sharded checkpoint (its index or base path).
+        src: OsString,
         /// The .safetensors file to write.
-        dst: String,
+        dst: OsString,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
     },
     /// Convert a .safetensors file to .deathtensors.
     FromSafetensors {
-        /// The .safetensors file.
-        src: String,
+        /// The .safetensors file, or a sharded checkpoint (its index or base path).
+        src: OsString,
         /// The .deathtensors file to write.
-        dst: String,
+        dst: OsString,
         #[command(flatten)]
         write: WriteArgs,
         /// Print a JSON summary.
@@ -116,13 +119,14 @@ enum Direction {
 struct Job {
     converter: &'static dyn Converter,
     import: Option<WriteOptions>,
-    src: String,
-    dst: String,
+    src: OsString,
+    dst: OsString,
     json: bool,
 }
 
-/// Run the command: its output and exit code.
-pub(crate) fn run(args: ConvertArgs) -> Result<(String, i32), Error> {
+/// Run the command: its output and exit code, or for a sharded checkpoint a
+/// request for the Python package, which converts those.
+pub(crate) fn run(args: ConvertArgs) -> Result<Outcome, Error> {
     let safetensors = || registry::converters()?.get("safetensors");
     let job = match args.direction {
         Some(Direction::ToSafetensors { src, dst, json }) => Job {
@@ -150,11 +154,14 @@ pub(crate) fn run(args: ConvertArgs) -> Result<(String, i32), Error> {
 }
 
 /// The lower-cased extension of a path as given (once ~ and $VARS are
-/// expanded, as they are for the conversion itself), without the dot.
-fn extension(path: &str) -> Option<String> {
-    expand_path(path)
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+/// expanded, as they are for the conversion itself), without the dot; for
+/// the index of a sharded checkpoint, its shards' (`model.safetensors.index.json`
+/// → `safetensors`).
+fn extension(path: &OsStr) -> Option<String> {
+    let path = expand_path(path);
+    let bytes = path.as_os_str().as_bytes();
+    let path = Path::new(OsStr::from_bytes(bytes.strip_suffix(b".index.json").unwrap_or(bytes)));
+    path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase())
 }
 
 /// Whether `format` (an id or extension, any case, with or without the dot)
@@ -190,8 +197,8 @@ fn find(format: &str) -> Result<&'static dyn Converter, Error> {
 
 /// Work out the converter and direction of the generic form.
 fn plan(
-    src: String,
-    dst: String,
+    src: OsString,
+    dst: OsString,
     to: Option<String>,
     from: Option<String>,
     write: &WriteArgs,
@@ -251,8 +258,49 @@ fn plan(
     })
 }
 
-fn execute(job: Job) -> Result<(String, i32), Error> {
+/// The request that hands the conversion of a sharded checkpoint to the
+/// Python package (`deathtensors._cli`), or `None` for a single file. The
+/// rules that tell one from the other are the Python API's.
+fn sharded_request(job: &Job, src: &Path) -> Result<Option<String>, Error> {
+    let sharded = match &job.import {
+        Some(_) => job
+            .converter
+            .extensions()
+            .iter()
+            .any(|e| sharded::foreign_index(src, e).is_some()),
+        None => sharded::names_checkpoint(src),
+    };
+    if !sharded {
+        return Ok(None);
+    }
+    let utf8 = |p: &OsString| {
+        p.to_str().map(str::to_owned).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{p:?}: the paths of a sharded conversion must be valid UTF-8 (shard names go into a JSON index)"
+            ))
+        })
+    };
+    let mut request = json!({
+        "command": "convert",
+        "converter": job.converter.id(),
+        "direction": if job.import.is_some() { "import" } else { "export" },
+        "src": utf8(&job.src)?,
+        "dst": utf8(&job.dst)?,
+        "json": job.json,
+    });
+    if let Some(options) = &job.import {
+        request["codec"] = json!(options.codec);
+        request["level"] = json!(options.level);
+        request["checksum"] = json!(options.checksum);
+    }
+    Ok(Some(request.to_string()))
+}
+
+fn execute(job: Job) -> Result<Outcome, Error> {
     let src = expand_path(&job.src);
+    if let Some(request) = sharded_request(&job, &src)? {
+        return Ok(Outcome::Python(request));
+    }
     let dst = expand_path(&job.dst);
     let size = std::fs::metadata(&src).map(|m| m.len()).unwrap_or(0);
     let spinner = crate::progress::spinner(size, "converting");
@@ -279,8 +327,8 @@ fn execute(job: Job) -> Result<(String, i32), Error> {
         let mut v = json!({
             "converter": job.converter.id(),
             "direction": direction,
-            "src": job.src,
-            "dst": job.dst,
+            "src": job.src.to_string_lossy(),
+            "dst": job.dst.to_string_lossy(),
             "tensors": tensors,
             "bytes_in": bytes_in,
             "bytes_out": bytes_out,
@@ -294,12 +342,12 @@ fn execute(job: Job) -> Result<(String, i32), Error> {
         let _ = writeln!(
             s,
             "converted {} -> {} ({} {direction}): {tensors} tensors, {} -> {}",
-            job.src,
-            job.dst,
+            job.src.to_string_lossy(),
+            job.dst.to_string_lossy(),
             job.converter.id(),
             human(bytes_in),
             human(bytes_out)
         );
     }
-    Ok((s, EXIT_OK))
+    Ok(Outcome::Done(s, EXIT_OK))
 }

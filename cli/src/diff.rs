@@ -5,6 +5,7 @@
 //! errors (a negative tolerance, say). A progress bar shows on stderr for
 //! large files when stderr is a terminal.
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 
 use deathtensors::diff::{diff_sides, Change, DiffOptions, DiffReport, DiffSide};
@@ -21,9 +22,9 @@ const EXIT_DIFFERENT: i32 = 1;
 #[derive(clap::Args)]
 pub(crate) struct DiffArgs {
     /// The first file or sharded checkpoint (the reference); ~ and $VARS are expanded.
-    a: String,
+    a: OsString,
     /// The second file or sharded checkpoint.
-    b: String,
+    b: OsString,
     /// Relative tolerance for float values: |a - b| <= atol + rtol * |b| (both 0: bytes compare exactly)
     #[arg(long, default_value_t = 0.0, value_name = "X")]
     rtol: f64,
@@ -60,14 +61,14 @@ pub(crate) fn run(args: DiffArgs) -> Result<(String, i32), Error> {
     let code = if report.identical { EXIT_OK } else { EXIT_DIFFERENT };
     let text = if args.json {
         let mut v = Map::new();
-        v.insert("a".into(), Value::String(args.a.clone()));
-        v.insert("b".into(), Value::String(args.b.clone()));
+        v.insert("a".into(), Value::String(args.a.to_string_lossy().into_owned()));
+        v.insert("b".into(), Value::String(args.b.to_string_lossy().into_owned()));
         if let Ok(Value::Object(fields)) = serde_json::to_value(&report) {
             v.extend(fields);
         }
         pretty(&Value::Object(v))
     } else {
-        write_report(&args.a, &args.b, &report)
+        write_report(&args.a.to_string_lossy(), &args.b.to_string_lossy(), &report)
     };
     Ok((text, code))
 }

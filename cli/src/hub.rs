@@ -12,7 +12,7 @@
 //! They live in the same clap tree as the local commands, so `--help`, usage
 //! errors and exit codes are the same; the Hub client itself is Python's
 //! `huggingface_hub`, so a parsed command is handed, as JSON, to the host
-//! (see [`crate::run_with_hub`]): `python -m deathtensors` runs it in
+//! (see [`crate::run_with_python`]): `python -m deathtensors` runs it in
 //! `deathtensors.huggingface`; the standalone binary says how to get that.
 
 use serde::Serialize;

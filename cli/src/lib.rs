@@ -7,7 +7,7 @@
 #![warn(missing_docs)]
 
 use std::borrow::Cow;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -51,7 +51,7 @@ enum Command {
     /// Show the file's format details, global metadata and tensor table.
     Info {
         /// A .deathtensors (or legacy .dt) file, or a sharded checkpoint (its index or base path); ~ and $VARS are expanded.
-        path: String,
+        path: OsString,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -59,7 +59,7 @@ enum Command {
     /// List tensor names, one per line, in saved order.
     List {
         /// The file, or a sharded checkpoint (its index or base path).
-        path: String,
+        path: OsString,
         /// Print a JSON array.
         #[arg(long)]
         json: bool,
@@ -67,7 +67,7 @@ enum Command {
     /// Verify the checksum footer (exit 1 if it does not match or is absent); of every shard for a checkpoint.
     Verify {
         /// The file, or a sharded checkpoint (its index or base path).
-        path: String,
+        path: OsString,
         /// Print a JSON object.
         #[arg(long)]
         json: bool,
@@ -75,7 +75,7 @@ enum Command {
     /// Per-tensor statistics (min/max/mean/stddev/nnz, NaN and Inf counts), computed without loading tensors.
     Stats {
         /// The file, or a sharded checkpoint (its index or base path).
-        path: String,
+        path: OsString,
         /// Only these tensors (default: all).
         names: Vec<String>,
         /// Print JSON instead of a table.
@@ -109,31 +109,47 @@ enum Command {
 /// Run the command line with `args` (the first item is the program name).
 ///
 /// Returns the process exit code; never panics on bad files or bad arguments.
-/// The `hub-*` commands need the Python package (see [`run_with_hub`]); here
-/// they fail with a usage error that says how to run them.
+/// The `hub-*` commands and conversions of sharded checkpoints need the
+/// Python package (see [`run_with_python`]); here they fail with a usage
+/// error that says how to run them.
 pub fn run<I, T>(args: I) -> i32
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    run_with_hub(args, |_| {
+    run_with_python(args, |request| {
+        let command = serde_json::from_str::<Value>(request)
+            .ok()
+            .and_then(|v| v["command"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let (what, how) = if command.starts_with("hub-") {
+            (
+                "the Hub commands",
+                "pip install deathtensors[huggingface], then `python -m deathtensors hub-...`",
+            )
+        } else {
+            (
+                "converting a sharded checkpoint",
+                "`python -m deathtensors convert ...`",
+            )
+        };
         let _ = writeln!(
             std::io::stderr(),
-            "deathtensors: error: the Hub commands run through the Python package: \
-             pip install deathtensors[huggingface], then `python -m deathtensors hub-...`"
+            "deathtensors: error: {what} runs through the Python package: {how}"
         );
         EXIT_USAGE
     })
 }
 
-/// [`run`], with `hub` running the Hugging Face Hub commands.
+/// [`run`], with `python` running the commands that need the Python package:
+/// the Hugging Face Hub commands and conversions of sharded checkpoints.
 ///
-/// A `hub-*` command is parsed and checked here like every other command,
-/// then handed to `hub` as a JSON object (`{"command": "hub-push",
-/// "repo_id": ..., ...}`, one key per argument), whose return value is the
-/// exit code. `python -m deathtensors` passes a callback into
-/// `deathtensors.huggingface`.
-pub fn run_with_hub<I, T, H>(args: I, hub: H) -> i32
+/// Such a command is parsed and checked here like every other command, then
+/// handed to `python` as a JSON object (`{"command": "hub-push", "repo_id":
+/// ..., ...}`, one key per argument; `{"command": "convert", ...}` for a
+/// sharded conversion), whose return value is the exit code.
+/// `python -m deathtensors` passes a callback into `deathtensors._cli`.
+pub fn run_with_python<I, T, H>(args: I, python: H) -> i32
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -183,20 +199,12 @@ where
             return code;
         }
     };
-    let request = match &cli.command {
-        Command::HubPush(a) => Some(hub::request("hub-push", a)),
-        Command::HubPull(a) => Some(hub::request("hub-pull", a)),
-        Command::HubList(a) => Some(hub::request("hub-list", a)),
-        Command::HubInfo(a) => Some(hub::request("hub-info", a)),
-        Command::HubConvert(a) => Some(hub::request("hub-convert", a)),
-        _ => None,
-    };
-    if let Some(request) = request {
-        let _ = std::io::stdout().flush();
-        return hub(&request);
-    }
     match execute(cli.command) {
-        Ok((text, code)) => {
+        Ok(Outcome::Python(request)) => {
+            let _ = std::io::stdout().flush();
+            python(&request)
+        }
+        Ok(Outcome::Done(text, code)) => {
             let mut out = std::io::stdout().lock();
             match out
                 .write_all(terminal_safe(&text).as_bytes())
@@ -309,64 +317,79 @@ pub fn terminal_safe(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Expand `~` and `$VAR` / `${VAR}` in a path, as every front does.
-pub fn expand_path(raw: &str) -> PathBuf {
-    let mut out = String::with_capacity(raw.len());
-    let home = std::env::var("HOME").unwrap_or_default();
-    let rest = if raw == "~" {
-        out.push_str(&home);
-        ""
-    } else if let Some(r) = raw.strip_prefix("~/") {
-        out.push_str(&home);
-        out.push('/');
+/// Expand `~` and `$VAR` / `${VAR}` in a path, as every front does. A path
+/// that is not valid UTF-8 is expanded the same way, byte for byte.
+pub fn expand_path(raw: impl AsRef<OsStr>) -> PathBuf {
+    let raw = raw.as_ref().as_encoded_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(raw.len());
+    let home = std::env::var_os("HOME").unwrap_or_default();
+    let rest = if raw == b"~" {
+        out.extend_from_slice(home.as_encoded_bytes());
+        &[][..]
+    } else if let Some(r) = raw.strip_prefix(b"~/") {
+        out.extend_from_slice(home.as_encoded_bytes());
+        out.push(b'/');
         r
     } else {
         raw
     };
-    let mut chars = rest.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '$' {
-            out.push(c);
+    let mut i = 0;
+    while i < rest.len() {
+        if rest[i] != b'$' {
+            out.push(rest[i]);
+            i += 1;
             continue;
         }
-        let braced = chars.peek() == Some(&'{');
-        if braced {
-            chars.next();
+        let braced = rest.get(i + 1) == Some(&b'{');
+        let name_start = i + 1 + usize::from(braced);
+        let name_end = rest[name_start..]
+            .iter()
+            .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+            .map_or(rest.len(), |n| name_start + n);
+        let closed = !braced || rest.get(name_end) == Some(&b'}');
+        let after = name_end + usize::from(braced && closed);
+        // The name is ASCII alphanumerics, so valid UTF-8.
+        let name = std::str::from_utf8(&rest[name_start..name_end]).unwrap_or_default();
+        match std::env::var_os(name) {
+            Some(v) if !name.is_empty() && closed => out.extend_from_slice(v.as_encoded_bytes()),
+            _ => out.extend_from_slice(&rest[i..after]),
         }
-        let mut name = String::new();
-        while let Some(&n) = chars.peek() {
-            if n.is_ascii_alphanumeric() || n == '_' {
-                name.push(n);
-                chars.next();
-            } else {
-                break;
-            }
-        }
-        let closed = !braced || chars.next_if_eq(&'}').is_some();
-        match std::env::var(&name) {
-            Ok(v) if !name.is_empty() && closed => out.push_str(&v),
-            _ => {
-                out.push('$');
-                if braced {
-                    out.push('{');
-                }
-                out.push_str(&name);
-                if braced && closed {
-                    out.push('}');
-                }
-            }
-        }
+        i = after;
     }
-    PathBuf::from(out)
+    // SAFETY: `out` joins pieces of `raw` cut only next to ASCII bytes (`~`,
+    // `/`, `$`, `{`, `}`, a variable's name) and whole encoded `OsStr`s (HOME,
+    // variables' values): a mixture that `from_encoded_bytes_unchecked` allows.
+    PathBuf::from(unsafe { OsString::from_encoded_bytes_unchecked(out) })
 }
 
-/// Run one command: its output and exit code.
-fn execute(command: Command) -> Result<(String, i32), Error> {
+/// What a command comes to.
+enum Outcome {
+    /// Text for stdout, and the exit code.
+    Done(String, i32),
+    /// A request for the Python package (see [`run_with_python`]).
+    Python(String),
+}
+
+/// Run one command, or turn it into a request for the Python package.
+fn execute(command: Command) -> Result<Outcome, Error> {
+    let python = |request| Ok(Outcome::Python(request));
+    match command {
+        Command::HubPush(a) => python(hub::request("hub-push", &a)),
+        Command::HubPull(a) => python(hub::request("hub-pull", &a)),
+        Command::HubList(a) => python(hub::request("hub-list", &a)),
+        Command::HubInfo(a) => python(hub::request("hub-info", &a)),
+        Command::HubConvert(a) => python(hub::request("hub-convert", &a)),
+        Command::Convert(args) => convert::run(args),
+        command => execute_here(command).map(|(text, code)| Outcome::Done(text, code)),
+    }
+}
+
+/// Run one command that needs no Python: its output and exit code.
+fn execute_here(command: Command) -> Result<(String, i32), Error> {
     let mut s = String::new();
     match command {
         Command::Diff(args) => return diff::run(args),
         Command::Manifest(args) => return manifest::run(args),
-        Command::Convert(args) => return convert::run(args),
         Command::Info { path, json } if names_checkpoint(expand_path(&path)) => {
             return Ok((sharded::info(&expand_path(&path), json)?, EXIT_OK))
         }
@@ -422,7 +445,9 @@ fn execute(command: Command) -> Result<(String, i32), Error> {
             let algorithm = r.checksum().map(|c| c.id()).unwrap_or_default();
             let digest = hex(&r.stored_digest()?);
             if json {
-                s = pretty(&json!({"path": r.path(), "ok": true, "algorithm": algorithm, "digest": digest}));
+                s = pretty(
+                    &json!({"path": r.path().to_string_lossy(), "ok": true, "algorithm": algorithm, "digest": digest}),
+                );
             } else {
                 let _ = writeln!(s, "OK  {}  {algorithm}:{digest}", r.path().display());
             }
@@ -458,11 +483,8 @@ fn execute(command: Command) -> Result<(String, i32), Error> {
         | Command::HubPull(_)
         | Command::HubList(_)
         | Command::HubInfo(_)
-        | Command::HubConvert(_) => {
-            return Err(Error::InvalidArgument(
-                "the Hub commands are run by the host given to run_with_hub".into(),
-            ))
-        }
+        | Command::HubConvert(_)
+        | Command::Convert(_) => return Err(Error::InvalidArgument("hub-* and convert are run by execute".into())),
         Command::Plugins { json } => {
             let rows = registry::list_plugins()?;
             if json {
@@ -507,7 +529,7 @@ fn info_json(r: &DtReader) -> Value {
         })
         .collect();
     json!({
-        "path": r.path(),
+        "path": r.path().to_string_lossy(),
         "file_size": r.file_len(),
         "format_version": deathtensors::format::VERSION,
         "codec": r.codec().map(|c| c.id()),
@@ -669,6 +691,23 @@ mod tests {
         assert_eq!(expand_path("${DT_CLI_TEST_VAR}z"), PathBuf::from("abcz"));
         assert_eq!(expand_path("$DT_UNSET_VAR_XYZ/q"), PathBuf::from("$DT_UNSET_VAR_XYZ/q"));
         assert_eq!(expand_path("a~b"), PathBuf::from("a~b"));
+        assert_eq!(
+            expand_path("${DT_UNSET_VAR_XYZ}/${DT_CLI_TEST_VAR"),
+            PathBuf::from("${DT_UNSET_VAR_XYZ}/${DT_CLI_TEST_VAR")
+        );
+        assert_eq!(expand_path("$/${}/$"), PathBuf::from("$/${}/$"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn expands_paths_that_are_not_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        std::env::set_var("DT_CLI_TEST_BYTES", OsStr::from_bytes(b"d\xfe"));
+        let raw = OsStr::from_bytes(b"caf\xe9/$DT_CLI_TEST_BYTES/m\xff.deathtensors");
+        assert_eq!(
+            expand_path(raw).as_os_str().as_bytes(),
+            b"caf\xe9/d\xfe/m\xff.deathtensors"
+        );
     }
 
     #[test]
@@ -728,9 +767,54 @@ mod tests {
     }
 
     #[test]
+    fn a_sharded_conversion_is_handed_over_and_a_single_file_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let index = dir.join("m.safetensors.index.json");
+        std::fs::write(&index, b"{}").unwrap();
+        let out = dir.join("m.deathtensors");
+        let argv = |extra: &[&str]| {
+            let mut v = vec!["deathtensors".to_owned(), "convert".to_owned()];
+            v.extend(extra.iter().map(|s| (*s).to_owned()));
+            v
+        };
+        let (index_s, out_s) = (index.to_str().unwrap(), out.to_str().unwrap());
+        let mut seen = String::new();
+        let code = run_with_python(argv(&[index_s, out_s, "--compress=lz4", "--level", "2"]), |request| {
+            seen = request.to_owned();
+            5
+        });
+        assert_eq!(code, 5);
+        let v: Value = serde_json::from_str(&seen).expect("JSON request");
+        assert_eq!(v["command"], "convert");
+        assert_eq!(v["direction"], "import");
+        assert_eq!(v["converter"], "safetensors");
+        assert_eq!((v["src"].as_str(), v["dst"].as_str()), (Some(index_s), Some(out_s)));
+        assert_eq!(
+            (&v["codec"], &v["level"], &v["checksum"]),
+            (&json!("lz4"), &json!(2), &json!("sha256"))
+        );
+        // The base path finds the index too; the standalone binary says where to run it.
+        let base = dir.join("m");
+        let base = argv(&["from-safetensors", base.to_str().unwrap(), out_s]);
+        assert_eq!(run_with_python(base.clone(), |_| 6), 6);
+        assert_eq!(run(base), EXIT_USAGE);
+        // A single file never reaches the host (this one is not valid, so it fails here).
+        let single = dir.join("s.safetensors");
+        std::fs::write(&single, b"junk").unwrap();
+        let called = std::cell::Cell::new(false);
+        let code = run_with_python(argv(&[single.to_str().unwrap(), out_s]), |_| {
+            called.set(true);
+            0
+        });
+        assert!(!called.get());
+        assert_eq!(code, EXIT_BAD_FILE);
+    }
+
+    #[test]
     fn hub_commands_are_parsed_here_and_handed_over_as_json() {
         let mut seen = String::new();
-        let code = run_with_hub(
+        let code = run_with_python(
             [
                 "deathtensors",
                 "hub-convert",
@@ -757,7 +841,7 @@ mod tests {
         assert_eq!(v["repo_type"], "model");
         // Usage errors never reach the host.
         let called = std::cell::Cell::new(false);
-        let bad = run_with_hub(["deathtensors", "hub-push", "ns/repo"], |_| {
+        let bad = run_with_python(["deathtensors", "hub-push", "ns/repo"], |_| {
             called.set(true);
             0
         });

@@ -1,5 +1,7 @@
 //! `deathtensors manifest`: write (or print) the JSON manifest sidecar of a file.
 
+use std::ffi::OsString;
+
 use deathtensors::manifest;
 use deathtensors::reader::DtReader;
 use deathtensors::Error;
@@ -11,10 +13,10 @@ use crate::{expand_path, EXIT_OK};
 pub(crate) struct ManifestArgs {
     /// The .deathtensors file; ~ and $VARS are expanded.
     #[arg(value_name = "FILE")]
-    path: String,
+    path: OsString,
     /// Where to write the manifest (default: FILE.manifest.json beside the file).
     #[arg(short, long, value_name = "OUT", conflicts_with = "json")]
-    output: Option<String>,
+    output: Option<OsString>,
     /// Print the manifest as JSON instead of writing the sidecar.
     #[arg(long)]
     json: bool,

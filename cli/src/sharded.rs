@@ -64,7 +64,7 @@ pub(crate) fn info(path: &Path, as_json: bool) -> Result<String, Error> {
     })?;
     if as_json {
         return Ok(pretty(&json!({
-            "path": index.path(),
+            "path": index.path().to_string_lossy(),
             "sharded": true,
             "total_size": index.total_size(),
             "metadata": index.global_metadata().cloned().unwrap_or_default(),
@@ -170,7 +170,9 @@ pub(crate) fn verify(path: &Path, as_json: bool) -> Result<String, Error> {
             .iter()
             .map(|(name, algorithm, digest)| json!({"shard": name, "algorithm": algorithm, "digest": digest}))
             .collect();
-        return Ok(pretty(&json!({"path": index.path(), "ok": true, "shards": shards})));
+        return Ok(pretty(
+            &json!({"path": index.path().to_string_lossy(), "ok": true, "shards": shards}),
+        ));
     }
     let mut s = String::new();
     for (name, algorithm, digest) in &rows {

@@ -476,6 +476,32 @@ pub fn names_checkpoint(path: impl AsRef<Path>) -> bool {
     !path.exists() && resolve_index(path).is_ok()
 }
 
+/// The Hugging Face index of a sharded checkpoint in a foreign format whose
+/// files end in `.{extension}` (`safetensors`), or `None` when `path` names
+/// a single file: `path` itself when it ends in `.json`; nothing when it is
+/// a file; else `path` + `.index.json`, else `path` without `.{extension}`
+/// and with `.{extension}.index.json`, whichever is a file (`model` and
+/// `model.safetensors` both find `model.safetensors.index.json`).
+pub fn foreign_index(path: impl AsRef<Path>, extension: &str) -> Option<PathBuf> {
+    let path = path.as_ref();
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.ends_with(b".json") {
+        return Some(path.to_owned());
+    }
+    if path.is_file() {
+        return None;
+    }
+    let ending = format!(".{extension}");
+    let stem = bytes.strip_suffix(ending.as_bytes()).unwrap_or(bytes);
+    let joined = |a: &[u8], b: &[u8]| PathBuf::from(OsStr::from_bytes(&[a, b].concat()));
+    [
+        joined(bytes, b".index.json"),
+        joined(stem, format!("{ending}.index.json").as_bytes()),
+    ]
+    .into_iter()
+    .find(|c| c.is_file())
+}
+
 /// Whether `path` is a file that starts with the `.deathtensors` magic (a
 /// tensor file whatever its name; reading stops at 8 bytes and never blocks).
 fn starts_with_magic(path: &Path) -> bool {
@@ -521,6 +547,32 @@ mod tests {
         let p = dir.path().join("m.deathtensors.index.json");
         std::fs::write(&p, text).unwrap();
         (dir, p)
+    }
+
+    #[test]
+    fn foreign_index_follows_the_hugging_face_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name);
+        std::fs::write(at("single.safetensors"), b"x").unwrap();
+        assert_eq!(foreign_index(at("single.safetensors"), "safetensors"), None);
+        assert_eq!(foreign_index(at("any.json"), "safetensors"), Some(at("any.json")));
+        assert_eq!(foreign_index(at("model"), "safetensors"), None, "nothing there");
+        std::fs::write(at("model.safetensors.index.json"), b"{}").unwrap();
+        for given in ["model", "model.safetensors"] {
+            assert_eq!(
+                foreign_index(at(given), "safetensors"),
+                Some(at("model.safetensors.index.json")),
+                "{given}"
+            );
+        }
+        std::fs::write(at("model.index.json"), b"{}").unwrap();
+        assert_eq!(
+            foreign_index(at("model"), "safetensors"),
+            Some(at("model.index.json")),
+            "path + .index.json first"
+        );
+        std::fs::create_dir(at("dir.safetensors.index.json")).unwrap();
+        assert_eq!(foreign_index(at("dir"), "safetensors"), None, "a folder is no index");
     }
 
     fn refused(text: &str, needle: &str) {

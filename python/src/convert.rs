@@ -5,6 +5,8 @@
 //! expansion, default destinations and sharded checkpoints are Python
 //! (`deathtensors/_convert.py`).
 
+use std::path::PathBuf;
+
 use deathtensors::registry;
 use deathtensors::writer::WriteOptions;
 use pyo3::prelude::*;
@@ -18,8 +20,8 @@ use crate::to_py;
 fn import_foreign(
     py: Python<'_>,
     converter: &str,
-    src: &str,
-    dst: &str,
+    src: PathBuf,
+    dst: PathBuf,
     codec: Option<String>,
     level: Option<i32>,
     checksum: Option<String>,
@@ -33,20 +35,18 @@ fn import_foreign(
         checksum,
         ..WriteOptions::default()
     };
-    let (src, dst) = (src.to_owned(), dst.to_owned());
-    py.detach(|| registry::import_foreign(converter, src.as_ref(), dst.as_ref(), &options))
+    py.detach(|| registry::import_foreign(converter, &src, &dst, &options))
         .map_err(|e| to_py(py, e))
 }
 
 /// Convert the `.deathtensors` file `src` to the foreign file `dst` with
 /// converter `converter` (GIL released).
 #[pyfunction]
-fn export_foreign(py: Python<'_>, converter: &str, src: &str, dst: &str) -> PyResult<()> {
+fn export_foreign(py: Python<'_>, converter: &str, src: PathBuf, dst: PathBuf) -> PyResult<()> {
     let converter = registry::converters()
         .and_then(|r| r.get(converter))
         .map_err(|e| to_py(py, e))?;
-    let (src, dst) = (src.to_owned(), dst.to_owned());
-    py.detach(|| registry::export_foreign(converter, src.as_ref(), dst.as_ref()))
+    py.detach(|| registry::export_foreign(converter, &src, &dst))
         .map_err(|e| to_py(py, e))
 }
 

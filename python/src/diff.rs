@@ -1,5 +1,7 @@
 //! Python bindings of diff.
 
+use std::path::PathBuf;
+
 use deathtensors::diff::{diff_sides, DiffOptions, DiffSide};
 use deathtensors::sharded::Source;
 use pyo3::exceptions::PyRuntimeError;
@@ -14,8 +16,8 @@ use crate::to_py;
 #[pyo3(signature = (path_a, path_b, rtol=0.0, atol=0.0, window_bytes=None))]
 fn diff_files(
     py: Python<'_>,
-    path_a: String,
-    path_b: String,
+    path_a: PathBuf,
+    path_b: PathBuf,
     rtol: f64,
     atol: f64,
     window_bytes: Option<usize>,

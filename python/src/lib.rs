@@ -6,6 +6,7 @@
 
 use std::mem::MaybeUninit;
 use std::os::raw::{c_int, c_void};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use deathtensors::buffer::{AlignedBuf, UninitBuf};
@@ -340,8 +341,8 @@ fn to_entries<'a>(specs: Vec<Spec>, sources: &'a [Source]) -> Vec<Entry<'a>> {
 /// The permission bits for a file written to `path`: the replaced file's,
 /// else `0o666 & ~umask` (read without changing the process's umask).
 #[pyfunction]
-fn file_mode_for(path: &str) -> u32 {
-    deathtensors::atomic::replacement_mode(path.as_ref())
+fn file_mode_for(path: PathBuf) -> u32 {
+    deathtensors::atomic::replacement_mode(&path)
 }
 
 /// Save tensors (see [`parse_entries`] for `entries`). `filter` is `"auto"`
@@ -351,7 +352,7 @@ fn file_mode_for(path: &str) -> u32 {
 #[allow(clippy::too_many_arguments)]
 fn save(
     py: Python<'_>,
-    path: &str,
+    path: PathBuf,
     entries: &Bound<'_, PyList>,
     global_metadata: Option<&str>,
     codec: Option<String>,
@@ -379,7 +380,6 @@ fn save(
         Some("none") => FilterChoice::Off,
         Some(id) => FilterChoice::Id(id.to_owned()),
     };
-    let path = path.to_owned();
     let result = py.detach(|| write_entries(&path, &entries, &global, &options));
     drop(entries);
     drop(sources);
@@ -392,7 +392,7 @@ fn save(
 #[pyo3(signature = (path, entries, extra_global_metadata=None, overwrite=false))]
 fn append(
     py: Python<'_>,
-    path: &str,
+    path: PathBuf,
     entries: &Bound<'_, PyList>,
     extra_global_metadata: Option<&str>,
     overwrite: bool,
@@ -400,7 +400,6 @@ fn append(
     let (specs, sources) = parse_entries(py, entries)?;
     let extra = parse_map(py, extra_global_metadata, "extra_global_metadata")?;
     let entries = to_entries(specs, &sources);
-    let path = path.to_owned();
     let result = py.detach(|| append_file(&path, &entries, &extra, overwrite));
     drop(entries);
     drop(sources);
@@ -427,7 +426,7 @@ impl Reader {
 impl Reader {
     #[new]
     #[pyo3(signature = (path, max_header_len=None))]
-    fn new(py: Python<'_>, path: String, max_header_len: Option<u64>) -> PyResult<Self> {
+    fn new(py: Python<'_>, path: PathBuf, max_header_len: Option<u64>) -> PyResult<Self> {
         let mut options = ReadOptions::default();
         if let Some(m) = max_header_len {
             options.max_header_len = m;
@@ -770,15 +769,16 @@ fn read_remote_tensor(
 
 /// Run the command line (the same tree as the `deathtensors` binary); returns the exit code.
 ///
-/// The `hub-*` commands are parsed here and run by
-/// `deathtensors.huggingface._cli.run(request_json)` (Python, GIL held).
+/// The commands that need Python (`hub-*`, the conversion of a sharded
+/// checkpoint) are parsed here and run by `deathtensors._cli.run(request_json)`
+/// (GIL held).
 #[pyfunction]
 fn cli_main(py: Python<'_>, argv: Vec<std::ffi::OsString>) -> i32 {
     py.detach(|| {
-        deathtensors_cli::run_with_hub(argv, |request| {
+        deathtensors_cli::run_with_python(argv, |request| {
             Python::attach(|py| {
                 let run = || -> PyResult<i32> {
-                    py.import("deathtensors.huggingface._cli")?
+                    py.import("deathtensors._cli")?
                         .getattr("run")?
                         .call1((request,))?
                         .extract()

@@ -2,7 +2,12 @@
 //!
 //! Values cross the boundary as JSON text; `deathtensors._manifest` parses it.
 
-use std::path::Path;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+// Paths come in as `PathBuf` (str, bytes or os.PathLike, not necessarily UTF-8)
+// and go back as `OsString`, which Python gets as a `str` (a `PathBuf` would be
+// a `pathlib.Path`).
 
 use deathtensors::manifest;
 use deathtensors::reader::DtReader;
@@ -12,9 +17,9 @@ use crate::to_py;
 
 /// The manifest of the file at `path`, as JSON text (header and footer only; GIL released).
 #[pyfunction]
-fn manifest_json(py: Python<'_>, path: &str) -> PyResult<String> {
+fn manifest_json(py: Python<'_>, path: PathBuf) -> PyResult<String> {
     let value = py
-        .detach(|| DtReader::open(path).and_then(|r| manifest::manifest(&r)))
+        .detach(|| DtReader::open(&path).and_then(|r| manifest::manifest(&r)))
         .map_err(|e| to_py(py, e))?;
     Ok(value.to_string())
 }
@@ -23,24 +28,24 @@ fn manifest_json(py: Python<'_>, path: &str) -> PyResult<String> {
 /// the sidecar `<dt_path>.manifest.json`); returns the path written.
 #[pyfunction]
 #[pyo3(signature = (dt_path, manifest_path=None))]
-fn write_manifest(py: Python<'_>, dt_path: &str, manifest_path: Option<&str>) -> PyResult<String> {
+fn write_manifest(py: Python<'_>, dt_path: PathBuf, manifest_path: Option<PathBuf>) -> PyResult<OsString> {
     let written = py
-        .detach(|| DtReader::open(dt_path).and_then(|r| manifest::write_manifest(&r, manifest_path.map(Path::new))))
+        .detach(|| DtReader::open(&dt_path).and_then(|r| manifest::write_manifest(&r, manifest_path.as_deref())))
         .map_err(|e| to_py(py, e))?;
-    Ok(written.to_string_lossy().into_owned())
+    Ok(written.into_os_string())
 }
 
 /// Read and check a manifest; returns its JSON text.
 #[pyfunction]
-fn read_manifest(py: Python<'_>, manifest_path: &str) -> PyResult<String> {
-    let value = py.detach(|| manifest::read(manifest_path)).map_err(|e| to_py(py, e))?;
+fn read_manifest(py: Python<'_>, manifest_path: PathBuf) -> PyResult<String> {
+    let value = py.detach(|| manifest::read(&manifest_path)).map_err(|e| to_py(py, e))?;
     Ok(value.to_string())
 }
 
 /// The sidecar name `<dt_path>.manifest.json`.
 #[pyfunction]
-fn manifest_sidecar_path(dt_path: &str) -> String {
-    manifest::sidecar_path(dt_path).to_string_lossy().into_owned()
+fn manifest_sidecar_path(dt_path: PathBuf) -> OsString {
+    manifest::sidecar_path(&dt_path).into_os_string()
 }
 
 /// Add this module's functions to `_core`.

@@ -277,6 +277,42 @@ def test_pathlike_and_dt_extension(tmp_path):
             assert torch.equal(f.get_tensor("a"), tensors["a"])
 
 
+def test_paths_that_are_not_utf8_work_everywhere(tmp_path):
+    """Regression: every call raised a bare UnicodeEncodeError for such a path."""
+    folder = tmp_path / os.fsdecode(b"caf\xe9")
+    folder.mkdir()
+    path = folder / os.fsdecode(b"m\xff.deathtensors")
+    tensors = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2, dtype=torch.int8)}
+    dt.save(path, tensors, compress=True, checksum=True)
+    dt.append(path, {"c": torch.zeros(1)})
+    with dt.open(path, verify=True) as f:
+        assert f.keys() == ["a", "b", "c"]
+        assert torch.equal(f.get_tensor("a"), tensors["a"])
+    with dt.open(os.fsencode(path)) as f:  # a bytes path, as os.fspath allows
+        assert f.keys() == ["a", "b", "c"]
+    sidecar = dt.write_manifest(path)
+    assert sidecar == str(path) + ".manifest.json" and os.path.isfile(sidecar)
+    assert [t["name"] for t in dt.read_manifest(sidecar)["tensors"]] == ["a", "b", "c"]
+    foreign = folder / os.fsdecode(b"x\xfe.safetensors")
+    dt.to_safetensors(path, foreign)
+    back = folder / os.fsdecode(b"y\xfe.deathtensors")
+    dt.from_safetensors(foreign, back)
+    assert dt.diff(path, back)["identical"]
+
+    # A sharded checkpoint may live in such a folder; its own name goes into
+    # the JSON index, so it must be UTF-8, and one that is not is refused.
+    written = dt.save_sharded(folder / "sh", tensors, max_shard_bytes=16)
+    assert len(written) == 2
+    with dt.open_sharded(folder / "sh") as sr:
+        assert torch.equal(sr.get_tensor("b"), tensors["b"])
+    bad = folder / os.fsdecode(b"sh\xfe")
+    with pytest.raises(dt.InvalidArgumentError, match="must be valid UTF-8"):
+        dt.save_sharded(bad, tensors, max_shard_bytes=16)
+    with pytest.raises(dt.InvalidArgumentError, match="must be valid UTF-8"):
+        dt.to_safetensors(folder / "sh", bad)
+    assert not [n for n in os.listdir(folder) if n.startswith(os.fsdecode(b"sh\xfe"))]
+
+
 # -- atomic writes -----------------------------------------------------------------------------------
 
 

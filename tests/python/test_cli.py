@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import struct
 
 import pytest
@@ -154,10 +155,32 @@ def test_help_and_version_that_cannot_be_written_are_an_error(cli, args):
     assert len(lines) == 1 and lines[0].startswith("deathtensors: error: cannot write the output"), lines
 
 
-def test_a_non_utf8_argument_is_a_usage_error_not_a_traceback(cli, tmp_path):
+def test_paths_that_are_not_utf8_work(cli, files, tmp_path):
+    """Regression: such a path was refused as a usage error (and before that, a traceback)."""
+    folder = tmp_path / os.fsdecode(b"caf\xe9")
+    folder.mkdir()
+    path = folder / os.fsdecode(b"m\xff.deathtensors")
+    shutil.copy(files["good"], path)
+    listed = cli("list", str(path))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.decode().splitlines() == NAMES
+    for command in (["info"], ["info", "--json"], ["verify"], ["verify", "--json"], ["stats", "--json"]):
+        result = cli(*command, str(path))
+        assert result.returncode == 0, (command, result.stderr)
+        assert b"\xef\xbf\xbd.deathtensors" in result.stdout or command == ["stats", "--json"], command
+    assert cli("diff", str(path), str(files["good"])).returncode == 0
+    assert cli("manifest", str(path)).returncode == 0
+    assert os.path.isfile(str(path) + ".manifest.json")
+    foreign = folder / os.fsdecode(b"x\xfe.safetensors")
+    assert cli("convert", str(path), str(foreign)).returncode == 0
+    back = folder / os.fsdecode(b"y\xfe.deathtensors")
+    assert cli("convert", "from-safetensors", str(foreign), str(back)).returncode == 0
+    assert dt.diff(files["good"], back)["identical"]
+
+
+def test_a_non_utf8_tensor_name_is_a_usage_error_not_a_traceback(cli, files):
     """Regression: python -m deathtensors crashed with a UnicodeEncodeError traceback."""
-    name = os.fsdecode(b"bad\xff.deathtensors")
-    result = cli("info", str(tmp_path / name))
+    result = cli("stats", str(files["good"]), os.fsdecode(b"bad\xff"))
     assert result.returncode == 2
     assert "invalid UTF-8" in _one_clean_error_line(result)
 

@@ -590,6 +590,54 @@ def test_cli_generic_convert_picks_the_converter(tmp_path, cli):
         assert not f.has_checksum()
 
 
+def test_cli_converts_sharded_checkpoints_both_ways(tmp_path, cli):
+    """Regression: `convert` of an index read it as a tensor file ("the magic is '{...'",
+    "unknown converter json") or, given a base path, found no such file."""
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    tensors, order, _ = _hf_checkpoint(hf)
+    index = hf / "model.safetensors.index.json"
+    r = cli("convert", "from-safetensors", str(index), str(tmp_path / "a.deathtensors"), "--compress", "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["index"] == str(tmp_path / "a.deathtensors.index.json")
+    assert (summary["shards"], summary["tensors"], summary["direction"]) == (3, 6, "import")
+    assert summary["codec"] == "zstd" and summary["checksum"] == "sha256"
+    assert summary["bytes_in"] == index.stat().st_size + sum(p.stat().st_size for p in hf.glob("*.safetensors"))
+    with dt.open_sharded(tmp_path / "a.deathtensors", verify=True) as sr:
+        assert sr.keys() == order
+        assert all(_same(sr.get_tensor(n), t) for n, t in tensors.items())
+    # The generic form tells the format from the index's name, and a base path finds it.
+    r = cli("convert", str(index), str(tmp_path / "b.deathtensors"), "--checksum", "none")
+    assert r.returncode == 0, r.stderr
+    assert b"(safetensors import, 3 shards): 6 tensors" in r.stdout
+    r = cli("convert", str(hf / "model"), str(tmp_path / "c.deathtensors"), "--from", "safetensors")
+    assert r.returncode == 0, r.stderr
+
+    out = tmp_path / "out"
+    out.mkdir()
+    r = cli("convert", "to-safetensors", str(tmp_path / "a.deathtensors"), str(out / "back.safetensors"))
+    assert r.returncode == 0, r.stderr
+    assert b"(safetensors export, 3 shards): 6 tensors" in r.stdout
+    doc = json.loads((out / "back.safetensors.index.json").read_text())
+    assert list(doc["weight_map"]) == order
+    for name, shard in doc["weight_map"].items():
+        assert _same(st_torch.load_file(str(out / shard))[name], tensors[name]), name
+    r = cli("convert", str(tmp_path / "b.deathtensors.index.json"), str(out / "g.safetensors"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["shards"] == 3
+
+    # Errors keep the CLI's exit codes: 2 for a refused argument, 1 for a bad file.
+    r = cli("convert", "from-safetensors", str(index), str(tmp_path / "e.deathtensors"), "--compress=nope")
+    assert r.returncode == 2 and r.stderr.startswith(b"deathtensors: error: "), r.stderr
+    assert b"nope" in r.stderr and not list(tmp_path.glob("e*"))
+    (hf / "model-00002-of-00003.safetensors").write_bytes(b"\x08" + b"\0" * 7 + b"{broken}")
+    r = cli("convert", "from-safetensors", str(index), str(tmp_path / "d.deathtensors"))
+    assert r.returncode == 1 and b"model-00002-of-00003.safetensors" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and b"Traceback" not in r.stderr
+    assert not list(tmp_path.glob("d*"))
+
+
 def test_cli_convert_errors(tmp_path, cli):
     dt.save(tmp_path / "a.deathtensors", {"c": torch.ones(2, dtype=torch.complex64)})
     bad = tmp_path / "bad.safetensors"

@@ -1056,12 +1056,26 @@ def test_spaces_and_odd_repo_paths_push_or_fail_cleanly(lfs_hub: Env) -> None:
                 push_to_hub("ns/space", p, bad, repo_type="space")
             except dt.InvalidArgumentError as e:
                 refused.append(bad)
+        # A local name that is not UTF-8 cannot be a repo path; named in the repo, it goes up.
+        import shutil
+        odd = sys.argv[1] + "/" + os.fsdecode(b"m\\xff.deathtensors")
+        shutil.copy(p, odd)
+        try:
+            push_to_hub("ns/space", odd, repo_type="space")
+        except dt.InvalidArgumentError as e:
+            refused.append("not utf-8" if "not valid UTF-8" in str(e) else str(e))
+        urls.append(push_to_hub("ns/space", odd, "odd.deathtensors", repo_type="space"))
         out({"urls": urls, "refused": refused})
         """
     )
     base = f"{lfs_hub.server.url}/spaces/ns/space/blob/main/"
-    assert got["urls"] == [base + "model.deathtensors", base + "abs.deathtensors", base + "sub/dot.deathtensors"]
-    assert got["refused"] == ["../x.deathtensors", "a/../../b.deathtensors", ".git/x.deathtensors", "/"]
+    assert got["urls"] == [
+        base + "model.deathtensors",
+        base + "abs.deathtensors",
+        base + "sub/dot.deathtensors",
+        base + "odd.deathtensors",
+    ]
+    assert got["refused"] == ["../x.deathtensors", "a/../../b.deathtensors", ".git/x.deathtensors", "/", "not utf-8"]
     stored = lfs_hub.server.files("ns/space", repo_type="space")
     assert {"model.deathtensors", "abs.deathtensors", "sub/dot.deathtensors"} <= set(stored)
     r = lfs_hub.cli("hub-push", "ns/space", str(local), "--repo-type", "space", "--path-in-repo", "../up.deathtensors")

@@ -35,6 +35,7 @@ from ._sharded import (
     _commit_checkpoint,
     _read_index,
     _shard_name,
+    _split_stem,
 )
 from .errors import FormatError, InvalidArgumentError
 
@@ -96,14 +97,7 @@ def _check_level(level: Any) -> Optional[int]:
 
 def _safetensors_index(path: str) -> Optional[str]:
     """The Hugging Face index ``path`` names, or ``None`` when it names a single file."""
-    if path.endswith(".json"):
-        return path
-    if os.path.isfile(path):
-        return None
-    for candidate in (path + ".index.json", _strip(path, (SAFETENSORS_SUFFIX,)) + SAFETENSORS_INDEX_SUFFIX):
-        if os.path.isfile(candidate):
-            return candidate
-    return None
+    return _core.foreign_index(path, _CONVERTER)  # the rule the CLI follows too
 
 
 def _index_stem(index_path: str) -> str:
@@ -113,10 +107,7 @@ def _index_stem(index_path: str) -> str:
 
 def _out_stem(dst: Optional[PathLike], default: str, suffixes: tuple) -> tuple:
     stem = _strip(_pkg().expand_path(dst), suffixes) if dst is not None else default
-    folder = os.path.dirname(stem) or "."
-    base = os.path.basename(stem)
-    if not base:
-        raise InvalidArgumentError(f"destination {os.fspath(dst or default)!r} names a folder, not a checkpoint")
+    folder, base = _split_stem(stem, dst or default, "destination")
     return stem, folder, base
 
 

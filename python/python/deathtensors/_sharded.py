@@ -90,6 +90,26 @@ def _stem(path: str) -> str:
     return _core.checkpoint_stem(path)  # the rule the index lookup follows too
 
 
+def _split_stem(stem: str, given: Any, what: str) -> Tuple[str, str]:
+    """The folder and base name of a checkpoint's stem, its shards' names' prefix.
+
+    Raises InvalidArgumentError for a stem naming a folder, and for a base name
+    that is not valid UTF-8 (its shards' names go into the JSON index).
+    """
+    folder = os.path.dirname(stem) or "."
+    base = os.path.basename(stem)
+    if not base:
+        raise InvalidArgumentError(f"{what} {os.fspath(given)!r} names a folder, not a checkpoint")
+    try:
+        base.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(
+            f"{what} {os.fspath(given)!r}: a sharded checkpoint's name must be valid UTF-8,"
+            " because its shards' names are written into its JSON index"
+        ) from None
+    return folder, base
+
+
 def _shard_name(base: str, index: int, count: int) -> str:
     return f"{base}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
 
@@ -321,11 +341,7 @@ def save_sharded(
     sizes = [(name, _raw_nbytes(name, value)) for name, value in tensors.items() if name not in tied]
 
     full = pkg.expand_path(path)
-    stem = _stem(full)
-    folder = os.path.dirname(stem) or "."
-    base = os.path.basename(stem)
-    if not base:
-        raise InvalidArgumentError(f"path {os.fspath(path)!r} names a folder, not a checkpoint")
+    folder, base = _split_stem(_stem(full), path, "path")
 
     groups = _plan(sizes, limit)
     if tied:

@@ -260,7 +260,12 @@ def _repo_path(path: str, what: str) -> str:
     leading ``/`` or ``.`` components and repeated slashes. A path that climbs
     out of the repo (``..``) or into ``.git`` or ``.cache`` is refused up
     front as :class:`InvalidArgumentError` (the client raised a bare
-    ``ValueError`` mid-call)."""
+    ``ValueError`` mid-call), and so is one that is not valid UTF-8 (a local
+    file's name can be; a repo's paths cannot)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f"{what}: {path!r} is not valid UTF-8, as a path in a repo must be") from None
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts or any(p in (".git", ".cache") for p in parts):
         raise InvalidArgumentError(f"{what}: {path!r} is not a path inside the repo (no '..', '.git' or '.cache')")
@@ -409,7 +414,7 @@ def push_sharded_to_hub(
         for shard in shards:
             _check_local(sr.shard_path(shard), verify)
     folder = _repo_path(path_in_repo or "", f"pushing to {repo_id}")
-    index_name = os.path.basename(index_path)
+    index_name = _repo_path(os.path.basename(index_path), f"pushing to {repo_id}")
     stem = index_name[: -len(_sharded.INDEX_SUFFIX)] if index_name.endswith(_sharded.INDEX_SUFFIX) else None
     hf = _hf()
     api = _api(tok, endpoint)

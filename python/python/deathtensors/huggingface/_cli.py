@@ -1,8 +1,8 @@
 """The ``hub-*`` commands of ``python -m deathtensors``.
 
-The Rust command tree (``deathtensors_cli``) parses and checks the arguments,
-then calls :func:`run` with them as JSON; this module does the Hub work and
-prints the result. Exit codes follow the rest of the CLI: 0 success, 1 a
+The Rust command tree (``deathtensors_cli``) parses and checks the arguments
+and hands them to ``deathtensors._cli``, which calls :func:`run`; this module
+does the Hub work and prints the result. Exit codes follow the rest of the CLI: 0 success, 1 a
 failed Hub operation or a bad or unverifiable file, 2 a usage error
 (including a missing ``huggingface_hub``). Errors are one line on stderr.
 Progress bars (the Hugging Face client's) show only on a terminal and never
@@ -15,20 +15,10 @@ import json
 import os
 import shutil
 import sys
-import unicodedata
 from typing import Any, Callable, Dict, List, Optional
 
+from .._cli import EXIT_FAILED, EXIT_USAGE, fail, human, print_result, shown
 from ..errors import DeathtensorsError, HubEntryNotFoundError, InvalidArgumentError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"  # pragma: no cover
 
 
 def _common(req: Dict[str, Any]) -> Dict[str, Any]:
@@ -107,7 +97,7 @@ def _info(hub: Any, req: Dict[str, Any]) -> Any:
         f = hub.HubCachedFile(req["repo_id"], req["filename"], **_common(req))
         result = _FileInfo(hub._file_info(f))
         fetched = result["bytes_fetched"]
-        how = f"header read by range: {_human(fetched)} fetched" if fetched else "read from the local cache"
+        how = f"header read by range: {human(fetched)} fetched" if fetched else "read from the local cache"
         result.text = f"{f.info_text().rstrip()}\n({how})"
         return result
     return hub.hub_model_info(req["repo_id"], **_common(req))
@@ -131,38 +121,13 @@ def _convert(hub: Any, req: Dict[str, Any]) -> Any:
     return {"repo_id": req["repo_id"], "source": req["filename"], "url": url, "deleted_original": deleted}
 
 
-_DEBUG_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"}
-
-
-def _is_control(c: str) -> bool:
-    return unicodedata.category(c) == "Cc"
-
-
-def _shown(name: str) -> str:
-    """A name from a file or a server as printed in text output, escaped as the
-    Rust CLI escapes it (``evil\\u{1b}[2J``) when it holds control characters,
-    which could drive the terminal or fake lines of output."""
-    if not any(map(_is_control, name)):
-        return name
-    return "".join(_DEBUG_ESCAPES.get(c, f"\\u{{{ord(c):x}}}") if _is_control(c) else c for c in name)
-
-
-def _terminal_safe(text: str) -> str:
-    """``text`` with every control character but newline and tab escaped as
-    JSON's ``\\u00XX``, so ``--json`` output stays valid (``json.dumps`` with
-    ``ensure_ascii=False`` leaves DEL and the C1 controls raw)."""
-    if not any(_is_control(c) and c not in "\n\t" for c in text):
-        return text
-    return "".join(f"\\u{ord(c):04x}" if _is_control(c) and c not in "\n\t" else c for c in text)
-
-
 def _text(command: str, result: Any) -> str:
     if command == "hub-push":
         return result["url"]
     if command == "hub-pull":
-        return "\n".join(_shown(p) for p in result["paths"])
+        return "\n".join(shown(p) for p in result["paths"])
     if command == "hub-list":
-        return "\n".join(_shown(f) for f in result)
+        return "\n".join(shown(f) for f in result)
     if command == "hub-convert":
         return result["url"]
     if isinstance(result, _FileInfo):  # hub-info REPO FILE
@@ -174,11 +139,11 @@ def _text(command: str, result: Any) -> str:
         f"likes: {result['likes']}",
         f"private: {result['private']}",
         f"deathtensors files ({len(result['deathtensors_files'])}):",
-        *[f"  {_shown(f)}" for f in result["deathtensors_files"]],
+        *[f"  {shown(f)}" for f in result["deathtensors_files"]],
     ]
     if result["sharded_indexes"]:
         lines.append(f"sharded indexes ({len(result['sharded_indexes'])}):")
-        lines.extend(f"  {_shown(f)}" for f in result["sharded_indexes"])
+        lines.extend(f"  {shown(f)}" for f in result["sharded_indexes"])
     return "\n".join(lines)
 
 
@@ -191,36 +156,25 @@ _COMMANDS: Dict[str, Callable[[Any, Dict[str, Any]], Any]] = {
 }
 
 
-def run(request: str) -> int:
-    """Run one parsed ``hub-*`` command (``request`` is its JSON); print the result; return the exit code."""
-    req = json.loads(request)
+def run(req: Dict[str, Any]) -> int:
+    """Run one parsed ``hub-*`` command (``req``, its request); print the result; return the exit code."""
     command = req["command"]
     try:
         from .. import huggingface as hub
 
         hub._hf()
     except ImportError as e:
-        return _fail(str(e), EXIT_USAGE)
+        return fail(str(e), EXIT_USAGE)
     as_json = bool(req.get("json"))
     if as_json or not sys.stderr.isatty():
         hub._hf().utils.disable_progress_bars()
     try:
         result = _COMMANDS[command](hub, req)
     except InvalidArgumentError as e:
-        return _fail(str(e), EXIT_USAGE)
+        return fail(str(e), EXIT_USAGE)
     except (DeathtensorsError, OSError) as e:
-        return _fail(str(e), EXIT_FAILED)
-    out = _terminal_safe(json.dumps(result, indent=2, ensure_ascii=False) if as_json else _text(command, result))
-    sys.stdout.write(out + ("\n" if out else ""))
-    sys.stdout.flush()
-    return EXIT_OK
-
-
-def _fail(message: str, code: int) -> int:
-    line = _terminal_safe(" ".join(message.split()))
-    sys.stderr.write(f"deathtensors: error: {line}\n")
-    sys.stderr.flush()
-    return code
+        return fail(str(e), EXIT_FAILED)
+    return print_result(json.dumps(result, indent=2, ensure_ascii=False) if as_json else _text(command, result))
 
 
 __all__: List[str] = ["run"]

@@ -1,0 +1,152 @@
+"""The commands of ``python -m deathtensors`` that need Python.
+
+The Rust command tree (``deathtensors_cli``) parses and checks every
+command. Those it cannot run on its own, the ``hub-*`` commands and the
+conversion of a sharded checkpoint, it hands to :func:`run` as a JSON
+request. Exit codes and output follow the rest of the CLI: 0 success, 1 a bad
+or unverifiable file, 2 a usage error; errors are one line on stderr, and
+text from files or servers is escaped before it reaches the terminal.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+import unicodedata
+from typing import Any, Dict, List, Tuple
+
+from . import _core
+from .errors import ChecksumError, DeathtensorsError, FormatError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def run(request: str) -> int:
+    """Run one parsed command (``request`` is its JSON); print the result; return the exit code."""
+    req = json.loads(request)
+    if req["command"] == "convert":
+        return _convert_sharded(req)
+    from .huggingface import _cli as hub_cli
+
+    return hub_cli.run(req)
+
+
+def human(n: float) -> str:
+    """A byte count as the Rust CLI prints it (``512 B``, ``1.5 KiB``)."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    unit = 0
+    while n >= 1024 and unit + 1 < len(units):
+        n /= 1024
+        unit += 1
+    return f"{int(n)} B" if unit == 0 else f"{n:.1f} {units[unit]}"
+
+
+_DEBUG_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"}
+
+
+def _is_control(c: str) -> bool:
+    return unicodedata.category(c) == "Cc"
+
+
+def shown(name: str) -> str:
+    """A name from a file or a server as printed in text output, escaped as the
+    Rust CLI escapes it (``evil\\u{1b}[2J``) when it holds control characters,
+    which could drive the terminal or fake lines of output."""
+    if not any(map(_is_control, name)):
+        return name
+    return "".join(_DEBUG_ESCAPES.get(c, f"\\u{{{ord(c):x}}}") if _is_control(c) else c for c in name)
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control character but newline and tab escaped as
+    JSON's ``\\u00XX``, so ``--json`` output stays valid (``json.dumps`` with
+    ``ensure_ascii=False`` leaves DEL and the C1 controls raw)."""
+    if not any(_is_control(c) and c not in "\n\t" for c in text):
+        return text
+    return "".join(f"\\u{ord(c):04x}" if _is_control(c) and c not in "\n\t" else c for c in text)
+
+
+def fail(message: str, code: int) -> int:
+    """Print ``message`` as the CLI's one error line; return ``code``."""
+    line = terminal_safe(" ".join(message.split()))
+    sys.stderr.write(f"deathtensors: error: {line}\n")
+    sys.stderr.flush()
+    return code
+
+
+def print_result(text: str) -> int:
+    """Print a command's output (made terminal-safe); return success."""
+    out = terminal_safe(text)
+    sys.stdout.write(out + ("\n" if out and not out.endswith("\n") else ""))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _exit_code(e: Exception) -> int:
+    """The Rust CLI's rule: a bad, unreadable or unverifiable file is 1, anything else 2."""
+    return EXIT_FAILED if isinstance(e, (FormatError, ChecksumError, OSError)) else EXIT_USAGE
+
+
+def _convert_sharded(req: Dict[str, Any]) -> int:
+    """``convert`` of a sharded checkpoint, through :func:`deathtensors.from_safetensors`
+    or :func:`deathtensors.to_safetensors`, which convert one shard at a time."""
+    from . import _convert, expand_path, from_safetensors, open_sharded, to_safetensors
+
+    if req["converter"] != _convert._CONVERTER:
+        return fail(f"sharded checkpoints convert to and from safetensors only, not {req['converter']!r}", EXIT_USAGE)
+    src, dst, importing = req["src"], req["dst"], req["direction"] == "import"
+    try:
+        full = expand_path(src)
+        source_index = _convert._safetensors_index(full) if importing else _core.checkpoint_index(full)
+        if source_index is None:  # gone since the Rust side found it
+            raise FileNotFoundError(errno.ENOENT, "no sharded index", src)
+        if importing:
+            written = from_safetensors(
+                src,
+                dst,
+                checksum=req.get("checksum") or False,
+                compress=req.get("codec") or False,
+                compress_level=req.get("level"),
+            )
+            native_index = written
+        else:
+            written = to_safetensors(src, dst)
+            native_index = source_index
+        with open_sharded(native_index) as sr:
+            tensors = len(sr.keys())
+        bytes_in, shards = _checkpoint_bytes(source_index)
+        bytes_out, _ = _checkpoint_bytes(written)
+    except (DeathtensorsError, OSError) as e:
+        return fail(str(e), _exit_code(e))
+    direction = "import" if importing else "export"
+    if req.get("json"):
+        summary: Dict[str, Any] = {
+            "converter": req["converter"],
+            "direction": direction,
+            "src": src,
+            "dst": dst,
+            "index": written,
+            "shards": shards,
+            "tensors": tensors,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+        }
+        if importing:
+            summary["codec"] = req.get("codec")
+            summary["checksum"] = req.get("checksum")
+        return print_result(json.dumps(summary, indent=2, ensure_ascii=False))
+    return print_result(
+        f"converted {shown(src)} -> {shown(dst)} ({req['converter']} {direction}, {shards} shards): "
+        f"{tensors} tensors, {human(bytes_in)} -> {human(bytes_out)}"
+    )
+
+
+def _checkpoint_bytes(index_path: str) -> Tuple[int, int]:
+    """The bytes of a checkpoint on disk (its index and shards) and its shard count."""
+    from ._sharded import _read_index
+
+    shards: List[str] = sorted(set(_read_index(index_path)["weight_map"].values()))
+    folder = os.path.dirname(index_path) or "."
+    return os.path.getsize(index_path) + sum(os.path.getsize(os.path.join(folder, s)) for s in shards), len(shards)
