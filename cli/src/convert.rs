@@ -156,12 +156,14 @@ pub(crate) fn run(args: ConvertArgs) -> Result<Outcome, Error> {
 /// The lower-cased extension of a path as given (once ~ and $VARS are
 /// expanded, as they are for the conversion itself), without the dot; for
 /// the index of a sharded checkpoint, its shards' (`model.safetensors.index.json`
-/// → `safetensors`).
+/// → `safetensors`). Any other `.json` file says nothing of the format.
 fn extension(path: &OsStr) -> Option<String> {
     let path = expand_path(path);
     let bytes = path.as_os_str().as_bytes();
     let path = Path::new(OsStr::from_bytes(bytes.strip_suffix(b".index.json").unwrap_or(bytes)));
-    path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase())
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .filter(|e| e != "json")
 }
 
 /// Whether `format` (an id or extension, any case, with or without the dot)
@@ -276,7 +278,8 @@ fn sharded_request(job: &Job, src: &Path) -> Result<Option<String>, Error> {
     let utf8 = |p: &OsString| {
         p.to_str().map(str::to_owned).ok_or_else(|| {
             Error::InvalidArgument(format!(
-                "{p:?}: the paths of a sharded conversion must be valid UTF-8 (shard names go into a JSON index)"
+                "{p:?}: the command line hands a sharded conversion to Python as JSON, so its paths must be \
+                 valid UTF-8 here; deathtensors.from_safetensors/to_safetensors take any path"
             ))
         })
     };

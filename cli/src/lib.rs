@@ -124,18 +124,18 @@ where
             .unwrap_or_default();
         let (what, how) = if command.starts_with("hub-") {
             (
-                "the Hub commands",
+                "the Hub commands run",
                 "pip install deathtensors[huggingface], then `python -m deathtensors hub-...`",
             )
         } else {
             (
-                "converting a sharded checkpoint",
+                "converting a sharded checkpoint runs",
                 "`python -m deathtensors convert ...`",
             )
         };
         let _ = writeln!(
             std::io::stderr(),
-            "deathtensors: error: {what} runs through the Python package: {how}"
+            "deathtensors: error: {what} through the Python package: {how}"
         );
         EXIT_USAGE
     })

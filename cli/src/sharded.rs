@@ -144,9 +144,7 @@ pub(crate) fn verify(path: &Path, as_json: bool) -> Result<String, Error> {
             })
         })?;
         done += r.file_len();
-        for t in tensors {
-            held += r.tensor(t)?.nbytes;
-        }
+        held += ShardedIndex::stored_nbytes(r, tensors)?;
         let algorithm = r.checksum().map(|c| c.id()).unwrap_or_default();
         rows.push((
             shard.to_owned(),

@@ -18,7 +18,9 @@
 //! ```
 //!
 //! `weight_map` lists the tensors in saved order; `total_size` is the sum of
-//! their raw bytes; `global_metadata` is there only when the writer got some.
+//! the raw bytes stored (a sparse tensor's indices count, a second name of a
+//! tied weight does not: see [`ShardedIndex::stored_nbytes`]);
+//! `global_metadata` is there only when the writer got some.
 //! The Python package writes indexes (`save_sharded`); both fronts read them
 //! through [`ShardedIndex`].
 //!
@@ -269,6 +271,27 @@ impl ShardedIndex {
                 ),
             })
         })
+    }
+
+    /// The bytes that the tensors `tensors` of one shard add to `total_size`:
+    /// each one's raw bytes plus those of its stored parts (a sparse tensor's
+    /// indices), and nothing for a second name of a tensor (tied weights),
+    /// which the shard stores once. This is what `save_sharded` writes.
+    ///
+    /// # Errors
+    /// [`Error::TensorNotFound`] when the shard lacks one of `tensors`.
+    pub fn stored_nbytes(shard: &DtReader, tensors: &[&str]) -> Result<u64> {
+        for t in tensors {
+            shard.tensor(t)?;
+        }
+        let wanted: std::collections::HashSet<&str> = tensors.iter().copied().collect();
+        Ok(shard
+            .tensors()
+            .iter()
+            .filter(|t| t.alias_of.is_none())
+            .filter(|t| wanted.contains(t.part_of.as_deref().unwrap_or(&t.name)))
+            .map(|t| t.nbytes)
+            .sum())
     }
 
     /// The path of a shard named by the index.

@@ -32,13 +32,13 @@ mod sharded;
 pub(crate) fn to_py(py: Python<'_>, err: Error) -> PyErr {
     if let Error::Io { path, source } = &err {
         let (errno, message) = os_error(source);
-        return PyOSError::new_err((errno, message, path.to_string_lossy().into_owned()));
+        return PyOSError::new_err((errno, message, path.clone().into_os_string()));
     }
     if let Error::InShard { shard, source } = &err {
         if let Error::Io { path, source } = source.as_ref() {
             let (errno, message) = os_error(source);
             let message = format!("shard {shard:?}: {message}");
-            return PyOSError::new_err((errno, message, path.to_string_lossy().into_owned()));
+            return PyOSError::new_err((errno, message, path.clone().into_os_string()));
         }
     }
     let message = err.to_string();
@@ -500,6 +500,14 @@ impl Reader {
             .detach(|| deathtensors::stats::all_stats(&r))
             .map_err(|e| to_py(py, e))?;
         serde_json::to_string(&s).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+    }
+
+    /// The bytes `names` add to a sharded index's `total_size`: their raw
+    /// bytes and their stored parts', once per stored tensor (aliases add none).
+    fn stored_nbytes(&self, py: Python<'_>, names: Vec<String>) -> PyResult<u64> {
+        let r = self.get()?;
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        deathtensors::sharded::ShardedIndex::stored_nbytes(&r, &refs).map_err(|e| to_py(py, e))
     }
 
     /// `(st_dev, st_ino)` of the open file (fstat), whatever its path names now.

@@ -290,6 +290,9 @@ def test_paths_that_are_not_utf8_work_everywhere(tmp_path):
         assert torch.equal(f.get_tensor("a"), tensors["a"])
     with dt.open(os.fsencode(path)) as f:  # a bytes path, as os.fspath allows
         assert f.keys() == ["a", "b", "c"]
+    with pytest.raises(FileNotFoundError) as missing:
+        dt.open(folder / "nope.deathtensors")
+    assert missing.value.filename == str(folder / "nope.deathtensors")  # not with U+FFFD for the odd byte
     sidecar = dt.write_manifest(path)
     assert sidecar == str(path) + ".manifest.json" and os.path.isfile(sidecar)
     assert [t["name"] for t in dt.read_manifest(sidecar)["tensors"]] == ["a", "b", "c"]

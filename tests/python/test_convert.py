@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 from _dtutil import DTYPES, cli_commands, peak_growth_mib, random_bytes, run_cli, torch_bytes, torch_from_bytes
@@ -534,7 +535,7 @@ COMMANDS = cli_commands()
 @pytest.fixture(params=list(COMMANDS), ids=list(COMMANDS))
 def cli(request):
     prefix = COMMANDS[request.param]
-    return lambda *args: run_cli(prefix, *args)
+    return lambda *args, **kw: run_cli(prefix, *args, **kw)
 
 
 def test_cli_from_and_to_safetensors(tmp_path, cli):
@@ -627,6 +628,30 @@ def test_cli_converts_sharded_checkpoints_both_ways(tmp_path, cli):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["shards"] == 3
 
+    # A home folder whose name is not UTF-8 (reached through ~) prints as U+FFFD in the JSON.
+    home = tmp_path / os.fsdecode(b"h\xe9")
+    home.mkdir()
+    for p in hf.iterdir():
+        shutil.copy(p, home / p.name)
+    r = cli("convert", "--json", "~/model.safetensors.index.json", "~/o.deathtensors", env={"HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["index"] == str(tmp_path / "h\ufffd" / "o.deathtensors.index.json")
+    assert (home / "o.deathtensors.index.json").is_file()
+
+    # Any other .json name says nothing of the format (it was "unknown converter json").
+    shutil.copy(index, hf / "weights.json")
+    r = cli("convert", str(hf / "weights.json"), str(tmp_path / "w.deathtensors"))
+    assert r.returncode == 2 and b"--from" in r.stderr, r.stderr
+    r = cli("convert", str(hf / "weights.json"), str(tmp_path / "w.deathtensors"), "--from", "safetensors")
+    assert r.returncode == 0, r.stderr
+
+    # Output that cannot be written is one error line and exit 2, as for a single file.
+    with open("/dev/full", "wb") as full:
+        r = run_cli(COMMANDS["module"], "convert", str(index), str(tmp_path / "f.deathtensors"), "--json", stdout=full)
+    assert r.returncode == 2, r.stderr
+    error = "deathtensors: error: cannot write the output: [Errno 28] No space left on device"
+    assert r.stderr.decode().splitlines() == [error]
+
     # Errors keep the CLI's exit codes: 2 for a refused argument, 1 for a bad file.
     r = cli("convert", "from-safetensors", str(index), str(tmp_path / "e.deathtensors"), "--compress=nope")
     assert r.returncode == 2 and r.stderr.startswith(b"deathtensors: error: "), r.stderr
@@ -636,6 +661,15 @@ def test_cli_converts_sharded_checkpoints_both_ways(tmp_path, cli):
     assert r.returncode == 1 and b"model-00002-of-00003.safetensors" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and b"Traceback" not in r.stderr
     assert not list(tmp_path.glob("d*"))
+    # An export names the bad shard too (it said only "truncated file: ...").
+    shard = tmp_path / "a-00002-of-00003.deathtensors"
+    shard.write_bytes(shard.read_bytes()[:100])
+    r = cli("convert", "to-safetensors", str(tmp_path / "a.deathtensors"), str(tmp_path / "t.safetensors"))
+    assert r.returncode == 1 and b"shard 'a-00002-of-00003.deathtensors'" in r.stderr, r.stderr
+    # A destination folder that does not exist is named, not a temporary file in it.
+    r = cli("convert", str(index), str(tmp_path / "no" / "such" / "x.deathtensors"))
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.decode().strip().endswith(f"No such file or directory: {str(tmp_path / 'no' / 'such')!r}")
 
 
 def test_cli_convert_errors(tmp_path, cli):

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from _dtutil import open_file_limit
+from _dtutil import cli_commands, open_file_limit, run_cli
 
 import deathtensors as dt
 from deathtensors import _sharded
@@ -812,3 +812,48 @@ def test_sparse_tensors_are_sharded_with_their_indices(tmp_path):
         got = sr.get_tensors()
         assert all(torch.equal(got[n], t) for n, t in dense.items())
         assert torch.equal(got["sp"].to_dense(), sp.to_dense())
+
+
+def test_a_checkpoint_with_tied_and_sparse_tensors_verifies(tmp_path):
+    """Regression: verify counted a tied name's bytes twice and left out sparse indices,
+    so a checkpoint save_sharded had just written failed with a total_size mismatch."""
+    w = torch.randn(16, 4)
+    sp = torch.sparse_coo_tensor([[0, 5, 9], [1, 2, 3]], [1.0, -2.0, 3.0], (10, 4), check_invariants=True)
+    tensors = {"w": w, "head": w, "sp": sp, "b": torch.ones(3)}
+    dt.save_sharded(tmp_path / "m", tensors, max_shard_bytes=256, checksum=True)
+    with dt.open_sharded(tmp_path / "m") as sr:
+        assert sr.total_size == 16 * 4 * 4 + 3 * 4 + 3 * 2 * 8 + 3 * 4
+        assert sr.verify()
+    result = run_cli(cli_commands()["module"], "verify", str(tmp_path / "m"))
+    assert result.returncode == 0, result.stderr
+    # A total_size that is off by the tied copy is still caught.
+    index = tmp_path / "m.deathtensors.index.json"
+    doc = json.loads(index.read_text())
+    doc["metadata"]["total_size"] += 16 * 4 * 4
+    index.write_text(json.dumps(doc))
+    with dt.open_sharded(tmp_path / "m") as sr, pytest.raises(dt.FormatError, match="total_size"):
+        sr.verify()
+    assert run_cli(cli_commands()["module"], "verify", str(tmp_path / "m")).returncode == 1
+
+
+def test_checkpoint_names_that_are_folders_or_empty_are_refused(tmp_path, monkeypatch):
+    """Regression: '.', '..' and 'c/.' were taken as checkpoint names (writing hidden
+    '.-00001-of-00001.deathtensors' and '..deathtensors.index.json'), and an empty
+    destination was reported with the source's default name."""
+    monkeypatch.chdir(tmp_path)
+    tensors = {"a": torch.ones(2)}
+    for name in (".", "..", "c/.", str(tmp_path) + "/"):
+        with pytest.raises(dt.InvalidArgumentError, match="names a folder"):
+            dt.save_sharded(name, tensors)
+    with pytest.raises(dt.InvalidArgumentError, match="is empty"):
+        dt.save_sharded("", tensors)
+    dt.save_sharded("m", tensors)
+    with pytest.raises(dt.InvalidArgumentError, match="destination '' is empty"):
+        dt.to_safetensors("m", "")
+    with pytest.raises(dt.InvalidArgumentError, match="destination '..' names a folder"):
+        dt.to_safetensors("m", "..")
+    assert sorted(os.listdir(tmp_path)) == ["m-00001-of-00001.deathtensors", "m.deathtensors.index.json"]
+    # A folder that does not exist is what the error names.
+    with pytest.raises(FileNotFoundError) as e:
+        dt.save_sharded(tmp_path / "no" / "m", tensors)
+    assert e.value.filename == str(tmp_path / "no")

@@ -11,7 +11,8 @@ from . import _core
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     args = sys.argv[1:] if argv is None else argv
-    sys.stdout.flush()
+    if sys.stdout is not None:  # None when the process started with its stdout closed
+        sys.stdout.flush()
     return int(_core.cli_main(["deathtensors", *args]))
 
 

@@ -77,11 +77,32 @@ def fail(message: str, code: int) -> int:
 
 
 def print_result(text: str) -> int:
-    """Print a command's output (made terminal-safe); return success."""
+    """Print a command's output (made terminal-safe); return the exit code.
+
+    As in the Rust CLI, output that cannot be written is a usage error (2),
+    except for a reader that stopped early (``| head``), which is no failure.
+    """
     out = terminal_safe(text)
-    sys.stdout.write(out + ("\n" if out and not out.endswith("\n") else ""))
-    sys.stdout.flush()
+    try:
+        if sys.stdout is None:
+            raise OSError(errno.EBADF, "standard output is closed")
+        sys.stdout.write(out + ("\n" if out and not out.endswith("\n") else ""))
+        sys.stdout.flush()
+    except OSError as e:
+        if sys.stdout is not None:
+            # What is left in its buffer goes nowhere: Python would fail again
+            # flushing it at exit, and print a second error.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(e, BrokenPipeError):
+            return EXIT_OK
+        return fail(f"cannot write the output: {e}", EXIT_USAGE)
     return EXIT_OK
+
+
+def printable(path: str) -> str:
+    """``path`` as text that can be printed: bytes that are not UTF-8 (a
+    surrogate-escaped ``str``) become U+FFFD, as the Rust CLI prints them."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _exit_code(e: Exception) -> int:
@@ -127,7 +148,7 @@ def _convert_sharded(req: Dict[str, Any]) -> int:
             "direction": direction,
             "src": src,
             "dst": dst,
-            "index": written,
+            "index": printable(written),
             "shards": shards,
             "tensors": tensors,
             "bytes_in": bytes_in,

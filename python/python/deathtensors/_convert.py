@@ -37,7 +37,7 @@ from ._sharded import (
     _shard_name,
     _split_stem,
 )
-from .errors import FormatError, InvalidArgumentError
+from .errors import DeathtensorsError, FormatError, InvalidArgumentError
 
 __all__ = ["from_safetensors", "to_safetensors", "SAFETENSORS_INDEX_SUFFIX"]
 
@@ -107,7 +107,7 @@ def _index_stem(index_path: str) -> str:
 
 def _out_stem(dst: Optional[PathLike], default: str, suffixes: tuple) -> tuple:
     stem = _strip(_pkg().expand_path(dst), suffixes) if dst is not None else default
-    folder, base = _split_stem(stem, dst or default, "destination")
+    folder, base = _split_stem(stem, default if dst is None else dst, "destination")
     return stem, folder, base
 
 
@@ -330,10 +330,15 @@ def _export_sharded(index_path: str, dst: Optional[PathLike]) -> str:
             shard_path = sr.shard_path(shard)
             if not os.path.exists(shard_path):
                 raise FileNotFoundError(errno.ENOENT, f"shard {shard!r} named by {sr.path!r} is missing", shard_path)
-            with pkg.DtFile(shard_path) as f:
-                _check_shard_keys(f.keys(), by_shard[shard], shard, where)
-                total += sum(int(f.info(t)["nbytes"]) for t in f.keys())
-            _core.export_foreign(_CONVERTER, shard_path, out)
+            try:
+                with pkg.DtFile(shard_path) as f:
+                    _check_shard_keys(f.keys(), by_shard[shard], shard, where)
+                    total += sum(int(f.info(t)["nbytes"]) for t in f.keys())
+                _core.export_foreign(_CONVERTER, shard_path, out)
+            except DeathtensorsError as e:
+                if str(e).startswith("shard "):
+                    raise
+                raise type(e)(f"shard {shard!r}: {e}") from e
 
         def index_doc(shard_names: List[str]) -> Dict[str, Any]:
             renamed = dict(zip(order, shard_names))

@@ -12,7 +12,7 @@ The index is a JSON object::
 
     {
       "metadata": {
-        "total_size": 123456789,          # sum of the tensors' raw (uncompressed) bytes
+        "total_size": 123456789,          # raw bytes stored: sparse indices count, tied names once
         "format": "deathtensors",
         "global_metadata": {...}          # only when save_sharded got global_metadata
       },
@@ -96,9 +96,11 @@ def _split_stem(stem: str, given: Any, what: str) -> Tuple[str, str]:
     Raises InvalidArgumentError for a stem naming a folder, and for a base name
     that is not valid UTF-8 (its shards' names go into the JSON index).
     """
+    if not stem:
+        raise InvalidArgumentError(f"{what} {os.fspath(given)!r} is empty")
     folder = os.path.dirname(stem) or "."
     base = os.path.basename(stem)
-    if not base:
+    if base in ("", ".", ".."):
         raise InvalidArgumentError(f"{what} {os.fspath(given)!r} names a folder, not a checkpoint")
     try:
         base.encode("utf-8")
@@ -188,7 +190,11 @@ def _locked_temp_file(folder: str, prefix: str) -> Tuple[int, str]:
     it and the file is still at its path, it is ours until this process dies.
     """
     for _ in range(16):
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=_TEMP_SUFFIX, dir=folder)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=_TEMP_SUFFIX, dir=folder)
+        except OSError as e:
+            # The error would name the random file; the folder is what the caller gave.
+            raise OSError(e.errno, e.strerror, folder) from None
         if _try_lock(fd) and _is_at(fd, tmp):
             return fd, tmp
         os.close(fd)
@@ -682,7 +688,7 @@ class ShardedReader:
 
     @property
     def total_size(self) -> Optional[int]:
-        """``metadata.total_size`` from the index: the raw bytes of every tensor (``None`` if absent)."""
+        """``metadata.total_size`` from the index: the raw bytes stored (``None`` if absent)."""
         return self._index_meta.get("total_size")
 
     # -- shards -----------------------------------------------------------------
@@ -828,7 +834,9 @@ class ShardedReader:
         """Verify every shard's checksum footer and the index against the shards; returns ``True``.
 
         Checks that each shard holds the tensors the index places there and
-        that ``metadata.total_size`` (when present) equals their raw bytes.
+        that ``metadata.total_size`` (when present) equals their raw bytes as
+        :func:`deathtensors.save_sharded` counts them: a sparse tensor's
+        indices included, a second name of a tied weight not.
         Shards not opened yet are opened one at a time and closed again, so a
         checkpoint of any number of shards holds at most one more file open.
 
@@ -847,7 +855,7 @@ class ShardedReader:
                 except ChecksumError as e:
                     raise type(e)(f"shard {shard!r}: {e}") from e
                 self._verified.add(shard)
-                total += sum(int(f.info(t)["nbytes"]) for t in self._by_shard[shard])
+                total += f._reader.stored_nbytes(self._by_shard[shard])
         declared = self.total_size
         if declared is not None and declared != total:
             raise FormatError(
