@@ -561,7 +561,7 @@ pub fn info_text(label: &str, layout: &Layout, file_len: u64) -> String {
         _ => writeln!(s, "tensors:   {listed} (plus {parts} stored parts of them)"),
     };
     let rows: Vec<Vec<String>> = layout.tensors.iter().map(tensor_row).collect();
-    write_table(&mut s, &["name", "dtype", "shape", "size", "stored"], &rows);
+    write_table(&mut s, "  ", &["name", "dtype", "shape", "size", "stored"], &rows);
     s
 }
 
@@ -587,16 +587,25 @@ fn tensor_row(t: &deathtensors::format::TensorInfo) -> Vec<String> {
 }
 
 /// A table indented by two spaces, columns padded to their widest cell.
-fn write_table(s: &mut String, heads: &[&str], rows: &[Vec<String>]) {
+fn write_table(s: &mut String, indent: &str, heads: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = heads.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
+    // Padded by hand: `{:w$}` panics for widths over u16::MAX, which a
+    // file's names (or a shape of 20,000 dimensions) can reach.
     let mut line = |cells: &[&str]| {
-        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:w$}")).collect();
-        let _ = writeln!(s, "  {}", parts.join("  ").trim_end());
+        let mut text = String::from(indent);
+        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            text.push_str(cell);
+            text.extend(std::iter::repeat_n(' ', width.saturating_sub(cell.chars().count())));
+        }
+        let _ = writeln!(s, "{}", text.trim_end());
     };
     line(heads);
     for row in rows {
@@ -638,20 +647,7 @@ fn write_stats(s: &mut String, rows: &[deathtensors::stats::TensorStats]) {
     let heads = [
         "name", "dtype", "count", "min", "max", "mean", "stddev", "nnz", "nan", "inf",
     ];
-    let mut widths: Vec<usize> = heads.iter().map(|h| h.len()).collect();
-    for row in &table {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut line = |cells: Vec<&str>| {
-        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:w$}")).collect();
-        let _ = writeln!(s, "{}", parts.join("  ").trim_end());
-    };
-    line(heads.to_vec());
-    for row in &table {
-        line(row.iter().map(String::as_str).collect());
-    }
+    write_table(s, "", &heads, &table);
 }
 
 fn percent(part: u64, whole: u64) -> f64 {

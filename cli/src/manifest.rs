@@ -28,9 +28,7 @@ pub(crate) struct ManifestArgs {
 pub(crate) fn run(args: ManifestArgs) -> Result<(String, i32), Error> {
     let reader = DtReader::open(expand_path(&args.path))?;
     if args.json {
-        let mut text = serde_json::to_string_pretty(&manifest::manifest(&reader)?).unwrap_or_default();
-        text.push('\n');
-        return Ok((text, EXIT_OK));
+        return Ok((manifest::manifest_text(&reader)?, EXIT_OK));
     }
     let mut out = args.output.as_deref().map(expand_path);
     if let Some(dir) = out.as_ref().filter(|p| p.is_dir()) {

@@ -93,14 +93,24 @@ pub(crate) fn info(path: &Path, as_json: bool) -> Result<String, Error> {
     }
     let _ = writeln!(s, "tensors:    {}", index.weight_map().len());
     let _ = writeln!(s, "shards:");
-    write_table(&mut s, &["shard", "tensors", "size", "codec", "checksum"], &shard_rows);
+    write_table(
+        &mut s,
+        "  ",
+        &["shard", "tensors", "size", "codec", "checksum"],
+        &shard_rows,
+    );
     let _ = writeln!(s, "tensor table:");
     let rows: Vec<Vec<String>> = index
         .weight_map()
         .iter()
         .filter_map(|(t, _)| tensor_rows.remove(t))
         .collect();
-    write_table(&mut s, &["name", "dtype", "shape", "size", "stored", "shard"], &rows);
+    write_table(
+        &mut s,
+        "  ",
+        &["name", "dtype", "shape", "size", "stored", "shard"],
+        &rows,
+    );
     Ok(s)
 }
 

@@ -50,9 +50,15 @@ pub const MANIFEST_VERSION: u64 = 1;
 /// What the sidecar's name adds to the file's name.
 pub const SIDECAR_SUFFIX: &str = ".manifest.json";
 
-/// Largest manifest [`read`] accepts, in bytes (a manifest is about the size
-/// of the header, which readers bound at 100 MB by default).
-pub const MAX_MANIFEST_LEN: u64 = 256 << 20;
+/// Largest manifest [`read`] accepts and [`write_manifest`] writes, in bytes:
+/// a manifest holds the header (which readers bound at 100 MB by default)
+/// and a summary line per tensor, written compactly once the header is large
+/// ([`manifest_text`]).
+pub const MAX_MANIFEST_LEN: u64 = 4 * crate::format::DEFAULT_MAX_HEADER_LEN;
+
+/// A header up to this many bytes gets an indented manifest; a larger one a
+/// compact one (indenting a header of many chunks made it several times larger).
+const INDENT_UP_TO: u64 = 1 << 20;
 
 /// The default sidecar path of `dt_path`: the same path with
 /// [`SIDECAR_SUFFIX`] appended (`model.deathtensors` →
@@ -142,7 +148,7 @@ pub fn manifest(reader: &DtReader) -> Result<Value> {
 /// Write the manifest of `reader` to `out`, or to [`sidecar_path`] of the
 /// file when `out` is `None`, and return the path written.
 ///
-/// The JSON (indented, with a final newline) goes to a temporary file in the
+/// The JSON ([`manifest_text`]) goes to a temporary file in the
 /// target's folder which is synced and renamed over the target, so readers
 /// never see a partial manifest.
 ///
@@ -157,11 +163,34 @@ pub fn write_manifest(reader: &DtReader, out: Option<&Path>) -> Result<PathBuf> 
         &target,
         "writing the manifest there would replace the tensor file",
     )?;
-    let value = manifest(reader)?;
-    let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
-    text.push('\n');
+    let text = manifest_text(reader)?;
     write_atomically(&target, text.as_bytes())?;
     Ok(target)
+}
+
+/// The manifest of `reader` as the text [`write_manifest`] writes: indented
+/// for a header up to 1 MiB, on one line above that, with a final newline.
+///
+/// # Errors
+/// As [`manifest`]; [`Error::InvalidArgument`] when the text would be over
+/// [`MAX_MANIFEST_LEN`], which [`read`] refuses.
+pub fn manifest_text(reader: &DtReader) -> Result<String> {
+    let value = manifest(reader)?;
+    let mut text = if reader.layout().data_start - crate::format::PREAMBLE_LEN <= INDENT_UP_TO {
+        serde_json::to_string_pretty(&value)
+    } else {
+        serde_json::to_string(&value)
+    }
+    .map_err(|e| Error::InvalidArgument(format!("the manifest does not serialize: {e}")))?;
+    text.push('\n');
+    if text.len() as u64 > MAX_MANIFEST_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "the manifest of {} would be {} bytes, over the {MAX_MANIFEST_LEN} that manifests may hold",
+            reader.path().display(),
+            text.len()
+        )));
+    }
+    Ok(text)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -21,8 +21,8 @@ use crate::direct;
 use crate::error::{Error, Result};
 use crate::format::{
     self, align_up, Chunk, CompressionHeader, FilterHeader, Header, LayoutHeader, Preamble, TensorHeader, TensorInfo,
-    DEFAULT_CHUNK_BYTES, FLAG_CHECKSUM, FLAG_COMPRESSED, MAX_CHUNK_RAW_LEN, MAX_HEADER_DEPTH, PREAMBLE_LEN,
-    TENSOR_ALIGNMENT,
+    DEFAULT_CHUNK_BYTES, DEFAULT_MAX_HEADER_LEN, FLAG_CHECKSUM, FLAG_COMPRESSED, MAX_CHUNK_RAW_LEN, MAX_HEADER_DEPTH,
+    PREAMBLE_LEN, TENSOR_ALIGNMENT,
 };
 use crate::reader::DtReader;
 use crate::registry::{self, ChecksumAlgorithm, Codec, DtypeHandler, DtypeKind, Filter};
@@ -256,6 +256,18 @@ pub fn append_file(
     };
     let new_names: std::collections::HashMap<String, usize> =
         new.iter().enumerate().map(|(i, e)| (name_of(e), i)).collect();
+    if let Some(part) = source
+        .tensors()
+        .iter()
+        .find(|t| t.part_of.is_some() && new_names.contains_key(&t.name))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{:?} is a stored part of tensor {:?} in {}, not a tensor: it cannot be added or replaced on its own",
+            part.name,
+            part.part_of.as_deref().unwrap_or_default(),
+            path.display()
+        )));
+    }
     if !overwrite {
         if let Some(name) = source.keys().find(|k| new_names.contains_key(*k)) {
             return Err(Error::InvalidArgument(format!(
@@ -289,6 +301,7 @@ pub fn append_file(
         });
     }
     entries.extend(new.iter().zip(&placed).filter(|(_, &p)| !p).map(|(e, _)| e.clone()));
+    alias_targets_first(&mut entries);
     let mut global = source.metadata().clone();
     global.extend(extra_global_metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
     let options = WriteOptions {
@@ -306,6 +319,60 @@ pub fn append_file(
         ..WriteOptions::default()
     };
     write_entries(path, &entries, &global, &options)
+}
+
+/// Let every alias come after the tensor it names. An append keeps a replaced
+/// name in its place and puts new names last, so a tie given as `{"new": t,
+/// "old": t}` becomes an alias `old` before its target `new`: the earlier
+/// entry then takes the bytes and the later one becomes the alias (other
+/// aliases of the same tensor follow it), which stores the same tensors.
+fn alias_targets_first(entries: &mut [Entry<'_>]) {
+    let name = |e: &Entry<'_>| match e {
+        Entry::Data(t) | Entry::Layout { primary: t, .. } => t.name.clone(),
+        Entry::Alias { name, .. } | Entry::Copy { name, .. } => name.clone(),
+    };
+    let position: std::collections::HashMap<String, usize> =
+        entries.iter().enumerate().map(|(i, e)| (name(e), i)).collect();
+    for i in 0..entries.len() {
+        let Entry::Alias {
+            name: alias, target, ..
+        } = &entries[i]
+        else {
+            continue;
+        };
+        let Some(&j) = position.get(target) else {
+            continue; // an unknown target: the write reports it
+        };
+        if j < i || !matches!(entries[j], Entry::Data(_)) {
+            continue;
+        }
+        let (alias, holder) = (alias.clone(), target.clone());
+        let Entry::Alias {
+            metadata: alias_metadata,
+            ..
+        } = entries[i].clone()
+        else {
+            continue;
+        };
+        let Entry::Data(mut data) = entries[j].clone() else {
+            continue;
+        };
+        let holder_metadata = std::mem::replace(&mut data.metadata, alias_metadata);
+        data.name = alias.clone();
+        entries[i] = Entry::Data(data);
+        entries[j] = Entry::Alias {
+            name: holder.clone(),
+            target: alias.clone(),
+            metadata: holder_metadata,
+        };
+        for e in entries.iter_mut() {
+            if let Entry::Alias { target, .. } = e {
+                if *target == holder {
+                    *target = alias.clone();
+                }
+            }
+        }
+    }
 }
 
 /// Where an item's bytes come from.
@@ -616,8 +683,21 @@ fn header_bytes(header: &Header, data_start: u64) -> Vec<u8> {
 }
 
 /// Where the data starts for a header of `json_len` bytes.
-fn data_start_for(json_len: usize) -> u64 {
-    align_up(PREAMBLE_LEN + json_len as u64, TENSOR_ALIGNMENT).expect("header length is small")
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when the header would be over the
+/// [`DEFAULT_MAX_HEADER_LEN`] that readers accept: refused before any data is
+/// written, rather than a file that no reader opens.
+fn data_start_for(json_len: usize) -> Result<u64> {
+    let start = align_up(PREAMBLE_LEN + json_len as u64, TENSOR_ALIGNMENT).expect("header length is small");
+    let header_len = start - PREAMBLE_LEN;
+    if header_len > DEFAULT_MAX_HEADER_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "the header would be {header_len} bytes, over the {DEFAULT_MAX_HEADER_LEN} bytes that readers \
+             accept: the metadata (or the list of tensors) is too large"
+        )));
+    }
+    Ok(start)
 }
 
 /// Writes pieces to the file, feeds the hashing thread, and starts writeback.
@@ -685,7 +765,7 @@ fn write_uncompressed(
         header.tensors.push(entry(plan, item, offsets, None));
     }
     let json_len = serde_json::to_vec(&*header).expect("serializes").len();
-    let data_start = data_start_for(json_len);
+    let data_start = data_start_for(json_len)?;
     let text = header_bytes(header, data_start);
     let preamble = Preamble {
         flags,
@@ -895,7 +975,7 @@ fn write_compressed(
         header.tensors.push(e);
     }
     let reserved = serde_json::to_vec(&*header).expect("serializes").len();
-    let data_start = data_start_for(reserved);
+    let data_start = data_start_for(reserved)?;
     header.tensors.clear();
 
     file.seek(SeekFrom::Start(data_start)).map_err(io)?;

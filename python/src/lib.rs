@@ -84,6 +84,14 @@ fn parse_map(py: Python<'_>, text: Option<&str>, what: &str) -> PyResult<Map<Str
         Some(t) => match serde_json::from_str::<Value>(t) {
             Ok(Value::Object(m)) => Ok(m),
             Ok(_) => Err(to_py(py, Error::InvalidArgument(format!("{what} must be a dict")))),
+            // serde_json stops at 128 levels, and the header allows fewer anyway.
+            Err(e) if e.to_string().starts_with("recursion limit exceeded") => Err(to_py(
+                py,
+                Error::InvalidArgument(format!(
+                    "{what} is nested too deeply: a header holds at most {} levels of JSON",
+                    deathtensors::format::MAX_HEADER_DEPTH
+                )),
+            )),
             Err(e) => Err(to_py(
                 py,
                 Error::InvalidArgument(format!("{what} is not JSON-serialisable: {e}")),
@@ -443,7 +451,7 @@ impl Reader {
     /// with dtype, shape, nbytes, absolute offsets, stored length, chunk count and metadata.
     fn describe(&self) -> PyResult<String> {
         let r = self.get()?;
-        Ok(describe(r.layout(), r.file_len()).to_string())
+        Ok(describe(r.layout(), r.file_len()))
     }
 
     /// Decode one tensor into a new Rust-owned buffer (GIL released).
@@ -641,29 +649,65 @@ fn codec_and_checksum_ids(py: Python<'_>) -> PyResult<(Vec<String>, Vec<String>)
 
 /// The JSON description of a validated layout that `Reader.describe` and
 /// `read_header` return (one shape for local and remote files).
-fn describe(layout: &Layout, file_len: u64) -> Value {
-    let tensors: Vec<Value> = layout
-        .tensors
-        .iter()
-        .map(|t| {
-            serde_json::json!({
-                "name": t.name, "dtype": t.dtype.id(), "shape": t.shape, "nbytes": t.nbytes,
-                "data_offsets": [t.file_offset - layout.data_start, t.file_offset - layout.data_start + t.stored_len],
-                "file_offset": t.file_offset, "stored_nbytes": t.stored_len,
-                "chunks": t.chunks.as_ref().map(Vec::len), "metadata": t.metadata,
-                "alias_of": t.alias_of, "layout": t.layout, "part_of": t.part_of,
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "file_size": file_len,
-        "data_start": layout.data_start,
-        "codec": layout.codec.map(|c| c.id()),
-        "level": layout.header.compression.as_ref().map(|c| c.level),
-        "checksum": layout.checksum.map(|c| c.id()),
-        "metadata": layout.header.metadata,
-        "tensors": tensors,
-    })
+fn describe(layout: &Layout, file_len: u64) -> String {
+    /// One tensor's entry, borrowed from the layout.
+    #[derive(serde::Serialize)]
+    struct TensorView<'a> {
+        name: &'a str,
+        dtype: &'a str,
+        shape: &'a [u64],
+        nbytes: u64,
+        data_offsets: [u64; 2],
+        file_offset: u64,
+        stored_nbytes: u64,
+        chunks: Option<usize>,
+        metadata: &'a Map<String, Value>,
+        alias_of: Option<&'a str>,
+        layout: Option<&'a deathtensors::format::LayoutHeader>,
+        part_of: Option<&'a str>,
+    }
+    /// The tensors, serialized one at a time.
+    struct Tensors<'a>(&'a Layout);
+    impl serde::Serialize for Tensors<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let start = self.0.data_start;
+            serializer.collect_seq(self.0.tensors.iter().map(|t| TensorView {
+                name: &t.name,
+                dtype: t.dtype.id(),
+                shape: &t.shape,
+                nbytes: t.nbytes,
+                data_offsets: [t.file_offset - start, t.file_offset - start + t.stored_len],
+                file_offset: t.file_offset,
+                stored_nbytes: t.stored_len,
+                chunks: t.chunks.as_ref().map(Vec::len),
+                metadata: &t.metadata,
+                alias_of: t.alias_of.as_deref(),
+                layout: t.layout.as_deref(),
+                part_of: t.part_of.as_deref(),
+            }))
+        }
+    }
+    #[derive(serde::Serialize)]
+    struct FileView<'a> {
+        file_size: u64,
+        data_start: u64,
+        codec: Option<&'a str>,
+        level: Option<i32>,
+        checksum: Option<&'a str>,
+        metadata: &'a Map<String, Value>,
+        tensors: Tensors<'a>,
+    }
+    let view = FileView {
+        file_size: file_len,
+        data_start: layout.data_start,
+        codec: layout.codec.map(|c| c.id()),
+        level: layout.header.compression.as_ref().map(|c| c.level),
+        checksum: layout.checksum.map(|c| c.id()),
+        metadata: &layout.header.metadata,
+        tensors: Tensors(layout),
+    };
+    // Straight to text: a Value per tensor cost 60x the header for a million tensors.
+    serde_json::to_string(&view).expect("plain data always serializes")
 }
 
 /// `fetch(offset, length) -> bytes` from Python, checked to return exactly `length` bytes.
@@ -727,7 +771,7 @@ fn read_header(
     max_header_len: Option<u64>,
 ) -> PyResult<String> {
     let layout = remote_layout(py, file_len, &fetch, max_header_len)?;
-    Ok(describe(&layout, file_len).to_string())
+    Ok(describe(&layout, file_len))
 }
 
 /// The text `deathtensors info` prints, for a file read by ranges as in

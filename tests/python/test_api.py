@@ -398,6 +398,80 @@ def test_saving_over_a_file_keeps_its_permission_bits(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_append_refuses_the_name_of_a_stored_part(tmp_path):
+    """Regression: appending "e/__sparse_indices__" with overwrite=True (which the
+    first refusal suggested) replaced a sparse tensor's indices and left a file
+    that no longer opened."""
+    path = tmp_path / "sp.deathtensors"
+    dt.save(path, {"e": torch.eye(2).to_sparse()})
+    before = path.read_bytes()
+    for overwrite in (False, True):
+        with pytest.raises(dt.InvalidArgumentError, match="is a stored part of tensor .e."):
+            dt.append(path, {"e/__sparse_indices__": torch.zeros(1)}, overwrite=overwrite)
+    assert path.read_bytes() == before
+    with dt.open(path) as f:
+        assert torch.equal(f.get_tensor("e").to_dense(), torch.eye(2))
+
+
+@pytest.mark.parametrize("order", [["new", "a"], ["b", "a"], ["b", "new", "a"]])
+def test_append_ties_a_replaced_tensor_to_a_new_one_in_any_order(tmp_path, order):
+    """Regression: a replaced name keeps its place, so a tie whose first name
+    came later in the file ("new" appended after "a") failed with
+    "alias 'a': no earlier tensor named 'new'"."""
+    path = tmp_path / "tied.deathtensors"
+    dt.save(path, {"a": torch.zeros(3), "b": torch.ones(3), "keep": torch.arange(3.0)})
+    z = torch.full((3,), 5.0)
+    dt.append(path, dict.fromkeys(order, z), metadata={n: {"i": i} for i, n in enumerate(order)}, overwrite=True)
+    with dt.open(path) as f:
+        got = f.get_tensors()
+        assert f.keys()[:3] == ["a", "b", "keep"]
+        assert all(torch.equal(got[n], z) for n in order)
+        assert len({got[n].data_ptr() for n in order}) == 1, "stored once, read back tied"
+        assert [f.info(n)["metadata"] for n in order] == [{"i": i} for i in range(len(order))]
+        assert torch.equal(got["keep"], torch.arange(3.0))
+        if "b" not in order:
+            assert torch.equal(got["b"], torch.ones(3))
+
+
+def test_a_header_over_the_readers_limit_is_refused_when_saving(tmp_path):
+    """Regression: save and append wrote files with a header over 100 MB, which
+    every open then refused."""
+    path = tmp_path / "big_header.deathtensors"
+    with pytest.raises(dt.InvalidArgumentError, match="header would be .* bytes, over"):
+        dt.save(path, {"w": torch.zeros(1)}, global_metadata={"notes": "x" * 100_000_000})
+    assert not path.exists()
+    dt.save(path, {"w": torch.zeros(1)})
+    with pytest.raises(dt.InvalidArgumentError, match="header would be"):
+        dt.append(path, {"v": torch.zeros(1)}, extra_global_metadata={"notes": "x" * 100_000_000})
+    with dt.open(path) as f:
+        assert f.keys() == ["w"]
+
+
+def test_subclasses_of_tensors_and_arrays_are_saved(tmp_path):
+    """Regression: a torch.Tensor or numpy.ndarray subclass was refused as
+    "a MyTensor; expected a torch.Tensor", by its module name."""
+
+    class MyTensor(torch.Tensor):
+        pass
+
+    class MyArray(np.ndarray):
+        pass
+
+    path = tmp_path / "sub.deathtensors"
+    tensors = {
+        "t": torch.arange(4.0).as_subclass(MyTensor),
+        "p": torch.nn.Parameter(torch.ones(2)),
+        "a": np.arange(3, dtype=np.int16).view(MyArray),
+        "s": np.float32(2.5),
+    }
+    dt.save(path, tensors)
+    with dt.open(path) as f:
+        assert f.get_tensor("t").tolist() == [0.0, 1.0, 2.0, 3.0]
+        assert f.get_tensor("p").tolist() == [1.0, 1.0]
+        assert f.get_tensor("a", framework="numpy").tolist() == [0, 1, 2]
+        assert float(f.get_tensor("s")) == 2.5
+
+
 def test_saving_through_a_symbolic_link_writes_the_file_it_points_to(tmp_path):
     """Regression: append and save replaced the link by a file and left its
     target unchanged (the Hugging Face cache is made of such links)."""

@@ -473,3 +473,29 @@ def test_large_durable_saves_match_with_and_without_direct_io(tmp_path, monkeypa
         assert f.keys() == list(sd)
         for name, t in sd.items():
             assert torch.equal(f.get_tensor(name), t), name
+
+
+def test_get_slice_of_a_0d_tensor_reads_it_whole(tmp_path):
+    """Regression: ``h[...]`` and ``h[()]`` of a 0-d tensor raised ``TypeError: len() of a
+    0-d tensor``, where safetensors returns the scalar."""
+    p = tmp_path / "s.deathtensors"
+    dt.save(p, {"s": torch.tensor(2.5), "n": np.array(7, dtype=np.int32)})
+    with dt.open(p) as f:
+        for key in [Ellipsis, (), (Ellipsis,)]:
+            got = f.get_slice("s")[key]
+            assert got.shape == () and float(got) == 2.5, key
+        assert int(f.get_slice("n", framework="numpy")[...]) == 7
+        with pytest.raises(IndexError, match="0-d"):
+            f.get_slice("s")[0]
+        with pytest.raises(TypeError):
+            len(f.get_slice("s"))
+
+
+def test_more_dimensions_than_numpy_holds_is_a_typed_error(tmp_path):
+    """Regression: numpy's bare ValueError ("maximum supported dimension") escaped."""
+    p = tmp_path / "deep.deathtensors"
+    dt.save(p, {"d": torch.ones([1] * 70)})
+    with dt.open(p) as f:
+        assert f.get_tensor("d").shape == (1,) * 70
+        with pytest.raises(dt.InvalidArgumentError, match="numpy cannot hold a tensor of 70 dimensions"):
+            f.get_tensor("d", framework="numpy")

@@ -121,6 +121,26 @@ def test_control_characters_in_names_are_printed_escaped(cli, tmp_path):
         assert names in (None, ["csi\u009b2J", "del\x7f"]), names
 
 
+def test_table_cells_wider_than_65535_columns_print(cli, tmp_path):
+    """Regression: info and stats panicked ("Formatting argument out of range")
+    padding a cell wider than 65535 characters: a long name, or a shape of
+    20,000 dimensions, in a file from anywhere (hub-info prints the same table)."""
+    path = tmp_path / "wide.deathtensors"
+    long_name = "x" * 70_000
+    dt.save(path, {long_name: torch.ones(1), "deep": torch.ones([1] * 22_000)})
+    for command in ("info", "stats"):
+        result = cli(command, str(path))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert long_name.encode() in result.stdout and b"panicked" not in result.stderr
+    assert "1, " * 10 in dt._core.info_text("wide", path.stat().st_size, lambda at, n: _read_at(path, at, n))
+
+
+def _read_at(path, at, n):
+    with open(path, "rb") as fh:
+        fh.seek(at)
+        return fh.read(n)
+
+
 def test_info_counts_a_sparse_tensor_once(cli, tmp_path):
     """Regression: ``info`` said "tensors: 2" for one dense and one sparse tensor
     plus its hidden indices part (``list`` and ``keys()`` say 2)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 from _dtutil import cli_commands, layout, run_cli
@@ -240,3 +241,17 @@ def test_cli_errors(cli, tmp_path, model):
     assert b"deathtensors: error:" in r.stderr
     assert cli("manifest", str(model), "--json", "-o", str(tmp_path / "x.json")).returncode == 2
     assert cli("manifest").returncode == 2
+
+
+def test_a_large_header_gets_a_compact_manifest_that_reads_back(tmp_path):
+    """Regression: the manifest was always indented, which made the one of a
+    header of millions of chunks over four times the header and over the 256 MiB
+    that read_manifest accepted: a valid file gave a manifest its own reader refused."""
+    small, large = tmp_path / "small.deathtensors", tmp_path / "large.deathtensors"
+    dt.save(small, {"a": torch.zeros(2)}, global_metadata={"k": [1, 2]})
+    dt.save(large, {"a": torch.zeros(2)}, global_metadata={"k": [1, 2], "notes": "x" * (2 << 20)})
+    small_text = Path(dt.write_manifest(small)).read_text()
+    large_text = Path(dt.write_manifest(large)).read_text()
+    assert small_text.count("\n") > 10 and small_text.startswith('{\n  "')
+    assert large_text.count("\n") == 1 and large_text.endswith("}\n")
+    assert dt.read_manifest(str(large) + ".manifest.json")["metadata"]["k"] == [1, 2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from typing import Any
 
 import pytest
 from _dtutil import (
@@ -596,6 +597,27 @@ def test_non_finite_metadata_is_refused(tmp_path, bad, where):
 def test_non_json_metadata_is_refused(tmp_path, kwargs):
     with pytest.raises(dt.InvalidArgumentError):
         dt.save(tmp_path / "x.deathtensors", {"a": torch.zeros(1)}, **kwargs)
+
+
+def test_odd_arguments_raise_the_documented_errors(tmp_path):
+    """Regressions: metadata keyed by a non-str next to a str (TypeError from sorted()),
+    a sparse meta tensor (NotImplementedError), metadata deeper than a header holds
+    ("not JSON-serialisable: recursion limit exceeded"), device="cpu:0" with numpy."""
+    path = tmp_path / "x.deathtensors"
+    with pytest.raises(dt.InvalidArgumentError, match="not saved: 'zz', 1"):
+        dt.save(path, {"a": torch.zeros(1)}, metadata={1: {}, "zz": {}})
+    meta_sparse = torch.sparse_coo_tensor([[0]], [1.0], (2,)).to("meta")
+    with pytest.raises(dt.InvalidArgumentError, match="meta device"):
+        dt.save(path, {"s": meta_sparse})
+    deep: Any = 1
+    for _ in range(200):
+        deep = [deep]
+    with pytest.raises(dt.InvalidArgumentError, match="nested too deeply"):
+        dt.save(path, {"a": torch.zeros(1)}, global_metadata={"deep": deep})
+    assert not path.exists()
+    dt.save(path, {"a": torch.arange(3)})
+    with dt.open(path) as f:
+        assert f.get_tensor("a", framework="numpy", device="cpu:0").tolist() == [0, 1, 2]
 
 
 @pytest.mark.parametrize(

@@ -117,9 +117,29 @@ impl Codec for ZstdCodec {
     }
 }
 
+/// The magic number that starts a (non-skippable) zstd frame, as stored.
+const FRAME_MAGIC: [u8; 4] = 0xFD2F_B528u32.to_le_bytes();
+
+/// Check that `stored` is exactly one zstd frame, as the format asks: zstd
+/// itself would also decode frames one after another and skip skippable ones.
+fn check_one_frame(stored: &[u8]) -> Result<(), String> {
+    if !stored.starts_with(&FRAME_MAGIC) {
+        return Err("the stored bytes do not start with a zstd frame".into());
+    }
+    match zstd::zstd_safe::find_frame_compressed_size(stored) {
+        Ok(n) if n == stored.len() => Ok(()),
+        Ok(n) => Err(format!(
+            "{} bytes follow the zstd frame ({n} bytes): a chunk is exactly one frame",
+            stored.len() - n
+        )),
+        Err(code) => Err(format!("zstd: {}", zstd::zstd_safe::get_error_name(code))),
+    }
+}
+
 /// Decompress one frame with this thread's context into `out`, which must
 /// end up holding exactly `expected` bytes.
 fn decompress_checked<C: WriteBuf + ?Sized>(stored: &[u8], out: &mut C, expected: usize) -> Result<(), String> {
+    check_one_frame(stored)?;
     let n = DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -202,6 +222,37 @@ mod tests {
         let mut long = vec![MaybeUninit::<u8>::uninit(); raw.len() + 1];
         assert!(ZstdCodec.decompress_into_uninit(&packed, &mut long).is_err());
         assert!(ZstdCodec.compress(&raw, 99).is_err());
+    }
+
+    #[test]
+    fn a_chunk_is_exactly_one_frame() {
+        // Regression: two frames, or a skippable frame before or after one,
+        // decoded as one chunk, though the format says a chunk is one frame.
+        let half = vec![3u8; 5_000];
+        let frame = ZstdCodec.compress(&half, 3).unwrap();
+        let mut skippable = 0x184D_2A50u32.to_le_bytes().to_vec();
+        skippable.extend_from_slice(&4u32.to_le_bytes());
+        skippable.extend_from_slice(b"junk");
+        let cases = [
+            ([frame.clone(), frame.clone()].concat(), 10_000, "follow the zstd frame"),
+            (
+                [skippable.clone(), frame.clone()].concat(),
+                5_000,
+                "do not start with a zstd frame",
+            ),
+            ([frame.clone(), skippable].concat(), 5_000, "follow the zstd frame"),
+            (frame[..frame.len() - 1].to_vec(), 5_000, "zstd:"),
+        ];
+        for (stored, len, needle) in cases {
+            let mut out = vec![0u8; len];
+            let e = ZstdCodec.decompress_into(&stored, &mut out).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+            let mut fresh = vec![MaybeUninit::<u8>::uninit(); len];
+            assert!(ZstdCodec.decompress_into_uninit(&stored, &mut fresh).is_err());
+        }
+        let mut out = vec![0u8; 5_000];
+        ZstdCodec.decompress_into(&frame, &mut out).unwrap();
+        assert_eq!(out, half);
     }
 
     #[test]

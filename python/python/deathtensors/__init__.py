@@ -197,9 +197,9 @@ def _rows(entries: List[tuple], metadata: Optional[Mapping[str, Mapping[str, Any
     if metadata is not None and not isinstance(metadata, Mapping):
         raise InvalidArgumentError(f"metadata must be a dict of name -> dict, not {type(metadata).__name__}")
     per_tensor: Dict[str, Any] = dict(metadata or {})
-    unknown = sorted(set(per_tensor) - names)
+    unknown = sorted(repr(k) for k in set(per_tensor) - names)  # repr: keys need not be str, nor comparable
     if unknown:
-        raise InvalidArgumentError(f"metadata names tensors that are not saved: {unknown}")
+        raise InvalidArgumentError(f"metadata names tensors that are not saved: {', '.join(unknown)}")
     return [
         (n, d, s, data, _dumps(per_tensor.get(n), f"metadata[{n!r}]"), alias, layout)
         for n, d, s, data, alias, layout in entries

@@ -8,6 +8,7 @@ and numpy equivalents), so adding a dtype plugin needs no change here.
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Dict, List, Sequence, Tuple
 
 from . import _core
@@ -46,13 +47,16 @@ def _numpy_maps() -> Tuple[Dict[str, Any], Dict[str, str]]:
 
 
 def _is_torch(obj: Any) -> bool:
-    return type(obj).__module__.split(".")[0] == "torch" and hasattr(obj, "data_ptr")
+    """Whether ``obj`` is a torch tensor, a subclass's included (without importing
+    torch: an object cannot be a tensor unless torch is loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
 
 
 def _is_numpy(obj: Any) -> bool:
-    return type(obj).__module__.split(".")[0] == "numpy" and (
-        hasattr(obj, "__array_interface__") or hasattr(obj, "dtype")
-    )
+    """Whether ``obj`` is a numpy array (a subclass's included) or a numpy scalar."""
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(obj, (np.ndarray, np.generic))
 
 
 def prepare(name: str, value: Any) -> Tuple[str, List[int], Any]:
@@ -123,7 +127,12 @@ def to_numpy(buf: Any, dtype_id: str, shape: Sequence[int]) -> Any:
             f"numpy has no {dtype_id} dtype; load it with framework='torch' (pip install deathtensors[torch]), "
             "or read its raw bytes with get_bytes()"
         )
-    return np.frombuffer(buf, dtype=npdtype).reshape(tuple(shape))
+    try:
+        return np.frombuffer(buf, dtype=npdtype).reshape(tuple(shape))
+    except ValueError as e:  # more dimensions than this numpy holds (64, or 32 before numpy 2)
+        raise InvalidArgumentError(
+            f"numpy cannot hold a tensor of {len(shape)} dimensions ({e}); load it with framework='torch'"
+        ) from None
 
 
 def target_device(device: Any, framework: str) -> Any:
@@ -141,7 +150,7 @@ def target_device(device: Any, framework: str) -> Any:
     if device is None:
         return None
     if not isinstance(framework, str) or framework.lower() not in TORCH_NAMES:
-        if str(device) == "cpu":  # "cpu" or torch.device("cpu"): where numpy arrays are anyway
+        if str(device).partition(":")[0] == "cpu":  # "cpu", "cpu:0", torch.device("cpu"): where numpy arrays are
             return None
         raise InvalidArgumentError(f"device={device!r} needs framework='torch' (numpy arrays live in host memory)")
     import torch

@@ -71,6 +71,11 @@ class TensorSlice:
         return to_device(self._rows(key), self._device)
 
     def _rows(self, key: Any) -> Any:
+        if not self._entry["shape"]:
+            # A 0-d tensor has no rows: `[...]` and `[()]` read it whole, as in safetensors.
+            if key is Ellipsis or key == () or key == (Ellipsis,):
+                return self._file.get_tensor(self._name, framework=self._framework)
+            raise IndexError(f"tensor {self._name!r} is 0-d: index it with [...] or [()], not {key!r}")
         rest: Tuple[Any, ...] = ()
         if isinstance(key, tuple):
             key, rest = (key[0], key[1:]) if key else (slice(None), ())

@@ -33,6 +33,8 @@ def is_sparse(value: Any) -> bool:
 def sparse_entry(name: str, value: Any) -> Tuple[Any, ...]:
     """``(name, dtype, shape, values, alias_of, layout)`` for a sparse COO tensor."""
     t = value.detach()
+    if t.device.type == "meta":
+        raise InvalidArgumentError(f"tensor {name!r} is on the meta device: it has no data to save")
     if t.device.type != "cpu":
         t = t.cpu()
     # _indices()/_values() work whether or not the tensor is coalesced (indices()/values() need it).
