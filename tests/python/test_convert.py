@@ -352,6 +352,31 @@ def test_a_sharded_conversion_never_writes_over_its_own_inputs(tmp_path):
         assert torch.equal(sr.get_tensor("b"), b["b"])
 
 
+def test_the_cleanup_after_a_sharded_conversion_keeps_its_inputs(tmp_path):
+    """Regression: input shards named like shards of the output with another
+    count (m-0000k-of-00005.deathtensors, for an output of 2) were removed by
+    the cleanup of stale shards once the conversion had committed."""
+    inputs = {}
+    for k, t in ((1, {"a": torch.arange(4.0)}), (2, {"b": torch.ones(3)})):
+        shard = tmp_path / f"m-0000{k}-of-00005.deathtensors"  # safetensors bytes, a misleading name
+        st_torch.save_file(t, str(shard))
+        inputs[shard.name] = shard.read_bytes()
+    index = tmp_path / "m.safetensors.index.json"
+    index.write_text(
+        json.dumps({"weight_map": {"a": "m-00001-of-00005.deathtensors", "b": "m-00002-of-00005.deathtensors"}})
+    )
+    out = dt.from_safetensors(index)
+    assert {n: (tmp_path / n).read_bytes() for n in inputs} == inputs
+    with dt.open_sharded(out) as sr:
+        assert sr.shards() == ["m-00001-of-00002.deathtensors", "m-00002-of-00002.deathtensors"]
+        assert torch.equal(sr.get_tensor("b"), torch.ones(3))
+    # A stale shard of an earlier conversion (not an input) is still removed.
+    stale = tmp_path / "m-00003-of-00003.deathtensors"
+    stale.write_bytes(b"old")
+    dt.from_safetensors(index)
+    assert not stale.exists() and all((tmp_path / n).exists() for n in inputs)
+
+
 def test_a_hard_link_is_another_name_and_may_be_converted_onto(tmp_path):
     st = tmp_path / "m.safetensors"
     st_torch.save_file({"a": torch.arange(4.0)}, str(st))

@@ -218,10 +218,8 @@ def _import_sharded(
     shards = sorted(by_shard)
     names = {shard: _shard_name(base, i + 1, len(shards)) for i, shard in enumerate(shards)}
     out_index = stem + INDEX_SUFFIX
-    _refuse_overwriting_inputs(
-        [index_path, *(os.path.join(folder, s) for s in shards)],
-        [out_index, *(os.path.join(out_folder, n) for n in names.values())],
-    )
+    inputs = [index_path, *(os.path.join(folder, s) for s in shards)]
+    _refuse_overwriting_inputs(inputs, [out_index, *(os.path.join(out_folder, n) for n in names.values())])
 
     # Crash safe like save_sharded: a failure (a corrupt source shard, say) or a
     # crash leaves an earlier conversion at this path as it was.
@@ -251,7 +249,7 @@ def _import_sharded(
             index_meta["global_metadata"] = global_metadata[0]
         return {"metadata": index_meta, "weight_map": {t: renamed[names[s]] for t, s in weight_map.items()}}
 
-    _commit_checkpoint(out_folder, base, order, write_shard, index_doc)
+    _commit_checkpoint(out_folder, base, order, write_shard, index_doc, inputs=inputs)
     return out_index
 
 
@@ -315,10 +313,8 @@ def _export_sharded(index_path: str, dst: Optional[PathLike]) -> str:
             shard: f"{base}-{i + 1:05d}-of-{len(shards):05d}{SAFETENSORS_SUFFIX}" for i, shard in enumerate(shards)
         }
         out_index = stem + SAFETENSORS_INDEX_SUFFIX
-        _refuse_overwriting_inputs(
-            [sr.path, *(sr.shard_path(s) for s in shards)],
-            [out_index, *(os.path.join(out_folder, n) for n in names.values())],
-        )
+        inputs = [sr.path, *(sr.shard_path(s) for s in shards)]
+        _refuse_overwriting_inputs(inputs, [out_index, *(os.path.join(out_folder, n) for n in names.values())])
         # Crash safe like save_sharded: a failure or a crash leaves an earlier
         # export at this path as it was.
         order = [names[s] for s in shards]
@@ -355,5 +351,6 @@ def _export_sharded(index_path: str, dst: Optional[PathLike]) -> str:
             index_doc,
             suffix=SAFETENSORS_SUFFIX,
             index_suffix=SAFETENSORS_INDEX_SUFFIX,
+            inputs=inputs,
         )
     return out_index

@@ -42,7 +42,7 @@ import re
 import sys
 import tempfile
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Set, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple, Union
 
 try:
     import fcntl
@@ -391,8 +391,12 @@ def _commit_checkpoint(
     index_doc: Callable[[List[str]], Dict[str, Any]],
     suffix: str = SHARD_SUFFIX,
     index_suffix: str = INDEX_SUFFIX,
+    inputs: Iterable[str] = (),
 ) -> List[str]:
     """Write a sharded checkpoint crash-safely; return the shard paths.
+
+    ``inputs`` are the files a conversion reads: the cleanup at the end never
+    removes them, even when they are named like shards of this checkpoint.
 
     ``write_shard(i, path)`` writes shard ``i`` (final name ``names[i]``,
     ``{base}-NNNNN-of-MMMMM{suffix}``) to ``path``; ``index_doc(shard_names)``
@@ -435,7 +439,8 @@ def _commit_checkpoint(
             _write_json_atomically(index_path, index_doc(names))
         except OSError:  # e.g. no hard links on this file system: keep the pending names
             final = pending
-        _remove_orphans(folder, base, keep=set(final), own_token=token, suffix=suffix)
+        protected = {os.path.realpath(p) for p in inputs}
+        _remove_orphans(folder, base, set(final), token, suffix, protected)
         return [os.path.join(folder, n) for n in final]
     finally:
         os.close(marker_fd)
@@ -475,8 +480,9 @@ def _link_over(src: str, dst: str) -> None:
         os.close(fd)
 
 
-def _remove_orphans(folder: str, base: str, keep: set[str], own_token: str, suffix: str = SHARD_SUFFIX) -> None:
-    """Remove the shards of ``base`` that the index just written does not name.
+def _remove_orphans(folder: str, base: str, keep: Set[str], own_token: str, suffix: str, protected: Set[str]) -> None:
+    """Remove the shards of ``base`` that the index just written does not name,
+    except the ``protected`` files (real paths: a conversion's inputs).
 
     Those are final names with another shard count (an earlier save), this
     save's pending names, and pending names of saves that died (their marker
@@ -485,7 +491,7 @@ def _remove_orphans(folder: str, base: str, keep: set[str], own_token: str, suff
     final = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}" + re.escape(suffix))
     pend = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}\.([A-Za-z0-9_]+)" + re.escape(suffix))
     for entry in os.listdir(folder):
-        if entry in keep:
+        if entry in keep or os.path.realpath(os.path.join(folder, entry)) in protected:
             continue
         if final.fullmatch(entry):
             _remove_quietly(os.path.join(folder, entry))
