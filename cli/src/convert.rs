@@ -38,7 +38,7 @@ pub(crate) struct ConvertArgs {
     /// The file to convert (generic form), or a sharded checkpoint (its index or base path); ~ and $VARS are expanded.
     #[arg(required = true)]
     src: Option<OsString>,
-    /// The file to write, replaced atomically.
+    /// The file to write, replaced atomically (for a sharded SRC, the output's base path).
     #[arg(required = true)]
     dst: Option<OsString>,
     /// Target format: a converter id or extension (`safetensors`), or `deathtensors` to import.
@@ -279,7 +279,7 @@ fn sharded_request(job: &Job, src: &Path) -> Result<Option<String>, Error> {
         p.to_str().map(str::to_owned).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "{p:?}: the command line hands a sharded conversion to Python as JSON, so its paths must be \
-                 valid UTF-8 here; deathtensors.from_safetensors/to_safetensors take any path"
+                 valid UTF-8 here; deathtensors.from_safetensors/to_safetensors take any folder"
             ))
         })
     };

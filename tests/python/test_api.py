@@ -470,6 +470,9 @@ def test_subclasses_of_tensors_and_arrays_are_saved(tmp_path):
         assert f.get_tensor("p").tolist() == [1.0, 1.0]
         assert f.get_tensor("a", framework="numpy").tolist() == [0, 1, 2]
         assert float(f.get_tensor("s")) == 2.5
+    # A masked array is an ndarray subclass whose mask would be dropped: refused.
+    with pytest.raises(dt.InvalidArgumentError, match="masked array"):
+        dt.save(tmp_path / "m.deathtensors", {"m": np.ma.masked_array([1, 2, 3], mask=[0, 1, 0])})
 
 
 def test_saving_through_a_symbolic_link_writes_the_file_it_points_to(tmp_path):

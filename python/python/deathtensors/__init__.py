@@ -314,7 +314,9 @@ def save(
     Changing their values meanwhile saves a mix of old and new values.
 
     Raises:
-        InvalidArgumentError: bad names, metadata or values.
+        InvalidArgumentError: bad names, metadata or values (a numpy masked
+            array, whose mask would be lost); a header (names, shapes,
+            metadata) over the 100 MB that readers accept.
         PluginError: unknown codec or checksum id.
         UnsupportedDtypeError: a dtype deathtensors does not store.
         OSError: the file cannot be written; the target is left untouched.
@@ -398,7 +400,9 @@ def append(
 
     Raises:
         InvalidArgumentError: a name already in the file (unless
-            ``overwrite=True``, which replaces that tensor in place).
+            ``overwrite=True``, which replaces that tensor in place); the name
+            of a stored part of a sparse tensor (``name/__sparse_indices__``),
+            overwrite or not; a header over the 100 MB readers accept.
     """
     rows = _rows(_entries(tensors), metadata)
     _core.append(
@@ -626,7 +630,8 @@ class DtFile:
 
     def get_slice(self, name: str, framework: str = "torch", device: Any = None) -> TensorSlice:
         """A lazy handle: ``f.get_slice(name)[a:b]`` reads only rows ``a..b``
-        (moved to ``device``, as in :meth:`get_tensor`, when one is given)."""
+        (moved to ``device``, as in :meth:`get_tensor`, when one is given).
+        A 0-d tensor has no rows: ``[...]`` or ``[()]`` reads it."""
         return TensorSlice(self, name, framework, device)
 
     def get_tensors(self, framework: str = "torch", device: Any = None) -> Dict[str, Any]:

@@ -89,6 +89,11 @@ def prepare(name: str, value: Any) -> Tuple[str, List[int], Any]:
     if _is_numpy(value):
         import numpy as np
 
+        if isinstance(value, np.ma.MaskedArray):
+            raise InvalidArgumentError(
+                f"tensor {name!r} is a numpy masked array, whose mask would be lost: "
+                "save its .data and np.ma.getmaskarray() as two tensors"
+            )
         arr = np.asarray(value)  # numpy scalars become 0-d arrays
         shape = list(arr.shape)  # before ascontiguousarray, which turns 0-d into 1-d
         if arr.dtype.byteorder == ">":
