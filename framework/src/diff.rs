@@ -704,10 +704,27 @@ fn compare_real(x: f64, y: f64, tolerance: Option<(f64, f64)>) -> (Option<f64>, 
     }
     let diff = (x - y).abs();
     let close = match tolerance {
-        Some((rtol, atol)) => x.is_finite() && y.is_finite() && diff <= atol + rtol * y.abs(),
+        Some((rtol, atol)) => {
+            x.is_finite() && y.is_finite() && within(|s| (x * s - y * s).abs(), |s| (y * s).abs(), rtol, atol)
+        }
         None => false,
     };
     (Some(diff), close)
+}
+
+/// Whether `diff(1) ≤ atol + rtol·magnitude(1)`, where `diff(s)` and
+/// `magnitude(s)` compute the difference and the reference's magnitude of
+/// finite operands scaled by `s`. When either side overflows (1.7e308 against
+/// −1.7e308: an infinite difference under an infinite bound passed), they
+/// are compared again at a quarter of the scale, where the difference of any
+/// two finite values is finite.
+fn within(diff: impl Fn(f64) -> f64, magnitude: impl Fn(f64) -> f64, rtol: f64, atol: f64) -> bool {
+    let (d, bound) = (diff(1.0), atol + rtol * magnitude(1.0));
+    if d.is_finite() && bound.is_finite() {
+        return d <= bound;
+    }
+    const QUARTER: f64 = 0.25;
+    diff(QUARTER) <= atol * QUARTER + rtol * magnitude(QUARTER)
 }
 
 /// As [`compare_real`] for complex numbers `xr + i·xi` and `yr + i·yi`.
@@ -725,7 +742,15 @@ fn compare_complex(xr: f64, xi: f64, yr: f64, yi: f64, tolerance: Option<(f64, f
     let diff = part(xr, yr).hypot(part(xi, yi));
     let finite = [xr, xi, yr, yi].iter().all(|v| v.is_finite());
     let close = match tolerance {
-        Some((rtol, atol)) => finite && diff <= atol + rtol * yr.hypot(yi),
+        Some((rtol, atol)) => {
+            finite
+                && within(
+                    |s| part(xr * s, yr * s).hypot(part(xi * s, yi * s)),
+                    |s| (yr * s).hypot(yi * s),
+                    rtol,
+                    atol,
+                )
+        }
         None => false,
     };
     (Some(diff), close)
@@ -761,6 +786,24 @@ mod tests {
         // The tolerance is relative to b.
         assert!(compare_real(0.0, 1.0, Some((1.0, 0.0))).1);
         assert!(!compare_real(1.0, 0.0, Some((1.0, 0.0))).1);
+    }
+
+    #[test]
+    fn closeness_survives_overflow() {
+        // Regression: |a - b| and atol + rtol·|b| both overflowed to infinity, and inf <= inf passed.
+        let big = 1.7e308;
+        assert!(!compare_real(big, -big, Some((0.6, 1e308))).1);
+        assert!(
+            compare_real(big, -big, Some((1.5, 1e308))).1,
+            "3.4e308 <= 1e308 + 1.5 * 1.7e308"
+        );
+        assert!(
+            compare_real(big, -big, Some((1e300, 0.0))).1,
+            "an infinite bound holds any finite gap"
+        );
+        assert!(!compare_complex(big, big, -big, -big, Some((0.6, 1e308))).1);
+        assert!(compare_complex(big, big, -big, -big, Some((2.1, 0.0))).1);
+        assert!(compare_complex(big, big, big, big * 0.999, Some((0.01, 0.0))).1);
     }
 
     #[test]

@@ -327,23 +327,32 @@ impl Moments {
     }
 
     /// [`Moments::of_finite`] of values under [`BIG`] (whose squared deviations cannot overflow).
+    ///
+    /// The corrected two-pass algorithm: the deviations from `sum / n` also
+    /// sum to the error of that first mean, which corrects both the mean and
+    /// `M2`. F64 sums round (a thousand 0.1s sum to 99.99999999999986), and
+    /// without the correction the mean of a constant tensor fell below its
+    /// minimum and its standard deviation was not 0.
     fn unscaled(values: &[f64], sum: f64) -> Moments {
         let n = values.len() as f64;
-        let mean = sum / n;
-        let mut acc = [0.0f64; LANES];
+        let first = sum / n;
+        let mut squares = [0.0f64; LANES];
+        let mut deviations = [0.0f64; LANES];
         let chunks = values.chunks_exact(LANES);
         let rest = chunks.remainder();
         for c in chunks {
-            for (a, &v) in acc.iter_mut().zip(c) {
-                let d = v - mean;
-                *a += d * d;
+            for ((q, e), &v) in squares.iter_mut().zip(deviations.iter_mut()).zip(c) {
+                let d = v - first;
+                *q += d * d;
+                *e += d;
             }
         }
-        let m2 = lanes_sum(acc) + rest.iter().map(|&v| (v - mean) * (v - mean)).sum::<f64>();
+        let error = lanes_sum(deviations) + rest.iter().map(|&v| v - first).sum::<f64>();
+        let m2 = lanes_sum(squares) + rest.iter().map(|&v| (v - first) * (v - first)).sum::<f64>();
         Moments {
             n: values.len() as u64,
-            mean,
-            m2,
+            mean: first + error / n,
+            m2: (m2 - error * error / n).max(0.0),
             scaled: false,
         }
     }
@@ -516,8 +525,12 @@ impl FloatPartial {
             stats.min = json_f64(self.min);
             stats.max = json_f64(self.max);
         }
-        stats.mean = self.moments.mean();
-        stats.stddev = self.moments.stddev();
+        // Rounding must not put the mean outside the values (or spread equal ones).
+        stats.mean = self.moments.mean().map(|m| m.max(self.min).min(self.max));
+        stats.stddev = self
+            .moments
+            .stddev()
+            .map(|s| if self.min == self.max { 0.0 } else { s });
         stats.nnz = self.nnz;
         stats.nan_count = self.nan;
         stats.inf_count = self.inf;
@@ -1001,5 +1014,17 @@ mod tests {
         let json = serde_json::to_value(&stats).unwrap();
         assert_eq!(json["mean_real"], 1.0);
         assert!(json["mean_imag"].is_null());
+    }
+
+    #[test]
+    fn constant_f64_values_have_their_value_as_mean_and_no_spread() {
+        // Regression: a thousand 0.1s (and three 1.7e308s) had a mean below
+        // their minimum and a standard deviation above 0.
+        for (v, n) in [(0.1f64, 1000usize), (0.1, 1_000_000), (1.7e308, 3), (-3.3e-7, 4097)] {
+            let values = vec![v; n];
+            let m = Moments::of_finite(&values, lanes_total(&values));
+            assert_eq!(m.mean(), Some(v), "{v} x {n}");
+            assert_eq!(m.stddev(), Some(0.0), "{v} x {n}");
+        }
     }
 }

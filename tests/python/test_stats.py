@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,3 +122,16 @@ def test_cli_stats(tmp_path):
         [sys.executable, "-m", "deathtensors", "stats", str(p), "zz"], capture_output=True, text=True
     )
     assert missing.returncode != 0 and "zz" in missing.stderr
+
+
+@pytest.mark.parametrize("value", [0.1, 1.7e308, -3.3e-7])
+def test_a_constant_f64_tensor_has_its_value_as_mean_and_no_spread(tmp_path, value):
+    """Regression: np.full(10**6, 0.1) had mean 0.09999999999999977 (under its min) and stddev 2.4e-16."""
+    path = tmp_path / "c.deathtensors"
+    dt.save(path, {"c": np.full(1_000_003, value), "d": np.array([0.1, 0.2, 0.3] * 1000)})
+    with dt.open(path) as f:
+        s = f.stats("c")
+        assert (s["min"], s["max"], s["mean"], s["stddev"]) == (value, value, value, 0.0)
+        d = f.stats("d")
+        assert d["min"] <= d["mean"] <= d["max"]
+        assert math.isclose(d["mean"], 0.2, rel_tol=1e-15) and math.isclose(d["stddev"], np.std([0.1, 0.2, 0.3]))
