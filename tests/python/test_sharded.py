@@ -857,3 +857,44 @@ def test_checkpoint_names_that_are_folders_or_empty_are_refused(tmp_path, monkey
     with pytest.raises(FileNotFoundError) as e:
         dt.save_sharded(tmp_path / "no" / "m", tensors)
     assert e.value.filename == str(tmp_path / "no")
+
+
+def test_two_saves_of_one_checkpoint_never_leave_an_index_without_its_shards(tmp_path, monkeypatch):
+    """Regression: two processes saving one checkpoint with different shard counts
+    could both succeed and leave an index whose shards were all gone: each save's
+    cleanup removed the final names of another count, the other save's included.
+    Here save B pauses between its commit and its cleanup while save A runs."""
+    import threading
+
+    path = tmp_path / "m.deathtensors"
+    a = {f"t{i}": torch.full((256,), float(i)) for i in range(4)}
+    b = {f"t{i}": torch.full((256,), -float(i)) for i in range(4)}
+    paused, a_done = threading.Event(), threading.Event()
+    real = _sharded._remove_orphans
+
+    def slow_cleanup(*args, **kwargs):
+        if threading.current_thread().name == "save-b":
+            paused.set()
+            a_done.wait(timeout=2)  # with the commit serialized, A waits for B instead
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_sharded, "_remove_orphans", slow_cleanup)
+    errors = []
+
+    def save_b():
+        try:
+            dt.save_sharded(path, b, max_shard_bytes=1024)  # 4 shards
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    thread = threading.Thread(target=save_b, name="save-b")
+    thread.start()
+    assert paused.wait(timeout=30)
+    dt.save_sharded(path, a, max_shard_bytes=2048)  # 2 shards
+    a_done.set()
+    thread.join(timeout=30)
+    assert not errors
+    with dt.open_sharded(path) as sr:
+        got = sr.get_tensors()
+    assert got.keys() == a.keys()
+    assert all(torch.equal(got[n], a[n]) for n in a), "the last save to commit is the one on disk"

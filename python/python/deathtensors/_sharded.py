@@ -293,7 +293,10 @@ def save_sharded(
     the new index does not name are deleted: final names with another shard
     count, and pending shards of saves that died (a save holds a ``flock`` on
     its marker file ``.{base}.<token>.dt-tmp`` while it runs, so pending
-    shards of a concurrent save are kept).
+    shards of a concurrent save are kept). Saves into one folder write their
+    shards at the same time but take turns from the index switch to the end
+    of that cleanup (a ``flock`` on the folder), so concurrent saves of one
+    checkpoint leave the complete checkpoint of the last one to commit.
 
     Args:
         path: Base path of the checkpoint (``~`` and ``$VARS`` are expanded).
@@ -415,6 +418,7 @@ def _commit_checkpoint(
     index_path = os.path.join(folder, base + index_suffix)
     marker_fd, marker = _locked_temp_file(folder, f".{base}.")
     token = os.path.basename(marker)[len(base) + 2 : -len(_TEMP_SUFFIX)]
+    folder_lock: Optional[int] = None
     try:
         pending = [_pending_name(name, token, suffix) for name in names]
         written: List[str] = []
@@ -423,6 +427,12 @@ def _commit_checkpoint(
                 shard_path = os.path.join(folder, name)
                 written.append(shard_path)
                 write_shard(i, shard_path)
+            # From the commit to the end of the cleanup, one save in this folder
+            # at a time: two saves of one checkpoint with the same shard count
+            # linked over each other's final names (a mix), and with different
+            # counts each removed the other's shards, after which the index
+            # named files that were gone.
+            folder_lock = _lock_folder(folder)
             _write_json_atomically(index_path, index_doc(pending))
         except BaseException:
             for p in written:
@@ -443,8 +453,21 @@ def _commit_checkpoint(
         _remove_orphans(folder, base, set(final), token, suffix, protected)
         return [os.path.join(folder, n) for n in final]
     finally:
+        if folder_lock is not None:
+            os.close(folder_lock)  # releases the lock
         os.close(marker_fd)
         _remove_quietly(marker)
+
+
+def _lock_folder(folder: str) -> int:
+    """Open ``folder`` and wait for an exclusive ``flock`` on it; the caller closes the fd."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # pragma: no cover - a file system without flock: go on unlocked
+            pass
+    return fd
 
 
 def _pending_name(name: str, token: str, suffix: str = SHARD_SUFFIX) -> str:
