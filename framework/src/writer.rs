@@ -138,6 +138,16 @@ pub enum Entry<'a> {
     },
 }
 
+impl Entry<'_> {
+    /// The tensor's name in the file to write.
+    pub fn name(&self) -> &str {
+        match self {
+            Entry::Data(t) | Entry::Layout { primary: t, .. } => &t.name,
+            Entry::Alias { name, .. } | Entry::Copy { name, .. } => name,
+        }
+    }
+}
+
 impl std::fmt::Debug for Entry<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -250,12 +260,8 @@ pub fn append_file(
     let path = path.as_ref();
     let _updating = crate::atomic::lock_for_update(path)?;
     let source = DtReader::open(path)?;
-    let name_of = |e: &Entry<'_>| match e {
-        Entry::Data(t) | Entry::Layout { primary: t, .. } => t.name.clone(),
-        Entry::Alias { name, .. } | Entry::Copy { name, .. } => name.clone(),
-    };
     let new_names: std::collections::HashMap<String, usize> =
-        new.iter().enumerate().map(|(i, e)| (name_of(e), i)).collect();
+        new.iter().enumerate().map(|(i, e)| (e.name().to_owned(), i)).collect();
     if let Some(part) = source
         .tensors()
         .iter()
@@ -327,37 +333,27 @@ pub fn append_file(
 /// entry then takes the bytes and the later one becomes the alias (other
 /// aliases of the same tensor follow it), which stores the same tensors.
 fn alias_targets_first(entries: &mut [Entry<'_>]) {
-    let name = |e: &Entry<'_>| match e {
-        Entry::Data(t) | Entry::Layout { primary: t, .. } => t.name.clone(),
-        Entry::Alias { name, .. } | Entry::Copy { name, .. } => name.clone(),
-    };
-    let position: std::collections::HashMap<String, usize> =
-        entries.iter().enumerate().map(|(i, e)| (name(e), i)).collect();
+    let position: std::collections::HashMap<String, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name().to_owned(), i))
+        .collect();
     for i in 0..entries.len() {
         let Entry::Alias {
-            name: alias, target, ..
-        } = &entries[i]
-        else {
-            continue;
-        };
-        let Some(&j) = position.get(target) else {
-            continue; // an unknown target: the write reports it
-        };
-        if j < i || !matches!(entries[j], Entry::Data(_)) {
-            continue;
-        }
-        let (alias, holder) = (alias.clone(), target.clone());
-        let Entry::Alias {
-            metadata: alias_metadata,
-            ..
+            name: alias,
+            target: holder,
+            metadata,
         } = entries[i].clone()
         else {
             continue;
         };
+        let Some(&j) = position.get(&holder).filter(|&&j| j > i) else {
+            continue; // already after its target, or an unknown target (the write reports it)
+        };
         let Entry::Data(mut data) = entries[j].clone() else {
             continue;
         };
-        let holder_metadata = std::mem::replace(&mut data.metadata, alias_metadata);
+        let holder_metadata = std::mem::replace(&mut data.metadata, metadata);
         data.name = alias.clone();
         entries[i] = Entry::Data(data);
         entries[j] = Entry::Alias {
