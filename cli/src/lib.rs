@@ -68,7 +68,7 @@ enum Command {
     Verify {
         /// The file, or a sharded checkpoint (its index or base path).
         path: OsString,
-        /// Print a JSON object.
+        /// Print a JSON object; on failure too (`"ok": false` and the error).
         #[arg(long)]
         json: bool,
     },
@@ -218,15 +218,18 @@ where
                 _ => code,
             }
         }
-        Err(e) => {
-            let line = e.to_string().replace('\n', " ");
-            let _ = writeln!(std::io::stderr(), "deathtensors: error: {}", terminal_safe(&line));
-            if e.is_bad_file() {
-                EXIT_BAD_FILE
-            } else {
-                EXIT_USAGE
-            }
-        }
+        Err(e) => report(&e),
+    }
+}
+
+/// Write `e` to stderr as one line and return its exit code.
+fn report(e: &Error) -> i32 {
+    let line = e.to_string().replace('\n', " ");
+    let _ = writeln!(std::io::stderr(), "deathtensors: error: {}", terminal_safe(&line));
+    if e.is_bad_file() {
+        EXIT_BAD_FILE
+    } else {
+        EXIT_USAGE
     }
 }
 
@@ -380,6 +383,17 @@ fn execute(command: Command) -> Result<Outcome, Error> {
         Command::HubInfo(a) => python(hub::request("hub-info", &a)),
         Command::HubConvert(a) => python(hub::request("hub-convert", &a)),
         Command::Convert(args) => convert::run(args),
+        Command::Verify { path, json: true } => {
+            let shown = expand_path(&path).to_string_lossy().into_owned();
+            Ok(match execute_here(Command::Verify { path, json: true }) {
+                Ok((text, code)) => Outcome::Done(text, code),
+                // A script reading `--json` gets an answer on failure too; the error still goes to stderr.
+                Err(e) => Outcome::Done(
+                    pretty(&json!({"path": shown, "ok": false, "error": e.to_string()})),
+                    report(&e),
+                ),
+            })
+        }
         command => execute_here(command).map(|(text, code)| Outcome::Done(text, code)),
     }
 }

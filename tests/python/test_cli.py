@@ -277,6 +277,14 @@ def test_verify_bad_or_unverifiable_file_exits_1(cli, files, which):
     line = _one_clean_error_line(result)
     assert "checksum" in line.lower()
     assert result.stdout == b""
+    # With --json the failure is a JSON answer on stdout as well, with the same exit code.
+    as_json = cli("verify", "--json", str(files[which]))
+    assert as_json.returncode == 1
+    answer = json.loads(as_json.stdout)
+    assert answer["ok"] is False and "checksum" in answer["error"].lower()
+    assert answer["path"] == str(files[which])
+    err = [line for line in as_json.stderr.decode().splitlines() if line.strip()]
+    assert len(err) == 1 and "checksum" in err[0].lower(), err
 
 
 def test_missing_file_exits_1(cli, tmp_path):
@@ -463,6 +471,10 @@ def test_a_damaged_or_missing_shard_is_named_and_exits_1(cli, checkpoint):
     assert bad.returncode == 1 and bad.stdout == b""
     line = _one_clean_error_line(bad)
     assert victim in line and "checksum" in line.lower()
+    bad_json = cli("verify", "--json", str(folder / "big.deathtensors"))
+    assert bad_json.returncode == 1
+    answer = json.loads(bad_json.stdout)
+    assert answer["ok"] is False and victim in answer["error"]
 
     (folder / victim).unlink()
     for command in ("info", "verify", "stats"):
