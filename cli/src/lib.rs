@@ -204,6 +204,13 @@ where
             let _ = std::io::stdout().flush();
             python(&request)
         }
+        Ok(Outcome::Done(text, _)) if !text.is_empty() && !stdout_is_open() => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "deathtensors: error: cannot write the output: standard output is closed"
+            );
+            EXIT_USAGE
+        }
         Ok(Outcome::Done(text, code)) => {
             let mut out = std::io::stdout().lock();
             match out
@@ -220,6 +227,14 @@ where
         }
         Err(e) => report(&e),
     }
+}
+
+/// Whether file descriptor 1 is open. Rust's stdout takes a write to a
+/// closed one as done (it swallows `EBADF`), so `list FILE >&-` would succeed
+/// having printed nothing.
+fn stdout_is_open() -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_GETFD) != -1 }
 }
 
 /// Write `e` to stderr as one line and return its exit code.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
 import struct
+import subprocess
 
 import pytest
 from _dtutil import DTYPE_IDS, FLAG_ENCRYPTED, build_file, cli_commands, layout, open_file_limit, run_cli
@@ -23,7 +25,9 @@ def cli(request):
     prefix = COMMANDS[request.param]
     if request.param == "script" and not os.access(prefix[0], os.X_OK):
         pytest.fail(f"the console script is not installed next to {prefix[0]}")
-    return lambda *args, **kw: run_cli(prefix, *args, **kw)
+    run = functools.partial(run_cli, prefix)
+    run.prefix = prefix  # type: ignore[attr-defined]
+    return run
 
 
 NAMES = ["zeta", "alpha", "日本", "10", "9"]
@@ -161,6 +165,16 @@ def test_output_that_cannot_be_written_is_an_error(cli, files):
     assert result.returncode == 2
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("deathtensors: error: cannot write the output"), lines
+
+
+def test_a_closed_stdout_is_an_error(cli, files):
+    """Regression: with standard output closed (`list FILE >&-`) the CLI exited 0, printing nothing."""
+    result = cli("list", str(files["good"]), stdout=subprocess.DEVNULL)
+    assert result.returncode == 0  # the same command with an open stdout succeeds
+    closed = run_cli(["bash", "-c", 'exec "$@" >&-', "-", *cli.prefix], "list", str(files["good"]))
+    assert closed.returncode == 2
+    lines = closed.stderr.decode().strip().splitlines()
+    assert lines == ["deathtensors: error: cannot write the output: standard output is closed"], lines
 
 
 @pytest.mark.parametrize("args", [["--help"], ["info", "--help"], ["help"], ["--version"]])
