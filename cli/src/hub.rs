@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! deathtensors hub-push REPO PATH [--path-in-repo P] [--private] [--message M]
-//! deathtensors hub-pull REPO FILE [--local-dir DIR] [--verify]
+//! deathtensors hub-pull REPO FILE [--local-dir DIR] [--verify] [--force-download]
 //! deathtensors hub-list REPO
 //! deathtensors hub-info REPO [FILE]
 //! deathtensors hub-convert REPO FILE [--output NAME] [--compress[=CODEC]] [--level N] [--checksum ALGO] [--delete-original]
@@ -70,6 +70,9 @@ pub(crate) struct PullArgs {
     /// Verify the checksum footer of every downloaded file (exit 1 if one does not match).
     #[arg(long)]
     verify: bool,
+    /// Download again even what is in the cache (to replace a damaged cached copy).
+    #[arg(long)]
+    force_download: bool,
 }
 
 /// Arguments of `deathtensors hub-list`.

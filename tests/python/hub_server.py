@@ -95,6 +95,10 @@ class HubServer:
         self.lfs_objects: Dict[str, bytes] = {}
         self.log: List[Dict[str, Any]] = []
         self.failures: List[Failure] = []
+        #: Applied to the body of every whole-file download (a ``GET`` of
+        #: ``resolve`` without a range), with the file's path: what a broken
+        #: proxy or disk would send. The headers still announce the real file.
+        self.tamper: Optional[Callable[[str, bytes], bytes]] = None
         self.lock = threading.Lock()
         self._httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -449,6 +453,8 @@ class _Handler(BaseHTTPRequestHandler):
         rng = self.headers.get("Range")
         m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
         if m is None:
+            if self.command == "GET" and self.hub.tamper is not None:
+                data = self.hub.tamper(parts["path"], data)
             self._send(200, data, headers, "application/octet-stream")
             return
         start = int(m.group(1))

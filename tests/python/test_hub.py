@@ -1201,3 +1201,181 @@ def test_an_empty_or_tiny_remote_file_is_a_format_error_as_it_is_locally(lfs_hub
         """
     )
     assert got == ["FormatError", "FormatError"]
+
+
+# -- the cache when the Hub fails, names outside the repo, refused tokens -------------------------------
+
+
+def test_cli_offline_pull_of_a_sharded_checkpoint_by_its_base_name(lfs_hub: Env) -> None:
+    """Regression: offline, the single-file attempt failed "not in the cache"
+    and the sharded checkpoint (cached) was never tried."""
+    dt.save_sharded(str(lfs_hub.files / "big.deathtensors"), model(4), max_shard_bytes=1000)
+    assert lfs_hub.cli("hub-push", "ns/shp", "big.deathtensors").returncode == 0
+    online = lfs_hub.cli("hub-pull", "ns/shp", "big.deathtensors", "--json")
+    assert online.returncode == 0, online.stderr
+    offline = lfs_hub.cli("hub-pull", "ns/shp", "big.deathtensors", "--json", HF_HUB_OFFLINE="1")
+    assert offline.returncode == 0, offline.stderr
+    assert json.loads(offline.stdout)["paths"] == json.loads(online.stdout)["paths"]
+    never = lfs_hub.cli("hub-pull", "ns/shp", "other.deathtensors", HF_HUB_OFFLINE="1")
+    assert never.returncode == 1 and "cache" in never.stderr and "Traceback" not in never.stderr
+
+
+@pytest.mark.parametrize("down", ["500", "stopped"])
+def test_a_sharded_load_uses_the_cache_when_the_hub_is_down(lfs_hub: Env, down: str) -> None:
+    """Regression: the index's size check asked the Hub first and had no
+    fallback, so a warm cache served single files but not checkpoints."""
+    tensors = model(5)
+    dt.save_sharded(str(lfs_hub.files / "s.deathtensors"), tensors, max_shard_bytes=1000)
+    lfs_hub.py(
+        """
+        push_sharded_to_hub("ns/down", sys.argv[1] + "/s.deathtensors")
+        with load_sharded_from_hub("ns/down", "s.deathtensors") as sr:
+            sr.get_tensor("weight", framework="numpy")
+        """
+    )
+    if down == "500":
+        for method in ("HEAD", "GET"):
+            lfs_hub.server.fail(method, "/resolve/", 500)
+    else:
+        lfs_hub.server.stop()
+    got = lfs_hub.result(
+        """
+        with load_sharded_from_hub("ns/down", "s.deathtensors") as sr:
+            cached = digest(sr.get_tensor("weight", framework="numpy"))
+        try:
+            load_sharded_from_hub("ns/down", "never.deathtensors")
+            missing = None
+        except dt.HubError as e:
+            missing = type(e).__name__
+        out({"cached": cached, "missing": missing})
+        """,
+        HF_HUB_DOWNLOAD_TIMEOUT="2",
+        HF_HUB_ETAG_TIMEOUT="2",
+    )
+    assert got["cached"] == digests(tensors)["weight"]
+    assert got["missing"] in ("HubError", "HubConnectionError"), got
+
+
+def test_names_outside_the_repo_are_refused_before_any_request(lfs_hub: Env) -> None:
+    """Regression: ``..`` in a name to read was a bare ValueError (a traceback
+    in the CLI), after a request, with the token, to a URL outside the repo."""
+    lfs_hub.server.add_repo("ns/names", files={"m.deathtensors": _file_bytes(lfs_hub.files / "m.dt", 1)})
+    lfs_hub.server.clear_log()
+    got = lfs_hub.result(
+        """
+        seen = {}
+        for name in ["../x.deathtensors", "a/../../x.deathtensors", "", "/", ".git/config"]:
+            for call, fn in [
+                ("load", lambda: load_from_hub("ns/names", name)),
+                ("sharded", lambda: load_sharded_from_hub("ns/names", name)),
+                ("remote", lambda: HubCachedFile("ns/names", name).header()),
+                ("convert", lambda: convert_safetensors_on_hub("ns/names", name)),
+            ]:
+                try:
+                    fn()
+                    seen[call + " " + name] = None
+                except Exception as e:
+                    seen[call + " " + name] = type(e).__name__
+        with load_from_hub("ns/names", "/m.deathtensors") as f:  # a leading slash is dropped
+            keys = f.keys()
+        out({"seen": seen, "keys": keys})
+        """
+    )
+    assert set(got["seen"].values()) == {"InvalidArgumentError"}, got["seen"]
+    assert sorted(got["keys"]) == sorted(model(1))
+    assert [r["path"] for r in lfs_hub.server.log if "/resolve/" in r["path"]] == [
+        "/ns/names/resolve/main/m.deathtensors"
+    ] * 2  # the HEAD and GET of the one good name
+    for command in (["hub-pull", "ns/names", "../x.deathtensors"], ["hub-info", "ns/names", "a/../../x.deathtensors"]):
+        bad = lfs_hub.cli(*command)
+        assert bad.returncode == 2, bad.stderr
+        assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_a_refused_token_is_a_hub_auth_error_for_reads_and_writes(lfs_hub: Env) -> None:
+    """Regression: a write refused with 401/403 was a HubUploadError, and a read
+    refused with 403 a HubConnectionError saying "offline mode or no connection"."""
+    dt.save(lfs_hub.files / "m.deathtensors", model(6))
+    lfs_hub.py('push_to_hub("ns/auth", sys.argv[1] + "/m.deathtensors")')
+    for status in (401, 403):
+        lfs_hub.server.failures.clear()
+        for path in (r"/api/repos/create", r"/preupload/", r"/commit/", r"/info/lfs"):
+            lfs_hub.server.fail("POST", path, status)
+        wrote = lfs_hub.result(
+            """
+            try:
+                push_to_hub("ns/auth", sys.argv[1] + "/m.deathtensors", path_in_repo="n.deathtensors")
+                out(None)
+            except dt.HubError as e:
+                out([type(e).__name__, str(e)])
+            """
+        )
+        assert wrote[0] == "HubAuthError" and "unchanged" in wrote[1] and str(status) in wrote[1], wrote
+        assert "n.deathtensors" not in lfs_hub.server.files("ns/auth")
+        lfs_hub.server.failures.clear()
+        for method in ("HEAD", "GET"):
+            lfs_hub.server.fail(method, "/resolve/", status)
+        read = lfs_hub.result(
+            """
+            try:
+                load_from_hub("ns/auth", "m.deathtensors")
+                out(None)
+            except dt.HubError as e:
+                out([type(e).__name__, str(e)])
+            """
+        )
+        assert read[0] == "HubAuthError" and "offline" not in read[1], read
+    lfs_hub.server.failures.clear()
+
+
+def test_a_download_of_the_wrong_size_is_a_connection_error(lfs_hub: Env) -> None:
+    """Regression: a body shorter than the size the Hub announced was a bare OSError."""
+    dt.save(lfs_hub.files / "m.deathtensors", model(7), checksum=True)
+    lfs_hub.py('push_to_hub("ns/short", sys.argv[1] + "/m.deathtensors")')
+    lfs_hub.server.tamper = lambda path, body: body[:-100]
+    got = lfs_hub.result(
+        """
+        try:
+            load_from_hub("ns/short", "m.deathtensors")
+            out(None)
+        except Exception as e:
+            out([type(e).__name__, isinstance(e, dt.HubError), str(e)])
+        """
+    )
+    assert got[:2] == ["HubConnectionError", True] and "size" in got[2], got
+    pulled = lfs_hub.cli("hub-pull", "ns/short", "m.deathtensors")
+    assert pulled.returncode == 1 and len(pulled.stderr.strip().splitlines()) == 1, pulled.stderr
+    lfs_hub.server.tamper = None
+    assert lfs_hub.cli("hub-pull", "ns/short", "m.deathtensors", "--verify").returncode == 0
+
+
+def test_a_damaged_cached_copy_is_named_and_force_download_replaces_it(lfs_hub: Env) -> None:
+    """A download damaged in transit (same size) stays in the shared cache;
+    verify says so, and force_download fetches it anew (there was no way to)."""
+    tensors = model(8)
+    dt.save(lfs_hub.files / "m.deathtensors", tensors, checksum=True)
+    lfs_hub.py('push_to_hub("ns/bad", sys.argv[1] + "/m.deathtensors")')
+
+    def flip(path: str, body: bytes) -> bytes:
+        damaged = bytearray(body)
+        damaged[len(body) // 2] ^= 0xFF
+        return bytes(damaged)
+
+    lfs_hub.server.tamper = flip
+    lfs_hub.py('load_from_hub("ns/bad", "m.deathtensors").close()')  # the damaged copy is cached
+    lfs_hub.server.tamper = None
+    code = """
+        try:
+            with load_from_hub("ns/bad", "m.deathtensors", verify=True, force_download=FORCE) as f:
+                out({k: digest(f.get_tensor(k, framework="numpy")) for k in f.keys()})
+        except dt.ChecksumError as e:
+            out(str(e))
+        """
+    cached = lfs_hub.result(code.replace("FORCE", "False"))
+    assert isinstance(cached, str) and "force_download=True" in cached, cached
+    pulled = lfs_hub.cli("hub-pull", "ns/bad", "m.deathtensors", "--verify")
+    assert pulled.returncode == 1 and "--force-download" in pulled.stderr, pulled.stderr
+    forced = lfs_hub.cli("hub-pull", "ns/bad", "m.deathtensors", "--verify", "--force-download")
+    assert forced.returncode == 0, forced.stderr
+    assert lfs_hub.result(code.replace("FORCE", "False")) == digests(tensors)
+    assert lfs_hub.result(code.replace("FORCE", "True")) == digests(tensors)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 from .. import _core, _sharded
 from .._frameworks import convert, target_device, to_device
 from ..errors import (
+    ChecksumError,
     DeathtensorsError,
     FormatError,
     HubAuthError,
@@ -51,6 +52,7 @@ from ..errors import (
     HubRevisionNotFoundError,
     HubUploadError,
     InvalidArgumentError,
+    NoChecksumError,
     TensorNotFoundError,
 )
 
@@ -197,6 +199,11 @@ def _hub_errors(what: str, upload: bool = False) -> Iterator[None]:
     except errors.RemoteEntryNotFoundError as e:
         raise HubEntryNotFoundError(f"{what}: file not found in the repo ({_first_line(e)})") from e
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as e:
+        # The client says "not cached" when the Hub answered, say, 403 to a file
+        # that is not in the cache: the answer is the failure to report.
+        http = _http_cause(e, errors.HfHubHTTPError)
+        if http is not None:
+            raise _http_error(what, http, upload) from e
         raise HubConnectionError(
             f"{what}: not in the local cache and the Hub cannot be used (offline mode or no connection): "
             f"{_first_line(e)}"
@@ -207,17 +214,43 @@ def _hub_errors(what: str, upload: bool = False) -> Iterator[None]:
         ) from e
     except Exception as e:
         http = _http_cause(e, errors.HfHubHTTPError)
-        status = getattr(getattr(http, "response", None), "status_code", None)
-        detail = f"HTTP {status}: {_first_line(http)}" if http is not None else f"{type(e).__name__}: {e}"
-        if upload and (http is not None or isinstance(e, OSError) or _is_client_error(e)):
-            raise HubUploadError(f"{what} failed ({detail}); nothing was committed, the repo is unchanged") from e
         if http is not None:
-            if status in (401, 403):
-                raise HubAuthError(f"{what}: the Hub refused the token ({detail}): {LOGIN_HINT}") from e
-            raise HubError(f"{what} failed ({detail})") from e
+            raise _http_error(what, http, upload) from e
+        detail = f"{type(e).__name__}: {e}"
+        if upload and (isinstance(e, OSError) or _is_client_error(e)):
+            raise HubUploadError(f"{what} failed ({detail}); nothing was committed, the repo is unchanged") from e
         if _is_client_error(e):
             raise HubConnectionError(f"{what} failed: {detail}") from e
+        if type(e) is OSError and e.errno is None and _raised_in_client(e):
+            # The client's size check of a download ("Consistency check failed"):
+            # fewer (or more) bytes came than the Hub announced.
+            raise HubConnectionError(
+                f"{what}: the download did not have the size the Hub announced ({_first_line(e)}); "
+                "try again (force_download=True, or hub-pull --force-download, fetches the file anew)"
+            ) from e
         raise
+
+
+def _http_error(what: str, http: BaseException, upload: bool) -> HubError:
+    """The :class:`HubError` for an HTTP error answer: a refused token (401,
+    403) is a :class:`HubAuthError`, any other failed upload a
+    :class:`HubUploadError`."""
+    status = getattr(getattr(http, "response", None), "status_code", None)
+    detail = f"HTTP {status}: {_first_line(http)}"
+    unchanged = "; nothing was committed, the repo is unchanged" if upload else ""
+    if status in (401, 403):
+        return HubAuthError(f"{what}: the Hub refused the token ({detail}){unchanged}: {LOGIN_HINT}")
+    if upload:
+        return HubUploadError(f"{what} failed ({detail}){unchanged}")
+    return HubError(f"{what} failed ({detail})")
+
+
+def _raised_in_client(e: BaseException) -> bool:
+    """Whether ``e`` was raised by code of ``huggingface_hub`` (its innermost frame)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("huggingface_hub")
 
 
 def _chain(e: BaseException) -> List[BaseException]:
@@ -270,6 +303,15 @@ def _repo_path(path: str, what: str) -> str:
     if ".." in parts or any(p in (".git", ".cache") for p in parts):
         raise InvalidArgumentError(f"{what}: {path!r} is not a path inside the repo (no '..', '.git' or '.cache')")
     return "/".join(parts)
+
+
+def _file_in_repo(filename: str, what: str) -> str:
+    """:func:`_repo_path` of a file to read, which must name one: a name that
+    climbs out of the repo, or names nothing, is refused before any request."""
+    name = _repo_path(filename, what)
+    if not name:
+        raise InvalidArgumentError(f"{what}: {filename!r} names no file in the repo")
+    return name
 
 
 def _check_local(path: str, verify: bool) -> None:
@@ -464,26 +506,16 @@ def _download(
     local_files_only: bool,
     endpoint: Optional[str],
     max_bytes: Optional[int] = None,
+    force_download: bool = False,
 ) -> str:
     """``hf_hub_download`` with our errors; with ``max_bytes`` (an index: JSON
     read whole into memory), a file the Hub says is larger is refused before
     anything is downloaded."""
     hf = _hf()
-    with _hub_errors(f"downloading {filename} from {repo_id}"):
-        if max_bytes is not None and not local_files_only and not hf.constants.HF_HUB_OFFLINE:
-            url = hf.hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=endpoint)
-            meta = hf.get_hf_file_metadata(
-                url,
-                token=resolve_token(token) or False,
-                library_name="deathtensors",
-                library_version=_core.__version__,
-                endpoint=endpoint,
-            )
-            if meta.size is not None and meta.size > max_bytes:
-                raise FormatError(
-                    f"{filename} of {repo_id} is {meta.size} bytes, over the limit of {max_bytes} bytes "
-                    "for a sharded checkpoint's index; nothing was downloaded"
-                )
+    what = f"downloading {filename} from {repo_id}"
+    filename = _file_in_repo(filename, what)
+
+    def download(local_only: bool) -> str:
         return str(
             hf.hf_hub_download(
                 repo_id,
@@ -492,12 +524,48 @@ def _download(
                 repo_type=repo_type,
                 token=resolve_token(token) or False,
                 cache_dir=cache_dir,
-                local_files_only=local_files_only,
+                local_files_only=local_only,
+                force_download=force_download and not local_only,
                 endpoint=endpoint,
                 library_name="deathtensors",
                 library_version=_core.__version__,
             )
         )
+
+    with _hub_errors(what):
+        if max_bytes is not None and not local_files_only and not hf.constants.HF_HUB_OFFLINE:
+            url = hf.hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=endpoint)
+            try:
+                meta = hf.get_hf_file_metadata(
+                    url,
+                    token=resolve_token(token) or False,
+                    library_name="deathtensors",
+                    library_version=_core.__version__,
+                    endpoint=endpoint,
+                )
+            except Exception as e:
+                if force_download or _names_a_missing_thing(e):
+                    raise
+                # The Hub cannot be asked (down, no connection, a 5xx): a cached
+                # copy serves, as hf_hub_download serves a single file.
+                try:
+                    return download(local_only=True)
+                except Exception:
+                    raise e from None
+            if meta.size is not None and meta.size > max_bytes:
+                raise FormatError(
+                    f"{filename} of {repo_id} is {meta.size} bytes, over the limit of {max_bytes} bytes "
+                    "for a sharded checkpoint's index; nothing was downloaded"
+                )
+        return download(local_only=local_files_only)
+
+
+def _names_a_missing_thing(e: BaseException) -> bool:
+    """Whether the Hub answered that the repo, revision or file does not exist,
+    or that the caller's arguments are malformed: answers a cached copy must not hide."""
+    errors = _hf().errors
+    missing = (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.RemoteEntryNotFoundError)
+    return isinstance(e, (*missing, errors.HFValidationError))
 
 
 def _fetch(repo_id: str, name: str, rev: Optional[str], **options: Any) -> str:
@@ -519,6 +587,7 @@ def load_from_hub(
     cache_dir: Optional[PathLike] = None,
     local_files_only: bool = False,
     endpoint: Optional[str] = None,
+    force_download: bool = False,
 ) -> DtFile:
     """Download a ``.deathtensors`` file into the Hugging Face cache (once) and open it lazily.
 
@@ -526,12 +595,16 @@ def load_from_hub(
     tensors asked for are read from the cached file. With ``verify=True`` the
     checksum footer is checked on open (:class:`~deathtensors.ChecksumError`
     on a mismatch, :class:`~deathtensors.NoChecksumError` when there is none).
+    ``force_download=True`` fetches the file again even when it is cached
+    (to replace a cached copy that was damaged).
 
     Raises:
         HubRepoNotFoundError, HubRevisionNotFoundError, HubEntryNotFoundError:
             the repo, revision or file does not exist.
         HubConnectionError: the Hub cannot be reached (or offline mode) and
-            the file is not cached.
+            the file is not cached, or the download was cut short.
+        InvalidArgumentError: ``filename`` is not a file inside the repo
+            (``..``, ``.git``, empty).
     """
     _check_repo_type(repo_type)
     path = _download(
@@ -543,8 +616,22 @@ def load_from_hub(
         cache_dir=cache_dir,
         local_files_only=local_files_only,
         endpoint=endpoint,
+        force_download=force_download,
     )
-    return _pkg().open(path, verify=verify)
+    return _open_cached(path, verify)
+
+
+def _open_cached(path: str, verify: bool) -> DtFile:
+    """Open a file of the cache; a footer that does not match says how to fetch it anew."""
+    try:
+        return _pkg().open(path, verify=verify)
+    except NoChecksumError:
+        raise
+    except ChecksumError as e:
+        raise ChecksumError(
+            f"{e} (the copy in the Hugging Face cache; force_download=True, or hub-pull --force-download, "
+            "fetches it again)"
+        ) from e
 
 
 def _index_name(filename: str) -> str:
@@ -618,6 +705,7 @@ def load_sharded_from_hub(
     cache_dir: Optional[PathLike] = None,
     local_files_only: bool = False,
     endpoint: Optional[str] = None,
+    force_download: bool = False,
 ) -> HubShardedReader:
     """Open a sharded checkpoint on the Hub: the index now, each shard when first needed.
 
@@ -625,12 +713,14 @@ def load_sharded_from_hub(
     or its index (``big_model.deathtensors.index.json``), possibly in a repo
     folder. ``get_tensor`` downloads only the shard holding that tensor.
     ``verify=True`` checks each shard's footer when it is opened.
+    ``force_download=True`` fetches the index, and each shard when it is
+    first needed, again even when they are cached.
 
     Returns:
         A :class:`HubShardedReader` (a :class:`deathtensors.ShardedReader`).
     """
     _check_repo_type(repo_type)
-    index_in_repo = _index_name(filename)
+    index_in_repo = _index_name(_file_in_repo(filename, f"reading {filename} of {repo_id}"))
 
     fetch = functools.partial(
         _fetch,
@@ -640,6 +730,7 @@ def load_sharded_from_hub(
         cache_dir=cache_dir,
         local_files_only=local_files_only,
         endpoint=endpoint,
+        force_download=force_download,
     )
     index_path = fetch(index_in_repo, revision)
     return HubShardedReader(
@@ -730,7 +821,7 @@ class HubCachedFile:
         with _hub_errors(f"reading {filename} of {repo_id}"):
             _hf().utils.validate_repo_id(repo_id)
         self.repo_id = repo_id
-        self.filename = filename
+        self.filename = _file_in_repo(filename, f"reading {filename} of {repo_id}")
         self.revision = revision
         self.repo_type = _check_repo_type(repo_type)
         self._token = token
@@ -792,8 +883,8 @@ class HubCachedFile:
             raise HubError(f"the Hub named no commit for {self.filename} of {self.repo_id}")
         self._commit = meta.commit_hash
 
-    def download(self, local_files_only: bool = False) -> str:
-        """Download the whole file into the cache (once); return its path."""
+    def download(self, local_files_only: bool = False, force_download: bool = False) -> str:
+        """Download the whole file into the cache (once, or again with ``force_download``); return its path."""
         return _download(
             self.repo_id,
             self.filename,
@@ -803,11 +894,12 @@ class HubCachedFile:
             cache_dir=self._cache_dir,
             local_files_only=local_files_only,
             endpoint=self._endpoint,
+            force_download=force_download,
         )
 
     def open(self, verify: bool = False) -> DtFile:
         """:meth:`download`, then open the cached file (a :class:`deathtensors.DtFile`)."""
-        return _pkg().open(self.download(), verify=verify)
+        return _open_cached(self.download(), verify)
 
     # -- range reads --------------------------------------------------------------------------------
     def _range(self, start: int, end: int) -> Tuple[bytearray, int]:
@@ -1037,7 +1129,11 @@ def convert_safetensors_on_hub(
         The Hub URL of the uploaded file (or index).
     """
     _check_repo_type(repo_type)
-    tok = _write_token(token, f"converting in {repo_id}")
+    what = f"converting in {repo_id}"
+    safetensors_filename = _file_in_repo(safetensors_filename, what)
+    if deathtensors_filename is not None:
+        deathtensors_filename = _file_in_repo(deathtensors_filename, what)
+    tok = _write_token(token, what)
     pkg = _pkg()
     hf = _hf()
     sharded = safetensors_filename.endswith(".index.json")

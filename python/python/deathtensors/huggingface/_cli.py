@@ -18,7 +18,7 @@ import sys
 from typing import Any, Callable, Dict, List, Optional
 
 from .._cli import EXIT_FAILED, EXIT_USAGE, fail, human, print_result, shown
-from ..errors import DeathtensorsError, HubEntryNotFoundError, InvalidArgumentError
+from ..errors import DeathtensorsError, HubConnectionError, HubEntryNotFoundError, HubError, InvalidArgumentError
 
 
 def _common(req: Dict[str, Any]) -> Dict[str, Any]:
@@ -44,18 +44,20 @@ def _push(hub: Any, req: Dict[str, Any]) -> Any:
 
 def _pull(hub: Any, req: Dict[str, Any]) -> Any:
     name = req["filename"]
-    kw = _common(req)
+    kw = dict(_common(req), force_download=bool(req.get("force_download")))
     verify = bool(req.get("verify"))
     files: List[str] = []
-    single_missing: Optional[HubEntryNotFoundError] = None
+    single_failed: Optional[HubError] = None
     if not name.endswith(".json"):
         try:
             with hub.load_from_hub(req["repo_id"], name, verify=verify, **kw) as f:
                 files = [f.path]
-        except HubEntryNotFoundError as e:
+        except (HubEntryNotFoundError, HubConnectionError) as e:
+            # Not a file of that name, or (offline, no connection) not one in the
+            # cache: the name may be a sharded checkpoint's base name.
             if not name.endswith(hub.DEATHTENSORS_SUFFIXES):
                 raise
-            single_missing = e
+            single_failed = e
     if not files:  # a sharded checkpoint: the index, then every shard
         try:
             with hub.load_sharded_from_hub(req["repo_id"], name, verify=verify, **kw) as sr:
@@ -63,11 +65,17 @@ def _pull(hub: Any, req: Dict[str, Any]) -> Any:
                     sr.open_shard(shard)  # downloads, opens (and verifies when asked) the shard
                 files = [sr.path, *[sr.shard_path(s) for s in sr.shards()]]
         except HubEntryNotFoundError as e:
-            if single_missing is None:
+            if single_failed is None:
                 raise
+            if isinstance(single_failed, HubConnectionError):
+                raise single_failed from None
             raise HubEntryNotFoundError(
                 f"{name} is not in {req['repo_id']}, and neither is a sharded checkpoint index for it ({e})"
-            ) from single_missing
+            ) from single_failed
+        except HubConnectionError:
+            if single_failed is None:
+                raise
+            raise single_failed from None
     local_dir = req.get("local_dir")
     if local_dir:
         dest = os.path.expanduser(os.path.expandvars(local_dir))
