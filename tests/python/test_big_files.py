@@ -475,6 +475,45 @@ def test_large_durable_saves_match_with_and_without_direct_io(tmp_path, monkeypa
             assert torch.equal(f.get_tensor(name), t), name
 
 
+def test_get_slice_takes_ellipsis_and_new_axes_as_torch_and_numpy_do(tmp_path):
+    """Regression: ``h[..., 2:5]`` of a 1-D tensor (or ``h[..., i, j]`` of a 2-D
+    one) raised IndexError, the leading ``...`` taken for the rows' index, and
+    ``None`` (a new axis) was refused first; numpy and safetensors take both."""
+    t = torch.arange(60.0).reshape(5, 4, 3)
+    v = torch.arange(10.0)
+    p = tmp_path / "s.deathtensors"
+    dt.save(p, {"t": t, "v": v}, compress=True)
+    keys = [
+        (Ellipsis, slice(2, 5)),
+        (Ellipsis, 1),
+        (Ellipsis, 1, 2, 0),
+        (Ellipsis, 1, slice(0, 2)),
+        (1, Ellipsis),
+        (slice(1, 4), Ellipsis, 2),
+        (Ellipsis, None),
+        None,
+        (None, 0),
+        (None, None, slice(1, 3), Ellipsis, 1),
+        (0, None, 2),
+    ]
+    with dt.open(p) as f:
+        for name, full in (("t", t), ("v", v)):
+            for key in keys:
+                try:
+                    want = full[key]
+                except IndexError:
+                    with pytest.raises(IndexError):
+                        f.get_slice(name)[key]
+                    continue
+                assert torch.equal(f.get_slice(name)[key], want), (name, key)
+                got = f.get_slice(name, framework="numpy")[key]
+                np.testing.assert_array_equal(got, full.numpy()[key])
+        with pytest.raises(IndexError, match="single ellipsis"):
+            f.get_slice("t")[..., 0, ...]
+        with pytest.raises(IndexError):
+            f.get_slice("v")[..., 0, 0]
+
+
 def test_get_slice_of_a_0d_tensor_reads_it_whole(tmp_path):
     """Regression: ``h[...]`` and ``h[()]`` of a 0-d tensor raised ``TypeError: len() of a
     0-d tensor``, where safetensors returns the scalar."""
@@ -485,6 +524,10 @@ def test_get_slice_of_a_0d_tensor_reads_it_whole(tmp_path):
             got = f.get_slice("s")[key]
             assert got.shape == () and float(got) == 2.5, key
         assert int(f.get_slice("n", framework="numpy")[...]) == 7
+        # As numpy indexes: `[()]` gives a scalar, `[...]` a 0-d array, `[None]` one axis.
+        assert isinstance(f.get_slice("n", framework="numpy")[()], np.int32)
+        assert f.get_slice("n", framework="numpy")[...].shape == ()
+        assert f.get_slice("s")[None].shape == (1,)
         with pytest.raises(IndexError, match="0-d"):
             f.get_slice("s")[0]
         with pytest.raises(TypeError):

@@ -72,15 +72,24 @@ class TensorSlice:
 
     def _rows(self, key: Any) -> Any:
         if not self._entry["shape"]:
-            # A 0-d tensor has no rows: `[...]` and `[()]` read it whole, as in safetensors.
-            if key is Ellipsis or key == () or key == (Ellipsis,):
-                return self._file.get_tensor(self._name, framework=self._framework)
-            raise IndexError(f"tensor {self._name!r} is 0-d: index it with [...] or [()], not {key!r}")
-        rest: Tuple[Any, ...] = ()
-        if isinstance(key, tuple):
-            key, rest = (key[0], key[1:]) if key else (slice(None), ())
-        if key is Ellipsis:
-            key, rest = slice(None), (Ellipsis, *rest)
+            # A 0-d tensor has no rows: it is read whole (one element) and indexed
+            # as the framework indexes it (`[...]`, `[()]`, `[None]`).
+            whole = self._file.get_tensor(self._name, framework=self._framework)
+            try:
+                return whole[key]
+            except IndexError as e:
+                raise IndexError(f"tensor {self._name!r} is 0-d: {e}") from None
+        items = key if isinstance(key, tuple) else (key,)
+        # Leading `None`s add axes in front of the rows; they are put back at the end.
+        new_axes = 0
+        while new_axes < len(items) and items[new_axes] is None:
+            new_axes += 1
+        items = _expand_ellipsis(items[new_axes:], len(self._entry["shape"]))
+        out = self._pick_rows(items[0], items[1:]) if items else self._pick_rows(slice(None), ())
+        return out[(None,) * new_axes] if new_axes else out
+
+    def _pick_rows(self, key: Any, rest: Tuple[Any, ...]) -> Any:
+        """Read the rows ``key`` picks, then index them with ``rest``."""
         rows = len(self)
         if not isinstance(key, (int, slice)) and hasattr(type(key), "__index__"):
             key = _row_number(key)
@@ -104,6 +113,19 @@ class TensorSlice:
                 out = block if step == 1 else _every(block, step, self._framework)
             return out[(slice(None), *rest)] if rest else out
         raise TypeError(f"tensor slices take an int, a slice or a tuple, not {type(key).__name__}")
+
+
+def _expand_ellipsis(items: Tuple[Any, ...], ndim: int) -> Tuple[Any, ...]:
+    """``items`` with its ``...`` (at most one) replaced by as many ``:`` as the
+    dimensions the other items leave, so that the first item is the rows'."""
+    at = [i for i, item in enumerate(items) if item is Ellipsis]
+    if not at:
+        return items
+    if len(at) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    used = sum(1 for item in items if item is not None and item is not Ellipsis)
+    fill = (slice(None),) * max(ndim - used, 0)
+    return (*items[: at[0]], *fill, *items[at[0] + 1 :])
 
 
 def _row_number(key: Any) -> Any:
