@@ -27,8 +27,8 @@
 //! sorted by dtype alignment, then name); it is written to a temporary file in
 //! the destination's folder, synced and renamed over the destination.
 //!
-//! Refused, with an error naming the tensor: dtypes safetensors lacks (`C64`,
-//! `C128`, third-party dtypes), sparse tensors (a `layout` or `part_of`
+//! Refused, with an error naming the tensor: dtypes safetensors lacks
+//! (`C128`, third-party dtypes), sparse tensors (a `layout` or `part_of`
 //! entry: densify them first), and a tensor named `__metadata__`. A second
 //! name of a tensor (`alias_of`, tied weights) is written as a tensor of its
 //! own with a copy of the bytes, since safetensors has no aliases; importing
@@ -37,9 +37,10 @@
 //! # Dtypes
 //!
 //! Bit-exact both ways for every dtype both formats share; the ids are the
-//! same in both: `BOOL U8 I8 U16 I16 U32 I32 U64 I64 F16 BF16 F32 F64 F8_E4M3
-//! F8_E5M2` (`F8_E4M3` is torch's `float8_e4m3fn` in both). Importing a
-//! safetensors dtype deathtensors lacks (`F4`, `F6_*`, `F8_E8M0`) is an error.
+//! same in both: `BOOL U8 I8 U16 I16 U32 I32 U64 I64 F16 BF16 F32 F64 C64
+//! F8_E4M3 F8_E5M2` (`F8_E4M3` is torch's `float8_e4m3fn` in both). Importing a
+//! safetensors dtype deathtensors lacks (`F4`, `F6_*`, `F8_E8M0`,
+//! `F8_E4M3FNUZ`, `F8_E5M2FNUZ`) is an error.
 //!
 //! # Metadata
 //!
@@ -148,6 +149,7 @@ pub fn safetensors_dtype(id: &str) -> Option<Dtype> {
         "F64" => Dtype::F64,
         "F8_E4M3" => Dtype::F8_E4M3,
         "F8_E5M2" => Dtype::F8_E5M2,
+        "C64" => Dtype::C64,
         _ => return None,
     })
 }
@@ -170,6 +172,7 @@ pub fn deathtensors_dtype(dtype: Dtype) -> Option<&'static str> {
         Dtype::F64 => "F64",
         Dtype::F8_E4M3 => "F8_E4M3",
         Dtype::F8_E5M2 => "F8_E5M2",
+        Dtype::C64 => "C64",
         _ => return None,
     })
 }
@@ -304,7 +307,7 @@ pub fn export_file(src: &Path, dst: &Path) -> Result<()> {
         let id = info.dtype.id();
         let dtype = safetensors_dtype(id).ok_or_else(|| {
             Error::InvalidArgument(format!(
-                "tensor {name:?} has dtype {id}, which safetensors cannot store (it has no complex or \
+                "tensor {name:?} has dtype {id}, which safetensors cannot store (it has no C128 or \
                  third-party dtypes); convert the tensor to a supported dtype first"
             ))
         })?;
@@ -633,9 +636,11 @@ mod tests {
                 assert_eq!(format!("{d:?}"), id);
             }
         }
-        assert_eq!(shared, 15);
-        assert!(safetensors_dtype("C64").is_none() && safetensors_dtype("C128").is_none());
+        assert_eq!(shared, 16);
+        assert_eq!(safetensors_dtype("C64"), Some(Dtype::C64));
+        assert!(safetensors_dtype("C128").is_none());
         assert!(deathtensors_dtype(Dtype::F8_E8M0).is_none());
+        assert!(deathtensors_dtype(Dtype::F8_E4M3FNUZ).is_none());
     }
 
     #[test]

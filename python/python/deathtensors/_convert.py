@@ -281,8 +281,8 @@ def to_safetensors(src: PathLike, dst: Optional[PathLike] = None) -> str:
         The path written: the file, or the Hugging Face index of a checkpoint.
 
     Raises:
-        InvalidArgumentError: a tensor safetensors cannot hold: a complex
-            (``C64``, ``C128``) or sparse tensor, or one named ``__metadata__``;
+        InvalidArgumentError: a tensor safetensors cannot hold: a ``C128``
+            or sparse tensor, or one named ``__metadata__``;
             a global metadata key that is reserved (the message names it).
         FormatError, ChecksumError: ``src`` is not a valid deathtensors file.
         FileNotFoundError: ``src`` (or a shard) does not exist.
