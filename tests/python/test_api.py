@@ -796,3 +796,9 @@ def test_wrong_argument_types_raise_the_library_errors(tmp_path):
     with dt.open(os.fsencode(path)) as f:
         with pytest.raises(dt.InvalidArgumentError, match="framework must be 'torch' or 'numpy', not None"):
             f.get_tensor("a", framework=None)
+    # Regression: a sparse tensor raised AttributeError ('NoneType' object has no attribute 'lower').
+    sparse = torch.sparse_coo_tensor(torch.tensor([[0]]), torch.tensor([1.0]), (2,))
+    dt.save(path, {"s": sparse})
+    with dt.open(path) as f:
+        with pytest.raises(dt.InvalidArgumentError, match="framework must be 'torch' or 'numpy', not None"):
+            f.get_tensor("s", framework=None)

@@ -740,3 +740,16 @@ def test_cli_convert_errors(tmp_path, cli):
         err = r.stderr.decode()
         assert "panicked" not in err and "Traceback" not in err
     assert not (tmp_path / "x.deathtensors").exists() and not (tmp_path / "x.safetensors").exists()
+
+
+def test_bools_whose_bytes_are_not_0_or_1_import_as_true(tmp_path):
+    """Regression: safetensors writes and reads a bool byte of 2 (True to torch),
+    but from_safetensors refused the file; it imports as 0x01."""
+    mask = torch.tensor([2, 0, 255], dtype=torch.uint8).view(torch.bool)
+    src = tmp_path / "m.safetensors"
+    st_torch.save_file({"mask": mask, "w": torch.ones(2)}, src)
+    dst = tmp_path / "m.deathtensors"
+    dt.from_safetensors(src, dst)
+    with dt.open(dst) as f:
+        assert f.get_bytes("mask") == bytes([1, 0, 1])
+        assert torch.equal(f.get_tensor("mask"), torch.tensor([True, False, True]))

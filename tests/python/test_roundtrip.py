@@ -707,3 +707,21 @@ def test_header_is_plain_json_without_code(tmp_path):
     entry = lay.tensor("w")
     assert entry["dtype"] == "F32" and entry["shape"] == [2, 2]
     assert entry["offsets"][1] - entry["offsets"][0] == 16
+
+
+def test_bools_whose_bytes_are_not_0_or_1_are_saved_as_true(tmp_path):
+    """Regression: a torch or numpy bool whose byte is 2 or 255 (a byte buffer
+    viewed as bool) is True to both, and safetensors saves it, but ``dt.save``
+    refused it; it is stored as 0x01, the one byte the format has for true."""
+    import torch
+
+    raw = np.array([2, 0, 255, 1], dtype=np.uint8)
+    for value in (torch.from_numpy(raw.copy()).view(torch.bool), raw.copy().view(np.bool_)):
+        path = tmp_path / "b.deathtensors"
+        dt.save(path, {"mask": value, "scalar": value[0]}, compress=True)
+        with dt.open(path) as f:
+            assert f.get_bytes("mask") == bytes([1, 0, 1, 1])
+            assert f.get_bytes("scalar") == b"\x01"
+            assert f.get_tensor("mask", framework="numpy").tolist() == [True, False, True, True]
+    with pytest.raises(dt.InvalidArgumentError, match="0x02"):  # raw bytes are the caller's to get right
+        dt.save_file(tmp_path / "r.deathtensors", {"mask": {"dtype": "BOOL", "shape": [4], "data": raw.tobytes()}})

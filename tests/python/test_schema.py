@@ -143,6 +143,8 @@ def test_dtype_spellings(model, dtype):
 def test_numpy_and_torch_dtypes_map_to_ids(model):
     schema = dt.Schema().allow_extra().expect("embed.weight", dtype=np.float32).expect("head", dtype=np.dtype("<i8"))
     assert schema.validate(model)
+    # Regression: a big-endian dtype (of an array save stores as F32) was "no deathtensors dtype".
+    assert dt.Schema().allow_extra().expect("embed.weight", dtype=np.dtype(">f4")).validate(model)
     with pytest.raises(dt.SchemaError, match="expected dtype F64, found F32"):
         dt.Schema().allow_extra().expect("embed.weight", dtype=torch.float64).validate(model)
 

@@ -239,7 +239,7 @@ pub fn import_file(src: &Path, dst: &Path, options: &WriteOptions) -> Result<()>
     )
     .map_err(|e| bad_source(src, e))?;
 
-    let mut entries = Vec::with_capacity(names.len());
+    let mut found = Vec::with_capacity(names.len());
     let mut tensor_metadata = decoded.tensor_metadata;
     for name in decoded.order {
         let info = metadata
@@ -265,14 +265,29 @@ pub fn import_file(src: &Path, dst: &Path, options: &WriteOptions) -> Result<()>
             })?;
         let shape = info.shape.iter().map(|&d| d as u64).collect();
         let metadata = tensor_metadata.remove(&name).unwrap_or_default();
-        entries.push(Entry::Data(TensorData {
-            name,
-            dtype: dtype.to_owned(),
-            shape,
-            data,
-            metadata,
-        }));
+        found.push((name, dtype, shape, data, metadata));
     }
+    // BOOL bytes other than 0x00 and 0x01 are true to every reader (safetensors,
+    // torch, ours); the writer takes only 0 and 1, so such a tensor is written as 0 and 1.
+    let canonical: Vec<Option<Vec<u8>>> = found
+        .iter()
+        .map(|(_, dtype, _, data, _)| {
+            (*dtype == "BOOL" && data.iter().any(|&b| b > 1)).then(|| data.iter().map(|&b| u8::from(b != 0)).collect())
+        })
+        .collect();
+    let entries: Vec<Entry> = found
+        .into_iter()
+        .zip(&canonical)
+        .map(|((name, dtype, shape, data, metadata), fixed)| {
+            Entry::Data(TensorData {
+                name,
+                dtype: dtype.to_owned(),
+                shape,
+                data: fixed.as_deref().unwrap_or(data),
+                metadata,
+            })
+        })
+        .collect();
     write_entries(dst, &entries, &decoded.global, options)
 }
 

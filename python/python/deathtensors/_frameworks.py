@@ -85,6 +85,10 @@ def prepare(name: str, value: Any) -> Tuple[str, List[int], Any]:
         if t.is_neg():
             t = t.resolve_neg()
         t = t.contiguous()
+        if t.dtype == torch.bool and t.numel():
+            raw = t.view(torch.uint8)
+            if bool((raw > 1).any()):  # true to torch, but the format stores 0x00 and 0x01 only
+                t = raw != 0
         return by_dtype[value.dtype], list(t.shape), t
     if _is_numpy(value):
         import numpy as np
@@ -103,6 +107,8 @@ def prepare(name: str, value: Any) -> Tuple[str, List[int], Any]:
         by_str = _numpy_maps()[1]
         if arr.dtype.str not in by_str:
             raise UnsupportedDtypeError(f"tensor {name!r}: numpy dtype {arr.dtype} has no deathtensors dtype")
+        if arr.dtype == np.bool_ and arr.size and arr.view(np.uint8).max() > 1:
+            arr = arr.view(np.uint8) != 0  # true to numpy, but the format stores 0x00 and 0x01 only
         return by_str[arr.dtype.str], shape, arr
     raise InvalidArgumentError(
         f"tensor {name!r} is a {type(value).__name__}; expected a torch.Tensor or a numpy.ndarray "

@@ -66,7 +66,7 @@ def _dtype_id(dtype: Any) -> str:
 
         from ._frameworks import _numpy_maps
 
-        code = np.dtype(dtype).str
+        code = np.dtype(dtype).newbyteorder("<").str  # saved little-endian, as save stores them
         by_numpy = _numpy_maps()[1]
         if code in by_numpy:
             return by_numpy[code]

@@ -55,6 +55,8 @@ def load_sparse(f: DtFile, name: str, framework: str = "torch") -> Any:
     layout = e.get("layout")
     if not layout or layout.get("id") != LAYOUT_ID:
         raise InvalidArgumentError(f"tensor {name!r} is not sparse; use get_tensor")
+    if not isinstance(framework, str):
+        raise InvalidArgumentError(f"framework must be 'torch' or 'numpy', not {framework!r}")
     if framework.lower() not in TORCH_NAMES:
         raise InvalidArgumentError(f"sparse tensor {name!r} loads with framework='torch' only (numpy has no sparse)")
     import torch
