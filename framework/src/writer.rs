@@ -333,20 +333,26 @@ pub fn append_file(
 /// entry then takes the bytes and the later one becomes the alias (other
 /// aliases of the same tensor follow it), which stores the same tensors.
 fn alias_targets_first(entries: &mut [Entry<'_>]) {
-    let position: std::collections::HashMap<String, usize> = entries
+    use std::collections::HashMap;
+    let mut position: HashMap<String, usize> = entries
         .iter()
         .enumerate()
         .map(|(i, e)| (e.name().to_owned(), i))
         .collect();
+    // Tensors whose bytes moved to an earlier alias: holder -> that alias's name.
+    // The other aliases of a holder are pointed at its new name once, at the end
+    // (rewriting them at each move was quadratic in the aliases).
+    let mut moved: HashMap<String, String> = HashMap::new();
     for i in 0..entries.len() {
         let Entry::Alias {
             name: alias,
-            target: holder,
+            target,
             metadata,
         } = entries[i].clone()
         else {
             continue;
         };
+        let holder = moved.get(&target).cloned().unwrap_or(target);
         let Some(&j) = position.get(&holder).filter(|&&j| j > i) else {
             continue; // already after its target, or an unknown target (the write reports it)
         };
@@ -361,11 +367,17 @@ fn alias_targets_first(entries: &mut [Entry<'_>]) {
             target: alias.clone(),
             metadata: holder_metadata,
         };
-        for e in entries.iter_mut() {
-            if let Entry::Alias { target, .. } = e {
-                if *target == holder {
-                    *target = alias.clone();
-                }
+        position.insert(alias.clone(), i);
+        position.insert(holder.clone(), j);
+        moved.insert(holder, alias);
+    }
+    if moved.is_empty() {
+        return;
+    }
+    for e in entries.iter_mut() {
+        if let Entry::Alias { name, target, .. } = e {
+            if let Some(new) = moved.get(target.as_str()).filter(|new| *new != name) {
+                *target = new.clone();
             }
         }
     }
@@ -489,10 +501,12 @@ impl<'a> Plan<'a> {
             }
             (FilterChoice::Auto, Some(_)) => Vec::new(),
         };
-        let mut index = std::collections::HashSet::with_capacity(entries.len());
+        // Each name's position in `items`, so that an alias finds its target at once.
+        let mut index: std::collections::HashMap<String, usize> =
+            std::collections::HashMap::with_capacity(entries.len());
         let mut items: Vec<Item<'a>> = Vec::with_capacity(entries.len());
-        let mut add = |item: Item<'a>, items: &mut Vec<Item<'a>>| {
-            if !index.insert(item.name.clone()) {
+        let add = |item: Item<'a>, items: &mut Vec<Item<'a>>, index: &mut std::collections::HashMap<String, usize>| {
+            if index.insert(item.name.clone(), items.len()).is_some() {
                 return Err(Error::InvalidArgument(format!(
                     "tensor name {:?} is given twice",
                     item.name
@@ -507,16 +521,16 @@ impl<'a> Plan<'a> {
                 Entry::Layout { primary, layout, parts } => {
                     let mut item = Item::from_data(primary)?;
                     item.layout = Some(Box::new(layout.clone()));
-                    add(item, &mut items)?;
+                    add(item, &mut items, &mut index)?;
                     for part in parts {
                         let mut item = Item::from_data(part)?;
                         item.part_of = Some(primary.name.clone());
-                        add(item, &mut items)?;
+                        add(item, &mut items, &mut index)?;
                     }
                     continue;
                 }
                 Entry::Alias { name, target, metadata } => {
-                    let j = items.iter().position(|i| &i.name == target).ok_or_else(|| {
+                    let j = index.get(target.as_str()).copied().ok_or_else(|| {
                         Error::InvalidArgument(format!("alias {name:?}: no earlier tensor named {target:?}"))
                     })?;
                     let t: &Item<'_> = &items[j];
@@ -562,7 +576,7 @@ impl<'a> Plan<'a> {
                     }
                 }
             };
-            add(item, &mut items)?;
+            add(item, &mut items, &mut index)?;
         }
         let chosen: Vec<Option<SelectedFilter>> = match codec {
             Some((codec, level)) if !candidates.is_empty() => items
@@ -1166,6 +1180,44 @@ mod tests {
         let lens = chunk_lengths(&[2, 1_000_000], 2, 4_000_000, 1 << 20);
         assert_eq!(lens.iter().sum::<u64>(), 4_000_000);
         assert!(lens.iter().all(|&l| l % 2 == 0 && l <= 1 << 20));
+    }
+
+    #[test]
+    fn every_alias_follows_its_target_after_reordering() {
+        let bytes = [1u8, 2, 3, 4];
+        let data = |name: &str| {
+            Entry::Data(TensorData {
+                name: name.into(),
+                dtype: "U8".into(),
+                shape: vec![4],
+                data: &bytes,
+                metadata: Map::new(),
+            })
+        };
+        let alias = |name: &str, target: &str| Entry::Alias {
+            name: name.into(),
+            target: target.into(),
+            metadata: Map::new(),
+        };
+        let mut entries = vec![
+            alias("x1", "h1"),
+            alias("y1", "h2"),
+            alias("x2", "h1"),
+            data("h1"),
+            data("h2"),
+            alias("x3", "h1"),
+            alias("y2", "y1"),
+        ];
+        alias_targets_first(&mut entries);
+        let shown: Vec<String> = entries
+            .iter()
+            .map(|e| match e {
+                Entry::Data(t) => t.name.clone(),
+                Entry::Alias { name, target, .. } => format!("{name}->{target}"),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(shown, ["x1", "y1", "x2->x1", "h1->x1", "h2->y1", "x3->x1", "y2->y1"]);
     }
 
     #[test]

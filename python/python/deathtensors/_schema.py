@@ -248,10 +248,16 @@ class Schema:
 
     def _validate(self, f: Any, where: str) -> bool:
         names = list(f.keys())
+        present = set(names)
         violations: List[str] = []
         matched = set()
         for e in self._expectations:
-            hits = [n for n in names if e.matches(n)]
+            # An exact name is looked up, not matched against every tensor: a schema
+            # built from a checkpoint (one expectation per tensor) would be quadratic.
+            if e.is_glob:
+                hits = [n for n in names if e.matches(n)]
+            else:
+                hits = [e.name] if e.name in present else []
             if not hits:
                 details = e.describe()
                 wanted = f" ({details})" if details else ""
