@@ -35,6 +35,7 @@ mod jsonfile;
 pub mod manifest;
 pub mod reader;
 pub mod registry;
+pub mod select;
 pub mod sharded;
 pub mod stats;
 pub mod writer;

@@ -17,12 +17,18 @@ use crate::chunk::{self, AppliedFilter};
 use crate::error::{Error, Result};
 use crate::format::{self, Chunk, Layout, Preamble, TensorInfo, DEFAULT_MAX_HEADER_LEN, FOOTER_LEN, PREAMBLE_LEN};
 use crate::registry::{ChecksumAlgorithm, Codec, DtypeKind};
+use crate::select::{DimSelection, Runs};
 
 /// Reads are made in pieces of this size (each prefaulted, then read), and a
 /// range of several pieces is read by several threads at once.
 const PARALLEL_READ_PIECE: usize = 1 << 20;
 /// Block size of the verification pipeline.
 const VERIFY_BLOCK: usize = 4 << 20;
+/// Blocks of an uncompressed tensor that [`DtReader::read_selection`] reads
+/// one at a time (each trimmed to the span of its picked elements).
+pub const SELECTION_BLOCK: usize = 1 << 20;
+/// Picked bytes of an uncompressed tensor closer than this share one read.
+const SELECTION_GAP: u64 = 16 << 10;
 
 /// Options for [`DtReader::open_with`].
 #[derive(Debug, Clone)]
@@ -415,6 +421,95 @@ impl DtReader {
             })?;
         canonical_bools(info, out);
         Ok(())
+    }
+
+    /// Read a strided selection of `info` (one [`DimSelection`] per dimension,
+    /// none for a 0-d tensor): the picked elements in C order, as numpy's
+    /// `t[a:b:s, i, ...]` with positive steps gives them. Only what holds a
+    /// picked element is read: the chunks of a compressed tensor (each
+    /// decoded once, in parallel), or, uncompressed, the spans of picked bytes
+    /// (picks less than 16 KiB apart share one read), a [`SELECTION_BLOCK`]
+    /// at a time. Memory beyond the output is one chunk or block per thread.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a selection that does not fit the
+    /// shape; I/O errors; corrupt chunks.
+    pub fn read_selection(&self, info: &TensorInfo, selection: &[DimSelection]) -> Result<AlignedBuf> {
+        let esize = info.dtype.item_size() as u64;
+        let runs = Runs::new(&info.shape, selection, esize)
+            .map_err(|reason| Error::InvalidArgument(format!("selection of tensor {:?}: {reason}", info.name)))?;
+        if let Some(start) = runs.contiguous() {
+            // One range (`t[3:9]`, `t[5, 2:4]`): read straight into the output.
+            let mut out = UninitBuf::new(runs.len() * esize)?;
+            self.read_range_uninit(info, start, out.as_uninit_mut())?;
+            // SAFETY: read_range_uninit returned Ok, so it wrote every byte.
+            return Ok(unsafe { out.assume_init() });
+        }
+        let mut out = AlignedBuf::zeroed(runs.len() * esize)?;
+        // Blocks of the tensor as (index, raw start, raw length): chunks, or fixed pieces.
+        let blocks: Vec<(usize, u64, u64)> = match (&info.chunks, self.layout.codec) {
+            (Some(chunks), Some(_)) => {
+                let mut at = 0;
+                chunks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        at += c.raw_len();
+                        (i, at - c.raw_len(), c.raw_len())
+                    })
+                    .collect()
+            }
+            _ => {
+                let step = SELECTION_BLOCK as u64;
+                (0..info.nbytes.div_ceil(step))
+                    .map(|b| (b as usize, b * step, step.min(info.nbytes - b * step)))
+                    .collect()
+            }
+        };
+        // Each block's picks fill one contiguous piece of the output (see `select`).
+        let mut pieces = Vec::new();
+        let mut rest: &mut [u8] = &mut out;
+        let mut done = 0;
+        for (i, start, len) in blocks {
+            let upto = runs.rank(start + len);
+            if upto > done {
+                let (piece, tail) = std::mem::take(&mut rest).split_at_mut(((upto - done) * esize) as usize);
+                pieces.push((i, start, done, piece));
+                rest = tail;
+                done = upto;
+            }
+        }
+        pieces.into_par_iter().try_for_each_init(
+            || (Scratch::default(), Vec::new()),
+            |(scratch, buf), (i, start, first, piece)| {
+                let block_start = match (&info.chunks, self.layout.codec) {
+                    (Some(chunks), Some(codec)) => {
+                        buf.resize(chunks[i].raw_len() as usize, 0);
+                        // SAFETY: decoding stores only real bytes.
+                        let into = unsafe { buffer::as_uninit_mut(buf) };
+                        self.decode_chunk(info, i, &chunks[i], codec, into, scratch)?;
+                        start
+                    }
+                    _ => {
+                        // Only the spans of picked bytes (with the small gaps between).
+                        let end = first + piece.len() as u64 / esize;
+                        for (lo, hi, k0, k1) in runs.spans(first, end, SELECTION_GAP) {
+                            buf.resize((hi - lo) as usize, 0);
+                            // SAFETY: read_at stores only real bytes.
+                            self.read_at(unsafe { buffer::as_uninit_mut(buf) }, info.file_offset + lo)?;
+                            let to = &mut piece[((k0 - first) * esize) as usize..((k1 - first) * esize) as usize];
+                            runs.gather(lo, buf, k0, to);
+                        }
+                        return Ok(());
+                    }
+                };
+                runs.gather(block_start, buf, first, piece);
+                Ok(())
+            },
+        )?;
+        // SAFETY: the output is initialised (zeroed, then written).
+        canonical_bools(info, unsafe { buffer::as_uninit_mut(&mut out) });
+        Ok(out)
     }
 
     /// Apply `f` to each decoded block of `info`, in parallel, and return the

@@ -14,6 +14,7 @@ use deathtensors::format::Layout;
 use deathtensors::format::LayoutHeader;
 use deathtensors::reader::{hex, read_layout, DtReader, ReadOptions};
 use deathtensors::registry;
+use deathtensors::select::DimSelection;
 use deathtensors::writer::{append_file, write_entries, Entry, FilterChoice, TensorData, WriteOptions};
 use deathtensors::Error;
 use pyo3::buffer::PyBuffer;
@@ -481,6 +482,21 @@ impl Reader {
                 // SAFETY: read_range_uninit returned Ok, so it wrote every byte.
                 Ok(unsafe { buf.assume_init() })
             })
+            .map_err(|e| to_py(py, e))?;
+        Ok(Buffer { data })
+    }
+
+    /// Read a strided selection of one tensor, `(start, step, count)` per
+    /// dimension (steps positive): the picked elements in C order, reading
+    /// only the chunks or byte spans that hold them (GIL released).
+    fn read_selection(&self, py: Python<'_>, name: &str, selection: Vec<(u64, u64, u64)>) -> PyResult<Buffer> {
+        let r = self.get()?;
+        let selection: Vec<DimSelection> = selection
+            .into_iter()
+            .map(|(start, step, count)| DimSelection { start, step, count })
+            .collect();
+        let data = py
+            .detach(|| r.read_selection(r.tensor(name)?, &selection))
             .map_err(|e| to_py(py, e))?;
         Ok(Buffer { data })
     }

@@ -1,4 +1,4 @@
-"""Row slices of a tensor, read lazily: ``f.get_tensor_slice`` and ``f.get_slice(name)[a:b]``."""
+"""Slices of a tensor, read lazily: ``f.get_tensor_slice`` (rows) and ``f.get_slice(name)[...]``."""
 
 from __future__ import annotations
 
@@ -37,12 +37,16 @@ def read_rows(f: DtFile, name: str, lo: int, hi: int, framework: str) -> Any:
 
 
 class TensorSlice:
-    """A lazy handle on one tensor, sliced along its first dimension on demand.
+    """A lazy handle on one tensor, sliced on demand.
 
-    ``f.get_slice("emb")[1000:2000]`` reads only those rows (and, in a
-    compressed file, decompresses only the chunks that hold them). Indexing
-    with a tuple applies the first item to rows lazily and the rest to the
-    rows read. Mirrors ``safetensors``' ``get_slice``.
+    ``f.get_slice("emb")[1000:2000]`` reads only those rows, and
+    ``f.get_slice("w")[::64, 10:20]`` only the chunks (in a compressed file;
+    in an uncompressed one, the byte spans) that hold the picked elements:
+    any mix of ints, slices (with steps, negative ones too), ``...`` and
+    ``None`` is read this way, with memory beyond the result of one chunk per
+    thread. Other items after the first (index arrays, masks) are applied by
+    the framework to the rows the first item picks. Mirrors ``safetensors``'
+    ``get_slice``.
     """
 
     def __init__(self, file: DtFile, name: str, framework: str = "torch", device: Any = None) -> None:
@@ -85,8 +89,48 @@ class TensorSlice:
         while new_axes < len(items) and items[new_axes] is None:
             new_axes += 1
         items = _expand_ellipsis(items[new_axes:], len(self._entry["shape"]))
-        out = self._pick_rows(items[0], items[1:]) if items else self._pick_rows(slice(None), ())
+        if all(item is None or isinstance(item, slice) or _is_index(item) for item in items):
+            out = self._select(items)
+        else:  # index arrays or masks: the framework applies them to the rows read
+            out = self._pick_rows(items[0], items[1:]) if items else self._pick_rows(slice(None), ())
         return out[(None,) * new_axes] if new_axes else out
+
+    def _select(self, items: Tuple[Any, ...]) -> Any:
+        """Read what ints, slices and ``None`` pick (see :meth:`DtReader.read_selection`)."""
+        shape: List[int] = self._entry["shape"]
+        selection: List[Tuple[int, int, int]] = []
+        after: List[Any] = []  # applied to what is read: 0 drops an int's dimension, None adds one
+        flips: List[int] = []  # dimensions picked with a negative step, read forwards
+        for item in items:
+            if item is None:
+                after.append(None)
+                continue
+            dim = len(selection)
+            if dim == len(shape):
+                raise IndexError(f"too many indices for tensor {self._name!r} of {len(shape)} dimensions")
+            n = shape[dim]
+            if isinstance(item, slice):
+                picked = range(*item.indices(n))
+                if not picked:
+                    selection.append((0, 1, 0))
+                elif picked.step < 0:
+                    selection.append((picked[-1], -picked.step, len(picked)))
+                    flips.append(dim)
+                else:
+                    selection.append((picked[0], picked.step, len(picked)))
+                after.append(slice(None))
+            else:
+                index = operator.index(item)
+                if not -n <= index < n:
+                    raise IndexError(f"index {index} is out of range for dimension {dim} of size {n}")
+                selection.append((index % n, 1, 1))
+                after.append(0)
+        selection += [(0, 1, n) for n in shape[len(selection) :]]
+        buf = self._file._reader.read_selection(self._name, selection)
+        out = convert(buf, self._entry["dtype"], [count for _, _, count in selection], self._framework)
+        if flips:
+            out = _flip(out, flips, self._framework)
+        return out[tuple(after)] if any(not isinstance(a, slice) for a in after) else out
 
     def _pick_rows(self, key: Any, rest: Tuple[Any, ...]) -> Any:
         """Read the rows ``key`` picks, then index them with ``rest``."""
@@ -126,6 +170,29 @@ def _expand_ellipsis(items: Tuple[Any, ...], ndim: int) -> Tuple[Any, ...]:
     used = sum(1 for item in items if item is not None and item is not Ellipsis)
     fill = (slice(None),) * max(ndim - used, 0)
     return (*items[: at[0]], *fill, *items[at[0] + 1 :])
+
+
+def _is_index(item: Any) -> bool:
+    """Whether ``item`` indexes one position: an int, or a 0-d integer numpy or
+    torch scalar (a bool is a mask to numpy and torch, not a position)."""
+    if isinstance(item, bool):
+        return False
+    if isinstance(item, int):
+        return True
+    try:
+        _row_number(item)
+    except TypeError:
+        return False
+    return hasattr(type(item), "__index__")
+
+
+def _flip(out: Any, dims: List[int], framework: str) -> Any:
+    """``out`` reversed along ``dims`` (a copy, as indexing with a negative step gives)."""
+    if framework.lower() in ("numpy", "np"):
+        import numpy as np
+
+        return np.flip(out, tuple(dims)).copy()
+    return out.flip(dims)
 
 
 def _row_number(key: Any) -> Any:
