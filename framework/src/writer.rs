@@ -954,16 +954,29 @@ fn write_compressed(
             None => Vec::new(),
         })
         .collect();
-    // Reserve room for the header: every number in it at its widest.
+    // Reserve room for the header: every number in it at its widest. No
+    // number can exceed `most`: stored bytes are never more than raw ones, so
+    // offsets are bounded by the sum of the tensors' sizes (a copied tensor
+    // counts its stored length too), and chunk and plane lengths by their
+    // tensor's size. (u64::MAX reserved 20 digits a number, about 100 bytes a
+    // chunk entry: a file of small tensors grew by far more than its data.)
+    let most: u64 = plan
+        .items
+        .iter()
+        .map(|item| match &item.body {
+            Body::Stored(_, info) => info.stored_len.max(item.nbytes),
+            Body::Alias(_) => 0,
+            _ => item.nbytes,
+        })
+        .fold(0u64, u64::saturating_add);
     for (i, (item, lens)) in plan.items.iter().zip(&plans).enumerate() {
-        let widest = |planes: Option<usize>, n: usize| {
-            vec![Chunk::new(u64::MAX, u64::MAX, u64::MAX, planes.map(|p| vec![u64::MAX; p])); n]
-        };
+        let widest =
+            |planes: Option<usize>, n: usize| vec![Chunk::new(most, most, most, planes.map(|p| vec![most; p])); n];
         let e = match &item.body {
             Body::Stored(_, info) => {
                 let chunks = info.chunks.as_deref().unwrap_or_default();
                 let planes = info.filter.as_ref().map(|f| f.2);
-                let mut e = entry(plan, item, [u64::MAX; 2], Some(widest(planes, chunks.len())));
+                let mut e = entry(plan, item, [most; 2], Some(widest(planes, chunks.len())));
                 e.filter = info.filter.as_ref().map(filter_header);
                 e
             }
@@ -977,7 +990,7 @@ fn write_compressed(
             _ => entry(
                 plan,
                 item,
-                [u64::MAX; 2],
+                [most; 2],
                 Some(widest(item.filter.as_ref().map(|f| f.2), lens.len())),
             ),
         };

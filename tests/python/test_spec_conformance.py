@@ -736,18 +736,21 @@ def test_zeros_near_the_expansion_bound(tmp_path: Path, dtype: str, compress: An
     assert "raw" not in r.chunk_kinds(r.by_name["z"])
 
 
-def test_writer_refuses_bool_bytes_other_than_0_and_1(tmp_path: Path) -> None:
-    """§8: writers MUST NOT write BOOL bytes other than 0x00 and 0x01."""
+def test_writer_never_writes_bool_bytes_other_than_0_and_1(tmp_path: Path) -> None:
+    """§8: writers MUST NOT write BOOL bytes other than 0x00 and 0x01. A numpy or
+    torch bool whose byte is 2 is True to both, and is written as 0x01; raw
+    bytes given to save_file are the caller's, and are refused."""
     bad = bytes([0, 1, 2, 1])
-    tries = [
-        lambda c: dt.save(tmp_path / "n", {"a": np.frombuffer(bad, dtype=np.bool_)}, compress=c),
-        lambda c: dt.save(tmp_path / "t", {"a": torch_from_bytes(bad, "uint8", (4,)).view(torch.bool)}, compress=c),
-        lambda c: dt.save_file(tmp_path / "f", {"a": {"dtype": "BOOL", "shape": [4], "data": bad}}, compress=c),
-    ]
+    values = [np.frombuffer(bad, dtype=np.bool_), torch_from_bytes(bad, "uint8", (4,)).view(torch.bool)]
     for compress in (False, True, "lz4"):
-        for save in tries:
-            with pytest.raises(dt.InvalidArgumentError):
-                save(compress)
+        for value in values:
+            path = tmp_path / "b.deathtensors"
+            dt.save(path, {"a": value}, compress=compress)
+            stored = read(path).tensor_bytes("a")  # the bytes as stored, by §4-§6
+            assert stored == bytes([0, 1, 1, 1]), (compress, stored)
+            path.unlink()
+        with pytest.raises(dt.InvalidArgumentError):
+            dt.save_file(tmp_path / "f", {"a": {"dtype": "BOOL", "shape": [4], "data": bad}}, compress=compress)
     assert not any(tmp_path.iterdir())
 
 
