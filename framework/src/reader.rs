@@ -54,7 +54,7 @@ pub struct DtReader {
     path: PathBuf,
     file: File,
     file_len: u64,
-    layout: Layout,
+    layout: Arc<Layout>,
     decoded: AtomicU64,
     mapping: OnceLock<Arc<MmapMut>>,
 }
@@ -127,7 +127,7 @@ impl DtReader {
             path,
             file,
             file_len,
-            layout,
+            layout: Arc::new(layout),
             decoded: AtomicU64::new(0),
             mapping: OnceLock::new(),
         })
@@ -156,6 +156,12 @@ impl DtReader {
     /// The validated layout (header, offsets, plugins).
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// The layout, shared: it outlives the reader (and its open file) for as
+    /// long as a clone is held, as a closed file's description does.
+    pub fn shared_layout(&self) -> Arc<Layout> {
+        Arc::clone(&self.layout)
     }
 
     /// Tensors in the order they were saved.

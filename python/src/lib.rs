@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use deathtensors::buffer::{AlignedBuf, UninitBuf};
-use deathtensors::format::Layout;
 use deathtensors::format::LayoutHeader;
+use deathtensors::format::{Layout, TensorInfo};
 use deathtensors::reader::{hex, read_layout, DtReader, ReadOptions};
 use deathtensors::registry;
 use deathtensors::select::DimSelection;
@@ -419,6 +419,9 @@ fn append(
 #[pyclass(frozen, module = "deathtensors._core")]
 struct Reader {
     inner: RwLock<Option<Arc<DtReader>>>,
+    /// The file's layout, kept after close so that its description still answers.
+    layout: Arc<Layout>,
+    file_len: u64,
 }
 
 impl Reader {
@@ -444,15 +447,37 @@ impl Reader {
             .detach(|| DtReader::open_with(&path, &options))
             .map_err(|e| to_py(py, e))?;
         Ok(Reader {
+            layout: reader.shared_layout(),
+            file_len: reader.file_len(),
             inner: RwLock::new(Some(Arc::new(reader))),
         })
     }
 
     /// JSON text describing the file: codec, checksum, metadata, and each tensor
     /// with dtype, shape, nbytes, absolute offsets, stored length, chunk count and metadata.
-    fn describe(&self) -> PyResult<String> {
-        let r = self.get()?;
-        Ok(describe(r.layout(), r.file_len()))
+    fn describe(&self) -> String {
+        describe(&self.layout, self.file_len, true)
+    }
+
+    /// [`Reader::describe`] without the tensors.
+    fn describe_file(&self) -> String {
+        describe(&self.layout, self.file_len, false)
+    }
+
+    /// Names of the tensors (those with no `part_of`), then of the stored
+    /// parts of non-dense tensors, each in file order.
+    fn tensor_names(&self) -> (Vec<&str>, Vec<&str>) {
+        let (mut dense, mut parts) = (Vec::new(), Vec::new());
+        for t in &self.layout.tensors {
+            if t.part_of.is_none() { &mut dense } else { &mut parts }.push(t.name.as_str());
+        }
+        (dense, parts)
+    }
+
+    /// JSON text describing one tensor (or stored part), as in [`Reader::describe`].
+    fn describe_tensor(&self, py: Python<'_>, name: &str) -> PyResult<String> {
+        let t = self.layout.tensor(name).map_err(|e| to_py(py, e))?;
+        Ok(serde_json::to_string(&TensorView::of(&self.layout, t)).expect("plain data always serializes"))
     }
 
     /// Decode one tensor into a new Rust-owned buffer (GIL released).
@@ -665,42 +690,50 @@ fn codec_and_checksum_ids(py: Python<'_>) -> PyResult<(Vec<String>, Vec<String>)
 
 /// The JSON description of a validated layout that `Reader.describe` and
 /// `read_header` return (one shape for local and remote files).
-fn describe(layout: &Layout, file_len: u64) -> String {
-    /// One tensor's entry, borrowed from the layout.
-    #[derive(serde::Serialize)]
-    struct TensorView<'a> {
-        name: &'a str,
-        dtype: &'a str,
-        shape: &'a [u64],
-        nbytes: u64,
-        data_offsets: [u64; 2],
-        file_offset: u64,
-        stored_nbytes: u64,
-        chunks: Option<usize>,
-        metadata: &'a Map<String, Value>,
-        alias_of: Option<&'a str>,
-        layout: Option<&'a deathtensors::format::LayoutHeader>,
-        part_of: Option<&'a str>,
+/// One tensor's entry in a description, borrowed from the layout.
+#[derive(serde::Serialize)]
+struct TensorView<'a> {
+    name: &'a str,
+    dtype: &'a str,
+    shape: &'a [u64],
+    nbytes: u64,
+    data_offsets: [u64; 2],
+    file_offset: u64,
+    stored_nbytes: u64,
+    chunks: Option<usize>,
+    metadata: &'a Map<String, Value>,
+    alias_of: Option<&'a str>,
+    layout: Option<&'a deathtensors::format::LayoutHeader>,
+    part_of: Option<&'a str>,
+}
+
+impl<'a> TensorView<'a> {
+    fn of(layout: &Layout, t: &'a TensorInfo) -> Self {
+        let start = layout.data_start;
+        TensorView {
+            name: &t.name,
+            dtype: t.dtype.id(),
+            shape: &t.shape,
+            nbytes: t.nbytes,
+            data_offsets: [t.file_offset - start, t.file_offset - start + t.stored_len],
+            file_offset: t.file_offset,
+            stored_nbytes: t.stored_len,
+            chunks: t.chunks.as_ref().map(Vec::len),
+            metadata: &t.metadata,
+            alias_of: t.alias_of.as_deref(),
+            layout: t.layout.as_deref(),
+            part_of: t.part_of.as_deref(),
+        }
     }
+}
+
+/// The JSON description of a file (see `Reader::describe`), with its tensors or without.
+fn describe(layout: &Layout, file_len: u64, with_tensors: bool) -> String {
     /// The tensors, serialized one at a time.
     struct Tensors<'a>(&'a Layout);
     impl serde::Serialize for Tensors<'_> {
         fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            let start = self.0.data_start;
-            serializer.collect_seq(self.0.tensors.iter().map(|t| TensorView {
-                name: &t.name,
-                dtype: t.dtype.id(),
-                shape: &t.shape,
-                nbytes: t.nbytes,
-                data_offsets: [t.file_offset - start, t.file_offset - start + t.stored_len],
-                file_offset: t.file_offset,
-                stored_nbytes: t.stored_len,
-                chunks: t.chunks.as_ref().map(Vec::len),
-                metadata: &t.metadata,
-                alias_of: t.alias_of.as_deref(),
-                layout: t.layout.as_deref(),
-                part_of: t.part_of.as_deref(),
-            }))
+            serializer.collect_seq(self.0.tensors.iter().map(|t| TensorView::of(self.0, t)))
         }
     }
     #[derive(serde::Serialize)]
@@ -711,7 +744,8 @@ fn describe(layout: &Layout, file_len: u64) -> String {
         level: Option<i32>,
         checksum: Option<&'a str>,
         metadata: &'a Map<String, Value>,
-        tensors: Tensors<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tensors: Option<Tensors<'a>>,
     }
     let view = FileView {
         file_size: file_len,
@@ -720,7 +754,7 @@ fn describe(layout: &Layout, file_len: u64) -> String {
         level: layout.header.compression.as_ref().map(|c| c.level),
         checksum: layout.checksum.map(|c| c.id()),
         metadata: &layout.header.metadata,
-        tensors: Tensors(layout),
+        tensors: with_tensors.then_some(Tensors(layout)),
     };
     // Straight to text: a Value per tensor cost 60x the header for a million tensors.
     serde_json::to_string(&view).expect("plain data always serializes")
@@ -787,7 +821,7 @@ fn read_header(
     max_header_len: Option<u64>,
 ) -> PyResult<String> {
     let layout = remote_layout(py, file_len, &fetch, max_header_len)?;
-    Ok(describe(&layout, file_len))
+    Ok(describe(&layout, file_len, true))
 }
 
 /// The text `deathtensors info` prints, for a file read by ranges as in

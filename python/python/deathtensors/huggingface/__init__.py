@@ -963,7 +963,7 @@ class HubCachedFile:
         local = self.cached_path
         if local is not None:
             with _pkg().open(local) as f:
-                self._desc = dict(f._desc)
+                self._desc = json.loads(f._reader.describe())
             return self._desc
         total, fetch = self._fetcher(keep=True)
         self._desc = json.loads(_core.read_header(total, fetch))
