@@ -229,12 +229,23 @@ where
     }
 }
 
+/// Set by the standalone binary, whose runtime replaced a closed stdout
+/// with `/dev/null` before `main` (see `main.rs`).
+static STDOUT_CLOSED_AT_START: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Tell the CLI that standard output was closed when the process started
+/// (the binary checks before Rust's runtime reopens it as `/dev/null`).
+pub fn stdout_closed_at_start(closed: bool) {
+    STDOUT_CLOSED_AT_START.store(closed, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Whether file descriptor 1 is open. Rust's stdout takes a write to a
 /// closed one as done (it swallows `EBADF`), so `list FILE >&-` would succeed
 /// having printed nothing.
 fn stdout_is_open() -> bool {
     // SAFETY: F_GETFD only reads the descriptor's flags.
-    unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_GETFD) != -1 }
+    !STDOUT_CLOSED_AT_START.load(std::sync::atomic::Ordering::Relaxed)
+        && unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_GETFD) != -1 }
 }
 
 /// Write `e` to stderr as one line and return its exit code.

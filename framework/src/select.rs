@@ -72,6 +72,12 @@ impl Runs {
             if s.step == 0 {
                 return Err(format!("dimension {d}: a step of 0"));
             }
+            // One index or none: the step plays no part (and can be as large as a u64).
+            let s = match s.count {
+                0 => DimSelection::all(0),
+                1 => DimSelection { step: 1, ..s },
+                _ => s,
+            };
             let last = s
                 .count
                 .checked_sub(1)
@@ -89,36 +95,39 @@ impl Runs {
         if dims.is_empty() {
             dims.push((1, DimSelection::all(1))); // a 0-d tensor: its one element
         }
+        // Every product below is at most the tensor's size in bytes (a shape's
+        // non-zero dimensions times the item size fit 63 bits, a format rule);
+        // checked all the same, since a `Runs` can be made from any shape.
+        let too_big = || "the tensor's size overflows 64 bits".to_owned();
+        let mul = |a: u64, b: u64| a.checked_mul(b).ok_or_else(too_big);
         // Merge a trailing dimension picked whole into the one before it, when
-        // that one's picks are contiguous (step 1, or a single index).
+        // that one's picks are contiguous (step 1: one index has step 1 by now).
         while let [.., (plen, p), (len, s)] = dims[..] {
-            if s != DimSelection::all(len) || (p.step != 1 && p.count > 1) {
+            if s != DimSelection::all(len) || p.step != 1 {
                 break;
             }
             dims.truncate(dims.len() - 2);
-            dims.push((
-                plen * len,
-                DimSelection {
-                    start: p.start * len,
-                    step: 1,
-                    count: p.count * len,
-                },
-            ));
+            let merged = DimSelection {
+                start: mul(p.start, len)?,
+                step: 1,
+                count: mul(p.count, len)?,
+            };
+            dims.push((mul(plen, len)?, merged));
         }
-        let (_, last) = dims[dims.len() - 1];
+        let (last_len, last) = dims[dims.len() - 1];
         let mut outer = Vec::with_capacity(dims.len() - 1);
-        let mut bytes_per_index = esize * dims[dims.len() - 1].0;
+        let mut bytes_per_index = mul(esize, last_len)?;
         for &(len, s) in dims[..dims.len() - 1].iter().rev() {
             outer.push((s.start, s.step, s.count, bytes_per_index));
-            bytes_per_index *= len;
+            bytes_per_index = mul(bytes_per_index, len)?;
         }
         outer.reverse();
-        let runs = outer.iter().map(|o| o.2).product::<u64>();
+        let runs = outer.iter().try_fold(1u64, |n, o| mul(n, o.2))?;
         Ok(Runs {
             outer,
-            base: last.start * esize,
+            base: mul(last.start, esize)?,
             count: last.count,
-            stride: last.step * esize,
+            stride: mul(last.step, esize)?,
             esize,
             runs: if last.count == 0 { 0 } else { runs },
         })
@@ -338,5 +347,17 @@ mod tests {
         assert!(Runs::new(&[5], &[sel(u64::MAX, u64::MAX, 3)], 4).is_err());
         assert!(Runs::new(&[5, 2], &[sel(0, 1, 1)], 4).is_err());
         assert!(Runs::new(&[5], &[sel(99, 1, 0)], 4).is_ok()); // picks nothing
+        assert!(Runs::new(&[u64::MAX, 4], &[DimSelection::all(u64::MAX), DimSelection::all(4)], 4).is_err());
+    }
+
+    #[test]
+    fn a_single_index_takes_any_step() {
+        // t[::2, 1::2**63] of a 4x4 tensor: the second dimension picks index 1 only.
+        let runs = Runs::new(&[4, 4], &[sel(0, 2, 2), sel(1, 1 << 63, 1)], 2).unwrap();
+        let got: Vec<u64> = (0..runs.len()).map(|k| runs.element_offset(k)).collect();
+        assert_eq!(got, [2, 2 * 9]);
+        assert_eq!(runs.rank(3), 1);
+        let runs = Runs::new(&[4], &[sel(3, u64::MAX, 1)], 8).unwrap();
+        assert_eq!(runs.contiguous(), Some(24));
     }
 }

@@ -591,6 +591,39 @@ def test_get_slice_reads_only_the_chunks_that_hold_picked_elements(tmp_path):
             assert decoded <= most, (key, decoded)
 
 
+def test_get_slice_takes_steps_too_large_for_64_bits_and_index_arrays_lazily(tmp_path):
+    """Regression (review): a slice picking one index with a huge step
+    (``1::2**63``) panicked in the selection's arithmetic (2**64 overflowed),
+    and an index array after a stepped first item read every row between."""
+    t = np.arange(16, dtype=np.float16).reshape(4, 4)
+    big = np.random.default_rng(3).standard_normal((4096, 256)).astype(np.float32)
+    cube = np.arange(120, dtype=np.int32).reshape(6, 5, 4)
+    p = tmp_path / "s.deathtensors"
+    _save_chunked(p, {"t": t, "big": big, "cube": cube}, 16 * 1024)
+    with dt.open(p) as f:
+        h = f.get_slice("t", framework="numpy")
+        for key in [(slice(None, None, 2), slice(1, None, 2**63)), (slice(None, None, 2), slice(1, None, 2**64))]:
+            np.testing.assert_array_equal(h[key], t[key])
+        np.testing.assert_array_equal(h[1 :: 2**70], t[1:2])
+        g = f.get_slice("big", framework="numpy")
+        before = f._reader.decoded_bytes()
+        got = g[::1024, [0, 5]]
+        assert f._reader.decoded_bytes() - before <= 4 * 16 * 1024  # 4 rows: 4 chunks
+        np.testing.assert_array_equal(got, big[::1024, [0, 5]])
+        mask = np.zeros(256, bool)
+        mask[[3, 9]] = True
+        np.testing.assert_array_equal(g[10:12, mask], big[10:12, mask])
+        # numpy's rule for an int and an array split by a slice: their dimension comes first.
+        c = f.get_slice("cube", framework="numpy")
+        for key in [(3, slice(None), [1, 2]), (slice(None, None, -2), [0, 4], 1), (1, [0, 2], [1, 3])]:
+            assert c[key].shape == cube[key].shape, key
+            np.testing.assert_array_equal(c[key], cube[key])
+        # A mask over two dimensions indexes both: read as rows, then by numpy.
+        wide = np.zeros((5, 4), bool)
+        wide[1, 2] = wide[4, 0] = True
+        np.testing.assert_array_equal(c[1:3, wide], cube[1:3, wide])
+
+
 def test_get_slice_of_an_uncompressed_tensor_reads_only_the_picked_spans(tmp_path):
     """The uncompressed side of the regression above, counted in bytes read
     (``rchar`` of /proc/self/io): t[::512] of 4 MiB read all of it."""

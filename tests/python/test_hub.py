@@ -1253,7 +1253,7 @@ def test_a_sharded_load_uses_the_cache_when_the_hub_is_down(lfs_hub: Env, down: 
         HF_HUB_ETAG_TIMEOUT="2",
     )
     assert got["cached"] == digests(tensors)["weight"]
-    assert got["missing"] in ("HubError", "HubConnectionError"), got
+    assert got["missing"] == "HubConnectionError", got  # an outage, as a lost connection is
 
 
 def test_names_outside_the_repo_are_refused_before_any_request(lfs_hub: Env) -> None:

@@ -44,9 +44,9 @@ class TensorSlice:
     in an uncompressed one, the byte spans) that hold the picked elements:
     any mix of ints, slices (with steps, negative ones too), ``...`` and
     ``None`` is read this way, with memory beyond the result of one chunk per
-    thread. Other items after the first (index arrays, masks) are applied by
-    the framework to the rows the first item picks. Mirrors ``safetensors``'
-    ``get_slice``.
+    thread. An index array or mask after the first item reads its dimension
+    whole and is applied by the framework (a mask over several dimensions:
+    to the rows the first item picks). Mirrors ``safetensors``' ``get_slice``.
     """
 
     def __init__(self, file: DtFile, name: str, framework: str = "torch", device: Any = None) -> None:
@@ -89,14 +89,18 @@ class TensorSlice:
         while new_axes < len(items) and items[new_axes] is None:
             new_axes += 1
         items = _expand_ellipsis(items[new_axes:], len(self._entry["shape"]))
-        if all(item is None or isinstance(item, slice) or _is_index(item) for item in items):
+        first = next((item for item in items if item is not None), slice(None))
+        if (isinstance(first, slice) or _is_index(first)) and not any(map(_is_wide_mask, items)):
             out = self._select(items)
-        else:  # index arrays or masks: the framework applies them to the rows read
+        else:  # the first item must be rows (TypeError), or a mask spans dimensions: rows, then the framework
             out = self._pick_rows(items[0], items[1:]) if items else self._pick_rows(slice(None), ())
         return out[(None,) * new_axes] if new_axes else out
 
     def _select(self, items: Tuple[Any, ...]) -> Any:
-        """Read what ints, slices and ``None`` pick (see :meth:`DtReader.read_selection`)."""
+        """Read what ints and slices pick (see :meth:`DtReader.read_selection`);
+        ``None`` and index arrays (whose dimension is read whole) are then
+        applied by the framework, every dimension in its place, so that numpy's
+        rules for mixing them with ints and slices hold."""
         shape: List[int] = self._entry["shape"]
         selection: List[Tuple[int, int, int]] = []
         after: List[Any] = []  # applied to what is read: 0 drops an int's dimension, None adds one
@@ -111,20 +115,23 @@ class TensorSlice:
             n = shape[dim]
             if isinstance(item, slice):
                 picked = range(*item.indices(n))
-                if not picked:
-                    selection.append((0, 1, 0))
+                if len(picked) <= 1:  # the step does not matter (and may not fit 64 bits)
+                    selection.append((picked[0] if picked else 0, 1, len(picked)))
                 elif picked.step < 0:
                     selection.append((picked[-1], -picked.step, len(picked)))
                     flips.append(dim)
                 else:
                     selection.append((picked[0], picked.step, len(picked)))
                 after.append(slice(None))
-            else:
+            elif _is_index(item):
                 index = operator.index(item)
                 if not -n <= index < n:
                     raise IndexError(f"index {index} is out of range for dimension {dim} of size {n}")
                 selection.append((index % n, 1, 1))
                 after.append(0)
+            else:  # an index array or a one-dimensional mask: the dimension whole, then the framework
+                selection.append((0, 1, n))
+                after.append(item)
         selection += [(0, 1, n) for n in shape[len(selection) :]]
         buf = self._file._reader.read_selection(self._name, selection)
         out = convert(buf, self._entry["dtype"], [count for _, _, count in selection], self._framework)
@@ -184,6 +191,23 @@ def _is_index(item: Any) -> bool:
     except TypeError:
         return False
     return hasattr(type(item), "__index__")
+
+
+def _is_wide_mask(item: Any) -> bool:
+    """Whether ``item`` is a boolean mask of two or more dimensions, which
+    indexes as many dimensions of the tensor."""
+    dtype = str(getattr(item, "dtype", ""))
+    if isinstance(item, (list, tuple)):
+        import numpy as np
+
+        try:
+            arr = np.asarray(item)
+        except ValueError:  # ragged: the framework says what is wrong
+            return False
+        dtype, ndim = str(arr.dtype), arr.ndim
+    else:
+        ndim = getattr(item, "ndim", 0)
+    return "bool" in dtype and ndim > 1
 
 
 def _flip(out: Any, dims: List[int], framework: str) -> Any:

@@ -199,14 +199,16 @@ def _hub_errors(what: str, upload: bool = False) -> Iterator[None]:
     except errors.RemoteEntryNotFoundError as e:
         raise HubEntryNotFoundError(f"{what}: file not found in the repo ({_first_line(e)})") from e
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as e:
-        # The client says "not cached" when the Hub answered, say, 403 to a file
-        # that is not in the cache: the answer is the failure to report.
+        # The client says "not cached" when the Hub refused the token for a file
+        # that is not in the cache: that refusal is the failure to report. Any
+        # other answer (5xx, 429) is the Hub being unusable, as a lost connection is.
         http = _http_cause(e, errors.HfHubHTTPError)
-        if http is not None:
+        status = getattr(getattr(http, "response", None), "status_code", None)
+        if http is not None and status in (401, 403):
             raise _http_error(what, http, upload) from e
+        cause = f"HTTP {status}: {_first_line(http)}" if http is not None else _first_line(e)
         raise HubConnectionError(
-            f"{what}: not in the local cache and the Hub cannot be used (offline mode or no connection): "
-            f"{_first_line(e)}"
+            f"{what}: not in the local cache and the Hub cannot be used (offline mode or no connection): {cause}"
         ) from e
     except json.JSONDecodeError as e:  # an answer that is not the Hub's JSON (a proxy's login page, say)
         raise HubError(
@@ -234,7 +236,8 @@ def _hub_errors(what: str, upload: bool = False) -> Iterator[None]:
 def _http_error(what: str, http: BaseException, upload: bool) -> HubError:
     """The :class:`HubError` for an HTTP error answer: a refused token (401,
     403) is a :class:`HubAuthError`, any other failed upload a
-    :class:`HubUploadError`."""
+    :class:`HubUploadError`, a read the Hub cannot serve now (5xx, 429) a
+    :class:`HubConnectionError`."""
     status = getattr(getattr(http, "response", None), "status_code", None)
     detail = f"HTTP {status}: {_first_line(http)}"
     unchanged = "; nothing was committed, the repo is unchanged" if upload else ""
@@ -242,6 +245,8 @@ def _http_error(what: str, http: BaseException, upload: bool) -> HubError:
         return HubAuthError(f"{what}: the Hub refused the token ({detail}){unchanged}: {LOGIN_HINT}")
     if upload:
         return HubUploadError(f"{what} failed ({detail}){unchanged}")
+    if status is not None and (status >= 500 or status == 429):  # an outage, as a lost connection is
+        return HubConnectionError(f"{what} failed ({detail}): the Hub cannot be used now")
     return HubError(f"{what} failed ({detail})")
 
 
@@ -514,6 +519,8 @@ def _download(
     hf = _hf()
     what = f"downloading {filename} from {repo_id}"
     filename = _file_in_repo(filename, what)
+    if force_download and local_files_only:
+        raise InvalidArgumentError(f"{what}: force_download and local_files_only contradict each other")
 
     def download(local_only: bool) -> str:
         return str(
