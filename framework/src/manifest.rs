@@ -36,11 +36,12 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use crate::atomic::AtomicFile;
 use crate::error::{Error, Result};
-use crate::format::{Header, VERSION};
+use crate::format::{Header, TensorInfo, VERSION};
 use crate::jsonfile::read_json_file;
 use crate::reader::{hex, DtReader};
 
@@ -69,6 +70,113 @@ pub fn sidecar_path(dt_path: impl AsRef<Path>) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// One row of `tensors`, borrowed from the layout.
+#[derive(Serialize)]
+struct Row<'a> {
+    name: &'a str,
+    dtype: &'a str,
+    shape: &'a [u64],
+    numel: u64,
+    nbytes: u64,
+    stored_nbytes: u64,
+    chunks: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alias_of: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    layout: Option<LayoutRow<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    part_of: Option<&'a str>,
+    metadata: &'a Map<String, Value>,
+}
+
+/// The `layout` of a row: the layout id and the logical shape.
+#[derive(Serialize)]
+struct LayoutRow<'a> {
+    id: &'a str,
+    shape: &'a [u64],
+}
+
+/// The rows, serialized one at a time.
+struct Rows<'a>(&'a [TensorInfo]);
+
+impl Serialize for Rows<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|t| Row {
+            name: &t.name,
+            dtype: t.dtype.id(),
+            shape: &t.shape,
+            numel: t.numel(),
+            nbytes: t.nbytes,
+            stored_nbytes: t.stored_len,
+            chunks: t.chunks.as_ref().map(Vec::len),
+            alias_of: t.alias_of.as_deref(),
+            layout: t.layout.as_deref().map(|l| LayoutRow {
+                id: &l.id,
+                shape: &l.shape,
+            }),
+            part_of: t.part_of.as_deref(),
+            metadata: &t.metadata,
+        }))
+    }
+}
+
+/// A manifest, borrowed from an open file: serialized straight to text (a
+/// `Value` tree of a 200,000-tensor header cost about 30 times the header).
+#[derive(Serialize)]
+struct Manifest<'a> {
+    manifest_version: u64,
+    generator: &'static str,
+    file_name: String,
+    file_size: u64,
+    format_version: u32,
+    flags: u32,
+    header_len: u64,
+    data_start: u64,
+    codec: Option<&'static str>,
+    compression_level: Option<i32>,
+    checksum: Option<&'static str>,
+    digest: Option<String>,
+    metadata: &'a Map<String, Value>,
+    tensor_count: usize,
+    total_nbytes: u64,
+    tensors: Rows<'a>,
+    header: &'a Header,
+}
+
+impl<'a> Manifest<'a> {
+    fn of(reader: &'a DtReader) -> Result<Self> {
+        let layout = reader.layout();
+        let digest = match reader.checksum() {
+            Some(_) => Some(hex(&reader.stored_digest()?)),
+            None => None,
+        };
+        let tensors = reader.tensors();
+        Ok(Manifest {
+            manifest_version: MANIFEST_VERSION,
+            generator: concat!("deathtensors ", env!("CARGO_PKG_VERSION")),
+            file_name: reader
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            file_size: reader.file_len(),
+            format_version: VERSION,
+            flags: layout.flags,
+            header_len: layout.header_len,
+            data_start: layout.data_start,
+            codec: reader.codec().map(|c| c.id()),
+            compression_level: layout.header.compression.as_ref().map(|c| c.level),
+            checksum: reader.checksum().map(|c| c.id()),
+            digest,
+            metadata: reader.metadata(),
+            tensor_count: tensors.iter().filter(|t| t.part_of.is_none()).count(),
+            total_nbytes: tensors.iter().filter(|t| t.alias_of.is_none()).map(|t| t.nbytes).sum(),
+            tensors: Rows(tensors),
+            header: &layout.header,
+        })
+    }
+}
+
 /// The manifest of an open file, as a JSON object.
 ///
 /// It holds the full header (as parsed), the file's name (without its
@@ -80,69 +188,8 @@ pub fn sidecar_path(dt_path: impl AsRef<Path>) -> PathBuf {
 /// # Errors
 /// I/O errors reading the footer.
 pub fn manifest(reader: &DtReader) -> Result<Value> {
-    let layout = reader.layout();
-    let digest = match reader.checksum() {
-        Some(_) => Some(hex(&reader.stored_digest()?)),
-        None => None,
-    };
-    let tensors: Vec<Value> = reader
-        .tensors()
-        .iter()
-        .map(|t| {
-            let mut row = Map::new();
-            row.insert("name".into(), json!(t.name));
-            row.insert("dtype".into(), json!(t.dtype.id()));
-            row.insert("shape".into(), json!(t.shape));
-            row.insert("numel".into(), json!(t.numel()));
-            row.insert("nbytes".into(), json!(t.nbytes));
-            row.insert("stored_nbytes".into(), json!(t.stored_len));
-            row.insert("chunks".into(), json!(t.chunks.as_ref().map(Vec::len)));
-            if let Some(target) = &t.alias_of {
-                row.insert("alias_of".into(), json!(target));
-            }
-            if let Some(l) = &t.layout {
-                row.insert("layout".into(), json!({"id": l.id, "shape": l.shape}));
-            }
-            if let Some(owner) = &t.part_of {
-                row.insert("part_of".into(), json!(owner));
-            }
-            row.insert("metadata".into(), Value::Object(t.metadata.clone()));
-            Value::Object(row)
-        })
-        .collect();
-    let listed = reader.tensors().iter().filter(|t| t.part_of.is_none()).count();
-    let total: u64 = reader
-        .tensors()
-        .iter()
-        .filter(|t| t.alias_of.is_none())
-        .map(|t| t.nbytes)
-        .sum();
-    // Serialising plain maps, strings and integers cannot fail.
-    let header = serde_json::to_value(&layout.header).unwrap_or(Value::Null);
-    let file_name = reader
-        .path()
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(json!({
-        "manifest_version": MANIFEST_VERSION,
-        "generator": concat!("deathtensors ", env!("CARGO_PKG_VERSION")),
-        "file_name": file_name,
-        "file_size": reader.file_len(),
-        "format_version": VERSION,
-        "flags": layout.flags,
-        "header_len": layout.header_len,
-        "data_start": layout.data_start,
-        "codec": reader.codec().map(|c| c.id()),
-        "compression_level": layout.header.compression.as_ref().map(|c| c.level),
-        "checksum": reader.checksum().map(|c| c.id()),
-        "digest": digest,
-        "metadata": reader.metadata(),
-        "tensor_count": listed,
-        "total_nbytes": total,
-        "tensors": tensors,
-        "header": header,
-    }))
+    serde_json::to_value(Manifest::of(reader)?)
+        .map_err(|e| Error::InvalidArgument(format!("the manifest does not serialize: {e}")))
 }
 
 /// Write the manifest of `reader` to `out`, or to [`sidecar_path`] of the
@@ -175,7 +222,7 @@ pub fn write_manifest(reader: &DtReader, out: Option<&Path>) -> Result<PathBuf> 
 /// As [`manifest`]; [`Error::InvalidArgument`] when the text would be over
 /// [`MAX_MANIFEST_LEN`], which [`read`] refuses.
 pub fn manifest_text(reader: &DtReader) -> Result<String> {
-    let value = manifest(reader)?;
+    let value = Manifest::of(reader)?;
     let mut text = if reader.layout().data_start - crate::format::PREAMBLE_LEN <= INDENT_UP_TO {
         serde_json::to_string_pretty(&value)
     } else {
@@ -264,6 +311,7 @@ pub fn check(value: &Value) -> std::result::Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     #[test]
     fn sidecar_name_appends_suffix() {
         assert_eq!(
