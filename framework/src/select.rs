@@ -100,19 +100,21 @@ impl Runs {
         // checked all the same, since a `Runs` can be made from any shape.
         let too_big = || "the tensor's size overflows 64 bits".to_owned();
         let mul = |a: u64, b: u64| a.checked_mul(b).ok_or_else(too_big);
-        // Merge a trailing dimension picked whole into the one before it, when
-        // that one's picks are contiguous (step 1: one index has step 1 by now).
-        while let [.., (plen, p), (len, s)] = dims[..] {
+        // Merge a dimension picked whole into the one before it, when that
+        // one's picks are contiguous (step 1: one index has step 1 by now):
+        // fewer, longer runs, and fewer dimensions to count through.
+        for i in (1..dims.len()).rev() {
+            let ((plen, p), (len, s)) = (dims[i - 1], dims[i]);
             if s != DimSelection::all(len) || p.step != 1 {
-                break;
+                continue;
             }
-            dims.truncate(dims.len() - 2);
             let merged = DimSelection {
                 start: mul(p.start, len)?,
                 step: 1,
                 count: mul(p.count, len)?,
             };
-            dims.push((mul(plen, len)?, merged));
+            dims[i - 1] = (mul(plen, len)?, merged);
+            dims.remove(i);
         }
         let (last_len, last) = dims[dims.len() - 1];
         let mut outer = Vec::with_capacity(dims.len() - 1);
@@ -122,14 +124,24 @@ impl Runs {
             bytes_per_index = mul(bytes_per_index, len)?;
         }
         outer.reverse();
+        let (mut base, mut count, mut stride) = (mul(last.start, esize)?, last.count, mul(last.step, esize)?);
+        // Runs of one element (`t[..., 1]`): the dimension above makes the runs
+        // instead, its picks `stride` apart, so that a run is many elements.
+        while count == 1 {
+            let Some((start, step, picks, bytes)) = outer.pop() else {
+                break;
+            };
+            base = base.checked_add(mul(start, bytes)?).ok_or_else(too_big)?;
+            (count, stride) = (picks, mul(step, bytes)?);
+        }
         let runs = outer.iter().try_fold(1u64, |n, o| mul(n, o.2))?;
         Ok(Runs {
             outer,
-            base: mul(last.start, esize)?,
-            count: last.count,
-            stride: mul(last.step, esize)?,
+            base,
+            count,
+            stride,
             esize,
-            runs: if last.count == 0 { 0 } else { runs },
+            runs: if count == 0 { 0 } else { runs },
         })
     }
 
@@ -190,20 +202,28 @@ impl Runs {
     /// cheaper than another read).
     pub fn spans(&self, first: u64, end: u64, gap: u64) -> Vec<(u64, u64, u64, u64)> {
         let mut spans: Vec<(u64, u64, u64, u64)> = Vec::new();
+        if end == first {
+            return spans;
+        }
+        let together = self.stride - self.esize <= gap;
+        let (mut runs, mut j) = (RunCursor::at(self, first / self.count), first % self.count);
         let mut k = first;
         while k < end {
-            let (r, j) = (k / self.count, k % self.count);
-            let run = self.run_offset(r);
-            // The picks of this run up to `end`: all in one span when their gaps are small.
+            // The picks of this run up to `end`: in one piece when their gaps are small.
             let n = (self.count - j).min(end - k);
-            let each = if self.stride - self.esize <= gap { n } else { 1 };
-            let lo = run + j * self.stride;
+            let each = if together { n } else { 1 };
+            let lo = runs.offset + j * self.stride;
             let hi = lo + (each - 1) * self.stride + self.esize;
             match spans.last_mut() {
                 Some(last) if lo - last.1 <= gap => (last.1, last.3) = (hi, k + each),
                 _ => spans.push((lo, hi, k, k + each)),
             }
             k += each;
+            j += each;
+            if j == self.count {
+                runs.advance();
+                j = 0;
+            }
         }
         spans
     }
@@ -220,21 +240,69 @@ impl Runs {
         if end == first {
             return;
         }
-        let contiguous = self.stride == self.esize;
-        let (mut r, mut j) = (first / self.count, first % self.count);
+        let stride = self.stride as usize;
+        let (mut runs, mut j) = (RunCursor::at(self, first / self.count), first % self.count);
         let mut k = first;
         while k < end {
-            let run = self.run_offset(r);
-            let n = if contiguous { (self.count - j).min(end - k) } else { 1 };
-            let from = (run + j * self.stride - block_start) as usize;
+            let n = (self.count - j).min(end - k) as usize;
+            let from = (runs.offset + j * self.stride - block_start) as usize;
             let to = ((k - first) as usize) * esize;
-            let len = n as usize * esize;
-            out[to..to + len].copy_from_slice(&block[from..from + len]);
-            k += n;
-            j += n;
-            if j == self.count {
-                (r, j) = (r + 1, 0);
+            if stride == esize {
+                out[to..to + n * esize].copy_from_slice(&block[from..from + n * esize]);
+            } else {
+                debug_assert!(
+                    from + (n - 1) * stride + esize <= block.len(),
+                    "the block holds its picks"
+                );
+                let picks = block[from..].chunks(stride).take(n);
+                for (dst, src) in out[to..to + n * esize].chunks_exact_mut(esize).zip(picks) {
+                    dst.copy_from_slice(&src[..esize]);
+                }
             }
+            k += n as u64;
+            j += n as u64;
+            if j == self.count {
+                runs.advance();
+                j = 0;
+            }
+        }
+    }
+}
+
+/// The byte offsets of runs `r, r + 1, ...` of a [`Runs`], counted through
+/// its dimensions like an odometer (recomputing each from its number took a
+/// division per dimension per run: slower than reading the whole tensor for
+/// selections of one element a run).
+struct RunCursor<'a> {
+    runs: &'a Runs,
+    /// The index, among its picks, of each outer dimension.
+    picks: Vec<u64>,
+    /// Byte offset of the current run's first element.
+    offset: u64,
+}
+
+impl<'a> RunCursor<'a> {
+    /// At run `r`.
+    fn at(runs: &'a Runs, mut r: u64) -> Self {
+        let offset = runs.run_offset(r);
+        let mut picks = vec![0; runs.outer.len()];
+        for (pick, &(_, _, count, _)) in picks.iter_mut().zip(&runs.outer).rev() {
+            *pick = r % count;
+            r /= count;
+        }
+        RunCursor { runs, picks, offset }
+    }
+
+    /// On to the next run (past the last one, the offset is meaningless).
+    fn advance(&mut self) {
+        for (pick, &(_, step, count, bytes)) in self.picks.iter_mut().zip(&self.runs.outer).rev() {
+            *pick += 1;
+            if *pick < count {
+                self.offset = self.offset.wrapping_add(step * bytes);
+                return;
+            }
+            *pick = 0;
+            self.offset = self.offset.wrapping_sub((count - 1) * step * bytes);
         }
     }
 }
@@ -334,6 +402,14 @@ mod tests {
         assert_eq!(runs.contiguous(), Some(10 * 12 * 2));
         let runs = Runs::new(&[100, 4], &[sel(10, 2, 20), DimSelection::all(4)], 2).unwrap();
         assert_eq!((runs.runs, runs.count), (20, 4));
+        // One element a row: the rows make the run.
+        let runs = Runs::new(
+            &[100, 4, 2],
+            &[DimSelection::all(100), DimSelection::all(4), sel(1, 1, 1)],
+            1,
+        )
+        .unwrap();
+        assert_eq!((runs.runs, runs.count, runs.stride), (1, 400, 2));
         assert_eq!(runs.contiguous(), None);
         let runs = Runs::new(&[100, 4], &[sel(7, 1, 1), sel(1, 1, 2)], 2).unwrap();
         assert_eq!(runs.contiguous(), Some((7 * 4 + 1) * 2));

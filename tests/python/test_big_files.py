@@ -197,8 +197,12 @@ def test_get_slice_takes_numpy_and_torch_integer_indices(tmp_path):
         with pytest.raises(IndexError):
             h[np.int64(40)]
         # Bools and arrays (even of one element) are masks or row lists to numpy and torch.
-        for bad in [True, np.True_, torch.tensor(True), torch.tensor([1]), np.array([1]), np.float64(1.0), "1"]:
+        for rows in [True, np.True_, torch.tensor(True), torch.tensor([1]), np.array([1]), [1]]:
             with pytest.raises(TypeError):
+                h[rows]
+        # What is no index at all is numpy's IndexError.
+        for bad in [np.float64(1.0), "1", 1.5, torch.tensor(1.0)]:
+            with pytest.raises(IndexError):
                 h[bad]
 
 
@@ -622,6 +626,43 @@ def test_get_slice_takes_steps_too_large_for_64_bits_and_index_arrays_lazily(tmp
         wide = np.zeros((5, 4), bool)
         wide[1, 2] = wide[4, 0] = True
         np.testing.assert_array_equal(c[1:3, wide], cube[1:3, wide])
+
+
+def test_get_slice_keeps_numpys_rules_for_bools_new_axes_and_masks(tmp_path):
+    """Regression (bug hunt): a bool after the first item took a dimension
+    (numpy adds one), index arrays split by None or a zero-length ``...`` came
+    back in another order than numpy's, a 2-d mask after ``...`` was "too many
+    indices", ``...`` with ints gave a scalar (numpy: a 0-d array), and a
+    negative step of a float8 tensor raised torch's NotImplementedError."""
+    t = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    f8 = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 6.0]).to(torch.float8_e4m3fn)
+    p = tmp_path / "s.deathtensors"
+    _save_chunked(p, {"t": t, "f8": f8}, 40)
+    mask1 = np.array([True, False, True])
+    mask2 = np.zeros((3, 4), bool)
+    mask2[0, 1] = mask2[2, 3] = True
+    keys = [
+        (slice(None), True, 0),
+        (0, True, 1),
+        (slice(None), np.True_, 1),
+        (slice(None), False, 1),
+        (slice(None), Ellipsis, True),
+        (None, 0, None, [0, 1], None),
+        (slice(None), mask1, Ellipsis, 0),
+        (0, Ellipsis, mask2),
+        (slice(None), Ellipsis, mask2),
+        (1, Ellipsis, 2),
+        (Ellipsis, 3),
+        (1, 2, 3),
+    ]
+    with dt.open(p) as f:
+        h = f.get_slice("t", framework="numpy")
+        for key in keys:
+            want, got = t[key], h[key]
+            assert type(got) is type(want) and np.shape(got) == np.shape(want), (key, np.shape(got))
+            np.testing.assert_array_equal(got, want, err_msg=str(key))
+        back = f.get_slice("f8")[::-1]
+        assert torch.equal(back.view(torch.uint8), f8.view(torch.uint8).flip(0))
 
 
 def test_get_slice_of_an_uncompressed_tensor_reads_only_the_picked_spans(tmp_path):

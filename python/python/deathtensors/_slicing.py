@@ -81,133 +81,135 @@ class TensorSlice:
             whole = self._file.get_tensor(self._name, framework=self._framework)
             try:
                 return whole[key]
-            except IndexError as e:
+            except (IndexError, ValueError) as e:  # torch's ValueError: a negative step
                 raise IndexError(f"tensor {self._name!r} is 0-d: {e}") from None
-        items = key if isinstance(key, tuple) else (key,)
-        # Leading `None`s add axes in front of the rows; they are put back at the end.
-        new_axes = 0
-        while new_axes < len(items) and items[new_axes] is None:
-            new_axes += 1
-        items = _expand_ellipsis(items[new_axes:], len(self._entry["shape"]))
-        first = next((item for item in items if item is not None), slice(None))
-        if (isinstance(first, slice) or _is_index(first)) and not any(map(_is_wide_mask, items)):
-            out = self._select(items)
-        else:  # the first item must be rows (TypeError), or a mask spans dimensions: rows, then the framework
-            out = self._pick_rows(items[0], items[1:]) if items else self._pick_rows(slice(None), ())
-        return out[(None,) * new_axes] if new_axes else out
-
-    def _select(self, items: Tuple[Any, ...]) -> Any:
-        """Read what ints and slices pick (see :meth:`DtReader.read_selection`);
-        ``None`` and index arrays (whose dimension is read whole) are then
-        applied by the framework, every dimension in its place, so that numpy's
-        rules for mixing them with ints and slices hold."""
-        shape: List[int] = self._entry["shape"]
-        selection: List[Tuple[int, int, int]] = []
-        after: List[Any] = []  # applied to what is read: 0 drops an int's dimension, None adds one
-        flips: List[int] = []  # dimensions picked with a negative step, read forwards
-        for item in items:
-            if item is None:
-                after.append(None)
-                continue
-            dim = len(selection)
-            if dim == len(shape):
-                raise IndexError(f"too many indices for tensor {self._name!r} of {len(shape)} dimensions")
-            n = shape[dim]
-            if isinstance(item, slice):
-                picked = range(*item.indices(n))
-                if len(picked) <= 1:  # the step does not matter (and may not fit 64 bits)
-                    selection.append((picked[0] if picked else 0, 1, len(picked)))
-                elif picked.step < 0:
-                    selection.append((picked[-1], -picked.step, len(picked)))
-                    flips.append(dim)
-                else:
-                    selection.append((picked[0], picked.step, len(picked)))
-                after.append(slice(None))
-            elif _is_index(item):
-                index = operator.index(item)
-                if not -n <= index < n:
-                    raise IndexError(f"index {index} is out of range for dimension {dim} of size {n}")
-                selection.append((index % n, 1, 1))
-                after.append(0)
-            else:  # an index array or a one-dimensional mask: the dimension whole, then the framework
-                selection.append((0, 1, n))
-                after.append(item)
-        selection += [(0, 1, n) for n in shape[len(selection) :]]
+        selection, after, flips = _plan(key if isinstance(key, tuple) else (key,), self._entry["shape"])
         buf = self._file._reader.read_selection(self._name, selection)
         out = convert(buf, self._entry["dtype"], [count for _, _, count in selection], self._framework)
         if flips:
             out = _flip(out, flips, self._framework)
-        return out[tuple(after)] if any(not isinstance(a, slice) for a in after) else out
-
-    def _pick_rows(self, key: Any, rest: Tuple[Any, ...]) -> Any:
-        """Read the rows ``key`` picks, then index them with ``rest``."""
-        rows = len(self)
-        if not isinstance(key, (int, slice)) and hasattr(type(key), "__index__"):
-            key = _row_number(key)
-        if isinstance(key, bool):  # numpy and torch read a bool as a mask, not a row
-            raise TypeError("tensor slices take an int, a slice or a tuple, not bool")
-        if isinstance(key, int):
-            index = key + rows if key < 0 else key
-            if not 0 <= index < rows:
-                raise IndexError(f"row {key} is out of range for {rows} rows")
-            out = read_rows(self._file, self._name, index, index + 1, self._framework)[0]
-            return out[rest] if rest else out
-        if isinstance(key, slice):
-            start, stop, step = key.indices(rows)
-            picked = range(start, stop, step)  # O(1) to index, whatever its length
-            if not picked:
-                out = read_rows(self._file, self._name, 0, 0, self._framework)
-            else:
-                first, last = picked[0], picked[-1]
-                lo, hi = min(first, last), max(first, last) + 1
-                block = read_rows(self._file, self._name, lo, hi, self._framework)
-                out = block if step == 1 else _every(block, step, self._framework)
-            return out[(slice(None), *rest)] if rest else out
-        raise TypeError(f"tensor slices take an int, a slice or a tuple, not {type(key).__name__}")
+        return out if all(isinstance(a, slice) for a in after) else out[tuple(after)]
 
 
-def _expand_ellipsis(items: Tuple[Any, ...], ndim: int) -> Tuple[Any, ...]:
-    """``items`` with its ``...`` (at most one) replaced by as many ``:`` as the
-    dimensions the other items leave, so that the first item is the rows'."""
-    at = [i for i, item in enumerate(items) if item is Ellipsis]
-    if not at:
-        return items
-    if len(at) > 1:
+def _plan(items: Tuple[Any, ...], shape: List[int]) -> Tuple[List[Tuple[int, int, int]], List[Any], List[int]]:
+    """What to read for the index ``items`` of a tensor of ``shape``, and how to finish.
+
+    Returns ``(selection, after, flips)``: ``(start, step, count)`` per
+    dimension for :meth:`DtReader.read_selection` (steps positive), the index
+    that the framework then applies to what was read, and the dimensions to
+    reverse before that (picked with a negative step). ``after`` keeps the
+    key's every item in its place (an int becomes ``0`` of its one-element
+    dimension, a slice ``:``; ``None``, ``...``, bools and index arrays stay),
+    so numpy's rules for mixing them hold as they do on the whole tensor; an
+    index array's or a mask's dimensions are read whole.
+
+    Raises:
+        TypeError: something other than an int or a slice picks the rows
+            (an index array, a mask, a bool), which would read every row.
+        IndexError: what numpy raises: a position out of range, too many
+            indices, two ellipses, an item that is no index (a float, a str).
+    """
+    kinds = [_kind(item) for item in items]
+    if kinds.count("ellipsis") > 1:
         raise IndexError("an index can only have a single ellipsis ('...')")
-    used = sum(1 for item in items if item is not None and item is not Ellipsis)
-    fill = (slice(None),) * max(ndim - used, 0)
-    return (*items[: at[0]], *fill, *items[at[0] + 1 :])
+    used = sum(_dims_taken(item, kind) for item, kind in zip(items, kinds))
+    if used > len(shape):
+        raise IndexError(f"too many indices for a tensor of {len(shape)} dimensions: {used} were given")
+    fill = len(shape) - used  # the dimensions `...` stands for
+    for item, kind in zip(items, kinds):  # what picks the rows?
+        if kind in ("slice", "int") or (kind == "ellipsis" and fill):
+            break
+        if kind in ("bool", "array", "mask"):
+            raise TypeError(
+                f"tensor slices take an int or a slice for the rows, not a {type(item).__name__} "
+                "(numpy and torch read it as a mask or a list of rows, which would read every row)"
+            )
+    selection: List[Tuple[int, int, int]] = []
+    after: List[Any] = []
+    flips: List[int] = []
+    for item, kind in zip(items, kinds):
+        dim = len(selection)
+        if kind == "ellipsis":
+            selection += [(0, 1, n) for n in shape[dim : dim + fill]]
+            after.append(Ellipsis)
+        elif kind in ("none", "bool"):  # a new dimension (of one element, or none for False)
+            after.append(item)
+        elif kind == "slice":
+            picked = range(*item.indices(shape[dim]))
+            if len(picked) <= 1:  # the step does not matter (and may not fit 64 bits)
+                selection.append((picked[0] if picked else 0, 1, len(picked)))
+            elif picked.step < 0:
+                selection.append((picked[-1], -picked.step, len(picked)))
+                flips.append(dim)
+            else:
+                selection.append((picked[0], picked.step, len(picked)))
+            after.append(slice(None))
+        elif kind == "int":
+            n, index = shape[dim], operator.index(item)
+            if not -n <= index < n:
+                raise IndexError(f"index {index} is out of range for dimension {dim} of size {n}")
+            selection.append((index % n, 1, 1))
+            after.append(0)
+        elif kind in ("array", "mask"):  # its dimensions whole; the framework indexes them
+            selection += [(0, 1, n) for n in shape[dim : dim + _dims_taken(item, kind)]]
+            after.append(item)
+        else:
+            raise IndexError(
+                "only integers, slices (`:`), ellipsis (`...`), None and integer or boolean arrays are valid "
+                f"indices, not a {type(item).__name__}"
+            )
+    selection += [(0, 1, n) for n in shape[len(selection) :]]
+    return selection, after, flips
 
 
-def _is_index(item: Any) -> bool:
-    """Whether ``item`` indexes one position: an int, or a 0-d integer numpy or
-    torch scalar (a bool is a mask to numpy and torch, not a position)."""
+def _kind(item: Any) -> str:
+    """What an index item is: ``none``, ``ellipsis``, ``slice``, ``int`` (a
+    position: an int or a 0-d integer scalar), ``bool`` (a 0-d bool: a new
+    dimension), ``array`` (integer positions), ``mask`` (a bool array), or
+    ``bad``."""
+    if item is None:
+        return "none"
+    if item is Ellipsis:
+        return "ellipsis"
+    if isinstance(item, slice):
+        return "slice"
     if isinstance(item, bool):
-        return False
+        return "bool"
     if isinstance(item, int):
-        return True
-    try:
-        _row_number(item)
-    except TypeError:
-        return False
-    return hasattr(type(item), "__index__")
-
-
-def _is_wide_mask(item: Any) -> bool:
-    """Whether ``item`` is a boolean mask of two or more dimensions, which
-    indexes as many dimensions of the tensor."""
-    dtype = str(getattr(item, "dtype", ""))
-    if isinstance(item, (list, tuple)):
+        return "int"
+    if isinstance(item, list):
         import numpy as np
 
         try:
-            arr = np.asarray(item)
-        except ValueError:  # ragged: the framework says what is wrong
-            return False
-        dtype, ndim = str(arr.dtype), arr.ndim
-    else:
-        ndim = getattr(item, "ndim", 0)
-    return "bool" in dtype and ndim > 1
+            item = np.asarray(item)
+        except ValueError:  # ragged
+            return "bad"
+        if item.size == 0 and item.dtype == np.float64:  # `[]` indexes as an empty integer array
+            return "array"
+    dtype = str(getattr(item, "dtype", ""))
+    if dtype:
+        zero_d = getattr(item, "ndim", 0) == 0
+        if "bool" in dtype:
+            return "bool" if zero_d else "mask"
+        if "int" in dtype:
+            return "int" if zero_d else "array"
+        return "bad"
+    return "int" if hasattr(type(item), "__index__") else "bad"
+
+
+def _dims_taken(item: Any, kind: str) -> int:
+    """How many of the tensor's dimensions an index item of ``kind`` picks from."""
+    if kind in ("slice", "int", "array", "bad"):
+        return 1
+    if kind == "mask":
+        return int(getattr(item, "ndim", None) or len(getattr(item, "shape", ())) or _ndim_of_list(item))
+    return 0  # None, ..., a bool
+
+
+def _ndim_of_list(item: Any) -> int:
+    import numpy as np
+
+    return int(np.asarray(item).ndim)
 
 
 def _flip(out: Any, dims: List[int], framework: str) -> Any:
@@ -216,24 +218,9 @@ def _flip(out: Any, dims: List[int], framework: str) -> Any:
         import numpy as np
 
         return np.flip(out, tuple(dims)).copy()
+    import torch
+
+    if out.element_size() == 1 and out.dtype not in (torch.uint8, torch.int8, torch.bool):
+        # torch has no flip of its float8 types: reverse the bytes, which are the elements.
+        return out.view(torch.uint8).flip(dims).view(out.dtype)
     return out.flip(dims)
-
-
-def _row_number(key: Any) -> Any:
-    """A numpy or torch integer scalar (0-d) as a Python int. Raises
-    ``TypeError`` for a bool scalar or an array of one or more dimensions, even
-    of one element: numpy and torch index with those as masks or lists of rows."""
-    if getattr(key, "ndim", 0) != 0 or "bool" in str(getattr(key, "dtype", "")):
-        raise TypeError(f"tensor slices take an int, a slice or a tuple, not {type(key).__name__} {key!r}")
-    return operator.index(key)
-
-
-def _every(block: Any, step: int, framework: str) -> Any:
-    """Every ``step``-th row of ``block``: from its first row for a positive
-    step, from its last row backwards for a negative one (a copy, as indexing
-    with a step gives)."""
-    numpy = framework.lower() in ("numpy", "np")
-    if step < 0:
-        block = block[::-1] if numpy else block.flip(0)
-    picked = block[:: abs(step)]
-    return picked.copy() if numpy else picked.contiguous()
