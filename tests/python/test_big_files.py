@@ -665,6 +665,27 @@ def test_get_slice_keeps_numpys_rules_for_bools_new_axes_and_masks(tmp_path):
         assert torch.equal(back.view(torch.uint8), f8.view(torch.uint8).flip(0))
 
 
+def test_get_slice_that_picks_nothing_reads_nothing_and_bad_items_are_index_errors(tmp_path):
+    """Regression (review): ``[:, False]``, ``[:, []]`` or an all-False mask
+    decoded every chunk for an empty result; an item that is no index next to
+    an array was TypeError ("for the rows"), numpy's IndexError."""
+    big = np.random.default_rng(5).standard_normal((256, 64)).astype(np.float32)
+    p = tmp_path / "s.deathtensors"
+    _save_chunked(p, {"big": big}, 4096)  # 16 rows a chunk
+    with dt.open(p) as f:
+        for framework in ("numpy", "torch"):
+            h = f.get_slice("big", framework=framework)
+            for key in [(slice(None), False), (slice(None), []), (slice(None), np.zeros(64, bool)), (3, False)]:
+                before = f._reader.decoded_bytes()
+                got = h[key]
+                assert f._reader.decoded_bytes() - before <= 4096, key  # one element's chunk at most
+                assert tuple(got.shape) == big[key].shape, (key, got.shape)
+        h = f.get_slice("big", framework="numpy")
+        for key in [(1.0, [0]), ("a", True), (slice(None, None, 0), "x")]:
+            with pytest.raises(IndexError):
+                h[key]
+
+
 def test_get_slice_of_an_uncompressed_tensor_reads_only_the_picked_spans(tmp_path):
     """The uncompressed side of the regression above, counted in bytes read
     (``rchar`` of /proc/self/io): t[::512] of 4 MiB read all of it."""

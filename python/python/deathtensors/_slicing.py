@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any, List, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 from ._frameworks import convert, target_device, to_device
 from .errors import InvalidArgumentError
@@ -83,21 +83,27 @@ class TensorSlice:
                 return whole[key]
             except (IndexError, ValueError) as e:  # torch's ValueError: a negative step
                 raise IndexError(f"tensor {self._name!r} is 0-d: {e}") from None
-        selection, after, flips = _plan(key if isinstance(key, tuple) else (key,), self._entry["shape"])
+        selection, after, flips, empty = _plan(key if isinstance(key, tuple) else (key,), self._entry["shape"])
         buf = self._file._reader.read_selection(self._name, selection)
         out = convert(buf, self._entry["dtype"], [count for _, _, count in selection], self._framework)
+        if empty is not None:  # the result is empty: see `_plan`
+            out = _broadcast(out, empty, self._framework)
         if flips:
             out = _flip(out, flips, self._framework)
         return out if all(isinstance(a, slice) for a in after) else out[tuple(after)]
 
 
-def _plan(items: Tuple[Any, ...], shape: List[int]) -> Tuple[List[Tuple[int, int, int]], List[Any], List[int]]:
+def _plan(
+    items: Tuple[Any, ...], shape: List[int]
+) -> Tuple[List[Tuple[int, int, int]], List[Any], List[int], Optional[List[int]]]:
     """What to read for the index ``items`` of a tensor of ``shape``, and how to finish.
 
-    Returns ``(selection, after, flips)``: ``(start, step, count)`` per
+    Returns ``(selection, after, flips, empty)``: ``(start, step, count)`` per
     dimension for :meth:`DtReader.read_selection` (steps positive), the index
-    that the framework then applies to what was read, and the dimensions to
-    reverse before that (picked with a negative step). ``after`` keeps the
+    that the framework then applies to what was read, the dimensions to
+    reverse before that (picked with a negative step), and, when the result
+    is empty whatever is read (a False, an array of no positions, a mask of
+    no True), the shape to broadcast the one element read to instead. ``after`` keeps the
     key's every item in its place (an int becomes ``0`` of its one-element
     dimension, a slice ``:``; ``None``, ``...``, bools and index arrays stay),
     so numpy's rules for mixing them hold as they do on the whole tensor; an
@@ -112,6 +118,12 @@ def _plan(items: Tuple[Any, ...], shape: List[int]) -> Tuple[List[Tuple[int, int
     kinds = [_kind(item) for item in items]
     if kinds.count("ellipsis") > 1:
         raise IndexError("an index can only have a single ellipsis ('...')")
+    bad = next((item for item, kind in zip(items, kinds) if kind == "bad"), None)
+    if "bad" in kinds:  # numpy checks the items' types before anything else
+        raise IndexError(
+            "only integers, slices (`:`), ellipsis (`...`), None and integer or boolean arrays are valid "
+            f"indices, not a {type(bad).__name__}"
+        )
     used = sum(_dims_taken(item, kind) for item, kind in zip(items, kinds))
     if used > len(shape):
         raise IndexError(f"too many indices for a tensor of {len(shape)} dimensions: {used} were given")
@@ -150,16 +162,14 @@ def _plan(items: Tuple[Any, ...], shape: List[int]) -> Tuple[List[Tuple[int, int
                 raise IndexError(f"index {index} is out of range for dimension {dim} of size {n}")
             selection.append((index % n, 1, 1))
             after.append(0)
-        elif kind in ("array", "mask"):  # its dimensions whole; the framework indexes them
+        else:  # an index array or a mask: its dimensions whole; the framework indexes them
             selection += [(0, 1, n) for n in shape[dim : dim + _dims_taken(item, kind)]]
             after.append(item)
-        else:
-            raise IndexError(
-                "only integers, slices (`:`), ellipsis (`...`), None and integer or boolean arrays are valid "
-                f"indices, not a {type(item).__name__}"
-            )
     selection += [(0, 1, n) for n in shape[len(selection) :]]
-    return selection, after, flips
+    if any(_picks_nothing(item, kind) for item, kind in zip(items, kinds)):
+        one = [(start, 1, min(count, 1)) for start, _, count in selection]
+        return one, after, [], [count for _, _, count in selection]
+    return selection, after, flips, None
 
 
 def _kind(item: Any) -> str:
@@ -210,6 +220,30 @@ def _ndim_of_list(item: Any) -> int:
     import numpy as np
 
     return int(np.asarray(item).ndim)
+
+
+def _picks_nothing(item: Any, kind: str) -> bool:
+    """Whether an index item makes the result empty: a False, an index array
+    of no positions, a mask of no True."""
+    if kind == "bool":
+        return not bool(item)
+    if kind not in ("array", "mask"):
+        return False
+    if hasattr(item, "numel"):  # a torch tensor
+        return item.numel() == 0 or (kind == "mask" and not bool(item.any()))
+    import numpy as np
+
+    arr = np.asarray(item)
+    return arr.size == 0 or (kind == "mask" and not arr.any())
+
+
+def _broadcast(out: Any, shape: List[int], framework: str) -> Any:
+    """``out`` (one element, or none) seen as ``shape``, without copying."""
+    if framework.lower() in ("numpy", "np"):
+        import numpy as np
+
+        return np.broadcast_to(out, shape)
+    return out.expand(shape)
 
 
 def _flip(out: Any, dims: List[int], framework: str) -> Any:
