@@ -359,6 +359,16 @@ pub fn expand_path(raw: impl AsRef<OsStr>) -> PathBuf {
         out.extend_from_slice(home.as_encoded_bytes());
         out.push(b'/');
         r
+    } else if let Some(user) = raw.strip_prefix(b"~") {
+        // `~name/...`, as Python's expanduser: left as is when there is no such user.
+        let at = user.iter().position(|&b| b == b'/').unwrap_or(user.len());
+        match home_of(&user[..at]) {
+            Some(dir) => {
+                out.extend_from_slice(&dir);
+                &user[at..]
+            }
+            None => raw,
+        }
     } else {
         raw
     };
@@ -387,8 +397,27 @@ pub fn expand_path(raw: impl AsRef<OsStr>) -> PathBuf {
     }
     // SAFETY: `out` joins pieces of `raw` cut only next to ASCII bytes (`~`,
     // `/`, `$`, `{`, `}`, a variable's name) and whole encoded `OsStr`s (HOME,
-    // variables' values): a mixture that `from_encoded_bytes_unchecked` allows.
+    // variables' values, and a home folder from the password database, whose
+    // bytes are a Unix `OsStr` as they are): a mixture that
+    // `from_encoded_bytes_unchecked` allows.
     PathBuf::from(unsafe { OsString::from_encoded_bytes_unchecked(out) })
+}
+
+/// The home folder of the user `name` (`getpwnam_r`), if there is one.
+fn home_of(name: &[u8]) -> Option<Vec<u8>> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: all-zero is a valid `passwd` (null pointers, zero ids); it is only read after
+    // getpwnam_r fills it.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` holds the strings `entry` points into.
+    let rc = unsafe { libc::getpwnam_r(name.as_ptr(), &mut entry, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() || entry.pw_dir.is_null() {
+        return None;
+    }
+    // SAFETY: getpwnam_r succeeded, so pw_dir is a NUL-terminated string inside `buf`.
+    Some(unsafe { std::ffi::CStr::from_ptr(entry.pw_dir) }.to_bytes().to_vec())
 }
 
 /// What a command comes to.
@@ -727,6 +756,17 @@ mod tests {
         assert_eq!(expand_path("${DT_CLI_TEST_VAR}z"), PathBuf::from("abcz"));
         assert_eq!(expand_path("$DT_UNSET_VAR_XYZ/q"), PathBuf::from("$DT_UNSET_VAR_XYZ/q"));
         assert_eq!(expand_path("a~b"), PathBuf::from("a~b"));
+        // `~name`, as Python's expanduser: the user's home, or unchanged for no such user.
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        if let Some(home) = passwd
+            .lines()
+            .find_map(|l| l.strip_prefix("root:"))
+            .and_then(|l| l.split(':').nth(4))
+        {
+            assert_eq!(expand_path("~root/x"), PathBuf::from(format!("{home}/x")));
+            assert_eq!(expand_path("~root"), PathBuf::from(home));
+        }
+        assert_eq!(expand_path("~no_such_user_dt/x"), PathBuf::from("~no_such_user_dt/x"));
         assert_eq!(
             expand_path("${DT_UNSET_VAR_XYZ}/${DT_CLI_TEST_VAR"),
             PathBuf::from("${DT_UNSET_VAR_XYZ}/${DT_CLI_TEST_VAR")
