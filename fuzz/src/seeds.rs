@@ -476,6 +476,9 @@ fn write_safetensors_seeds(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     tensors.push(("scalar".into(), Dtype::F32, vec![], 0.5f32.to_le_bytes().to_vec()));
     tensors.push(("empty".into(), Dtype::BF16, vec![0, 3], Vec::new()));
+    // BOOL bytes other than 0 and 1, which safetensors writes and reads as true
+    // (a byte buffer viewed as bool): the import writes them as 1.
+    tensors.push(("mask".into(), Dtype::BOOL, vec![4], vec![0, 2, 255, 1]));
     let views = tensors
         .iter()
         .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(bad)?)))
