@@ -119,7 +119,7 @@ def _plan(
     if kinds.count("ellipsis") > 1:
         raise IndexError("an index can only have a single ellipsis ('...')")
     bad = next((item for item, kind in zip(items, kinds) if kind == "bad"), None)
-    if "bad" in kinds:  # numpy checks the items' types before anything else
+    if bad is not None:  # numpy checks the items' types before anything else
         raise IndexError(
             "only integers, slices (`:`), ellipsis (`...`), None and integer or boolean arrays are valid "
             f"indices, not a {type(bad).__name__}"
@@ -212,14 +212,12 @@ def _dims_taken(item: Any, kind: str) -> int:
     if kind in ("slice", "int", "array", "bad"):
         return 1
     if kind == "mask":
-        return int(getattr(item, "ndim", None) or len(getattr(item, "shape", ())) or _ndim_of_list(item))
+        if hasattr(item, "ndim"):  # a numpy array or a torch tensor
+            return int(item.ndim)
+        import numpy as np
+
+        return int(np.ndim(item))  # a list
     return 0  # None, ..., a bool
-
-
-def _ndim_of_list(item: Any) -> int:
-    import numpy as np
-
-    return int(np.asarray(item).ndim)
 
 
 def _picks_nothing(item: Any, kind: str) -> bool:
