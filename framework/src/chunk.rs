@@ -126,12 +126,19 @@ pub const FILTER_TRIAL_MIN_BYTES: usize = 16 << 10;
 /// of `unit` bytes from the middle of the tensor (`None` when the tensor is
 /// too small to be worth a trial).
 pub fn filter_sample(bytes: &[u8], unit: usize) -> Option<&[u8]> {
-    if bytes.len() < FILTER_TRIAL_MIN_BYTES || unit == 0 {
+    filter_sample_range(bytes.len() as u64, unit).map(|r| &bytes[r.start as usize..r.end as usize])
+}
+
+/// Where [`filter_sample`] takes its sample in a tensor of `len` bytes (for
+/// bytes that are not in memory yet).
+pub fn filter_sample_range(len: u64, unit: usize) -> Option<std::ops::Range<u64>> {
+    if len < FILTER_TRIAL_MIN_BYTES as u64 || unit == 0 {
         return None;
     }
-    let len = (bytes.len() / 8).min(FILTER_SAMPLE_BYTES) / unit * unit;
-    let start = (bytes.len() - len) / 2 / unit * unit;
-    (len > 0).then(|| &bytes[start..start + len])
+    let unit = unit as u64;
+    let take = (len / 8).min(FILTER_SAMPLE_BYTES as u64) / unit * unit;
+    let start = (len - take) / 2 / unit * unit;
+    (take > 0).then_some(start..start + take)
 }
 
 /// Index of the candidate parameter set (`(params, plane count)`) under which

@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::writer::WriteOptions;
+use crate::writer::{ByteSource, WriteOptions};
 
 /// What every plugin has: an id and a one-line summary.
 pub trait Plugin: Send + Sync + 'static {
@@ -249,6 +249,28 @@ pub trait Converter: Plugin {
     /// # Errors
     /// When `src` cannot be read or parsed, or `dst` cannot be written.
     fn import(&self, src: &Path, dst: &Path, options: &WriteOptions) -> Result<()>;
+
+    /// Read a foreign file of `len` bytes through `source` (a remote file read
+    /// by ranges, say; `label` names it in errors) and write the
+    /// `.deathtensors` file `dst`, without a local copy of the source.
+    ///
+    /// # Errors
+    /// As [`Converter::import`], plus what `source` fails with. The default
+    /// is an [`Error::InvalidArgument`]: the converter can only read files.
+    fn import_from(
+        &self,
+        source: &dyn ByteSource,
+        len: u64,
+        label: &str,
+        dst: &Path,
+        options: &WriteOptions,
+    ) -> Result<()> {
+        let _ = (source, len, dst, options);
+        Err(Error::InvalidArgument(format!(
+            "converter {} reads only local files: download {label} first",
+            self.id()
+        )))
+    }
 
     /// Read the `.deathtensors` file `src` and write the foreign file `dst`.
     ///

@@ -51,6 +51,36 @@ pub struct TensorData<'a> {
     pub metadata: Map<String, Value>,
 }
 
+/// A random-access source of bytes that the writer reads as it writes them
+/// (see [`Entry::Pull`]): a file read by ranges over the network, say.
+pub trait ByteSource: Sync {
+    /// Fill `buf` with the source's bytes at `offset`.
+    ///
+    /// # Errors
+    /// Whatever reading fails with; the write is abandoned and returns it.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+}
+
+/// Bytes in memory are a source too (a file held whole, a test's data).
+impl ByteSource for [u8] {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let range = usize::try_from(offset)
+            .ok()
+            .and_then(|start| Some(start..start.checked_add(buf.len())?));
+        match range.and_then(|r| self.get(r)) {
+            Some(bytes) => {
+                buf.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(Error::Truncated {
+                what: "a read of bytes in memory",
+                needed: offset.saturating_add(buf.len() as u64),
+                available: self.len() as u64,
+            }),
+        }
+    }
+}
+
 /// How to write a file.
 #[derive(Debug, Clone)]
 pub struct WriteOptions {
@@ -126,6 +156,25 @@ pub enum Entry<'a> {
         /// The other parts (e.g. sparse indices), under their entry names.
         parts: Vec<TensorData<'a>>,
     },
+    /// A tensor whose bytes the writer reads from `source` while it writes
+    /// them, a piece at a time (at most [`WriteOptions::chunk_bytes`] per
+    /// thread for a compressed file, 8 MiB otherwise): memory stays bounded
+    /// whatever the tensor's size. The bytes are taken as they are (BOOL bytes
+    /// are not checked).
+    Pull {
+        /// Unique name.
+        name: String,
+        /// Dtype id (a registered dtype).
+        dtype: String,
+        /// Dimensions; the byte length follows from them and the dtype.
+        shape: Vec<u64>,
+        /// Per-tensor metadata.
+        metadata: Map<String, Value>,
+        /// Where the bytes are.
+        source: &'a dyn ByteSource,
+        /// The offset of the tensor's first byte in `source`.
+        offset: u64,
+    },
     /// A tensor of another open file, copied as stored (no decompression when
     /// the compression of source and destination agree), e.g. by append.
     Copy {
@@ -143,7 +192,7 @@ impl Entry<'_> {
     pub fn name(&self) -> &str {
         match self {
             Entry::Data(t) | Entry::Layout { primary: t, .. } => &t.name,
-            Entry::Alias { name, .. } | Entry::Copy { name, .. } => name,
+            Entry::Alias { name, .. } | Entry::Copy { name, .. } | Entry::Pull { name, .. } => name,
         }
     }
 }
@@ -161,6 +210,11 @@ impl std::fmt::Debug for Entry<'_> {
                 .debug_struct("Alias")
                 .field("name", name)
                 .field("target", target)
+                .finish(),
+            Entry::Pull { name, offset, .. } => f
+                .debug_struct("Pull")
+                .field("name", name)
+                .field("offset", offset)
                 .finish(),
             Entry::Copy { source, name, .. } => f
                 .debug_struct("Copy")
@@ -393,6 +447,8 @@ enum Body<'a> {
     Stored(&'a DtReader, &'a TensorInfo),
     /// Shares the bytes of the item at this index.
     Alias(usize),
+    /// Bytes read from a source as they are written, from this offset.
+    Pull(&'a dyn ByteSource, u64),
 }
 
 /// One checked entry.
@@ -551,6 +607,27 @@ impl<'a> Plan<'a> {
                         part_of: None,
                     }
                 }
+                Entry::Pull {
+                    name,
+                    dtype,
+                    shape,
+                    metadata,
+                    source,
+                    offset,
+                } => {
+                    let dtype = registry::dtypes()?.get(dtype)?;
+                    Item {
+                        name: name.clone(),
+                        dtype,
+                        shape: shape.clone(),
+                        nbytes: byte_size(name, shape, dtype)?,
+                        metadata: metadata.clone(),
+                        body: Body::Pull(*source, *offset),
+                        filter: None,
+                        layout: None,
+                        part_of: None,
+                    }
+                }
                 Entry::Copy { source, name, metadata } => {
                     let info = source.tensor(name)?;
                     let same_storage = match (source.codec(), codec) {
@@ -579,10 +656,19 @@ impl<'a> Plan<'a> {
             add(item, &mut items, &mut index)?;
         }
         let chosen: Vec<Option<SelectedFilter>> = match codec {
-            Some((codec, level)) if !candidates.is_empty() => items
-                .par_iter()
-                .map(|item| choose_filter(item, &candidates, codec, level))
-                .collect::<Result<_>>()?,
+            Some((codec, level)) if !candidates.is_empty() => {
+                // The samples of pulled tensors are read first, one at a time: a
+                // source need not take concurrent reads.
+                let pulled = items
+                    .iter()
+                    .map(|item| pulled_sample(item, &candidates))
+                    .collect::<Result<Vec<_>>>()?;
+                items
+                    .par_iter()
+                    .zip(&pulled)
+                    .map(|(item, sample)| choose_filter(item, sample.as_deref(), &candidates, codec, level))
+                    .collect::<Result<_>>()?
+            }
             _ => vec![None; items.len()],
         };
         for (item, filter) in items.iter_mut().zip(chosen) {
@@ -601,15 +687,44 @@ impl<'a> Plan<'a> {
 /// The filter and parameters for `item`: the first of `filters` that applies
 /// to its dtype; among that filter's candidate parameters, the one that stores
 /// a sample of the item's bytes smallest (`chunk::choose_params`).
+///
+/// `pulled` is the sample of a [`Body::Pull`] item, read by [`pulled_sample`].
 fn choose_filter(
     item: &Item<'_>,
+    pulled: Option<&[u8]>,
     filters: &[&'static dyn Filter],
     codec: &'static dyn Codec,
     level: i32,
 ) -> Result<Option<SelectedFilter>> {
-    let Some(bytes) = item.bytes() else {
+    if item.bytes().is_none() && !matches!(item.body, Body::Pull(..)) {
+        return Ok(None);
+    }
+    let Some((f, candidates)) = filter_candidates(item, filters)? else {
         return Ok(None);
     };
+    let sample = match item.bytes() {
+        Some(bytes) => chunk::filter_sample(bytes, sample_unit(item, &candidates)),
+        None => pulled,
+    };
+    let pick = match sample {
+        Some(sample) => chunk::choose_params(sample, codec, level, f, &candidates).map_err(|reason| {
+            Error::InvalidArgument(format!("tensor {:?}: codec {} failed: {reason}", item.name, codec.id()))
+        })?,
+        None => 0,
+    };
+    Ok(candidates
+        .into_iter()
+        .nth(pick)
+        .map(|(params, planes)| (f, params, planes)))
+}
+
+/// The first of `filters` that applies to `item`'s dtype, with its candidate
+/// parameters and the plane count of each.
+#[allow(clippy::type_complexity)] // a local pairing, named by the doc
+fn filter_candidates(
+    item: &Item<'_>,
+    filters: &[&'static dyn Filter],
+) -> Result<Option<(&'static dyn Filter, Vec<(Map<String, Value>, usize)>)>> {
     let Some((f, params)) = filters.iter().find_map(|f| {
         let params = f.candidate_params(item.dtype);
         (!params.is_empty()).then_some((*f, params))
@@ -621,17 +736,30 @@ fn choose_filter(
         .into_iter()
         .map(|p| f.plane_count(&p, item.dtype).map(|n| (p, n)).map_err(refused))
         .collect::<Result<Vec<_>>>()?;
+    Ok(Some((f, candidates)))
+}
+
+/// The unit a filter trial's sample is made of: an element times the most planes.
+fn sample_unit(item: &Item<'_>, candidates: &[(Map<String, Value>, usize)]) -> usize {
     let widest = candidates.iter().map(|(_, n)| *n).max().unwrap_or(1);
-    let pick = match chunk::filter_sample(bytes, item.dtype.item_size().max(1) * widest) {
-        Some(sample) => chunk::choose_params(sample, codec, level, f, &candidates).map_err(|reason| {
-            Error::InvalidArgument(format!("tensor {:?}: codec {} failed: {reason}", item.name, codec.id()))
-        })?,
-        None => 0,
+    item.dtype.item_size().max(1) * widest
+}
+
+/// The filter trial's sample of a [`Body::Pull`] item, read from its source:
+/// the bytes [`chunk::filter_sample`] would take were the tensor in memory.
+fn pulled_sample(item: &Item<'_>, filters: &[&'static dyn Filter]) -> Result<Option<Vec<u8>>> {
+    let Body::Pull(source, offset) = item.body else {
+        return Ok(None);
     };
-    Ok(candidates
-        .into_iter()
-        .nth(pick)
-        .map(|(params, planes)| (f, params, planes)))
+    let Some((_, candidates)) = filter_candidates(item, filters)? else {
+        return Ok(None);
+    };
+    let Some(range) = chunk::filter_sample_range(item.nbytes, sample_unit(item, &candidates)) else {
+        return Ok(None);
+    };
+    let mut sample = vec![0u8; (range.end - range.start) as usize];
+    source.read_at(offset + range.start, &mut sample)?;
+    Ok(Some(sample))
 }
 
 /// Refuse global and per-tensor (`(name, metadata)`) metadata that would nest
@@ -785,7 +913,11 @@ fn write_uncompressed(
     debug_assert_eq!(format::nul_padding(text.len() as u64), 0);
 
     let entries = &header.tensors;
-    if plan.items.iter().all(|i| !matches!(i.body, Body::Stored(..))) {
+    if plan
+        .items
+        .iter()
+        .all(|i| !matches!(i.body, Body::Stored(..) | Body::Pull(..)))
+    {
         return write_in_parallel(file, &preamble, &text, plan, entries, tmp_path);
     }
     file.write_all(&preamble).map_err(io)?;
@@ -922,6 +1054,15 @@ fn put_body<'p>(
                     sink.put(Cow::Owned(p.into_owned())).map_err(io)
                 })?;
             }
+            (Body::Pull(source, offset), None) => {
+                let mut at = 0u64;
+                while at < item.nbytes {
+                    let mut piece = vec![0u8; (WRITE_PIECE as u64).min(item.nbytes - at) as usize];
+                    source.read_at(offset + at, &mut piece)?;
+                    sink.put(Cow::Owned(piece)).map_err(io)?;
+                    at += WRITE_PIECE as u64;
+                }
+            }
             _ => {}
         }
         cursor = h.offsets[1];
@@ -944,14 +1085,14 @@ fn write_compressed(
     let plans: Vec<Vec<u64>> = plan
         .items
         .iter()
-        .map(|item| match item.bytes() {
-            Some(b) => chunk_lengths(
+        .map(|item| match (item.bytes(), &item.body) {
+            (Some(_), _) | (None, Body::Pull(..)) => chunk_lengths(
                 &item.shape,
                 item.dtype.item_size() as u64,
-                b.len() as u64,
+                item.nbytes,
                 plan.chunk_bytes,
             ),
-            None => Vec::new(),
+            _ => Vec::new(),
         })
         .collect();
     // Reserve room for the header: every number in it at its widest. No
@@ -1040,20 +1181,38 @@ fn write_compressed(
                     params,
                     planes: *planes,
                 });
-                let mut slices = Vec::with_capacity(lens.len());
-                let mut rest = bytes.unwrap_or_default();
-                for &len in lens {
-                    let (head, tail) = rest.split_at(len as usize);
-                    slices.push(head);
-                    rest = tail;
-                }
                 let mut chunks = Vec::with_capacity(lens.len());
-                for group in slices.chunks(batch) {
-                    let encoded: Vec<_> = group
+                let mut at = 0u64; // where the group starts in the tensor
+                for group_lens in lens.chunks(batch) {
+                    let group_len: u64 = group_lens.iter().sum();
+                    let group: Cow<'_, [u8]> = match (bytes, &item.body) {
+                        (Some(b), _) => Cow::Borrowed(&b[at as usize..(at + group_len) as usize]),
+                        (None, Body::Pull(source, offset)) => {
+                            let mut pulled = vec![0u8; group_len as usize];
+                            source.read_at(offset + at, &mut pulled)?;
+                            Cow::Owned(pulled)
+                        }
+                        // Chunk plans are empty for the other bodies: no group to read.
+                        (None, _) => {
+                            return Err(Error::InvalidArgument(format!(
+                                "tensor {:?} has no bytes to encode",
+                                item.name
+                            )))
+                        }
+                    };
+                    at += group_len;
+                    let mut slices = Vec::with_capacity(group_lens.len());
+                    let mut rest = &group[..];
+                    for &len in group_lens {
+                        let (head, tail) = rest.split_at(len as usize);
+                        slices.push(head);
+                        rest = tail;
+                    }
+                    let encoded: Vec<_> = slices
                         .par_iter()
                         .map(|raw| chunk::encode(raw, codec, level, applied))
                         .collect();
-                    for (raw, result) in group.iter().zip(encoded) {
+                    for (raw, result) in slices.iter().zip(encoded) {
                         let (stored, planes) = result.map_err(|reason| {
                             Error::InvalidArgument(format!(
                                 "tensor {:?}: codec {} failed: {reason}",
