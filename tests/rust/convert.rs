@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use deathtensors::format::LayoutHeader;
 use deathtensors::reader::DtReader;
 use deathtensors::registry::{self, Converter};
-use deathtensors::writer::{write_entries, Entry, TensorData, WriteOptions};
+use deathtensors::writer::{write_entries, ByteSource, Entry, TensorData, WriteOptions};
 use deathtensors::Error;
 use deathtensors_integration_tests::{hidden_entries, noise, opts, tensor, write_valid};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -378,6 +379,20 @@ fn bad_sources_are_format_errors_and_write_nothing() {
         assert!(err.is_bad_file(), "{what}: {err:?}");
         assert!(err.to_string().contains("bad.safetensors"), "{what}: {err}");
         assert!(!dst.exists(), "{what}");
+        // Read by ranges, the same source is refused the same way.
+        let source = Reads::new(&content);
+        let err = converter()
+            .import_from(
+                &source,
+                content.len() as u64,
+                "remote.safetensors",
+                &dst,
+                &opts(None, None),
+            )
+            .expect_err(what);
+        assert!(err.is_bad_file(), "{what}: {err:?}");
+        assert!(err.to_string().contains("remote.safetensors"), "{what}: {err}");
+        assert!(!dst.exists(), "{what}");
     }
     let err = converter().import(dir.path(), &dst, &opts(None, None)).unwrap_err();
     assert!(err.is_bad_file(), "{err:?}");
@@ -386,6 +401,180 @@ fn bad_sources_are_format_errors_and_write_nothing() {
         .unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err:?}");
     assert!(hidden_entries(dir.path()).is_empty());
+}
+
+/// A source in memory that records the reads made of it, and can be made to fail.
+struct Reads<'a> {
+    bytes: &'a [u8],
+    /// `(offset, length)` of every read, in order.
+    log: Mutex<Vec<(u64, usize)>>,
+    /// Reads at or past this offset fail.
+    fail_from: u64,
+}
+
+impl<'a> Reads<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Reads {
+            bytes,
+            log: Mutex::new(Vec::new()),
+            fail_from: u64::MAX,
+        }
+    }
+
+    fn log(&self) -> Vec<(u64, usize)> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl ByteSource for Reads<'_> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> deathtensors::Result<()> {
+        self.log.lock().unwrap().push((offset, buf.len()));
+        if offset + buf.len() as u64 > self.fail_from {
+            return Err(Error::InvalidArgument("the connection dropped".into()));
+        }
+        self.bytes.read_at(offset, buf)
+    }
+}
+
+/// A file of the crate's with a tensor big enough for chunks and a filter
+/// trial, and BOOL bytes other than 0 and 1 (true to every reader).
+fn streamed_source(dir: &Path, big_bytes: usize) -> (PathBuf, Vec<u8>) {
+    let big = noise(big_bytes, 9);
+    let bools = [0u8, 1, 2, 255, 0, 7];
+    let views = vec![
+        ("big", TensorView::new(Dtype::F32, vec![big_bytes / 4], &big).unwrap()),
+        ("mask", TensorView::new(Dtype::BOOL, vec![6], &bools).unwrap()),
+        ("tiny", TensorView::new(Dtype::BF16, vec![2], &[1, 2, 3, 4]).unwrap()),
+        ("none", TensorView::new(Dtype::F16, vec![0, 3], &[]).unwrap()),
+    ];
+    let path = dir.join("stream.safetensors");
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    (path, bytes)
+}
+
+#[test]
+fn a_source_read_by_ranges_converts_as_the_file_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, bytes) = streamed_source(dir.path(), 3 << 20);
+    for options in [
+        opts(None, None),
+        opts(Some("zstd"), Some("sha256")),
+        opts(Some("lz4"), Some("blake3")),
+    ] {
+        let local = dir.path().join("local.deathtensors");
+        let remote = dir.path().join("remote.deathtensors");
+        converter().import(&src, &local, &options).unwrap();
+        let source = Reads::new(&bytes);
+        converter()
+            .import_from(&source, bytes.len() as u64, "remote", &remote, &options)
+            .unwrap();
+        assert!(
+            std::fs::read(&local).unwrap() == std::fs::read(&remote).unwrap(),
+            "{options:?}"
+        );
+        assert_eq!(
+            &DtReader::open(&remote).unwrap().read_tensor("mask").unwrap()[..],
+            [0, 1, 1, 1, 0, 1]
+        );
+        // Every byte is read about once: the header, the tensors, and at most
+        // the filter trial's sample (an eighth of "big") again.
+        let log = source.log();
+        let read: usize = log.iter().map(|&(_, n)| n).sum();
+        assert!(
+            read >= bytes.len() && read <= bytes.len() + bytes.len() / 8 + 1024,
+            "{read} of {}",
+            bytes.len()
+        );
+        assert!(log.iter().all(|&(o, n)| o + n as u64 <= bytes.len() as u64));
+    }
+}
+
+#[test]
+fn reads_of_a_source_are_bounded_whatever_the_tensor_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, bytes) = streamed_source(dir.path(), 20 << 20);
+    let options = WriteOptions {
+        chunk_bytes: 1 << 20,
+        ..opts(Some("lz4"), None)
+    };
+    for options in [opts(None, None), options] {
+        let source = Reads::new(&bytes);
+        let dst = dir.path().join("bounded.deathtensors");
+        converter()
+            .import_from(&source, bytes.len() as u64, "remote", &dst, &options)
+            .unwrap();
+        let largest = source.log().iter().map(|&(_, n)| n).max().unwrap();
+        // 8 MiB pieces uncompressed; a batch of chunks per thread compressed.
+        let bound = (8 << 20).max((rayon::current_num_threads() * 4) << 20);
+        assert!(largest <= bound, "{options:?}: a read of {largest} bytes");
+    }
+}
+
+#[test]
+fn a_failing_source_fails_the_conversion_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, bytes) = streamed_source(dir.path(), 1 << 20);
+    let dst = dir.path().join("out.deathtensors");
+    for fail_from in [4, 100, bytes.len() as u64 / 2, bytes.len() as u64 - 1] {
+        for options in [opts(None, None), opts(Some("zstd"), Some("sha256"))] {
+            let source = Reads {
+                fail_from,
+                ..Reads::new(&bytes)
+            };
+            let err = converter()
+                .import_from(&source, bytes.len() as u64, "remote", &dst, &options)
+                .unwrap_err();
+            assert!(err.to_string().contains("the connection dropped"), "{err}");
+            assert!(!dst.exists());
+        }
+    }
+    assert!(hidden_entries(dir.path()).is_empty());
+    // An oversized header length is refused before anything past the prefix is read.
+    let mut huge = bytes.clone();
+    huge[..8].copy_from_slice(&200_000_000u64.to_le_bytes());
+    let source = Reads::new(&huge);
+    let err = converter()
+        .import_from(&source, 300_000_000, "remote", &dst, &opts(None, None))
+        .unwrap_err();
+    assert!(err.is_bad_file() && err.to_string().contains("over the limit"), "{err}");
+    assert_eq!(source.log(), [(0, 8)]);
+}
+
+#[test]
+fn converters_that_read_only_files_say_so() {
+    struct FilesOnly;
+    impl deathtensors::registry::Plugin for FilesOnly {
+        fn id(&self) -> &'static str {
+            "files-only"
+        }
+        fn summary(&self) -> &'static str {
+            "a converter of local files"
+        }
+    }
+    impl Converter for FilesOnly {
+        fn extensions(&self) -> &'static [&'static str] {
+            &["fo"]
+        }
+        fn import(&self, _: &Path, _: &Path, _: &WriteOptions) -> deathtensors::Result<()> {
+            Ok(())
+        }
+        fn export(&self, _: &Path, _: &Path) -> deathtensors::Result<()> {
+            Ok(())
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let err = FilesOnly
+        .import_from(
+            &Reads::new(b"x"),
+            1,
+            "remote.fo",
+            &dir.path().join("o.deathtensors"),
+            &opts(None, None),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    assert!(err.to_string().contains("download remote.fo first"), "{err}");
 }
 
 #[test]

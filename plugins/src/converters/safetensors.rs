@@ -17,6 +17,17 @@
 //! by an export, below); global metadata keys are sorted, since safetensors
 //! keeps them in a map without order.
 //!
+//! # Import by ranges (a remote source)
+//!
+//! [`import_from`] converts a source it reads through a
+//! [`ByteSource`] (a Hub file read by HTTP range) without a local copy: the
+//! 8-byte length (the crate's 100 MB header limit checked before the header
+//! is fetched), the header, parsed into the crate's [`Metadata`] (the same
+//! validation), and a check that the tensors end exactly at the source's
+//! length. Each tensor becomes an [`Entry::Pull`], read by the writer piece
+//! by piece as it writes it, so memory stays bounded whatever the source's
+//! size. The output is byte for byte what [`import_file`] writes.
+//!
 //! # Export (`.deathtensors` → `.safetensors`)
 //!
 //! Every tensor is presented to [`safetensors::serialize_to_file`] as a lazy
@@ -85,10 +96,10 @@ use deathtensors::atomic::AtomicFile;
 use deathtensors::format::TensorInfo;
 use deathtensors::reader::DtReader;
 use deathtensors::registry::{self, Converter, Plugin};
-use deathtensors::writer::{check_metadata_nesting, write_entries, Entry, TensorData, WriteOptions};
+use deathtensors::writer::{check_metadata_nesting, write_entries, ByteSource, Entry, TensorData, WriteOptions};
 use deathtensors::{Error, Result};
 use memmap2::{Mmap, MmapMut, UncheckedAdvice};
-use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
+use safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors, View};
 use serde_json::{Map, Value};
 
 /// Reserved `__metadata__` key: JSON array of the global keys whose values are JSON text.
@@ -124,6 +135,17 @@ impl Converter for SafetensorsConverter {
 
     fn import(&self, src: &Path, dst: &Path, options: &WriteOptions) -> Result<()> {
         import_file(src, dst, options)
+    }
+
+    fn import_from(
+        &self,
+        source: &dyn ByteSource,
+        len: u64,
+        label: &str,
+        dst: &Path,
+        options: &WriteOptions,
+    ) -> Result<()> {
+        import_from(source, len, label, dst, options)
     }
 
     fn export(&self, src: &Path, dst: &Path) -> Result<()> {
@@ -178,8 +200,98 @@ pub fn deathtensors_dtype(dtype: Dtype) -> Option<&'static str> {
 }
 
 /// A source that is not a valid safetensors file.
-fn bad_source(src: &Path, reason: impl std::fmt::Display) -> Error {
-    Error::InvalidHeader(format!("{} is not a valid safetensors file: {reason}", src.display()))
+fn bad_source(src: impl std::fmt::Display, reason: impl std::fmt::Display) -> Error {
+    Error::InvalidHeader(format!("{src} is not a valid safetensors file: {reason}"))
+}
+
+/// The largest header the `safetensors` crate reads (its `MAX_HEADER_SIZE`):
+/// a source read by ranges is held to the same limit before its header is fetched.
+const MAX_HEADER_LEN: u64 = 100_000_000;
+
+/// Unknown plugin ids are usage errors: report them before reading anything.
+fn check_plugin_ids(options: &WriteOptions) -> Result<()> {
+    if let Some(codec) = &options.codec {
+        registry::codecs()?.get(codec)?;
+    }
+    if let Some(checksum) = &options.checksum {
+        registry::checksums()?.get(checksum)?;
+    }
+    Ok(())
+}
+
+/// One tensor of a source, checked: what the new file says of it, and where its bytes are.
+struct SourceTensor {
+    name: String,
+    dtype: &'static str,
+    shape: Vec<u64>,
+    /// Its bytes, as offsets from the start of the source file.
+    range: std::ops::Range<u64>,
+    metadata: Map<String, Value>,
+}
+
+/// What a source's header says, in deathtensors terms: the tensors in the
+/// order to write them, and the global metadata.
+struct SourceLayout {
+    tensors: Vec<SourceTensor>,
+    global: Map<String, Value>,
+}
+
+/// The tensors and metadata of a source whose header (`header_len` bytes,
+/// validated by the crate) gave `metadata`: reserved keys decoded, dtypes
+/// mapped, offsets made absolute. `src` names the source in errors.
+fn source_layout(src: &dyn std::fmt::Display, header_len: usize, metadata: &Metadata) -> Result<SourceLayout> {
+    let data_start = LEN_PREFIX
+        .checked_add(header_len as u64)
+        .ok_or_else(|| bad_source(src, "header length overflows"))?;
+    let names = metadata.offset_keys();
+    let decoded = decode_metadata(metadata.metadata().clone().unwrap_or_default(), &names)
+        .map_err(|reason| bad_source(src, reason))?;
+    // Metadata nested deeper than a header may be is the source's fault: a
+    // format error naming it, not a usage error from the writer.
+    check_metadata_nesting(
+        &decoded.global,
+        decoded.tensor_metadata.iter().map(|(n, m)| (n.as_str(), m)),
+    )
+    .map_err(|e| bad_source(src, e))?;
+
+    let mut tensors = Vec::with_capacity(names.len());
+    let mut tensor_metadata = decoded.tensor_metadata;
+    for name in decoded.order {
+        let info = metadata
+            .info(&name)
+            .ok_or_else(|| bad_source(src, format_args!("tensor {name:?} is listed but has no entry")))?;
+        let dtype = deathtensors_dtype(info.dtype).ok_or_else(|| {
+            Error::UnsupportedDtype(format!(
+                "{src}: tensor {name:?} has the safetensors dtype {:?}, which deathtensors has no dtype for",
+                info.dtype
+            ))
+        })?;
+        let (begin, end) = info.data_offsets;
+        let range = data_start
+            .checked_add(begin as u64)
+            .zip(data_start.checked_add(end as u64))
+            .map(|(b, e)| b..e)
+            .ok_or_else(|| bad_source(src, format_args!("tensor {name:?}: offsets {begin}..{end} overflow")))?;
+        tensors.push(SourceTensor {
+            shape: info.shape.iter().map(|&d| d as u64).collect(),
+            metadata: tensor_metadata.remove(&name).unwrap_or_default(),
+            name,
+            dtype,
+            range,
+        });
+    }
+    Ok(SourceLayout {
+        tensors,
+        global: decoded.global,
+    })
+}
+
+/// BOOL bytes other than 0x00 and 0x01 are true to every reader (safetensors,
+/// torch, ours); the writer takes only 0 and 1, so such bytes are written as 1.
+fn canonical_bools(bytes: &mut [u8]) {
+    for b in bytes {
+        *b = u8::from(*b != 0);
+    }
 }
 
 /// Read the safetensors file `src` and write the `.deathtensors` file `dst`
@@ -190,13 +302,7 @@ fn bad_source(src: &Path, reason: impl std::fmt::Display) -> Error {
 /// refuses, a dtype deathtensors lacks, or malformed reserved metadata;
 /// anything [`write_entries`] refuses (an unknown codec or checksum id).
 pub fn import_file(src: &Path, dst: &Path, options: &WriteOptions) -> Result<()> {
-    // Unknown plugin ids are usage errors: report them before reading anything.
-    if let Some(codec) = &options.codec {
-        registry::codecs()?.get(codec)?;
-    }
-    if let Some(checksum) = &options.checksum {
-        registry::checksums()?.get(checksum)?;
-    }
+    check_plugin_ids(options)?;
     let meta = std::fs::metadata(src).map_err(|e| Error::io(src, e))?;
     if !meta.is_file() {
         let reason = if meta.is_dir() {
@@ -211,7 +317,7 @@ pub fn import_file(src: &Path, dst: &Path, options: &WriteOptions) -> Result<()>
     }
     if meta.len() < LEN_PREFIX {
         return Err(bad_source(
-            src,
+            src.display(),
             format_args!("it has {} bytes, fewer than the 8-byte header length", meta.len()),
         ));
     }
@@ -223,72 +329,114 @@ pub fn import_file(src: &Path, dst: &Path, options: &WriteOptions) -> Result<()>
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(src, e))?;
     #[cfg(unix)]
     let _ = map.advise(memmap2::Advice::Sequential); // a hint; fine if refused
-    let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| bad_source(src, e))?;
-    let data_start = (LEN_PREFIX as usize)
-        .checked_add(header_len)
-        .ok_or_else(|| bad_source(src, "header length overflows"))?;
+    let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| bad_source(src.display(), e))?;
+    let layout = source_layout(&src.display(), header_len, &metadata)?;
 
-    let names = metadata.offset_keys();
-    let decoded = decode_metadata(metadata.metadata().clone().unwrap_or_default(), &names)
-        .map_err(|reason| bad_source(src, reason))?;
-    // Metadata nested deeper than a header may be is the source's fault: a
-    // format error naming it, not a usage error from the writer.
-    check_metadata_nesting(
-        &decoded.global,
-        decoded.tensor_metadata.iter().map(|(n, m)| (n.as_str(), m)),
-    )
-    .map_err(|e| bad_source(src, e))?;
-
-    let mut found = Vec::with_capacity(names.len());
-    let mut tensor_metadata = decoded.tensor_metadata;
-    for name in decoded.order {
-        let info = metadata
-            .info(&name)
-            .ok_or_else(|| bad_source(src, format_args!("tensor {name:?} is listed but has no entry")))?;
-        let dtype = deathtensors_dtype(info.dtype).ok_or_else(|| {
-            Error::UnsupportedDtype(format!(
-                "{}: tensor {name:?} has the safetensors dtype {:?}, which deathtensors has no dtype for",
-                src.display(),
-                info.dtype
-            ))
-        })?;
-        let (begin, end) = info.data_offsets;
-        let data = data_start
-            .checked_add(begin)
-            .zip(data_start.checked_add(end))
+    let mut found = Vec::with_capacity(layout.tensors.len());
+    for t in layout.tensors {
+        let data = usize::try_from(t.range.start)
+            .ok()
+            .zip(usize::try_from(t.range.end).ok())
             .and_then(|(b, e)| map.get(b..e))
             .ok_or_else(|| {
                 bad_source(
-                    src,
-                    format_args!("tensor {name:?}: offsets {begin}..{end} are out of range"),
+                    src.display(),
+                    format_args!("tensor {:?}: offsets {:?} are out of range", t.name, t.range),
                 )
             })?;
-        let shape = info.shape.iter().map(|&d| d as u64).collect();
-        let metadata = tensor_metadata.remove(&name).unwrap_or_default();
-        found.push((name, dtype, shape, data, metadata));
+        let fixed = (t.dtype == "BOOL" && data.iter().any(|&b| b > 1)).then(|| {
+            let mut bytes = data.to_vec();
+            canonical_bools(&mut bytes);
+            bytes
+        });
+        found.push((t, data, fixed));
     }
-    // BOOL bytes other than 0x00 and 0x01 are true to every reader (safetensors,
-    // torch, ours); the writer takes only 0 and 1, so such a tensor is written as 0 and 1.
-    let canonical: Vec<Option<Vec<u8>>> = found
-        .iter()
-        .map(|(_, dtype, _, data, _)| {
-            (*dtype == "BOOL" && data.iter().any(|&b| b > 1)).then(|| data.iter().map(|&b| u8::from(b != 0)).collect())
-        })
-        .collect();
     let entries: Vec<Entry> = found
-        .into_iter()
-        .zip(&canonical)
-        .map(|((name, dtype, shape, data, metadata), fixed)| {
+        .iter()
+        .map(|(t, data, fixed)| {
             Entry::Data(TensorData {
-                name,
-                dtype: dtype.to_owned(),
-                shape,
+                name: t.name.clone(),
+                dtype: t.dtype.to_owned(),
+                shape: t.shape.clone(),
                 data: fixed.as_deref().unwrap_or(data),
-                metadata,
+                metadata: t.metadata.clone(),
             })
         })
         .collect();
-    write_entries(dst, &entries, &decoded.global, options)
+    write_entries(dst, &entries, &layout.global, options)
+}
+
+/// A source's BOOL tensor, read with [`canonical_bools`] applied.
+struct CanonicalBools<'a>(&'a dyn ByteSource);
+
+impl ByteSource for CanonicalBools<'_> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.0.read_at(offset, buf)?;
+        canonical_bools(buf);
+        Ok(())
+    }
+}
+
+/// Read a safetensors file of `len` bytes through `source` (`label` names it
+/// in errors) and write the `.deathtensors` file `dst`, as [`import_file`]
+/// does, without a local copy: the header is read whole (at most the crate's
+/// 100 MB limit, checked before it is read), then each tensor's bytes as the
+/// writer writes them, a piece at a time.
+///
+/// # Errors
+/// As [`import_file`], plus what `source` fails with; a header whose
+/// tensors do not end exactly at `len` is an [`Error::InvalidHeader`].
+pub fn import_from(source: &dyn ByteSource, len: u64, label: &str, dst: &Path, options: &WriteOptions) -> Result<()> {
+    check_plugin_ids(options)?;
+    if len < LEN_PREFIX {
+        return Err(bad_source(
+            label,
+            format_args!("it has {len} bytes, fewer than the 8-byte header length"),
+        ));
+    }
+    let mut prefix = [0u8; LEN_PREFIX as usize];
+    source.read_at(0, &mut prefix)?;
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len > MAX_HEADER_LEN {
+        return Err(bad_source(
+            label,
+            format_args!("its header of {header_len} bytes is over the limit of {MAX_HEADER_LEN}"),
+        ));
+    }
+    if header_len > len - LEN_PREFIX {
+        return Err(bad_source(
+            label,
+            format_args!("its header of {header_len} bytes does not fit in its {len} bytes"),
+        ));
+    }
+    let mut text = vec![0u8; header_len as usize];
+    source.read_at(LEN_PREFIX, &mut text)?;
+    let text =
+        std::str::from_utf8(&text).map_err(|e| bad_source(label, format_args!("its header is not UTF-8: {e}")))?;
+    // The crate's own checks (contiguous offsets, lengths that match dtype and shape).
+    let metadata: Metadata = serde_json::from_str(text).map_err(|e| bad_source(label, e))?;
+    let end = LEN_PREFIX + header_len + metadata.data_len() as u64;
+    if end != len {
+        return Err(bad_source(
+            label,
+            format_args!("its tensors end at byte {end}, but it has {len} bytes"),
+        ));
+    }
+    let layout = source_layout(&label, header_len as usize, &metadata)?;
+    let bools = CanonicalBools(source);
+    let entries: Vec<Entry> = layout
+        .tensors
+        .into_iter()
+        .map(|t| Entry::Pull {
+            source: if t.dtype == "BOOL" { &bools } else { source },
+            offset: t.range.start,
+            name: t.name,
+            dtype: t.dtype.to_owned(),
+            shape: t.shape,
+            metadata: t.metadata,
+        })
+        .collect();
+    write_entries(dst, &entries, &layout.global, options)
 }
 
 /// Read the `.deathtensors` file `src` and write the safetensors file `dst`
