@@ -96,7 +96,7 @@ enum Command {
     HubList(hub::ListArgs),
     /// Show a Hub repo's downloads, likes and .deathtensors files, or one remote file's tensor table.
     HubInfo(hub::InfoArgs),
-    /// Convert a .safetensors file of a Hub repo to .deathtensors and upload it in one commit.
+    /// Convert a .safetensors file of a Hub repo to .deathtensors (read by range, no local copy) and upload it in one commit.
     HubConvert(hub::ConvertArgs),
     /// List registered plugins: codecs, checksums, filters, dtypes, layouts, converters.
     Plugins {

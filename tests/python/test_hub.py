@@ -589,13 +589,13 @@ def test_convert_on_hub_never_deletes_a_source_pushed_meanwhile(lfs_hub: Env) ->
         """
         from huggingface_hub import HfApi
         from deathtensors.errors import HubUploadError
-        convert = dt.from_safetensors
+        convert = dt._core.import_remote  # the streamed conversion of the source
         def convert_while_someone_pushes(*args, **kwargs):
             done = convert(*args, **kwargs)
             HfApi().upload_file(path_or_fileobj=sys.argv[1] + "/v2.safetensors", path_in_repo="model.safetensors",
                                 repo_id="ns/racing")
             return done
-        dt.from_safetensors = convert_while_someone_pushes
+        dt._core.import_remote = convert_while_someone_pushes
         try:
             convert_safetensors_on_hub("ns/racing", "model.safetensors", delete_original=True)
             out("committed")
@@ -642,7 +642,87 @@ def test_convert_a_sharded_safetensors_checkpoint_on_hub(lfs_hub: Env) -> None:
     assert got["t3"] == [3.0, 3.0] and sorted(got["keys"]) == sorted(tensors)
     remaining = sorted(hub_path for hub_path in lfs_hub.server.files("ns/sharded-st") if "safetensors" in hub_path)
     assert remaining == []
+    # The shards were streamed, not downloaded: the cache holds the index, and the converted checkpoint read back.
+    cached = sorted(p.name for p in (lfs_hub.hf_home / "hub").rglob("*.safetensors"))
+    assert cached == [], cached
     assert got["url"].endswith("/ns/sharded-st/blob/main/model.deathtensors.index.json")
+
+
+def _cached_blobs(env: Env) -> List[Path]:
+    return [p for p in (env.hf_home / "hub").rglob("*") if p.is_file() and "blobs" in p.parts]
+
+
+def test_convert_on_hub_streams_the_source_without_downloading_it(lfs_hub: Env) -> None:
+    """The source is read by range as the conversion writes it: nothing of it
+    lands in the cache, small tensors share range requests, and the result is
+    byte for byte the local conversion's."""
+    st = pytest.importorskip("safetensors.numpy")
+    rng = np.random.default_rng(5)
+    tensors = {f"small.{i:02d}": rng.standard_normal(64).astype(np.float32) for i in range(40)}
+    tensors["big"] = rng.standard_normal((256, 256)).astype(np.float32)  # big enough for a filter trial
+    tensors["mask"] = np.frombuffer(bytes([0, 1, 2, 255] * 8), np.uint8).view(np.bool_)  # bytes 2, 255: true
+    src = lfs_hub.files / "model.safetensors"
+    st.save_file(tensors, str(src))
+    size = src.stat().st_size
+    lfs_hub.server.add_repo("ns/stream", files={"model.safetensors": src.read_bytes()})
+    lfs_hub.server.clear_log()
+    url = lfs_hub.result(
+        """
+        out(convert_safetensors_on_hub("ns/stream", "model.safetensors", compress=True))
+        """
+    )
+    assert url.endswith("/ns/stream/blob/main/model.deathtensors")
+    gets = lfs_hub.server.requests("GET", "/model.safetensors")
+    assert all(r["range"] for r in gets), gets  # range reads only, never the whole file
+    # The header probe, the filter trial's sample of "big", then the data in one read-ahead.
+    assert len(gets) <= 3, [r["range"] for r in gets]
+    assert sum(r["bytes_sent"] for r in gets) < size + 64 * 1024
+    assert _cached_blobs(lfs_hub) == []
+    local = dt.from_safetensors(str(src), str(lfs_hub.files / "local.deathtensors"), compress=True)
+    assert lfs_hub.server.files("ns/stream")["model.deathtensors"] == Path(local).read_bytes()
+
+
+def test_convert_on_hub_uses_a_source_already_in_the_cache(lfs_hub: Env) -> None:
+    st = pytest.importorskip("safetensors.numpy")
+    st.save_file(model(3), str(lfs_hub.files / "model.safetensors"))
+    source = (lfs_hub.files / "model.safetensors").read_bytes()
+    lfs_hub.server.add_repo("ns/cached", files={"model.safetensors": source})
+    got = lfs_hub.result(
+        """
+        from huggingface_hub import hf_hub_download
+        hf_hub_download("ns/cached", "model.safetensors")
+        out(convert_safetensors_on_hub("ns/cached", "model.safetensors"))
+        """
+    )
+    assert got.endswith("/model.deathtensors")
+    assert [r for r in lfs_hub.server.requests("GET", "/model.safetensors") if r["range"]] == []
+    converted = lfs_hub.files / "converted.deathtensors"
+    converted.write_bytes(lfs_hub.server.files("ns/cached")["model.deathtensors"])
+    with dt.open(str(converted), verify=True) as f:
+        assert digests({k: f.get_tensor(k, framework="numpy") for k in f.keys()}) == digests(model(3))
+
+
+def test_a_failed_read_mid_stream_leaves_the_repo_unchanged(lfs_hub: Env) -> None:
+    st = pytest.importorskip("safetensors.numpy")
+    src = lfs_hub.files / "model.safetensors"
+    st.save_file({"w": np.random.default_rng(1).standard_normal(300_000).astype(np.float32)}, str(src))
+    repo = lfs_hub.server.add_repo("ns/flaky", files={"model.safetensors": src.read_bytes()})
+    before = list(repo.commits)
+    # The header probe goes through; the next read of the source fails.
+    lfs_hub.server.fail("GET", r"/resolve/[^/]+/model\.safetensors$", 404, skip=1)
+    got = lfs_hub.result(
+        """
+        try:
+            convert_safetensors_on_hub("ns/flaky", "model.safetensors", delete_original=True)
+            out("converted")
+        except dt.HubError as e:
+            out(type(e).__name__)
+        """
+    )
+    assert got in {"HubError", "HubNotFoundError"}, got
+    assert repo.commits == before
+    assert lfs_hub.server.files("ns/flaky") == {"model.safetensors": src.read_bytes()}
+    assert _cached_blobs(lfs_hub) == []
 
 
 # -- tokens ---------------------------------------------------------------------------------------------

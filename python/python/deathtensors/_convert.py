@@ -26,7 +26,7 @@ import errno
 import operator
 import os
 import sys
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import _core
 from ._sharded import (
@@ -185,9 +185,7 @@ def from_safetensors(
             of its inputs; nothing is written.
     """
     pkg = _pkg()
-    codec = pkg._choose(compress, pkg.DEFAULT_CODEC, "compress")
-    algorithm = pkg._choose(checksum, pkg.DEFAULT_CHECKSUM, "checksum")
-    level = _check_level(compress_level)
+    codec, level, algorithm = _import_options(checksum, compress, compress_level)
     source = pkg.expand_path(src)
     index = _safetensors_index(source)
     if index is not None:
@@ -200,13 +198,29 @@ def from_safetensors(
     return out
 
 
+def _import_options(
+    checksum: Union[bool, str], compress: Union[bool, str], compress_level: Optional[int]
+) -> Tuple[Optional[str], Optional[int], Optional[str]]:
+    """``(codec, level, checksum algorithm)`` of :func:`from_safetensors`'s arguments, checked."""
+    pkg = _pkg()
+    codec = pkg._choose(compress, pkg.DEFAULT_CODEC, "compress")
+    algorithm = pkg._choose(checksum, pkg.DEFAULT_CHECKSUM, "checksum")
+    return codec, _check_level(compress_level), algorithm
+
+
 def _import_sharded(
     index_path: str,
     dst: Optional[PathLike],
     codec: Optional[str],
     level: Optional[int],
     algorithm: Optional[str],
+    convert_shard: Optional[Callable[[str, str], None]] = None,
 ) -> str:
+    """Convert the safetensors checkpoint whose index is ``index_path``.
+
+    ``convert_shard(shard, out)`` writes the shard named ``shard`` in the index
+    to the ``.deathtensors`` file ``out``; by default it converts the shard
+    file beside the index (the Hub conversion streams it from the Hub instead)."""
     pkg = _pkg()
     where = f"safetensors index {index_path!r}"
     weight_map: Dict[str, str] = _read_index(index_path)["weight_map"]
@@ -230,11 +244,16 @@ def _import_sharded(
     def write_shard(i: int, out: str) -> None:
         nonlocal total
         shard = shards[i]
-        shard_path = os.path.join(folder, shard)
-        if not os.path.exists(shard_path):
-            raise FileNotFoundError(errno.ENOENT, f"shard {shard!r} named by {index_path!r} is missing", shard_path)
         try:
-            _core.import_foreign(_CONVERTER, shard_path, out, codec, level, algorithm)
+            if convert_shard is not None:
+                convert_shard(shard, out)
+            else:
+                shard_path = os.path.join(folder, shard)
+                if not os.path.exists(shard_path):
+                    raise FileNotFoundError(
+                        errno.ENOENT, f"shard {shard!r} named by {index_path!r} is missing", shard_path
+                    )
+                _core.import_foreign(_CONVERTER, shard_path, out, codec, level, algorithm)
         except FormatError as e:
             raise FormatError(f"shard {shard!r}: {e}") from e
         with pkg.DtFile(out) as f:

@@ -27,6 +27,7 @@ __all__ = [
     "read_manifest",
     "manifest_sidecar_path",
     "import_foreign",
+    "import_remote",
     "export_foreign",
     "converter_extensions",
     "MAX_INDEX_BYTES",
@@ -115,6 +116,16 @@ def manifest_sidecar_path(dt_path: str) -> str: ...
 def import_foreign(
     converter: str,
     src: str,
+    dst: str,
+    codec: Optional[str] = None,
+    level: Optional[int] = None,
+    checksum: Optional[str] = None,
+) -> None: ...
+def import_remote(
+    converter: str,
+    label: str,
+    file_len: int,
+    fetch: Callable[[int, int], _Fetched],
     dst: str,
     codec: Optional[str] = None,
     level: Optional[int] = None,

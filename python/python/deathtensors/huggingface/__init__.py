@@ -38,7 +38,7 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from .. import _core, _sharded
+from .. import _convert, _core, _sharded
 from .._frameworks import convert, target_device, to_device
 from ..errors import (
     ChecksumError,
@@ -1095,6 +1095,52 @@ def _file_info(f: HubCachedFile) -> Dict[str, Any]:
 
 # -- conversion -------------------------------------------------------------------------------------
 
+#: How far a streamed conversion reads ahead of a read that follows on from
+#: the one before: the tensors of a source are read in order, and small ones
+#: then share one range request instead of one each.
+STREAM_READ_AHEAD_BYTES = 8 << 20
+
+
+class _ReadAhead:
+    """A ``fetch(offset, length)`` over another that, when a read starts where
+    the one before ended and is shorter than ``block``, fetches ``block`` bytes
+    and serves the reads that follow from them. Other reads (the samples the
+    writer takes from the middle of tensors) go through as they are."""
+
+    def __init__(self, fetch: Callable[[int, int], bytearray], total: int, block: int) -> None:
+        self._fetch = fetch
+        self._total = total
+        self._block = block
+        self._start = 0
+        self._buf = bytearray()
+        self._next = -1
+
+    def __call__(self, offset: int, length: int) -> Union[bytearray, memoryview]:
+        end = offset + length
+        sequential, self._next = offset == self._next, end
+        at = offset - self._start
+        if at >= 0 and end <= self._start + len(self._buf):
+            return memoryview(self._buf)[at : at + length]
+        if sequential and length < self._block:
+            self._start, self._buf = offset, self._fetch(offset, max(length, min(self._block, self._total - offset)))
+            return memoryview(self._buf)[:length]  # shorter when the answer is: the core reports it
+        return self._fetch(offset, length)
+
+
+def _import_streamed(f: HubCachedFile, dst: str, options: Tuple[Optional[str], Optional[int], Optional[str]]) -> None:
+    """Convert the safetensors file ``f`` to ``dst`` (``options``: codec, level,
+    checksum): from the cache when it is there, otherwise read by range as it
+    is written."""
+    f._resolve()
+    local = f.cached_path
+    if local is not None:
+        _core.import_foreign(_convert._CONVERTER, local, dst, *options)
+        return
+    total, fetch = f._fetcher()
+    label = f"{f.filename} of {f.repo_id}"
+    reads = _ReadAhead(fetch, total, STREAM_READ_AHEAD_BYTES)
+    _core.import_remote(_convert._CONVERTER, label, total, reads, dst, *options)
+
 
 def convert_safetensors_on_hub(
     repo_id: str,
@@ -1114,13 +1160,15 @@ def convert_safetensors_on_hub(
 ) -> str:
     """Convert a ``.safetensors`` file (or sharded checkpoint) of a repo to ``.deathtensors``, in one commit.
 
-    The source is downloaded into the Hugging Face cache (shared with other
-    processes) and converted tensor by tensor from a memory map
-    (:func:`deathtensors.from_safetensors`) into a temporary folder; then one
-    commit adds the result and, with ``delete_original=True``, deletes the
-    source. A failure leaves the repo unchanged, and so does a branch that
-    moved on while the conversion ran (the commit names the source's commit
-    as its parent; the Hub refuses it, and this raises :class:`HubUploadError`).
+    The source is read from the Hub by HTTP range, tensor by tensor, as the
+    conversion writes it into a temporary folder: no copy of it is downloaded
+    (nor kept in the Hugging Face cache), and memory stays bounded whatever
+    its size (a few MiB of reads in flight). A source already in the cache is
+    converted from there instead. Then one commit adds the result and, with
+    ``delete_original=True``, deletes the source. A failure leaves the repo
+    unchanged, and so does a branch that moved on while the conversion ran
+    (the commit names the source's commit as its parent; the Hub refuses it,
+    and this raises :class:`HubUploadError`).
 
     Args:
         safetensors_filename: ``model.safetensors``, or the index of a sharded
@@ -1141,26 +1189,34 @@ def convert_safetensors_on_hub(
     if deathtensors_filename is not None:
         deathtensors_filename = _file_in_repo(deathtensors_filename, what)
     tok = _write_token(token, what)
-    pkg = _pkg()
+    options = _convert._import_options(checksum, compress, compress_level)
     hf = _hf()
     sharded = safetensors_filename.endswith(".index.json")
-
-    fetch = functools.partial(
-        _fetch, repo_id, repo_type=repo_type, token=tok, cache_dir=cache_dir, local_files_only=False, endpoint=endpoint
+    remote_file = functools.partial(
+        HubCachedFile, repo_id, repo_type=repo_type, token=tok, cache_dir=cache_dir, endpoint=endpoint
     )
-    src = fetch(safetensors_filename, revision)
-    commit = _snapshot_commit(src, safetensors_filename) or revision
     folder = posixpath.dirname(safetensors_filename)
     sources = [safetensors_filename]
     if sharded:
-        # The same checks (size, UTF-8 JSON, duplicate keys, a regular file) and
-        # FormatError as a local sharded index gets.
-        doc = _sharded._read_index(src)
-        shard_names = sorted(set(doc["weight_map"].values()))
-        for shard in shard_names:
-            remote = posixpath.join(folder, shard) if folder else shard
-            fetch(remote, commit)
-            sources.append(remote)
+        # The index alone is downloaded (into the cache), with the same checks (size,
+        # UTF-8 JSON, duplicate keys, a regular file) and FormatError as a local one.
+        index = _fetch(
+            repo_id,
+            safetensors_filename,
+            revision,
+            repo_type=repo_type,
+            token=tok,
+            cache_dir=cache_dir,
+            local_files_only=False,
+            endpoint=endpoint,
+        )
+        commit = _snapshot_commit(index, safetensors_filename) or revision
+        doc = _sharded._read_index(index)
+        sources += [posixpath.join(folder, s) if folder else s for s in sorted(set(doc["weight_map"].values()))]
+    else:
+        source = remote_file(safetensors_filename, revision=revision)
+        source._resolve()
+        commit = source._commit or revision
     if deathtensors_filename is None:
         base = safetensors_filename
         for suffix in (".safetensors.index.json", ".safetensors"):
@@ -1170,21 +1226,33 @@ def convert_safetensors_on_hub(
         deathtensors_filename = base + ".deathtensors"
     out_folder = posixpath.dirname(deathtensors_filename)
 
-    with tempfile.TemporaryDirectory(prefix="deathtensors-hub-") as tmp:
-        dst = os.path.join(tmp, posixpath.basename(deathtensors_filename))
-        written = pkg.from_safetensors(src, dst, checksum=checksum, compress=compress, compress_level=compress_level)
-        if sharded:
-            with pkg.open_sharded(written) as sr:
-                files = [*sr.shards(), os.path.basename(sr.path)]
-            targets = [posixpath.join(out_folder, n) if out_folder else n for n in files]
-        else:
-            files, targets = [os.path.basename(written)], [deathtensors_filename]
+    def refuse_overwriting(targets: List[str]) -> None:
         overwritten = sorted(set(targets) & set(sources))
         if overwritten:
             raise InvalidArgumentError(
                 f"converting {safetensors_filename} of {repo_id} would write {overwritten[0]}, a file it converts "
                 "(and replace the source); give another deathtensors_filename"
             )
+
+    refuse_overwriting([deathtensors_filename])  # before anything is read; shard names are known later
+    with tempfile.TemporaryDirectory(prefix="deathtensors-hub-") as tmp:
+        dst = os.path.join(tmp, posixpath.basename(deathtensors_filename))
+        if sharded:
+
+            def convert_shard(shard: str, out: str) -> None:
+                _import_streamed(remote_file(posixpath.join(folder, shard), revision=commit), out, options)
+
+            written = _convert._import_sharded(index, dst, *options, convert_shard=convert_shard)
+        else:
+            _import_streamed(source, dst, options)
+            written = dst
+        if sharded:
+            with _pkg().open_sharded(written) as sr:
+                files = [*sr.shards(), os.path.basename(sr.path)]
+            targets = [posixpath.join(out_folder, n) if out_folder else n for n in files]
+        else:
+            files, targets = [os.path.basename(written)], [deathtensors_filename]
+        refuse_overwriting(targets)
         result = targets[-1]
         ops: List[Any] = [
             hf.CommitOperationAdd(path_in_repo=t, path_or_fileobj=os.path.join(tmp, n)) for n, t in zip(files, targets)
