@@ -17,6 +17,7 @@ applies all its operations or none.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -38,11 +39,12 @@ class StoredFile:
     content: bytes
     lfs: bool
 
-    @property
+    # Computed once: every resolve answer names them, and range reads come many to a file.
+    @functools.cached_property
     def sha256(self) -> str:
         return hashlib.sha256(self.content).hexdigest()
 
-    @property
+    @functools.cached_property
     def git_oid(self) -> str:
         return hashlib.sha1(b"blob %d\0" % len(self.content) + self.content).hexdigest()  # noqa: S324 - git's id
 

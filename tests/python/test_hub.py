@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -680,6 +680,37 @@ def test_convert_on_hub_streams_the_source_without_downloading_it(lfs_hub: Env) 
     assert _cached_blobs(lfs_hub) == []
     local = dt.from_safetensors(str(src), str(lfs_hub.files / "local.deathtensors"), compress=True)
     assert lfs_hub.server.files("ns/stream")["model.deathtensors"] == Path(local).read_bytes()
+
+
+def test_read_ahead_serves_every_read_exactly_and_fetches_no_byte_twice() -> None:
+    from deathtensors.huggingface import _ReadAhead
+
+    data = np.random.default_rng(2).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    fetched: List[Tuple[int, int]] = []
+
+    def fetch(offset: int, length: int) -> bytearray:
+        fetched.append((offset, length))
+        return bytearray(data[offset : offset + length])
+
+    reads = _ReadAhead(fetch, len(data), 1000)
+    rng = np.random.default_rng(3)
+    pos = 0
+    for _ in range(3000):  # runs of sequential reads of every size, with jumps between runs
+        if rng.random() < 0.05:
+            pos = int(rng.integers(0, len(data)))
+        n = min(int(rng.choice([1, 7, 999, 1000, 1001, 2500])), len(data) - pos)
+        assert bytes(reads(pos, n)) == data[pos : pos + n], (pos, n)
+        pos = 0 if pos + n >= len(data) else pos + n
+    # A sequential scan costs a fetch per block, and fetches no byte twice.
+    fetched.clear()
+    scan = _ReadAhead(fetch, len(data), 1000)
+    pos = 0
+    for n in [8, 40, 3, 900, 2000, 10, 10, 5000, 1] * 30:
+        n = min(n, len(data) - pos)
+        assert bytes(scan(pos, n)) == data[pos : pos + n]
+        pos += n
+    assert sum(length for _, length in fetched) == pos
+    assert len(fetched) <= pos // 1000 + 30, len(fetched)
 
 
 def test_convert_on_hub_uses_a_source_already_in_the_cache(lfs_hub: Env) -> None:

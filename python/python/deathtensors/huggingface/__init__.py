@@ -1102,10 +1102,13 @@ STREAM_READ_AHEAD_BYTES = 8 << 20
 
 
 class _ReadAhead:
-    """A ``fetch(offset, length)`` over another that, when a read starts where
-    the one before ended and is shorter than ``block``, fetches ``block`` bytes
-    and serves the reads that follow from them. Other reads (the samples the
-    writer takes from the middle of tensors) go through as they are."""
+    """A ``fetch(offset, length)`` over another that reads ahead: a read that
+    starts where the one before ended and is shorter than ``block`` fetches
+    ``block`` bytes, and later reads are served from them, in part when they
+    run past their end (only the rest is fetched). Other reads (the samples
+    the writer takes from the middle of tensors) go through as they are, so no
+    byte is fetched twice but the samples, and at most ``block`` bytes are
+    held."""
 
     def __init__(self, fetch: Callable[[int, int], bytearray], total: int, block: int) -> None:
         self._fetch = fetch
@@ -1115,16 +1118,21 @@ class _ReadAhead:
         self._buf = bytearray()
         self._next = -1
 
-    def __call__(self, offset: int, length: int) -> Union[bytearray, memoryview]:
+    def __call__(self, offset: int, length: int) -> Union[bytes, bytearray, memoryview]:
         end = offset + length
         sequential, self._next = offset == self._next, end
-        at = offset - self._start
-        if at >= 0 and end <= self._start + len(self._buf):
+        at, held_end = offset - self._start, self._start + len(self._buf)
+        if 0 <= at and end <= held_end:
             return memoryview(self._buf)[at : at + length]
+        head = b""
+        if 0 <= at < len(self._buf):  # starts in what is held: fetch only the rest
+            head, offset, length, sequential = bytes(memoryview(self._buf)[at:]), held_end, end - held_end, True
         if sequential and length < self._block:
             self._start, self._buf = offset, self._fetch(offset, max(length, min(self._block, self._total - offset)))
-            return memoryview(self._buf)[:length]  # shorter when the answer is: the core reports it
-        return self._fetch(offset, length)
+            rest: Union[bytearray, memoryview] = memoryview(self._buf)[:length]  # short if the answer is
+        else:
+            rest = self._fetch(offset, length)
+        return head + rest if head else rest
 
 
 def _import_streamed(f: HubCachedFile, dst: str, options: Tuple[Optional[str], Optional[int], Optional[str]]) -> None:
