@@ -309,6 +309,50 @@ def test_failed_save_keeps_the_old_checkpoint_and_leaves_no_partial_shards(tmp_p
             assert torch.equal(sr.get_tensor(name), t)
 
 
+def _compact_index_size(index: Path) -> int:
+    return len(json.dumps(json.loads(index.read_text()), ensure_ascii=False, separators=(",", ":")).encode()) + 1
+
+
+def test_an_index_is_written_compact_when_indented_it_would_pass_the_read_limit(tmp_path, monkeypatch):
+    """Regression: save_sharded wrote an indented index past MAX_INDEX_BYTES,
+    which open_sharded (and the CLI) then refused. Here the file system has no
+    hard links, so the index that stays is the one naming the pending shards
+    (each name 9 characters longer than its final one)."""
+    tensors = {f"layer.{i}.weight": _f32(1, i) for i in range(300)}
+    (tmp_path / "probe").mkdir()
+    dt.save_sharded(tmp_path / "probe" / "m.deathtensors", tensors, max_shard_bytes=400)
+    final_compact = _compact_index_size(tmp_path / "probe" / "m.deathtensors.index.json")
+    # Compact, the pending index (9 more bytes an entry) fits; indented (6 more again) it does not.
+    limit = final_compact + 12 * len(tensors)
+    monkeypatch.setattr(_sharded, "MAX_INDEX_BYTES", limit)
+
+    def no_hard_links(src, dst):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(_sharded, "_link_over", no_hard_links)
+    dt.save_sharded(tmp_path / "m.deathtensors", tensors, max_shard_bytes=400)
+    index = tmp_path / "m.deathtensors.index.json"
+    assert final_compact < index.stat().st_size <= limit
+    with dt.open_sharded(tmp_path / "m.deathtensors") as sr:
+        assert sr.keys() == list(tensors)
+        assert torch.equal(sr.get_tensor("layer.299.weight"), tensors["layer.299.weight"])
+
+
+def test_an_index_over_the_read_limit_even_compact_is_refused_and_nothing_changes(tmp_path, monkeypatch):
+    old = {"a": _f32(2, 0)}
+    dt.save_sharded(tmp_path / "m.deathtensors", old, max_shard_bytes=8)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    index = tmp_path / "m.deathtensors.index.json"
+    tensors = {f"layer.{i}.weight": _f32(1, i) for i in range(100)}
+    monkeypatch.setattr(_sharded, "MAX_INDEX_BYTES", 2000)
+    with pytest.raises(dt.InvalidArgumentError, match="over the 2000 an index may have"):
+        dt.save_sharded(tmp_path / "m.deathtensors", tensors, max_shard_bytes=400)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert index.stat().st_size <= 2000
+    with dt.open_sharded(tmp_path / "m.deathtensors") as sr:
+        assert sr.keys() == ["a"]
+
+
 # -- arguments ---------------------------------------------------------------------------------------
 
 

@@ -214,8 +214,28 @@ def _is_held(path: str) -> bool:
         os.close(fd)
 
 
-def _write_json_atomically(path: str, value: Any) -> None:
+def _index_text(path: str, value: Any) -> str:
+    """The JSON text of the index ``value`` for ``path``: indented, or compact
+    when indented it would pass :data:`MAX_INDEX_BYTES`, the most any reader
+    (ours, or this library's in another process) takes.
+
+    Raises InvalidArgumentError when even compact it would pass that limit:
+    the checkpoint could not be opened."""
     text = json.dumps(value, ensure_ascii=False, allow_nan=False, indent=2) + "\n"
+    if len(text) * 4 <= MAX_INDEX_BYTES or len(text.encode("utf-8")) <= MAX_INDEX_BYTES:
+        return text
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
+    size = len(text.encode("utf-8"))
+    if size > MAX_INDEX_BYTES:
+        raise InvalidArgumentError(
+            f"the index {path!r} would be {size} bytes, over the {MAX_INDEX_BYTES} an index may have "
+            "(no reader would open it): save fewer, or shorter-named, tensors per checkpoint"
+        )
+    return text
+
+
+def _write_json_atomically(path: str, value: Any) -> None:
+    text = _index_text(path, value)
     folder = os.path.dirname(path) or "."
     fd, tmp = _locked_temp_file(folder, "." + os.path.basename(path) + ".")
     try:
