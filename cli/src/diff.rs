@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 
 use deathtensors::diff::{diff_sides, Change, DiffOptions, DiffReport, DiffSide};
-use deathtensors::sharded::{names_checkpoint, Source};
+use deathtensors::sharded::Source;
 use deathtensors::Error;
 use serde_json::{Map, Value};
 
@@ -44,8 +44,6 @@ pub(crate) fn run(args: DiffArgs) -> Result<(String, i32), Error> {
         ..DiffOptions::default()
     };
     let (a, b) = (expand_path(&args.a), expand_path(&args.b));
-    // Until the end of this function (the command may run inside a Python process).
-    let _limit = (names_checkpoint(&a) || names_checkpoint(&b)).then(OpenFileLimit::lift);
     let (a, b) = (Source::open(a)?, Source::open(b)?);
     let (a, b) = (DiffSide::source(&a), DiffSide::source(&b));
     let pb = progress::bar(a.shared_bytes(&b), "diff");
@@ -71,43 +69,6 @@ pub(crate) fn run(args: DiffArgs) -> Result<(String, i32), Error> {
         write_report(&args.a.to_string_lossy(), &args.b.to_string_lossy(), &report)
     };
     Ok((text, code))
-}
-
-/// A checkpoint side keeps every one of its shards open while it is
-/// compared: while this lives, the soft limit on open files (`ulimit -Sn`)
-/// is lifted to the hard limit; dropping it puts the old limit back.
-struct OpenFileLimit(Option<libc::rlimit>);
-
-impl OpenFileLimit {
-    fn lift() -> Self {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: both calls only read or write the struct they are given.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
-                let old = limit;
-                limit.rlim_cur = limit.rlim_max;
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                    return OpenFileLimit(Some(old));
-                }
-            }
-        }
-        OpenFileLimit(None)
-    }
-}
-
-impl Drop for OpenFileLimit {
-    fn drop(&mut self) {
-        if let Some(old) = self.0 {
-            // SAFETY: as above. Files opened meanwhile are closed by now (the
-            // sides are dropped first), and a lower soft limit closes nothing.
-            unsafe {
-                libc::setrlimit(libc::RLIMIT_NOFILE, &old);
-            }
-        }
-    }
 }
 
 /// The readable report: one line per difference, then a summary.

@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::{Mutex, PoisonError};
 
 use serde_json::{Map, Value};
 
@@ -311,13 +312,66 @@ impl ShardedIndex {
 }
 
 /// A checkpoint with every shard open, each checked to hold the tensors the
-/// index places in it.
+/// index places in it. While one is open, the soft limit on open files is
+/// lifted to the hard one ([`OpenFileLimit`]): a checkpoint of more shards
+/// than `ulimit -Sn` (256 on macOS, 1024 on most Linux) still opens.
 pub struct Checkpoint {
     index: ShardedIndex,
     /// `(shard file name, its reader)`, in the order the index first names them.
     shards: Vec<(String, DtReader)>,
     /// Tensor name → position of its shard in `shards`.
     shard_of: HashMap<String, usize>,
+    /// Dropped after the shards (fields drop in order).
+    _limit: OpenFileLimit,
+}
+
+/// While one lives (in any thread), the soft limit on open files
+/// (`RLIMIT_NOFILE`, `ulimit -Sn`) is lifted to the hard limit; when the last
+/// one is dropped the old soft limit is put back (a lower soft limit closes
+/// nothing already open). Where the limit cannot be raised, nothing changes.
+pub struct OpenFileLimit(());
+
+/// How many [`OpenFileLimit`]s live, and the soft limit to put back.
+static LIFTED: Mutex<(usize, Option<libc::rlimit>)> = Mutex::new((0, None));
+
+impl OpenFileLimit {
+    /// Lift the soft limit (once for all the guards alive at a time).
+    pub fn lift() -> Self {
+        let mut lifted = LIFTED.lock().unwrap_or_else(PoisonError::into_inner);
+        if lifted.0 == 0 {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: both calls only read or write the struct they are given.
+            lifted.1 = unsafe {
+                (libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max)
+                    .then(|| {
+                        let old = limit;
+                        limit.rlim_cur = limit.rlim_max;
+                        (libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0).then_some(old)
+                    })
+                    .flatten()
+            };
+        }
+        lifted.0 += 1;
+        OpenFileLimit(())
+    }
+}
+
+impl Drop for OpenFileLimit {
+    fn drop(&mut self) {
+        let mut lifted = LIFTED.lock().unwrap_or_else(PoisonError::into_inner);
+        lifted.0 -= 1;
+        if lifted.0 == 0 {
+            if let Some(old) = lifted.1.take() {
+                // SAFETY: as in `lift`.
+                unsafe {
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &old);
+                }
+            }
+        }
+    }
 }
 
 impl Checkpoint {
@@ -327,6 +381,7 @@ impl Checkpoint {
     /// [`Error::InShard`] naming the first shard that cannot be opened, is
     /// not a valid file, or lacks a tensor the index places in it.
     pub fn open(index: ShardedIndex) -> Result<Self> {
+        let limit = OpenFileLimit::lift();
         let mut shards = Vec::new();
         let mut shard_of = HashMap::with_capacity(index.weight_map.len());
         for (shard, tensors) in index.by_shard() {
@@ -340,6 +395,7 @@ impl Checkpoint {
             index,
             shards,
             shard_of,
+            _limit: limit,
         })
     }
 

@@ -561,6 +561,7 @@ def test_checkpoints_of_many_shards_under_a_low_open_file_limit(tmp_path):
     sides' shards open, lifts the soft limit to the hard one."""
     import resource
     import subprocess
+    import sys
 
     tensors = {f"t{i}": torch.ones(16) for i in range(120)}
     dt.save_sharded(tmp_path / "m.deathtensors", tensors, max_shard_bytes=64, checksum=True)
@@ -575,6 +576,15 @@ def test_checkpoints_of_many_shards_under_a_low_open_file_limit(tmp_path):
             result = subprocess.run([*prefix, *args], capture_output=True, preexec_fn=low_limit, timeout=60)
             assert result.returncode == 0, (args, result.stderr)
             assert b"Too many open files" not in result.stderr, args
+    # dt.diff too (it failed with EMFILE), and the limit is back afterwards.
+    script = (
+        "import resource, sys, deathtensors as dt; "
+        f"assert dt.diff({base!r}, {base + '.index.json'!r})['identical']; "
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, preexec_fn=low_limit, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == b"48"
 
 
 def test_a_tensor_file_named_json_is_a_file_not_an_index(cli, files, tmp_path):
