@@ -88,6 +88,17 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// An error found in a file whose message would not name it otherwise: a
+    /// format error of its preamble or header, found when it is opened (an
+    /// [`Error::Io`] names its path already). [`Error::root`] is the error itself.
+    #[error("{}: {source}", path.display())]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: Box<Error>,
+    },
+
     /// A tensor entry of the header breaks a rule (dtype, shape, byte range, chunks).
     #[error("tensor {name:?}: {reason}")]
     InvalidTensor {
@@ -185,6 +196,27 @@ impl Error {
         }
     }
 
+    /// This error, naming `path` ([`Error::InFile`]) unless it names a path already.
+    #[must_use]
+    pub fn in_file(self, path: impl Into<PathBuf>) -> Self {
+        match self {
+            Error::Io { .. } | Error::InFile { .. } | Error::InShard { .. } | Error::InvalidIndex { .. } => self,
+            other => Error::InFile {
+                path: path.into(),
+                source: Box::new(other),
+            },
+        }
+    }
+
+    /// The error under the context that names where it was found
+    /// ([`Error::InFile`], [`Error::InShard`]): what went wrong itself.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::InFile { source, .. } | Error::InShard { source, .. } => source.root(),
+            other => other,
+        }
+    }
+
     /// Shorthand for [`Error::InvalidTensor`].
     pub fn tensor(name: &str, reason: impl Into<String>) -> Self {
         Error::InvalidTensor {
@@ -208,7 +240,7 @@ impl Error {
             Error::UnsupportedDtype(_) => "UnsupportedDtypeError",
             Error::OutOfMemory(_) => "DeathtensorsError",
             Error::Encrypted => "EncryptedFileError",
-            Error::InShard { source, .. } => source.class_name(),
+            Error::InShard { source, .. } | Error::InFile { source, .. } => source.class_name(),
             Error::BadMagic { .. }
             | Error::UnsupportedVersion(_)
             | Error::UnknownFlags(_)

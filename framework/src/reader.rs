@@ -122,7 +122,8 @@ impl DtReader {
         let file_len = meta.len();
         let layout = read_layout(file_len, options, |offset, buf| {
             file.read_exact_at(buf, offset).map_err(|e| Error::io(&path, e))
-        })?;
+        })
+        .map_err(|e| e.in_file(&path))?;
         Ok(DtReader {
             path,
             file,

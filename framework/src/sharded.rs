@@ -438,7 +438,11 @@ impl Checkpoint {
 pub fn in_shard<T>(shard: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     f().map_err(|e| Error::InShard {
         shard: shard.to_owned(),
-        source: Box::new(e),
+        // The shard's name says where: not its path again.
+        source: Box::new(match e {
+            Error::InFile { source, .. } => *source,
+            e => e,
+        }),
     })
 }
 

@@ -148,6 +148,25 @@ def test_bad_tolerance_and_missing_file(base, tmp_path):
 COMMANDS = cli_commands()
 
 
+def test_a_bad_file_is_named_in_the_error(base, tmp_path):
+    """Regression: a format error of either side said "invalid header: ..."
+    without saying which file; now dt.open, dt.diff and the CLI name it."""
+    bad = tmp_path / "bad.deathtensors"
+    bad.write_bytes(base.read_bytes().replace(b'"tensors"', b'"tensorz"', 1))
+    short = tmp_path / "short.deathtensors"
+    short.write_bytes(base.read_bytes()[:30])
+    for broken, reason in ((bad, "unknown field"), (short, "truncated file")):
+        for call, args in ((dt.open, (broken,)), (dt.diff, (base, broken)), (dt.diff, (broken, base))):
+            with pytest.raises(dt.FormatError, match=reason) as caught:
+                call(*args)
+            assert str(broken) in str(caught.value)
+        for prefix in COMMANDS.values():
+            for args in (["info", str(broken)], ["diff", str(base), str(broken)]):
+                result = run_cli(prefix, *args)
+                assert result.returncode == 1, result
+                assert str(broken) in result.stderr.decode() and reason in result.stderr.decode(), result.stderr
+
+
 @pytest.fixture(params=list(COMMANDS), ids=list(COMMANDS))
 def cli(request):
     prefix = COMMANDS[request.param]

@@ -24,7 +24,8 @@ fn sixteen() -> Vec<u8> {
     (1..=16).collect()
 }
 
-/// The error of opening `bytes`; panics when they open.
+/// The error of opening `bytes` (what went wrong, under the context naming
+/// the file); panics when they open, or when the error does not name the file.
 fn open_err(bytes: &[u8]) -> Error {
     open_err_with(bytes, &ReadOptions::default())
 }
@@ -32,7 +33,12 @@ fn open_err(bytes: &[u8]) -> Error {
 fn open_err_with(bytes: &[u8], options: &ReadOptions) -> Error {
     match open_bytes_with(bytes, options) {
         Ok(r) => panic!("a hostile file opened: tensors {:?}", r.keys().collect::<Vec<_>>()),
-        Err(e) => e,
+        Err(Error::InFile { path, source }) => {
+            assert!(path.ends_with("crafted.deathtensors"), "the error names {path:?}");
+            *source
+        }
+        Err(e @ Error::Io { .. }) => e,
+        Err(e) => panic!("an error that does not name the file: {e:?}"),
     }
 }
 

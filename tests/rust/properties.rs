@@ -354,7 +354,7 @@ proptest! {
             match outcome {
                 Ok(_) => prop_assert!(false, "a file cut to {} of {} bytes opened", len, good.len()),
                 Err(e) => prop_assert!(
-                    matches!(e, Error::Truncated { .. } | Error::TrailingBytes { .. } | Error::InvalidHeader(_) | Error::InvalidTensor { .. }),
+                    matches!(e.root(), Error::Truncated { .. } | Error::TrailingBytes { .. } | Error::InvalidHeader(_) | Error::InvalidTensor { .. }),
                     "cut to {}: {:?}", len, e
                 ),
             }
