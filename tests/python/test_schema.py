@@ -210,6 +210,8 @@ def test_sharded_checkpoints_validate_by_reader_or_index_path(tmp_path):
     assert index.exists()
     schema = dt.Schema().expect("layers.*.weight", dtype="F32", shape=[8, 8]).expect("head", dtype="I32")
     assert schema.validate(index)
+    # By its base path too, as the CLI names it (it raised FileNotFoundError).
+    assert schema.validate(tmp_path / "big.deathtensors")
     with dt.open_sharded(index) as sr:
         assert schema.validate(sr)
     with pytest.raises(dt.SchemaError) as info:

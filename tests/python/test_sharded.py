@@ -309,6 +309,25 @@ def test_failed_save_keeps_the_old_checkpoint_and_leaves_no_partial_shards(tmp_p
             assert torch.equal(sr.get_tensor(name), t)
 
 
+def test_a_single_file_at_the_base_path_is_replaced_by_the_checkpoint(tmp_path):
+    """Regression: save then save_sharded to one path left the single file,
+    which the CLI, dt.diff and Schema took for the path, hiding the checkpoint."""
+    base = tmp_path / "m.deathtensors"
+    dt.save(base, {"old": _f32(2, 0)})
+    (tmp_path / "m.dt").write_bytes(base.read_bytes())
+    (tmp_path / "m").write_text("notes, not a tensor file")
+    new = {f"t{i}": _f32(4, i) for i in range(3)}
+    dt.save_sharded(base, new, max_shard_bytes=16)
+    assert not base.exists() and not (tmp_path / "m.dt").exists()
+    assert (tmp_path / "m").read_text() == "notes, not a tensor file"
+    assert dt.diff(base, tmp_path / "m.deathtensors.index.json")["identical"]
+    assert dt.Schema().expect("t*", dtype="F32", shape=[4]).validate(base)
+    for prefix in cli_commands().values():
+        listed = run_cli(prefix, "list", str(base))
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.decode().split() == list(new), listed.stdout
+
+
 def _compact_index_size(index: Path) -> int:
     return len(json.dumps(json.loads(index.read_text()), ensure_ascii=False, separators=(",", ":")).encode()) + 1
 

@@ -224,9 +224,10 @@ class Schema:
         """Check a file against the schema; returns ``True`` when it fits.
 
         ``path_or_file`` is a path (opened and closed here; ``~`` and
-        ``$VARS`` are expanded; a ``.json`` path is opened as a sharded
-        index), an open :class:`DtFile` or a :class:`ShardedReader`. Only the
-        header is read.
+        ``$VARS`` are expanded; a sharded checkpoint is named as the CLI
+        names it: by its index, or by its base path when only the index and
+        shards exist), an open :class:`DtFile` or a :class:`ShardedReader`.
+        Only the header is read.
 
         Raises:
             SchemaError: listing every violation, one per line (missing
@@ -237,8 +238,8 @@ class Schema:
         if isinstance(path_or_file, (str, os.PathLike)):
             pkg = _pkg()
             path = pkg.expand_path(path_or_file)
-            opener = pkg.open_sharded if path.endswith(".json") else pkg.DtFile
-            with opener(path) as f:
+            index = _core.checkpoint_index(path)  # the rule the CLI follows
+            with pkg.open_sharded(index) if index is not None else pkg.DtFile(path) as f:
                 return self._validate(f, path)
         if not (hasattr(path_or_file, "keys") and hasattr(path_or_file, "info")):
             raise InvalidArgumentError(

@@ -70,6 +70,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: An index larger than this is refused (a real one for 10^6 tensors is ~100 MB at most).
 MAX_INDEX_BYTES: int = _core.MAX_INDEX_BYTES
+#: The first bytes of every ``.deathtensors`` file.
+_MAGIC = b"DTLEGION"
 #: What :func:`save_sharded` appends to the stem to name the index.
 INDEX_SUFFIX: str = _core.INDEX_SUFFIX
 #: The extension of every shard :func:`save_sharded` writes.
@@ -316,7 +318,11 @@ def save_sharded(
     shards of a concurrent save are kept). Saves into one folder write their
     shards at the same time but take turns from the index switch to the end
     of that cleanup (a ``flock`` on the folder), so concurrent saves of one
-    checkpoint leave the complete checkpoint of the last one to commit.
+    checkpoint leave the complete checkpoint of the last one to commit. A
+    single ``.deathtensors`` file at the base path (``{stem}.deathtensors``,
+    an earlier :func:`deathtensors.save`) is removed after the commit too: it
+    would shadow the checkpoint wherever a base path is read (the CLI,
+    :func:`deathtensors.diff`, :meth:`Schema.validate`).
 
     Args:
         path: Base path of the checkpoint (``~`` and ``$VARS`` are expanded).
@@ -471,12 +477,34 @@ def _commit_checkpoint(
             final = pending
         protected = {os.path.realpath(p) for p in inputs}
         _remove_orphans(folder, base, set(final), token, suffix, protected)
+        if index_suffix == INDEX_SUFFIX:
+            _remove_shadowing_files(folder, base, protected)
         return [os.path.join(folder, n) for n in final]
     finally:
         if folder_lock is not None:
             os.close(folder_lock)  # releases the lock
         os.close(marker_fd)
         _remove_quietly(marker)
+
+
+def _remove_shadowing_files(folder: str, base: str, protected: set) -> None:
+    """Remove a single ``.deathtensors`` file left at the checkpoint's base path
+    (``{base}.deathtensors``, ``{base}.dt`` or ``{base}``, by an earlier
+    :func:`deathtensors.save`): wherever a base path is read (the CLI,
+    :func:`deathtensors.diff`, :meth:`Schema.validate`), an existing file is
+    taken for that file, so it would shadow the checkpoint just committed.
+    Only files that start with the format's magic are removed."""
+    for name in (base + SHARD_SUFFIX, base + ".dt", base):
+        path = os.path.join(folder, name)
+        if os.path.realpath(path) in protected or not os.path.isfile(path) or os.path.islink(path):
+            continue
+        try:
+            with open(path, "rb") as fh:
+                is_tensor_file = fh.read(len(_MAGIC)) == _MAGIC
+        except OSError:  # pragma: no cover - unreadable: not ours to remove
+            continue
+        if is_tensor_file:
+            _remove_quietly(path)
 
 
 def _lock_folder(folder: str) -> int:
