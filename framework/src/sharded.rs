@@ -168,7 +168,16 @@ impl ShardedIndex {
         };
         let m = &self.metadata;
         match m.get("format") {
-            None => {}
+            None => {
+                // A Hugging Face index of safetensors shards: say so now, not
+                // "not a deathtensors file" of its first shard when a tensor is read.
+                if let Some((_, shard)) = self.weight_map.iter().find(|(_, s)| s.ends_with(".safetensors")) {
+                    return Err(bad(format!(
+                        "it is a safetensors index (shard {shard:?}), not a deathtensors one: convert the \
+                         checkpoint first (deathtensors.from_safetensors, or `deathtensors convert`)"
+                    )));
+                }
+            }
             Some(Value::String(f)) if f == INDEX_FORMAT => {}
             Some(other) => return Err(bad(format!("metadata.format is {other}, not {INDEX_FORMAT:?}"))),
         }
@@ -711,6 +720,14 @@ mod tests {
             r#"{"metadata": {"global_metadata": 3}, "weight_map": {}}"#,
             "global_metadata",
         );
+        // A Hugging Face index: refused as one up front, not by its first shard's magic later.
+        refused(
+            r#"{"metadata": {"total_size": 4}, "weight_map": {"a": "model-00001-of-00001.safetensors"}}"#,
+            "it is a safetensors index (shard \"model-00001-of-00001.safetensors\")",
+        );
+        // Read as a foreign index (by the converters), it is fine.
+        let (_d, p) = index(r#"{"weight_map": {"a": "model-00001-of-00001.safetensors"}}"#);
+        assert!(ShardedIndex::read(&p, MAX_INDEX_BYTES).is_ok());
     }
 
     #[test]

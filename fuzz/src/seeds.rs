@@ -97,7 +97,9 @@ fn write_index_seeds(dir: &Path) -> Result<Vec<PathBuf>> {
         json!({"metadata": {"total_size": 6144, "format": "deathtensors",
                             "global_metadata": {"arch": "tiny", "step": 7, "tags": ["a", null, 1.5]}},
                "weight_map": ours}),
-        json!({"metadata": {"total_size": 16}, "weight_map": {"w": "model-00001-of-00001.safetensors"}}),
+        // The shape of a Hugging Face index (no "format"), naming deathtensors shards
+        // (safetensors shards are refused: `check_deathtensors`).
+        json!({"metadata": {"total_size": 16}, "weight_map": {"w": "model-00001-of-00001.deathtensors"}}),
         json!({"weight_map": {"": "x.dt", "é\u{1b}[2J\"quote": "..m", "ab:c": "ab-ok.deathtensors"}}),
         json!({"metadata": null, "weight_map": {}}),
     ];

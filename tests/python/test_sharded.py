@@ -328,6 +328,24 @@ def test_a_single_file_at_the_base_path_is_replaced_by_the_checkpoint(tmp_path):
         assert listed.stdout.decode().split() == list(new), listed.stdout
 
 
+def test_a_safetensors_index_is_refused_when_opened_with_the_way_to_convert_it(tmp_path):
+    """Regression: open_sharded took a Hugging Face index and failed only when
+    a tensor was read, with "not a deathtensors file" of its first shard."""
+    st = pytest.importorskip("safetensors.torch")
+    st.save_file({"a": _f32(3)}, str(tmp_path / "model-00001-of-00001.safetensors"))
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {"a": "model-00001-of-00001.safetensors"}}))
+    with pytest.raises(dt.FormatError, match="safetensors index .*from_safetensors"):
+        dt.open_sharded(index)
+    for prefix in cli_commands().values():
+        result = run_cli(prefix, "info", str(index))
+        assert result.returncode == 1 and b"safetensors index" in result.stderr, result.stderr
+    # The way out it names works.
+    converted = dt.from_safetensors(index, tmp_path / "model.deathtensors")
+    with dt.open_sharded(converted) as sr:
+        assert torch.equal(sr.get_tensor("a"), _f32(3))
+
+
 def _compact_index_size(index: Path) -> int:
     return len(json.dumps(json.loads(index.read_text()), ensure_ascii=False, separators=(",", ":")).encode()) + 1
 
