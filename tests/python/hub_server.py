@@ -101,6 +101,13 @@ class HubServer:
         #: ``resolve`` without a range), with the file's path: what a broken
         #: proxy or disk would send. The headers still announce the real file.
         self.tamper: Optional[Callable[[str, bytes], bytes]] = None
+        #: ``(n, seconds)``: every range answer that does not start at byte 0
+        #: sends only its first ``n`` bytes. With ``seconds`` > 0 it announces
+        #: its whole length, then holds the connection that long and closes it
+        #: (a server that stalls mid-answer); with 0 its ``Content-Length`` is
+        #: ``n`` (a well-formed answer shorter than the range it names: a
+        #: broken proxy).
+        self.cut_ranges: Optional[Tuple[int, float]] = None
         self.lock = threading.Lock()
         self._httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -466,6 +473,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(416, b"", headers, "application/octet-stream")
             return
         headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        if self.hub.cut_ranges is not None and start > 0 and self.command == "GET":
+            keep, hold = self.hub.cut_ranges
+            self.send_response(206)
+            for k, v in {**headers, "Content-Length": str(end + 1 - start if hold > 0 else keep)}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data[start : start + keep])
+            self.wfile.flush()
+            self._record.update(status=206, bytes_sent=keep)
+            time.sleep(hold)
+            self.close_connection = True
+            return
         self._send(206, data[start : end + 1], headers, "application/octet-stream")
 
 

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -680,6 +681,33 @@ def test_convert_on_hub_streams_the_source_without_downloading_it(lfs_hub: Env) 
     assert _cached_blobs(lfs_hub) == []
     local = dt.from_safetensors(str(src), str(lfs_hub.files / "local.deathtensors"), compress=True)
     assert lfs_hub.server.files("ns/stream")["model.deathtensors"] == Path(local).read_bytes()
+
+
+@pytest.mark.parametrize("hold", [0.0, 30.0], ids=["short", "stalled"])
+def test_a_range_answer_cut_short_is_a_connection_error(lfs_hub: Env, hold: float) -> None:
+    """Regression: a server that stopped sending mid-answer hung the conversion
+    (no timeout on range reads), and a short answer made a FormatError
+    blaming the source ("truncated file")."""
+    st = pytest.importorskip("safetensors.numpy")
+    src = lfs_hub.files / "model.safetensors"
+    st.save_file({"w": np.random.default_rng(4).standard_normal(300_000).astype(np.float32)}, str(src))
+    repo = lfs_hub.server.add_repo("ns/cut", files={"model.safetensors": src.read_bytes()})
+    before = list(repo.commits)
+    lfs_hub.server.cut_ranges = (1000, hold)
+    started = time.monotonic()
+    got = lfs_hub.result(
+        """
+        try:
+            convert_safetensors_on_hub("ns/cut", "model.safetensors")
+            out("converted")
+        except dt.DeathtensorsError as e:
+            out(type(e).__name__)
+        """,
+        HF_HUB_DOWNLOAD_TIMEOUT="2",
+    )
+    assert got == "HubConnectionError", got
+    assert time.monotonic() - started < 25
+    assert repo.commits == before
 
 
 def test_read_ahead_serves_every_read_exactly_and_fetches_no_byte_twice() -> None:

@@ -924,19 +924,30 @@ class HubCachedFile:
         headers["Range"] = f"bytes={start}-{end - 1}"
         headers["Accept-Encoding"] = "identity"
         want = end - start
-        with _hub_errors(f"reading {self.filename} of {self.repo_id}"):
-            with hf.utils.get_session().stream("GET", self.url, headers=headers, follow_redirects=True) as r:
+        what = f"reading {self.filename} of {self.repo_id}"
+
+        def same_size(total: int) -> None:
+            if self._probe is not None and total != self._probe[1]:
+                raise HubError(
+                    f"{self.filename} of {self.repo_id} changed size on the Hub while it was read "
+                    f"({self._probe[1]} then {total} bytes)"
+                )
+
+        with _hub_errors(what):
+            # The client's download timeout, per socket read: a server that stops
+            # sending fails the read (HubConnectionError) instead of hanging it.
+            timeout = hf.constants.HF_HUB_DOWNLOAD_TIMEOUT
+            with hf.utils.get_session().stream(
+                "GET", self.url, headers=headers, follow_redirects=True, timeout=timeout
+            ) as r:
                 unsatisfiable = re.fullmatch(r"bytes \*/(\d+)", r.headers.get("Content-Range", "").strip())
                 if r.status_code == 416 and unsatisfiable and start >= int(unsatisfiable.group(1)):
                     # A range past the end (an empty file): no bytes, and the core says the file is short.
+                    same_size(int(unsatisfiable.group(1)))
                     return bytearray(), int(unsatisfiable.group(1))
                 hf.utils.hf_raise_for_status(r)
                 total = _total_size(r.headers.get("Content-Range"), r.status_code, r.headers.get("Content-Length"))
-                if self._probe is not None and total != self._probe[1]:
-                    raise HubError(
-                        f"{self.filename} of {self.repo_id} changed size on the Hub while it was read "
-                        f"({self._probe[1]} then {total} bytes)"
-                    )
+                same_size(total)
                 if r.status_code == 206 and not r.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
                     raise HubError(f"the Hub answered range {r.headers.get('Content-Range')!r}, not bytes={start}-")
                 if r.status_code == 200 and start > 0:
@@ -952,8 +963,15 @@ class HubCachedFile:
                         break
                 view.release()
         self.bytes_fetched += got
+        if got < want and start + got < total:
+            # The file has those bytes, but the answer stopped short (a dropped
+            # connection, a broken proxy): the Hub's failure, not the file's.
+            raise HubConnectionError(
+                f"{what}: the Hub sent {got} of the {want} bytes asked for at offset {start} "
+                f"of a {total}-byte file; try again"
+            )
         if got < want:
-            del data[got:]  # a short answer: the core reports the range as truncated
+            del data[got:]  # a range past the end of the file: the core reports the file as short
         return data, total
 
     def header(self) -> Dict[str, Any]:
@@ -1105,10 +1123,11 @@ class _ReadAhead:
     """A ``fetch(offset, length)`` over another that reads ahead: a read that
     starts where the one before ended and is shorter than ``block`` fetches
     ``block`` bytes, and later reads are served from them, in part when they
-    run past their end (only the rest is fetched). Other reads (the samples
-    the writer takes from the middle of tensors) go through as they are, so no
-    byte is fetched twice but the samples, and at most ``block`` bytes are
-    held."""
+    run past their end (only the rest is fetched, read ahead again if the
+    read follows on). Other reads (the samples the writer takes from the
+    middle of tensors, tensors written in an order that is not their bytes')
+    are fetched as asked. At most ``block`` bytes are held; reads that go
+    forward through the file fetch no byte twice."""
 
     def __init__(self, fetch: Callable[[int, int], bytearray], total: int, block: int) -> None:
         self._fetch = fetch
@@ -1126,7 +1145,7 @@ class _ReadAhead:
             return memoryview(self._buf)[at : at + length]
         head = b""
         if 0 <= at < len(self._buf):  # starts in what is held: fetch only the rest
-            head, offset, length, sequential = bytes(memoryview(self._buf)[at:]), held_end, end - held_end, True
+            head, offset, length = bytes(memoryview(self._buf)[at:]), held_end, end - held_end
         if sequential and length < self._block:
             self._start, self._buf = offset, self._fetch(offset, max(length, min(self._block, self._total - offset)))
             rest: Union[bytearray, memoryview] = memoryview(self._buf)[:length]  # short if the answer is
