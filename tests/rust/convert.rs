@@ -403,6 +403,50 @@ fn bad_sources_are_format_errors_and_write_nothing() {
     assert!(hidden_entries(dir.path()).is_empty());
 }
 
+#[test]
+fn tensors_at_the_same_offsets_import_in_name_order_every_time() {
+    // Regression: the crate orders tensors of equal offsets (empty ones) as its
+    // hash map iterates, so two imports of one file could differ.
+    let dir = tempfile::tempdir().unwrap();
+    let mut header = String::from("{");
+    for name in ["e3", "e0", "e5", "e1", "e4", "e2"] {
+        header += &format!(r#""{name}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}},"#);
+    }
+    header += r#""a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    let bytes = [
+        (header.len() as u64).to_le_bytes().to_vec(),
+        header.into_bytes(),
+        vec![0, 0, 128, 63],
+    ]
+    .concat();
+    let src = dir.path().join("empties.safetensors");
+    std::fs::write(&src, &bytes).unwrap();
+    let expected = ["e0", "e1", "e2", "e3", "e4", "e5", "a"];
+    for round in 0..10 {
+        let dst = dir.path().join(format!("{round}.deathtensors"));
+        converter().import(&src, &dst, &opts(None, None)).unwrap();
+        assert_eq!(
+            DtReader::open(&dst).unwrap().keys().collect::<Vec<_>>(),
+            expected,
+            "import {round}"
+        );
+        converter()
+            .import_from(
+                &Reads::new(&bytes),
+                bytes.len() as u64,
+                "remote",
+                &dst,
+                &opts(None, None),
+            )
+            .unwrap();
+        assert_eq!(
+            DtReader::open(&dst).unwrap().keys().collect::<Vec<_>>(),
+            expected,
+            "import_from {round}"
+        );
+    }
+}
+
 /// A source in memory that records the reads made of it, and can be made to fail.
 struct Reads<'a> {
     bytes: &'a [u8],

@@ -13,8 +13,8 @@
 //! reclaimable, and the only anonymous memory is the writer's per-chunk
 //! buffers (compression) — never a copy of the file. The destination is
 //! written atomically with the caller's [`WriteOptions`] (codec, checksum).
-//! Tensors keep the order of their bytes in the source (or the order recorded
-//! by an export, below); global metadata keys are sorted, since safetensors
+//! Tensors keep the order of their bytes in the source (empty tensors at one
+//! offset by name), or the order recorded by an export (below); global metadata keys are sorted, since safetensors
 //! keeps them in a map without order.
 //!
 //! # Import by ranges (a remote source)
@@ -243,7 +243,11 @@ fn source_layout(src: &dyn std::fmt::Display, header_len: usize, metadata: &Meta
     let data_start = LEN_PREFIX
         .checked_add(header_len as u64)
         .ok_or_else(|| bad_source(src, "header length overflows"))?;
-    let names = metadata.offset_keys();
+    // In the order of their bytes; tensors at the same offsets (empty ones)
+    // by name: the crate breaks such ties in its hash map's random order, which
+    // made two imports of one file differ.
+    let mut names = metadata.offset_keys();
+    names.sort_by_cached_key(|n| (metadata.info(n).map(|i| i.data_offsets), n.clone()));
     let decoded = decode_metadata(metadata.metadata().clone().unwrap_or_default(), &names)
         .map_err(|reason| bad_source(src, reason))?;
     // Metadata nested deeper than a header may be is the source's fault: a
