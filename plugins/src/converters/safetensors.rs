@@ -14,8 +14,9 @@
 //! buffers (compression) — never a copy of the file. The destination is
 //! written atomically with the caller's [`WriteOptions`] (codec, checksum).
 //! Tensors keep the order of their bytes in the source (empty tensors at one
-//! offset by name), or the order recorded by an export (below); global metadata keys are sorted, since safetensors
-//! keeps them in a map without order.
+//! offset by name), or the order recorded by an export (below); global
+//! metadata keys are sorted, since safetensors keeps them in a map without
+//! order.
 //!
 //! # Import by ranges (a remote source)
 //!
