@@ -346,6 +346,19 @@ def test_a_safetensors_index_is_refused_when_opened_with_the_way_to_convert_it(t
         assert torch.equal(sr.get_tensor("a"), _f32(3))
 
 
+@pytest.mark.parametrize("name", ["ck.json", "ck.index.json", "ck.dt.index.json"])
+def test_a_json_path_other_than_the_index_name_is_refused(tmp_path, name):
+    """Regression: save_sharded("ck.json") wrote ck.json.deathtensors.index.json,
+    and open_sharded("ck.json") then looked for the index ck.json."""
+    with pytest.raises(dt.InvalidArgumentError, match=r"ends in \.json.*ck\.deathtensors\.index\.json"):
+        dt.save_sharded(tmp_path / name, {"a": _f32(2)})
+    assert list(tmp_path.iterdir()) == []
+    # The index name itself is a path both take.
+    dt.save_sharded(tmp_path / "ck.deathtensors.index.json", {"a": _f32(2)})
+    with dt.open_sharded(tmp_path / "ck.deathtensors.index.json") as sr:
+        assert sr.keys() == ["a"]
+
+
 def _compact_index_size(index: Path) -> int:
     return len(json.dumps(json.loads(index.read_text()), ensure_ascii=False, separators=(",", ":")).encode()) + 1
 

@@ -340,7 +340,9 @@ def save_sharded(
         The shard paths, in order.
 
     Raises:
-        InvalidArgumentError: ``tensors`` is not a dict, ``max_shard_bytes``
+        InvalidArgumentError: ``path`` ends in ``.json`` but not in
+            ``.deathtensors.index.json`` (``open_sharded`` would take it for
+            the index itself), ``tensors`` is not a dict, ``max_shard_bytes``
             is not an integer >= 1, bad names, metadata or values. Checked
             before anything is written.
         PluginError, UnsupportedDtypeError, OSError: as in :func:`deathtensors.save`.
@@ -376,7 +378,16 @@ def save_sharded(
     sizes = [(name, _raw_nbytes(name, value)) for name, value in tensors.items() if name not in tied]
 
     full = pkg.expand_path(path)
-    folder, base = _split_stem(_stem(full), path, "path")
+    stem = _stem(full)
+    if full.endswith(".json") and full != stem + INDEX_SUFFIX:
+        # open_sharded takes a .json path for the index itself: it would not find this checkpoint.
+        meant = re.sub(r"(\.dt)?(\.index)?\.json$", "", full)
+        raise InvalidArgumentError(
+            f"path {os.fspath(path)!r} ends in .json, so open_sharded would read it as the index, but the "
+            f"index is named {{stem}}{INDEX_SUFFIX}: give the base path {meant + SHARD_SUFFIX!r} or the index "
+            f"path {meant + INDEX_SUFFIX!r}"
+        )
+    folder, base = _split_stem(stem, path, "path")
 
     groups = _plan(sizes, limit)
     if tied:
