@@ -3,7 +3,6 @@
 use std::ffi::OsString;
 
 use deathtensors::manifest;
-use deathtensors::reader::DtReader;
 use deathtensors::Error;
 
 use crate::{expand_path, EXIT_OK};
@@ -26,7 +25,7 @@ pub(crate) struct ManifestArgs {
 ///
 /// Without `--json`, writes the sidecar atomically and prints its path.
 pub(crate) fn run(args: ManifestArgs) -> Result<(String, i32), Error> {
-    let reader = DtReader::open(expand_path(&args.path))?;
+    let reader = manifest::open_described(expand_path(&args.path))?;
     if args.json {
         return Ok((manifest::manifest_text(&reader)?, EXIT_OK));
     }

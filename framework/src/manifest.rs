@@ -177,6 +177,28 @@ impl<'a> Manifest<'a> {
     }
 }
 
+/// Open the file whose manifest is wanted. A path that names a sharded
+/// checkpoint ([`crate::sharded::names_checkpoint`]: its index, or its base
+/// path) is refused with what to do instead: a manifest describes one file.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for a checkpoint; as [`DtReader::open`].
+pub fn open_described(path: impl AsRef<Path>) -> Result<DtReader> {
+    let path = path.as_ref();
+    if crate::sharded::names_checkpoint(path) {
+        let first = crate::sharded::ShardedIndex::of_checkpoint(path)
+            .ok()
+            .and_then(|i| i.by_shard().first().map(|(s, _)| (*s).to_owned()));
+        return Err(Error::InvalidArgument(format!(
+            "{} names a sharded checkpoint, and a manifest describes one file: write one per shard \
+             (`deathtensors manifest {}`, or deathtensors.write_manifest of each)",
+            path.display(),
+            first.as_deref().unwrap_or("SHARD")
+        )));
+    }
+    DtReader::open(path)
+}
+
 /// The manifest of an open file, as a JSON object.
 ///
 /// It holds the full header (as parsed), the file's name (without its

@@ -19,7 +19,7 @@ use crate::to_py;
 #[pyfunction]
 fn manifest_json(py: Python<'_>, path: PathBuf) -> PyResult<String> {
     let value = py
-        .detach(|| DtReader::open(&path).and_then(|r| manifest::manifest(&r)))
+        .detach(|| manifest::open_described(&path).and_then(|r| manifest::manifest(&r)))
         .map_err(|e| to_py(py, e))?;
     Ok(value.to_string())
 }
@@ -30,7 +30,9 @@ fn manifest_json(py: Python<'_>, path: PathBuf) -> PyResult<String> {
 #[pyo3(signature = (dt_path, manifest_path=None))]
 fn write_manifest(py: Python<'_>, dt_path: PathBuf, manifest_path: Option<PathBuf>) -> PyResult<OsString> {
     let written = py
-        .detach(|| DtReader::open(&dt_path).and_then(|r| manifest::write_manifest(&r, manifest_path.as_deref())))
+        .detach(|| {
+            manifest::open_described(&dt_path).and_then(|r| manifest::write_manifest(&r, manifest_path.as_deref()))
+        })
         .map_err(|e| to_py(py, e))?;
     Ok(written.into_os_string())
 }

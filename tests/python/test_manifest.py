@@ -209,6 +209,26 @@ def test_writing_the_manifest_over_the_tensor_file_is_refused(cli, model, tmp_pa
     assert link.is_symlink()
 
 
+def test_a_sharded_checkpoint_is_refused_with_what_to_do(cli, tmp_path):
+    """Regression: the base path said "No such file", the index "not a
+    deathtensors file: the magic is '{...'"."""
+    import numpy as np
+
+    from deathtensors._manifest import manifest
+
+    dt.save_sharded(tmp_path / "ck.deathtensors", {"a": np.ones(4, np.float32), "b": np.ones(4, np.float32)}, 16)
+    for path in (tmp_path / "ck.deathtensors", tmp_path / "ck.deathtensors.index.json"):
+        for call in (dt.write_manifest, manifest):
+            with pytest.raises(dt.InvalidArgumentError, match="names a sharded checkpoint.*ck-00001-of-00002"):
+                call(path)
+        r = cli("manifest", str(path))
+        assert r.returncode == 2 and b"names a sharded checkpoint" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if "manifest" in p.name) == []
+    # What it says to do works.
+    r = cli("manifest", str(tmp_path / "ck-00001-of-00002.deathtensors"))
+    assert r.returncode == 0, r.stderr
+
+
 def test_cli_writes_the_sidecar_and_prints_its_path(cli, model):
     r = cli("manifest", str(model))
     assert r.returncode == 0, r.stderr
