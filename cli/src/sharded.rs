@@ -129,7 +129,7 @@ pub(crate) fn list(path: &Path, as_json: bool) -> Result<String, Error> {
 }
 
 /// `deathtensors verify` of a checkpoint: every shard's footer, every tensor
-/// of the index present in its shard, and `total_size` (when the index has
+/// of the index present in its shard (and no other), and `total_size` (when the index has
 /// one) equal to their bytes, as `ShardedReader.verify` checks. The first
 /// failure is the error.
 pub(crate) fn verify(path: &Path, as_json: bool) -> Result<String, Error> {

@@ -289,12 +289,28 @@ impl ShardedIndex {
     /// which the shard stores once. This is what `save_sharded` writes.
     ///
     /// # Errors
-    /// [`Error::TensorNotFound`] when the shard lacks one of `tensors`.
+    /// [`Error::TensorNotFound`] when the shard lacks one of `tensors`; a
+    /// format error naming the shard when it holds tensors besides them (the
+    /// index would hide them: a shard of another checkpoint, or tampering).
     pub fn stored_nbytes(shard: &DtReader, tensors: &[&str]) -> Result<u64> {
         for t in tensors {
             shard.tensor(t)?;
         }
         let wanted: std::collections::HashSet<&str> = tensors.iter().copied().collect();
+        let extra: Vec<&str> = shard
+            .tensors()
+            .iter()
+            .filter(|t| t.part_of.is_none() && !wanted.contains(t.name.as_str()))
+            .map(|t| t.name.as_str())
+            .collect();
+        if let Some(first) = extra.first() {
+            let reason = format!(
+                "the index does not place it in this shard ({} such tensor(s): {:?})",
+                extra.len(),
+                &extra[..extra.len().min(10)]
+            );
+            return Err(Error::tensor(first, reason).in_file(shard.path()));
+        }
         Ok(shard
             .tensors()
             .iter()

@@ -359,6 +359,23 @@ def test_a_json_path_other_than_the_index_name_is_refused(tmp_path, name):
         assert sr.keys() == ["a"]
 
 
+def test_verify_finds_a_shard_holding_tensors_the_index_does_not_name(tmp_path):
+    """Regression: a shard with an extra tensor (a shard of another
+    checkpoint, or tampering) verified, with total_size or without."""
+    tensors = {f"t{i}": _f32(4, i) for i in range(4)}
+    dt.save_sharded(tmp_path / "m.deathtensors", tensors, max_shard_bytes=32, checksum=True)
+    shard = tmp_path / "m-00001-of-00002.deathtensors"
+    with dt.open(shard) as f:
+        kept = {k: f.get_tensor(k) for k in f.keys()}
+    dt.save(shard, {**kept, "stowaway": _f32(4, 9)}, checksum=True)
+    with dt.open_sharded(tmp_path / "m.deathtensors") as sr:
+        with pytest.raises(dt.FormatError, match="stowaway.*the index does not place it in this shard"):
+            sr.verify()
+    for prefix in cli_commands().values():
+        result = run_cli(prefix, "verify", str(tmp_path / "m.deathtensors"))
+        assert result.returncode == 1 and b"stowaway" in result.stderr, result.stderr
+
+
 def _compact_index_size(index: Path) -> int:
     return len(json.dumps(json.loads(index.read_text()), ensure_ascii=False, separators=(",", ":")).encode()) + 1
 

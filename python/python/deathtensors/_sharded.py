@@ -921,8 +921,8 @@ class ShardedReader:
     def verify(self) -> bool:
         """Verify every shard's checksum footer and the index against the shards; returns ``True``.
 
-        Checks that each shard holds the tensors the index places there and
-        that ``metadata.total_size`` (when present) equals their raw bytes as
+        Checks that each shard holds the tensors the index places there, and
+        no others, and that ``metadata.total_size`` (when present) equals their raw bytes as
         :func:`deathtensors.save_sharded` counts them: a sparse tensor's
         indices included, a second name of a tied weight not.
         Shards not opened yet are opened one at a time and closed again, so a
