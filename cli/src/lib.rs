@@ -540,7 +540,11 @@ fn execute_here(command: Command) -> Result<(String, i32), Error> {
                 names
                     .iter()
                     .map(|n| deathtensors::stats::tensor_stats(&r, n))
-                    .collect::<Result<Vec<_>, _>>()?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| match e {
+                        Error::TensorNotFound(_) => e.in_file(r.path()),
+                        e => e,
+                    })?
             };
             if json {
                 s = pretty(&serde_json::to_value(&rows).unwrap_or_default());

@@ -205,7 +205,7 @@ pub(crate) fn stats(path: &Path, names: &[String], as_json: bool) -> Result<Stri
     } else {
         let listed: std::collections::HashSet<&str> = index.weight_map().iter().map(|(t, _)| t.as_str()).collect();
         if let Some(unknown) = names.iter().find(|n| !listed.contains(n.as_str())) {
-            return Err(Error::TensorNotFound(unknown.clone()));
+            return Err(Error::TensorNotFound(unknown.clone()).in_file(index.path()));
         }
         names.iter().map(String::as_str).collect()
     };

@@ -170,7 +170,7 @@ pub enum Error {
     },
 
     /// No tensor of this name in the file.
-    #[error("no tensor named {0:?} in the file")]
+    #[error("no tensor named {0:?}")]
     TensorNotFound(String),
 
     /// A caller passed an argument that cannot be honoured.

@@ -376,6 +376,18 @@ def test_verify_finds_a_shard_holding_tensors_the_index_does_not_name(tmp_path):
         assert result.returncode == 1 and b"stowaway" in result.stderr, result.stderr
 
 
+def test_cli_stats_of_an_unknown_name_says_where_it_looked(tmp_path):
+    """Regression: stats of a checkpoint said 'no tensor named "nope" in the file'."""
+    dt.save_sharded(tmp_path / "m.deathtensors", {"a": _f32(4), "b": _f32(4)}, max_shard_bytes=16)
+    shard = tmp_path / "m-00001-of-00002.deathtensors"
+    for prefix in cli_commands().values():
+        for path, named in ((tmp_path / "m.deathtensors", "m.deathtensors.index.json"), (shard, shard.name)):
+            result = run_cli(prefix, "stats", str(path), "nope")
+            err = result.stderr.decode()
+            assert result.returncode == 2, err
+            assert f'{named}: no tensor named "nope"' in err and "in the file" not in err, err
+
+
 def _compact_index_size(index: Path) -> int:
     return len(json.dumps(json.loads(index.read_text()), ensure_ascii=False, separators=(",", ":")).encode()) + 1
 
