@@ -659,12 +659,14 @@ fn tensor_row(t: &deathtensors::format::TensorInfo) -> Vec<String> {
     ]
 }
 
-/// A table indented by two spaces, columns padded to their widest cell.
+/// A table indented by two spaces, columns padded to their widest cell, as
+/// a terminal shows it (a CJK character or an emoji takes two columns).
 fn write_table(s: &mut String, indent: &str, heads: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = heads.iter().map(|h| h.len()).collect();
+    use unicode_width::UnicodeWidthStr;
+    let mut widths: Vec<usize> = heads.iter().map(|h| h.width()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(cell.width());
         }
     }
     // Padded by hand: `{:w$}` panics for widths over u16::MAX, which a
@@ -676,7 +678,7 @@ fn write_table(s: &mut String, indent: &str, heads: &[&str], rows: &[Vec<String>
                 text.push_str("  ");
             }
             text.push_str(cell);
-            text.extend(std::iter::repeat_n(' ', width.saturating_sub(cell.chars().count())));
+            text.extend(std::iter::repeat_n(' ', width.saturating_sub(cell.width())));
         }
         let _ = writeln!(s, "{}", text.trim_end());
     };
@@ -750,6 +752,27 @@ pub fn human(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_columns_line_up_on_a_terminal_with_wide_characters() {
+        // Regression: cells were padded by char count, so a name of CJK
+        // characters or emoji (two columns each) pushed its row's columns right.
+        let rows = vec![
+            vec!["权重".to_owned(), "F32".to_owned()],
+            vec!["w🔥".to_owned(), "BF16".to_owned()],
+            vec!["bias".to_owned(), "F16".to_owned()],
+        ];
+        let mut s = String::new();
+        write_table(&mut s, "", &["name", "dtype"], &rows);
+        let columns: Vec<usize> = s
+            .lines()
+            .map(|l| {
+                let at = l.find(|c| c == 'd' || c == 'F' || c == 'B').unwrap();
+                unicode_width::UnicodeWidthStr::width(&l[..at])
+            })
+            .collect();
+        assert_eq!(columns, [6, 6, 6, 6], "{s}");
+    }
 
     #[test]
     fn expands_home_and_vars() {
