@@ -767,7 +767,7 @@ mod tests {
         let columns: Vec<usize> = s
             .lines()
             .map(|l| {
-                let at = l.find(|c| c == 'd' || c == 'F' || c == 'B').unwrap();
+                let at = l.find(['d', 'F', 'B']).unwrap();
                 unicode_width::UnicodeWidthStr::width(&l[..at])
             })
             .collect();
