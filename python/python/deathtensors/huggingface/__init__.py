@@ -1190,8 +1190,9 @@ def convert_safetensors_on_hub(
     The source is read from the Hub by HTTP range, tensor by tensor, as the
     conversion writes it into a temporary folder: no copy of it is downloaded
     (nor kept in the Hugging Face cache), and memory stays bounded whatever
-    its size (the reads in flight and the writer's buffers: tens of MiB). A source already in the cache is
-    converted from there instead. Then one commit adds the result and, with
+    its size (the reads in flight and the writer's buffers: tens of MiB). A
+    source already in the cache is converted from there instead. Then one
+    commit adds the result and, with
     ``delete_original=True``, deletes the source. A failure leaves the repo
     unchanged, and so does a branch that moved on while the conversion ran
     (the commit names the source's commit as its parent; the Hub refuses it,
