@@ -10,7 +10,6 @@ use std::path::PathBuf;
 // a `pathlib.Path`).
 
 use deathtensors::manifest;
-use deathtensors::reader::DtReader;
 use pyo3::prelude::*;
 
 use crate::to_py;
