@@ -524,7 +524,8 @@ fn execute_here(command: Command) -> Result<(String, i32), Error> {
         Command::Stats { path, names, json } => {
             let r = DtReader::open(expand_path(&path))?;
             let rows = if names.is_empty() {
-                let pb = progress::bar(r.tensors().iter().map(|t| t.nbytes).sum(), "stats");
+                let total = r.tensors().iter().map(|t| t.nbytes).fold(0, u64::saturating_add);
+                let pb = progress::bar(total, "stats");
                 let all = deathtensors::stats::all_stats_with_progress(&r, &|n| {
                     if let Some(pb) = &pb {
                         pb.inc(n);
@@ -617,7 +618,14 @@ fn info_json(r: &DtReader) -> Value {
 /// location: `hub-info REPO FILE` prints the same text).
 pub fn info_text(label: &str, layout: &Layout, file_len: u64) -> String {
     let mut s = String::new();
-    let total: u64 = layout.tensors.iter().map(|t| t.nbytes).sum();
+    // A second name (alias) holds no bytes of its own. Saturating: a hostile
+    // header's entries may claim more than 2^64 bytes between them.
+    let total = layout
+        .tensors
+        .iter()
+        .filter(|t| t.alias_of.is_none())
+        .map(|t| t.nbytes)
+        .fold(0, u64::saturating_add);
     let _ = writeln!(s, "file:      {label}");
     let _ = writeln!(s, "size:      {} ({} of tensor data)", human(file_len), human(total));
     let _ = writeln!(s, "format:    deathtensors v{}", deathtensors::format::VERSION);
@@ -752,6 +760,42 @@ pub fn human(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn info_of_a_file_claiming_more_than_2_pow_64_bytes_does_not_overflow() {
+        // Regression (debug builds panicked, release ones printed "0 B of tensor
+        // data"): a remote file claiming 2^62 bytes, one tensor of them and three
+        // aliases of it. Aliases hold no bytes of their own.
+        let n = 1u64 << 62;
+        let mut entries = vec![format!(
+            r#"{{"name":"t","dtype":"U8","shape":[{n}],"offsets":[0,{n}]}}"#
+        )];
+        for i in 0..3 {
+            entries.push(format!(
+                r#"{{"name":"a{i}","dtype":"U8","shape":[{n}],"offsets":[0,{n}],"alias_of":"t"}}"#
+            ));
+        }
+        let header = format!(r#"{{"tensors":[{}]}}"#, entries.join(","));
+        let mut head = b"DTLEGION".to_vec();
+        head.extend_from_slice(&1u32.to_le_bytes());
+        head.extend_from_slice(&0u32.to_le_bytes());
+        head.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        head.extend_from_slice(header.as_bytes());
+        head.resize(
+            head.len() + deathtensors::format::nul_padding(header.len() as u64) as usize,
+            0,
+        );
+        let file_len = head.len() as u64 + n;
+        let layout = deathtensors::reader::read_layout(file_len, &Default::default(), |offset, buf| {
+            let start = (offset as usize).min(head.len());
+            let end = (start + buf.len()).min(head.len());
+            buf[..end - start].copy_from_slice(&head[start..end]);
+            Ok(())
+        })
+        .unwrap();
+        let text = info_text("hub://x", &layout, file_len);
+        assert!(text.contains("(4194304.0 TiB of tensor data)"), "{text}");
+    }
 
     #[test]
     fn table_columns_line_up_on_a_terminal_with_wide_characters() {

@@ -41,7 +41,7 @@ pub(crate) fn info(path: &Path, as_json: bool) -> Result<String, Error> {
     let mut tensor_rows: HashMap<String, Vec<String>> = HashMap::new();
     let mut on_disk = 0;
     each_shard(&index, None, |shard, tensors, r| {
-        on_disk += r.file_len();
+        on_disk = u64::saturating_add(on_disk, r.file_len());
         if as_json {
             let mut v = info_json(r);
             v["shard"] = json!(shard);
@@ -140,7 +140,7 @@ pub(crate) fn verify(path: &Path, as_json: bool) -> Result<String, Error> {
         .iter()
         .filter_map(|(shard, _)| std::fs::metadata(index.shard_path(shard)).ok())
         .map(|m| m.len())
-        .sum();
+        .fold(0, u64::saturating_add);
     let pb = progress::bar(total, "verify");
     let mut done = 0;
     let mut held = 0u64;
@@ -153,8 +153,8 @@ pub(crate) fn verify(path: &Path, as_json: bool) -> Result<String, Error> {
                 }
             })
         })?;
-        done += r.file_len();
-        held += ShardedIndex::stored_nbytes(r, tensors)?;
+        done = u64::saturating_add(done, r.file_len());
+        held = held.saturating_add(ShardedIndex::stored_nbytes(r, tensors)?);
         let algorithm = r.checksum().map(|c| c.id()).unwrap_or_default();
         rows.push((
             shard.to_owned(),

@@ -258,13 +258,12 @@ impl<'r> DiffSide<'r> {
             .filter(|(_, t)| names.contains(t.name.as_str()))
             .map(|(r, t)| {
                 let parts = t.layout.iter().flat_map(|l| l.parts.values());
-                t.nbytes
-                    + parts
-                        .filter_map(|p| r.tensor(p.as_str()?).ok())
-                        .map(|p| p.nbytes)
-                        .sum::<u64>()
+                parts
+                    .filter_map(|p| r.tensor(p.as_str()?).ok())
+                    .map(|p| p.nbytes)
+                    .fold(t.nbytes, u64::saturating_add)
             })
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 }
 
@@ -463,7 +462,7 @@ fn compare_values(
             parts.push((Some(part.as_str()), pa, pb));
         }
     }
-    let numel = parts.iter().map(|(_, pa, _)| pa.numel()).sum();
+    let numel = parts.iter().map(|(_, pa, _)| pa.numel()).fold(0, u64::saturating_add);
     let mut change = ValueChange {
         name: ta.name.clone(),
         differing: Some(0),

@@ -317,7 +317,7 @@ impl ShardedIndex {
             .filter(|t| t.alias_of.is_none())
             .filter(|t| wanted.contains(t.part_of.as_deref().unwrap_or(&t.name)))
             .map(|t| t.nbytes)
-            .sum())
+            .fold(0, u64::saturating_add))
     }
 
     /// The path of a shard named by the index.
