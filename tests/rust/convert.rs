@@ -367,6 +367,14 @@ fn bad_sources_are_format_errors_and_write_nothing() {
             let h = br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#;
             [(h.len() as u64).to_le_bytes().to_vec(), h.to_vec(), vec![0; 4]].concat()
         }),
+        ("a shape past the format's 63-bit extent", {
+            let h = br#"{"a":{"dtype":"F32","shape":[0,9223372036854775808],"data_offsets":[0,0]}}"#;
+            [(h.len() as u64).to_le_bytes().to_vec(), h.to_vec()].concat()
+        }),
+        ("a duplicate key in reserved metadata", {
+            let h = br#"{"__metadata__":{"__deathtensors_json__":"[\"k\"]","k":"{\"a\":1,\"a\":2}"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#;
+            [(h.len() as u64).to_le_bytes().to_vec(), h.to_vec(), vec![0]].concat()
+        }),
         ("bad reserved metadata", {
             let h = br#"{"__metadata__":{"__deathtensors_json__":"[1"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#;
             [(h.len() as u64).to_le_bytes().to_vec(), h.to_vec(), vec![0]].concat()

@@ -271,6 +271,18 @@ fn source_layout(src: &dyn std::fmt::Display, header_len: usize, metadata: &Meta
                 info.dtype
             ))
         })?;
+        let shape: Vec<u64> = info.shape.iter().map(|&d| d as u64).collect();
+        let item_size = registry::dtypes()?.get(dtype)?.item_size();
+        if deathtensors::format::tensor_nbytes(&shape, item_size).is_none() {
+            // The crate takes it (an empty tensor of shape [0, 2^63]); the format does not.
+            return Err(bad_source(
+                src,
+                format_args!(
+                    "tensor {name:?}: shape {shape:?} is too large for the deathtensors format \
+                     (its non-zero dimensions times the item size must fit in 63 bits)"
+                ),
+            ));
+        }
         let (begin, end) = info.data_offsets;
         let range = data_start
             .checked_add(begin as u64)
@@ -278,7 +290,7 @@ fn source_layout(src: &dyn std::fmt::Display, header_len: usize, metadata: &Meta
             .map(|(b, e)| b..e)
             .ok_or_else(|| bad_source(src, format_args!("tensor {name:?}: offsets {begin}..{end} overflow")))?;
         tensors.push(SourceTensor {
-            shape: info.shape.iter().map(|&d| d as u64).collect(),
+            shape,
             metadata: tensor_metadata.remove(&name).unwrap_or_default(),
             name,
             dtype,
@@ -696,6 +708,13 @@ pub struct DecodedMetadata {
     pub order: Vec<String>,
 }
 
+/// JSON text held in a metadata value, read as strictly as a header: a
+/// duplicate key is refused (which of the two would win is ambiguous) and
+/// nesting is bounded.
+fn strict_json(text: &str) -> Result<Value> {
+    deathtensors::format::parse_json_strict(text.as_bytes())
+}
+
 /// Undo [`encode_metadata`]. `names` are the file's tensors in stored order.
 ///
 /// # Errors
@@ -705,7 +724,7 @@ pub fn decode_metadata(raw: HashMap<String, String>, names: &[String]) -> std::r
     let mut raw: BTreeMap<String, String> = raw.into_iter().collect();
     let reserved = |raw: &mut BTreeMap<String, String>, key: &str| -> std::result::Result<Option<Value>, String> {
         raw.remove(key)
-            .map(|text| serde_json::from_str(&text).map_err(|e| format!("metadata key {key:?} is not JSON: {e}")))
+            .map(|text| strict_json(&text).map_err(|e| format!("metadata key {key:?} is not JSON: {e}")))
             .transpose()
     };
     let json_keys = match reserved(&mut raw, JSON_KEYS_KEY)? {
@@ -765,8 +784,7 @@ pub fn decode_metadata(raw: HashMap<String, String>, names: &[String]) -> std::r
     let mut global = Map::new();
     for (key, text) in raw {
         let value = if json_keys.contains(&key) {
-            serde_json::from_str(&text)
-                .map_err(|e| format!("metadata key {key:?} is listed as JSON but is not: {e}"))?
+            strict_json(&text).map_err(|e| format!("metadata key {key:?} is listed as JSON but is not: {e}"))?
         } else {
             Value::String(text)
         };
