@@ -388,6 +388,23 @@ def test_cli_stats_of_an_unknown_name_says_where_it_looked(tmp_path):
             assert f'{named}: no tensor named "nope"' in err and "in the file" not in err, err
 
 
+def test_shard_names_are_file_names_not_paths_to_expand(tmp_path, monkeypatch):
+    """Regression: a shard named "s$HOME.deathtensors" by the index was opened
+    as "s/root.deathtensors" ($HOME expanded), unlike the CLI."""
+    monkeypatch.setenv("DT_SHARD_VAR", "elsewhere")
+    dt.save(tmp_path / "x.deathtensors", {"a": _f32(3)}, checksum=True)
+    os.rename(tmp_path / "x.deathtensors", tmp_path / "s$DT_SHARD_VAR.deathtensors")
+    index = tmp_path / "m.deathtensors.index.json"
+    doc = {"metadata": {"format": "deathtensors"}, "weight_map": {"a": "s$DT_SHARD_VAR.deathtensors"}}
+    index.write_text(json.dumps(doc))
+    with dt.open_sharded(index) as sr:
+        assert torch.equal(sr.get_tensor("a"), _f32(3))
+        assert sr.verify() is True
+    assert dt.Schema().expect("a", shape=[3]).validate(index)
+    out = dt.to_safetensors(index, tmp_path / "out")
+    assert os.path.exists(out)
+
+
 def _compact_index_size(index: Path) -> int:
     return len(json.dumps(json.loads(index.read_text()), ensure_ascii=False, separators=(",", ":")).encode()) + 1
 

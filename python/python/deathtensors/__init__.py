@@ -488,7 +488,18 @@ class DtFile:
     """
 
     def __init__(self, path: PathLike, verify: bool = False) -> None:
-        self._path = expand_path(path)
+        self._open(expand_path(path), verify)
+
+    @classmethod
+    def _at(cls, path: str, verify: bool = False) -> DtFile:
+        """Open ``path`` as it is, ``~`` and ``$VARS`` not expanded: a path built
+        from names a file gave (a shard named by an index), not by the user."""
+        f = cls.__new__(cls)
+        f._open(path, verify)
+        return f
+
+    def _open(self, path: str, verify: bool) -> None:
+        self._path = path
         try:
             self._reader = _core.Reader(self._path)
         except (FileNotFoundError, FormatError) as e:

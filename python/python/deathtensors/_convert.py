@@ -256,7 +256,7 @@ def _import_sharded(
                 _core.import_foreign(_CONVERTER, shard_path, out, codec, level, algorithm)
         except FormatError as e:
             raise FormatError(f"shard {shard!r}: {e}") from e
-        with pkg.DtFile(out) as f:
+        with pkg.DtFile._at(out) as f:
             _check_shard_keys(f.keys(), by_shard[shard], shard, where)
             total += sum(int(f.info(t)["nbytes"]) for t in f.keys())
             global_metadata.append(f.metadata())
@@ -346,7 +346,7 @@ def _export_sharded(index_path: str, dst: Optional[PathLike]) -> str:
             if not os.path.exists(shard_path):
                 raise FileNotFoundError(errno.ENOENT, f"shard {shard!r} named by {sr.path!r} is missing", shard_path)
             try:
-                with pkg.DtFile(shard_path) as f:
+                with pkg.DtFile._at(shard_path) as f:
                     _check_shard_keys(f.keys(), by_shard[shard], shard, where)
                     total += sum(int(f.info(t)["nbytes"]) for t in f.keys())
                 _core.export_foreign(_CONVERTER, shard_path, out)

@@ -239,7 +239,7 @@ class Schema:
             pkg = _pkg()
             path = pkg.expand_path(path_or_file)
             index = _core.checkpoint_index(path)  # the rule the CLI follows
-            with pkg.open_sharded(index) if index is not None else pkg.DtFile(path) as f:
+            with pkg.open_sharded(index) if index is not None else pkg.DtFile._at(path) as f:
                 return self._validate(f, path)
         if not (hasattr(path_or_file, "keys") and hasattr(path_or_file, "info")):
             raise InvalidArgumentError(

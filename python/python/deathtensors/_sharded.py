@@ -799,7 +799,7 @@ class ShardedReader:
         pkg = _pkg()
         path = self._shard_file(shard)
         try:
-            f = pkg.DtFile(path)
+            f = pkg.DtFile._at(path)  # the index's name, as it is ("$HOME" is a name like any other)
         except FileNotFoundError:
             raise FileNotFoundError(
                 errno.ENOENT, f"shard {shard!r} named by {self._index_path!r} is missing", path
