@@ -767,9 +767,9 @@ def hostile(tmp_path, monkeypatch):
     real = dt.DtFile
 
     class Recording(real):
-        def __init__(self, path, *a, **k):
+        def _open(self, path, verify):  # every way of opening one goes through here
             opened.append(os.path.abspath(path))
-            super().__init__(path, *a, **k)
+            super()._open(path, verify)
 
     monkeypatch.setattr(dt, "DtFile", Recording)
 
