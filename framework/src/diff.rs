@@ -596,8 +596,9 @@ fn compare_dense(
                 buf_a.resize(len, 0);
                 buf_b.resize(len, 0);
                 let (ra, rb) = rayon::join(|| a.read_range(ta, start, buf_a), || b.read_range(tb, start, buf_b));
-                ra?;
-                rb?;
+                // Which of the two files is damaged: the error names it.
+                ra.map_err(|e| e.in_file(a.path()))?;
+                rb.map_err(|e| e.in_file(b.path()))?;
                 progress(len as u64);
                 if buf_a == buf_b {
                     return Ok(PartResult::equal(values));

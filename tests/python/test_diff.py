@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from _dtutil import cli_commands, run_cli, run_on_pty
+from _dtutil import cli_commands, layout, run_cli, run_on_pty
 
 import deathtensors as dt
 
@@ -165,6 +165,32 @@ def test_a_bad_file_is_named_in_the_error(base, tmp_path):
                 result = run_cli(prefix, *args)
                 assert result.returncode == 1, result
                 assert str(broken) in result.stderr.decode() and reason in result.stderr.decode(), result.stderr
+
+
+def _damage_last_plane(path) -> None:
+    """Flip a byte inside the last plane of the first chunk of the file's only tensor (a zstd frame)."""
+    lay = layout(path)
+    offset, _, _, planes = lay.tensor("w")["chunks"][0]
+    at = lay.data_start + offset + sum(planes[:-1]) + planes[-1] // 2
+    raw = bytearray(lay.raw)
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_a_damaged_chunk_found_by_diff_names_its_file(tmp_path):
+    """Regression: dt.diff(good, bad) raised 'tensor "w": chunk 0 ... is corrupt'
+    without saying which of the two files holds it."""
+    good, bad = tmp_path / "good.deathtensors", tmp_path / "bad.deathtensors"
+    dt.save(good, {"w": np.zeros(300_000, np.float32) + np.float32(0.5)}, compress=True)
+    bad.write_bytes(good.read_bytes())
+    _damage_last_plane(bad)
+    for args in ((good, bad), (bad, good)):
+        with pytest.raises(dt.FormatError, match="corrupt") as caught:
+            dt.diff(*args)
+        assert str(bad) in str(caught.value) and str(good) not in str(caught.value)
+    for prefix in COMMANDS.values():
+        result = run_cli(prefix, "diff", str(good), str(bad))
+        assert result.returncode == 1 and str(bad).encode() in result.stderr, result.stderr
 
 
 @pytest.fixture(params=list(COMMANDS), ids=list(COMMANDS))

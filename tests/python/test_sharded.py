@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from _dtutil import cli_commands, open_file_limit, run_cli
+from _dtutil import cli_commands, layout, open_file_limit, run_cli
 
 import deathtensors as dt
 from deathtensors import _sharded
@@ -403,6 +403,24 @@ def test_shard_names_are_file_names_not_paths_to_expand(tmp_path, monkeypatch):
     assert dt.Schema().expect("a", shape=[3]).validate(index)
     out = dt.to_safetensors(index, tmp_path / "out")
     assert os.path.exists(out)
+
+
+def test_a_damaged_chunk_read_through_a_checkpoint_names_its_shard(tmp_path):
+    """Regression: get_tensor of a damaged shard said 'tensor "b": chunk 0 ...
+    is corrupt' without saying which shard."""
+    half = torch.full((100_000,), 0.5)
+    dt.save_sharded(tmp_path / "m.deathtensors", {"a": half, "b": half + 1}, max_shard_bytes=1 << 19, compress=True)
+    shard = tmp_path / "m-00002-of-00002.deathtensors"
+    lay = layout(shard)
+    offset, _, _, planes = lay.tensor("b")["chunks"][0]
+    raw = bytearray(lay.raw)
+    raw[lay.data_start + offset + sum(planes[:-1]) + planes[-1] // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    with dt.open_sharded(tmp_path / "m.deathtensors") as sr:
+        for read in (lambda: sr.get_tensor("b"), lambda: sr.stats("b"), sr.get_tensors, sr.all_stats):
+            with pytest.raises(dt.FormatError, match="^shard 'm-00002-of-00002.deathtensors': .*corrupt"):
+                read()
+        assert torch.equal(sr.get_tensor("a"), half)  # the other shard reads
 
 
 def _compact_index_size(index: Path) -> int:

@@ -849,6 +849,23 @@ class ShardedReader:
     def _entry_shard(self, name: str) -> DtFile:
         return self._shard(self.which_shard(name))
 
+    @contextlib.contextmanager
+    def _reading(self, shard: str) -> Iterator[None]:
+        """A format or checksum error of a read from ``shard`` names it (a
+        damaged chunk says which tensor, not which file)."""
+        try:
+            yield
+        except (FormatError, ChecksumError) as e:
+            if str(e).startswith("shard "):
+                raise
+            raise type(e)(f"shard {shard!r}: {e}") from e
+
+    def _from_shard(self, name: str, read: Callable[[DtFile], Any]) -> Any:
+        """``read`` of the :class:`DtFile` of ``name``'s shard, its errors naming the shard."""
+        f = self._entry_shard(name)
+        with self._reading(self._weight_map[name]):
+            return read(f)
+
     # -- data -------------------------------------------------------------------
     def info(self, name: str) -> Dict[str, Any]:
         """:meth:`DtFile.info` of ``name`` plus ``"shard"`` (its file name). Opens that shard."""
@@ -861,11 +878,11 @@ class ShardedReader:
 
         ``device`` is as in :meth:`DtFile.get_tensor`."""
         target_device(device, framework)  # a bad device fails before the shard is opened
-        return self._entry_shard(name).get_tensor(name, framework, device)
+        return self._from_shard(name, lambda f: f.get_tensor(name, framework, device))
 
     def get_bytes(self, name: str) -> bytes:
         """:meth:`DtFile.get_bytes` of ``name``, opening only its shard."""
-        return self._entry_shard(name).get_bytes(name)
+        return self._from_shard(name, lambda f: f.get_bytes(name))
 
     def is_sparse(self, name: str) -> bool:
         """Whether ``name`` is a sparse tensor. Opens its shard."""
@@ -873,12 +890,12 @@ class ShardedReader:
 
     def get_tensor_mmap(self, name: str, framework: str = "torch") -> Any:
         """:meth:`DtFile.get_tensor_mmap` of ``name`` (zero-copy, uncompressed shards only)."""
-        return self._entry_shard(name).get_tensor_mmap(name, framework)
+        return self._from_shard(name, lambda f: f.get_tensor_mmap(name, framework))
 
     def get_tensor_slice(self, name: str, start: int, count: int, framework: str = "torch", device: Any = None) -> Any:
         """:meth:`DtFile.get_tensor_slice`: rows ``[start, start + count)``, reading only those rows of its shard."""
         target_device(device, framework)  # a bad device fails before the shard is opened
-        return self._entry_shard(name).get_tensor_slice(name, start, count, framework, device)
+        return self._from_shard(name, lambda f: f.get_tensor_slice(name, start, count, framework, device))
 
     def get_slice(self, name: str, framework: str = "torch", device: Any = None) -> TensorSlice:
         """:meth:`DtFile.get_slice`: a lazy handle, ``sr.get_slice(name)[a:b]`` reads only rows ``a..b``."""
@@ -887,7 +904,7 @@ class ShardedReader:
 
     def stats(self, name: str) -> Dict[str, Any]:
         """:meth:`DtFile.stats` of ``name`` (computed in Rust, no tensor created). Opens its shard."""
-        return self._entry_shard(name).stats(name)
+        return self._from_shard(name, lambda f: f.stats(name))
 
     def all_stats(self) -> Dict[str, Dict[str, Any]]:
         """:meth:`stats` of every tensor, in index order (each shard in one parallel pass).
@@ -895,7 +912,7 @@ class ShardedReader:
         Shards not open yet are opened one at a time and closed again."""
         got: Dict[str, Dict[str, Any]] = {}
         for shard in self.shards():
-            with self._visit(shard, self._verify_on_open) as f:
+            with self._visit(shard, self._verify_on_open) as f, self._reading(shard):
                 stats = f.all_stats()
             got.update((t, stats[t]) for t in self._by_shard[shard])  # only what the index places here
         return {t: got[t] for t in self._weight_map}
@@ -910,7 +927,7 @@ class ShardedReader:
         got: Dict[str, Any] = {}
         for shard in self.shards():
             wanted = self._by_shard[shard]
-            with self._visit(shard, self._verify_on_open) as f:
+            with self._visit(shard, self._verify_on_open) as f, self._reading(shard):
                 if set(f.keys()) == set(wanted):
                     got.update(f.get_tensors(framework, device))
                 else:
