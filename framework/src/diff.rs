@@ -325,10 +325,46 @@ pub fn diff_sides(
         .iter()
         .filter_map(|&(ra, ta)| in_b.get(ta.name.as_str()).map(|&other| ((ra, ta), other)))
         .collect();
-    let outcomes: Vec<Outcome> = pairs
+    // A pair of second names of one target (`alias_of` the same name on both
+    // sides) holds that target pair's bytes: its values are compared once, as
+    // the target's, not once per alias (a small file of many aliases of one
+    // large tensor would cost a pass per alias).
+    let index: HashMap<&str, usize> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, ((_, ta), _))| (ta.name.as_str(), i))
+        .collect();
+    let same_as: Vec<Option<usize>> = pairs
+        .iter()
+        .map(|((_, ta), (_, tb))| match (&ta.alias_of, &tb.alias_of) {
+            (Some(x), Some(y)) if x == y => index.get(x.as_str()).copied(),
+            _ => None,
+        })
+        .collect();
+    let mut outcomes: Vec<Outcome> = pairs
         .par_iter()
-        .map(|&((ra, ta), (rb, tb))| compare_tensor(ra, rb, ta, tb, options, progress))
+        .zip(&same_as)
+        .map(|(&((ra, ta), (rb, tb)), same)| {
+            let values = same.is_none();
+            let out = compare_tensor(ra, rb, ta, tb, options, progress, values);
+            if !values {
+                progress(ta.nbytes);
+            }
+            out
+        })
         .collect::<Result<_>>()?;
+    for (i, same) in same_as.iter().enumerate() {
+        if let Some(&target) = same.as_ref() {
+            let o = &outcomes[i];
+            if o.layout.is_none() && o.dtype.is_none() && o.shape.is_none() {
+                let value = outcomes[target].value.clone().map(|mut v| {
+                    v.name.clone_from(&pairs[i].0 .1.name);
+                    v
+                });
+                outcomes[i].value = value;
+            }
+        }
+    }
 
     let global_metadata = metadata_delta(&a.metadata, &b.metadata);
     let mut report = DiffReport {
@@ -386,6 +422,7 @@ fn compare_tensor(
     tb: &TensorInfo,
     options: &DiffOptions,
     progress: &(dyn Fn(u64) + Sync),
+    values: bool,
 ) -> Result<Outcome> {
     let name = ta.name.as_str();
     let mut out = Outcome {
@@ -403,7 +440,7 @@ fn compare_tensor(
     if sa != sb {
         out.shape = Some(change(name, sa.to_vec(), sb.to_vec()));
     }
-    if out.layout.is_none() && out.dtype.is_none() && out.shape.is_none() {
+    if values && out.layout.is_none() && out.dtype.is_none() && out.shape.is_none() {
         out.value = compare_values(a, b, ta, tb, options, progress)?;
     }
     Ok(out)

@@ -142,7 +142,9 @@ pub fn tensor_stats(reader: &DtReader, name: &str) -> Result<TensorStats> {
 }
 
 /// Statistics of every tensor of the file, in file order; tensors are done in
-/// parallel, each as [`tensor_stats`] does it.
+/// parallel, each as [`tensor_stats`] does it. A second name of a tensor
+/// (`alias_of`) gets its target's statistics, not a second pass over the same
+/// bytes: a small file of many aliases of one large tensor costs one pass.
 ///
 /// # Errors
 /// As [`tensor_stats`], for the first tensor that fails.
@@ -156,15 +158,33 @@ pub fn all_stats(reader: &DtReader) -> Result<Vec<TensorStats>> {
 /// # Errors
 /// As [`all_stats`].
 pub fn all_stats_with_progress(reader: &DtReader, progress: &(dyn Fn(u64) + Sync)) -> Result<Vec<TensorStats>> {
-    reader
-        .tensors()
+    let tensors = reader.tensors();
+    let mut rows: Vec<Option<TensorStats>> = tensors
         .par_iter()
         .map(|info| {
-            let s = stats_of(reader, info);
+            if info.alias_of.is_some() {
+                return Ok(None);
+            }
+            let s = stats_of(reader, info)?;
             progress(info.nbytes);
-            s
+            Ok(Some(s))
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    // An alias names an earlier tensor that is no alias (the format's rule).
+    let at: std::collections::HashMap<&str, usize> =
+        tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    for (i, info) in tensors.iter().enumerate() {
+        let Some(target) = &info.alias_of else { continue };
+        let found = at.get(target.as_str()).and_then(|&j| rows[j].clone());
+        let mut row = match found {
+            Some(row) => row,
+            None => stats_of(reader, info)?, // not reachable in a valid file; computed, not guessed
+        };
+        row.name.clone_from(&info.name);
+        progress(info.nbytes);
+        rows[i] = Some(row);
+    }
+    Ok(rows.into_iter().flatten().collect())
 }
 
 fn stats_of(reader: &DtReader, info: &TensorInfo) -> Result<TensorStats> {

@@ -541,6 +541,41 @@ fn aliases_compare_by_value() {
     );
 }
 
+#[test]
+fn aliases_of_one_target_are_decoded_once() {
+    // Regression: each alias was decoded and compared as a tensor of its own, so
+    // a small file of many aliases of one large tensor cost a pass per alias.
+    let dir = tempfile::tempdir().unwrap();
+    let w = f32_bytes(&random_f32(300, 6));
+    let mut changed = w.clone();
+    changed[4 * 7] ^= 1;
+    let with_aliases = |name: &str, bytes: &[u8]| {
+        let mut entries = vec![data("w", bytes)];
+        entries.extend((0..5).map(|i| Entry::Alias {
+            name: format!("tied.{i}"),
+            target: "w".into(),
+            metadata: Map::new(),
+        }));
+        write_entries_at(dir.path(), name, &entries)
+    };
+    let (a, c) = (with_aliases("a", &w), with_aliases("c", &changed));
+    let r = diff(&a, &c, &exact());
+    let names: Vec<(&str, Option<u64>)> = r.value_changed.iter().map(|v| (v.name.as_str(), v.differing)).collect();
+    assert_eq!(
+        names,
+        [
+            ("w", Some(1)),
+            ("tied.0", Some(1)),
+            ("tied.1", Some(1)),
+            ("tied.2", Some(1)),
+            ("tied.3", Some(1)),
+            ("tied.4", Some(1))
+        ]
+    );
+    assert_eq!(a.decoded_bytes(), 1200, "decoded once, not once per alias");
+    assert_eq!(c.decoded_bytes(), 1200);
+}
+
 fn data<'a>(name: &str, bytes: &'a [u8]) -> Entry<'a> {
     Entry::Data(tensor(name, "F32", &[300], bytes))
 }

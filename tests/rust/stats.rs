@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use deathtensors::reader::DtReader;
 use deathtensors::stats::{all_stats, tensor_stats, TensorStats};
-use deathtensors::writer::{TensorData, WriteOptions};
+use deathtensors::writer::{write_entries, Entry, TensorData, WriteOptions};
 use deathtensors::Error;
 use deathtensors_integration_tests::{opts, tensor, write_valid, Lcg};
 use serde_json::{json, Map, Value};
@@ -667,4 +667,32 @@ fn f32_throughput_and_accuracy_on_1e8_elements() {
         best * 1e3,
         4e8 / best / 1e9
     );
+}
+
+#[test]
+fn an_alias_gets_its_targets_statistics_without_a_second_pass() {
+    // Regression: every alias was decoded again, so a small file of many
+    // aliases of one large tensor cost a pass per alias.
+    let dir = tempfile::tempdir().unwrap();
+    let w = le_bytes(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], f32::to_le_bytes);
+    let mut entries = vec![Entry::Data(tensor("w", "F32", &[8], &w))];
+    entries.extend((0..4).map(|i| Entry::Alias {
+        name: format!("tied.{i}"),
+        target: "w".into(),
+        metadata: Map::new(),
+    }));
+    let path = dir.path().join("tied.deathtensors");
+    write_entries(&path, &entries, &Map::new(), &small_chunks(Some("zstd"))).unwrap();
+    let r = DtReader::open(&path).unwrap();
+    let rows = all_stats(&r).unwrap();
+    assert_eq!(r.decoded_bytes(), 32, "one pass over the bytes");
+    let names: Vec<&str> = rows.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["w", "tied.0", "tied.1", "tied.2", "tied.3"]);
+    for row in &rows[1..] {
+        assert_eq!(
+            (&row.mean, &row.min, &row.max, row.count),
+            (&rows[0].mean, &rows[0].min, &rows[0].max, 8)
+        );
+    }
+    assert_eq!(rows[0].mean, Some(4.5));
 }
