@@ -185,10 +185,13 @@ impl<'a> Manifest<'a> {
 /// [`Error::InvalidArgument`] for a checkpoint; as [`DtReader::open`].
 pub fn open_described(path: impl AsRef<Path>) -> Result<DtReader> {
     let path = path.as_ref();
-    if crate::sharded::names_checkpoint(path) {
-        let first = crate::sharded::ShardedIndex::of_checkpoint(path)
-            .ok()
-            .and_then(|i| i.by_shard().first().map(|(s, _)| (*s).to_owned()));
+    // Only a path that leads to a valid index: a missing `.json` file or a
+    // manifest sidecar given by mistake get the errors of opening them.
+    let index = crate::sharded::names_checkpoint(path)
+        .then(|| crate::sharded::ShardedIndex::of_checkpoint(path).ok())
+        .flatten();
+    if let Some(index) = index {
+        let first = index.by_shard().first().map(|(s, _)| (*s).to_owned());
         return Err(Error::InvalidArgument(format!(
             "{} names a sharded checkpoint, and a manifest describes one file: write one per shard \
              (`deathtensors manifest {}`, or deathtensors.write_manifest of each)",

@@ -227,6 +227,13 @@ def test_a_sharded_checkpoint_is_refused_with_what_to_do(cli, tmp_path):
     # What it says to do works.
     r = cli("manifest", str(tmp_path / "ck-00001-of-00002.deathtensors"))
     assert r.returncode == 0, r.stderr
+    # A .json path that is no index keeps the errors of opening it.
+    with pytest.raises(FileNotFoundError):
+        dt.write_manifest(tmp_path / "missing.json")
+    sidecar = tmp_path / "ck-00001-of-00002.deathtensors.manifest.json"
+    with pytest.raises(dt.FormatError, match="not a deathtensors file"):
+        dt.write_manifest(sidecar)
+    assert cli("manifest", str(tmp_path / "missing.json")).returncode == 1
 
 
 def test_cli_writes_the_sidecar_and_prints_its_path(cli, model):

@@ -309,23 +309,30 @@ def test_failed_save_keeps_the_old_checkpoint_and_leaves_no_partial_shards(tmp_p
             assert torch.equal(sr.get_tensor(name), t)
 
 
-def test_a_single_file_at_the_base_path_is_replaced_by_the_checkpoint(tmp_path):
+def test_a_single_file_at_the_base_path_is_refused_and_kept(tmp_path):
     """Regression: save then save_sharded to one path left the single file,
-    which the CLI, dt.diff and Schema took for the path, hiding the checkpoint."""
+    which the CLI, dt.diff and Schema took for the path, hiding the checkpoint.
+    It is refused, and nothing is removed (another checkpoint's shard, or the
+    file the tensors came from, may be what is there)."""
     base = tmp_path / "m.deathtensors"
     dt.save(base, {"old": _f32(2, 0)})
-    (tmp_path / "m.dt").write_bytes(base.read_bytes())
-    (tmp_path / "m").write_text("notes, not a tensor file")
+    before = base.read_bytes()
     new = {f"t{i}": _f32(4, i) for i in range(3)}
-    dt.save_sharded(base, new, max_shard_bytes=16)
-    assert not base.exists() and not (tmp_path / "m.dt").exists()
-    assert (tmp_path / "m").read_text() == "notes, not a tensor file"
-    assert dt.diff(base, tmp_path / "m.deathtensors.index.json")["identical"]
-    assert dt.Schema().expect("t*", dtype="F32", shape=[4]).validate(base)
-    for prefix in cli_commands().values():
-        listed = run_cli(prefix, "list", str(base))
-        assert listed.returncode == 0, listed.stderr
-        assert listed.stdout.decode().split() == list(new), listed.stdout
+    with pytest.raises(dt.InvalidArgumentError, match="is a single .deathtensors file"):
+        dt.save_sharded(base, new, max_shard_bytes=16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.deathtensors"] and base.read_bytes() == before
+    # Another base path whose index and shards sit beside it: the file stays, both read.
+    dt.save_sharded(tmp_path / "m", new, max_shard_bytes=16)
+    with dt.open(base) as f:
+        assert f.keys() == ["old"]
+    with dt.open_sharded(tmp_path / "m") as sr:
+        assert sr.keys() == list(new)
+    # A shard of another checkpoint is a single file too: never removed.
+    shard = tmp_path / "m-00001-of-00003.deathtensors"
+    with pytest.raises(dt.InvalidArgumentError):
+        dt.save_sharded(shard, new, max_shard_bytes=16)
+    with dt.open_sharded(tmp_path / "m") as sr:
+        assert all(torch.equal(sr.get_tensor(k), v) for k, v in new.items())
 
 
 def test_a_safetensors_index_is_refused_when_opened_with_the_way_to_convert_it(tmp_path):
@@ -421,6 +428,19 @@ def test_a_damaged_chunk_read_through_a_checkpoint_names_its_shard(tmp_path):
             with pytest.raises(dt.FormatError, match="^shard 'm-00002-of-00002.deathtensors': .*corrupt"):
                 read()
         assert torch.equal(sr.get_tensor("a"), half)  # the other shard reads
+
+
+def test_a_bad_shard_header_names_the_shard_once(tmp_path):
+    """The core names the file of a bad header now; the shard's error does not
+    repeat its path after its name (it read "shard 'x': /path/x: invalid header")."""
+    dt.save_sharded(tmp_path / "m.deathtensors", {"a": _f32(4), "b": _f32(4)}, max_shard_bytes=16)
+    shard = tmp_path / "m-00001-of-00002.deathtensors"
+    shard.write_bytes(shard.read_bytes().replace(b'"tensors"', b'"tensorz"', 1))
+    with dt.open_sharded(tmp_path / "m.deathtensors") as sr:
+        with pytest.raises(dt.FormatError) as caught:
+            sr.get_tensor("a")
+    assert str(caught.value).startswith("shard 'm-00001-of-00002.deathtensors': invalid header"), caught.value
+    assert str(tmp_path) not in str(caught.value)
 
 
 def _compact_index_size(index: Path) -> int:

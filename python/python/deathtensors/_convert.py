@@ -34,6 +34,8 @@ from ._sharded import (
     INDEX_SUFFIX,
     _commit_checkpoint,
     _read_index,
+    _refuse_a_file_at,
+    _shard_error,
     _shard_name,
     _split_stem,
 )
@@ -225,6 +227,8 @@ def _import_sharded(
     where = f"safetensors index {index_path!r}"
     weight_map: Dict[str, str] = _read_index(index_path)["weight_map"]
     folder = os.path.dirname(index_path) or "."
+    if dst is not None:
+        _refuse_a_file_at(pkg.expand_path(dst), dst)
     stem, out_folder, base = _out_stem(dst, _index_stem(index_path), _CHECKPOINT_SUFFIXES)
     by_shard: Dict[str, List[str]] = {}
     for tensor, shard in weight_map.items():
@@ -353,7 +357,7 @@ def _export_sharded(index_path: str, dst: Optional[PathLike]) -> str:
             except DeathtensorsError as e:
                 if str(e).startswith("shard "):
                     raise
-                raise type(e)(f"shard {shard!r}: {e}") from e
+                raise _shard_error(shard, e, shard_path) from e
 
         def index_doc(shard_names: List[str]) -> Dict[str, Any]:
             renamed = dict(zip(order, shard_names))

@@ -319,10 +319,10 @@ def save_sharded(
     shards at the same time but take turns from the index switch to the end
     of that cleanup (a ``flock`` on the folder), so concurrent saves of one
     checkpoint leave the complete checkpoint of the last one to commit. A
-    single ``.deathtensors`` file at the base path (``{stem}.deathtensors``,
-    an earlier :func:`deathtensors.save`) is removed after the commit too: it
-    would shadow the checkpoint wherever a base path is read (the CLI,
-    :func:`deathtensors.diff`, :meth:`Schema.validate`).
+    ``path`` that is a single ``.deathtensors`` file (an earlier
+    :func:`deathtensors.save`) is refused: it would hide the checkpoint
+    wherever that path is read (the CLI, :func:`deathtensors.diff`,
+    :meth:`Schema.validate`).
 
     Args:
         path: Base path of the checkpoint (``~`` and ``$VARS`` are expanded).
@@ -340,9 +340,10 @@ def save_sharded(
         The shard paths, in order.
 
     Raises:
-        InvalidArgumentError: ``path`` ends in ``.json`` but not in
-            ``.deathtensors.index.json`` (``open_sharded`` would take it for
-            the index itself), ``tensors`` is not a dict, ``max_shard_bytes``
+        InvalidArgumentError: ``path`` is a single ``.deathtensors`` file,
+            or ends in ``.json`` but not in ``.deathtensors.index.json``
+            (``open_sharded`` would take it for the index itself),
+            ``tensors`` is not a dict, ``max_shard_bytes``
             is not an integer >= 1, bad names, metadata or values. Checked
             before anything is written.
         PluginError, UnsupportedDtypeError, OSError: as in :func:`deathtensors.save`.
@@ -378,6 +379,7 @@ def save_sharded(
     sizes = [(name, _raw_nbytes(name, value)) for name, value in tensors.items() if name not in tied]
 
     full = pkg.expand_path(path)
+    _refuse_a_file_at(full, path)
     stem = _stem(full)
     if full.endswith(".json") and full != stem + INDEX_SUFFIX:
         # open_sharded takes a .json path for the index itself: it would not find this checkpoint.
@@ -488,8 +490,6 @@ def _commit_checkpoint(
             final = pending
         protected = {os.path.realpath(p) for p in inputs}
         _remove_orphans(folder, base, set(final), token, suffix, protected)
-        if index_suffix == INDEX_SUFFIX:
-            _remove_shadowing_files(folder, base, protected)
         return [os.path.join(folder, n) for n in final]
     finally:
         if folder_lock is not None:
@@ -498,24 +498,30 @@ def _commit_checkpoint(
         _remove_quietly(marker)
 
 
-def _remove_shadowing_files(folder: str, base: str, protected: set) -> None:
-    """Remove a single ``.deathtensors`` file left at the checkpoint's base path
-    (``{base}.deathtensors``, ``{base}.dt`` or ``{base}``, by an earlier
-    :func:`deathtensors.save`): wherever a base path is read (the CLI,
-    :func:`deathtensors.diff`, :meth:`Schema.validate`), an existing file is
-    taken for that file, so it would shadow the checkpoint just committed.
-    Only files that start with the format's magic are removed."""
-    for name in (base + SHARD_SUFFIX, base + ".dt", base):
-        path = os.path.join(folder, name)
-        if os.path.realpath(path) in protected or not os.path.isfile(path) or os.path.islink(path):
-            continue
+def _refuse_a_file_at(full: str, given: Any) -> None:
+    """Refuse to save a checkpoint at a base path that is a single tensor
+    file: wherever that path is read (the CLI, :func:`deathtensors.diff`,
+    :meth:`Schema.validate`), the file would be taken for it and hide the
+    checkpoint. Nothing is removed: the user says what goes."""
+    if os.path.isfile(full):
         try:
-            with open(path, "rb") as fh:
+            with open(full, "rb") as fh:
                 is_tensor_file = fh.read(len(_MAGIC)) == _MAGIC
-        except OSError:  # pragma: no cover - unreadable: not ours to remove
-            continue
+        except OSError:  # pragma: no cover - unreadable: not a file it would be taken for
+            return
         if is_tensor_file:
-            _remove_quietly(path)
+            raise InvalidArgumentError(
+                f"{os.fspath(given)!r} is a single .deathtensors file: a sharded checkpoint with that base path "
+                "would be hidden by it wherever the path is read; remove it first or choose another path"
+            )
+
+
+def _shard_error(shard: str, e: DeathtensorsError, path: str) -> DeathtensorsError:
+    """``e`` (raised by the file of ``shard`` at ``path``) naming the shard, its path not repeated."""
+    message = str(e)
+    if message.startswith(f"{path}: "):
+        message = message[len(path) + 2 :]
+    return type(e)(f"shard {shard!r}: {message}")
 
 
 def _lock_folder(folder: str) -> int:
@@ -805,7 +811,7 @@ class ShardedReader:
                 errno.ENOENT, f"shard {shard!r} named by {self._index_path!r} is missing", path
             ) from None
         except DeathtensorsError as e:
-            raise type(e)(f"shard {shard!r}: {e}") from e
+            raise _shard_error(shard, e, path) from e
         try:
             if self._pins_shard_files and f._reader.file_identity() != self._shard_ids.get(shard):
                 raise FormatError(
