@@ -516,10 +516,10 @@ def _refuse_a_file_at(full: str, given: Any) -> None:
             )
 
 
-def _shard_error(shard: str, e: DeathtensorsError, path: str) -> DeathtensorsError:
-    """``e`` (raised by the file of ``shard`` at ``path``) naming the shard, its path not repeated."""
+def _shard_error(shard: str, e: DeathtensorsError, path: Optional[str] = None) -> DeathtensorsError:
+    """``e`` (raised by the file of ``shard``, at ``path``) naming the shard, its path not repeated."""
     message = str(e)
-    if message.startswith(f"{path}: "):
+    if path is not None and message.startswith(f"{path}: "):
         message = message[len(path) + 2 :]
     return type(e)(f"shard {shard!r}: {message}")
 
@@ -827,7 +827,7 @@ class ShardedReader:
                 try:
                     f.verify()
                 except ChecksumError as e:
-                    raise type(e)(f"shard {shard!r}: {e}") from e
+                    raise _shard_error(shard, e) from e
                 self._verified.add(shard)
         except BaseException:
             f.close()
@@ -864,7 +864,7 @@ class ShardedReader:
         except (FormatError, ChecksumError) as e:
             if str(e).startswith("shard "):
                 raise
-            raise type(e)(f"shard {shard!r}: {e}") from e
+            raise _shard_error(shard, e) from e
 
     def _from_shard(self, name: str, read: Callable[[DtFile], Any]) -> Any:
         """``read`` of the :class:`DtFile` of ``name``'s shard, its errors naming the shard."""
@@ -964,7 +964,7 @@ class ShardedReader:
                 try:
                     f.verify()
                 except ChecksumError as e:
-                    raise type(e)(f"shard {shard!r}: {e}") from e
+                    raise _shard_error(shard, e) from e
                 self._verified.add(shard)
                 total += f._reader.stored_nbytes(self._by_shard[shard])
         declared = self.total_size
