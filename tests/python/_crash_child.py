@@ -12,10 +12,17 @@ goes to stdout.
 Commands::
 
     {"cmd": "write", "op": "save"|"save_direct"|"append"|"sharded", "version": 0|1,
-     "path": "...", "delay": seconds or null}
-    -> {"killed": bool, "seconds": float, "status": int}
+     "path": "...", "delay": seconds or null, "watch": true (optional)}
+    -> {"killed": bool, "seconds": float, "status": int, "temp_seen": [first, last] or null}
 
 ``seconds`` is the time from the fork to the child's end (exit or kill).
+With ``watch`` (an uninterrupted write only), this process looks at the
+target's folder every ``WATCH_INTERVAL`` seconds while the child runs, and
+``temp_seen`` gives when it first and last saw a temporary file of the write
+there (seconds from the fork), or null if it never did. The test draws its
+kill delays from that window: on a fast machine the time before the write
+opens its temporary file (the fork, the thread pool's start) can be a third
+of the whole.
 """
 
 from __future__ import annotations
@@ -31,6 +38,10 @@ import numpy as np
 
 #: Compression and checksum settings of every write (both make the writes slow enough to hit).
 WRITE_OPTIONS: Dict[str, Any] = {"compress": True, "checksum": True}
+#: Name ending of the temporary files of a write (the file being written, a save_sharded's marker).
+TEMP_SUFFIX = ".dt-tmp"
+#: Seconds between two looks at the folder of a watched write.
+WATCH_INTERVAL = 0.0002
 #: Shard limit of ``save_sharded``: 4 shards of 2 MiB per version.
 MAX_SHARD_BYTES = 2 * 1024 * 1024
 
@@ -99,7 +110,10 @@ def serve() -> None:
                 code = 3
             os._exit(code)
         done, status = 0, 0
-        if cmd["delay"] is not None:
+        temp_seen = None
+        if cmd.get("watch") and cmd["delay"] is None:
+            done, status, temp_seen = _watch(pid, os.path.dirname(cmd["path"]), t0)
+        elif cmd["delay"] is not None:
             time.sleep(cmd["delay"])
             done, status = os.waitpid(pid, os.WNOHANG)
             if done == 0:
@@ -109,7 +123,21 @@ def serve() -> None:
         seconds = time.perf_counter() - t0
         killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
-        print(json.dumps({"killed": killed, "seconds": seconds, "status": code}), flush=True)
+        print(json.dumps({"killed": killed, "seconds": seconds, "status": code, "temp_seen": temp_seen}), flush=True)
+
+
+def _watch(pid: int, folder: str, t0: float) -> Any:
+    """Wait for child ``pid``, looking for temporary files in ``folder`` meanwhile:
+    ``(pid, status, [first, last] seconds after t0 or None)``."""
+    first = last = None
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return done, status, None if first is None else [first, last]
+        if any(name.endswith(TEMP_SUFFIX) for name in os.listdir(folder)):
+            last = time.perf_counter() - t0
+            first = last if first is None else first
+        time.sleep(WATCH_INTERVAL)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 A fork server (``_crash_child.py``) forks one child per trial that runs
 ``save``, ``append`` or ``save_sharded`` over an existing target, and kills it
-with ``SIGKILL`` after a random delay spread over the whole duration of an
-uninterrupted write (measured first, in the same way). After every trial the
+with ``SIGKILL`` after a random delay spread over the time an uninterrupted
+write (measured first, in the same way) has temporary files, and a little
+either side of it. After every trial the
 target must be, byte for byte, the complete old file or the complete new one
 (references written without interruption), must verify, and may hold at most
 the one temporary file of the killed writer; the next write removes it. The
@@ -23,7 +24,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -36,9 +37,13 @@ import _crash_child as child  # noqa: E402 - after the importorskip of numpy
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and SIGKILL")
 
 TRIALS = 60
-#: Delays are drawn from [0, SPREAD * the uninterrupted write time].
+#: Delays are drawn from EARLY * when the first temporary file appeared to
+#: TAIL * the time temporary files were seen after the last sighting, or to
+#: SPREAD * the uninterrupted write's time if that is sooner (see _calibrate).
+EARLY = 0.8
+TAIL = 0.5
 SPREAD = 1.25
-TEMP_SUFFIX = ".dt-tmp"
+TEMP_SUFFIX = child.TEMP_SUFFIX
 SHARDS = 4
 
 
@@ -60,9 +65,10 @@ class ForkServer:
         assert line, f"the fork server died (exit status {self.proc.poll()})"
         return line
 
-    def write(self, op: str, version: int, path: Path, delay: Optional[float]) -> Dict[str, Any]:
+    def write(self, op: str, version: int, path: Path, delay: Optional[float], watch: bool = False) -> Dict[str, Any]:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"op": op, "version": version, "path": str(path), "delay": delay}) + "\n")
+        command = {"op": op, "version": version, "path": str(path), "delay": delay, "watch": watch}
+        self.proc.stdin.write(json.dumps(command) + "\n")
         self.proc.stdin.flush()
         reply = json.loads(self._readline())
         assert reply["status"] in (0, -1), f"the {op} child failed (exit status {reply['status']})"
@@ -93,13 +99,32 @@ def _check_tensors(f: Any, expected: Dict[str, Any]) -> None:
         assert np.array_equal(f.get_tensor(name, framework="numpy"), arr), name
 
 
-def _calibrate(server: ForkServer, op: str, target: Path, reset: Any) -> float:
-    """Median seconds of an uninterrupted write of ``op`` to ``target``, fork to exit."""
-    times = []
+def _calibrate(server: ForkServer, op: str, target: Path, reset: Any) -> Tuple[float, float]:
+    """The window of kill delays for ``op`` to ``target``, from five uninterrupted
+    writes (medians, seconds from the fork): from a little before a temporary
+    file appeared to half as long again after the last one was seen, or to a
+    quarter past the end of the write if that comes first.
+
+    A kill before the first temporary file exists hits no write at all, and
+    after the commit only the exit is left; on a 16-core machine the time
+    before (fork, thread pool start) was a third of the write, and a third of
+    the trials were spent there."""
+    times, firsts, lasts = [], [], []
     for i in range(5):
         reset(i)
-        times.append(server.write(op, 1 - i % 2 if op != "append" else 0, target, None)["seconds"])
-    return statistics.median(times)
+        reply = server.write(op, 1 - i % 2 if op != "append" else 0, target, None, watch=True)
+        times.append(reply["seconds"])
+        if reply["temp_seen"]:
+            firsts.append(reply["temp_seen"][0])
+            lasts.append(reply["temp_seen"][1])
+    end = SPREAD * statistics.median(times)
+    if len(firsts) < 3:  # too quick to be seen: the whole write
+        window = 0.0, end
+    else:
+        first, last = statistics.median(firsts), statistics.median(lasts)
+        window = EARLY * first, min(end, last + TAIL * (last - first))
+    print(f"{op}: kills from {window[0] * 1000:.1f} to {window[1] * 1000:.1f} ms after the fork")
+    return window
 
 
 def _assert_enough_landed(op: str, counts: Dict[str, int]) -> None:
@@ -115,7 +140,7 @@ def _assert_enough_landed(op: str, counts: Dict[str, int]) -> None:
 def _run_single_file_trials(server: ForkServer, op: str, work: Path, refs: Dict[int, bytes], reset: Any) -> None:
     """Trials of ``save`` (versions alternate) or ``append`` (old is version 0, new is 0 + appended)."""
     target = work / "m.deathtensors"
-    seconds = _calibrate(server, op, target, reset)
+    window = _calibrate(server, op, target, reset)
     rng = random.Random(f"{op}-7")
     counts = {"old": 0, "old+temp": 0, "new": 0}
     current = {refs[0]: 0, refs[1]: 1}[target.read_bytes()]
@@ -125,7 +150,7 @@ def _run_single_file_trials(server: ForkServer, op: str, work: Path, refs: Dict[
             old, new = 0, 1
         else:
             old, new = current, 1 - current
-        reply = server.write(op, new, target, rng.uniform(0, SPREAD * seconds))
+        reply = server.write(op, new, target, rng.uniform(*window))
         got = target.read_bytes()
         state = {refs[0]: 0, refs[1]: 1}.get(got)
         assert state in (old, new), f"trial {trial}: {target.name} is neither the old nor the new file"
@@ -232,14 +257,14 @@ def test_save_sharded_is_old_or_new_after_sigkill(server, tmp_path):
     work.mkdir()
     target = work / "m.deathtensors"
 
-    seconds = _calibrate(server, "sharded", target, lambda i: None)
+    window = _calibrate(server, "sharded", target, lambda i: None)
     rng = random.Random("sharded-7")
     counts = {"old": 0, "old+temp": 0, "new": 0}
     new_on_pending_names = 0
     current = _sharded_state(work, refs)["version"]
     for trial in range(TRIALS):
         old, new = current, 1 - current
-        reply = server.write("sharded", new, target, rng.uniform(0, SPREAD * seconds))
+        reply = server.write("sharded", new, target, rng.uniform(*window))
         try:
             state = _sharded_state(work, refs)
         except (AssertionError, OSError, dt.DeathtensorsError) as e:
