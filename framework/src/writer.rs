@@ -301,10 +301,14 @@ pub fn write_entries(
 /// bytes as tensors of their own). Peak memory is a few copy buffers, not the
 /// file's size. Concurrent appends to one file take turns
 /// ([`lock_for_update`](crate::atomic::lock_for_update)), so none is lost.
+/// A file with a checksum footer is verified first (one more read of it),
+/// since its bytes are copied without being decoded and the new footer
+/// would vouch for them.
 ///
 /// # Errors
 /// A name that exists without `overwrite`; anything [`write_entries`] refuses;
-/// I/O and format errors from reading the old file.
+/// I/O and format errors from reading the old file; [`Error::ChecksumMismatch`]
+/// (naming the file) when its footer does not match its contents.
 pub fn append_file(
     path: impl AsRef<Path>,
     new: &[Entry<'_>],
@@ -314,6 +318,11 @@ pub fn append_file(
     let path = path.as_ref();
     let _updating = crate::atomic::lock_for_update(path)?;
     let source = DtReader::open(path)?;
+    if source.checksum().is_some() {
+        // The stored bytes are copied unchecked and get a fresh footer: a file the
+        // old footer says is damaged would come out verifying.
+        source.verify().map_err(|e| e.in_file(path))?;
+    }
     let new_names: std::collections::HashMap<String, usize> =
         new.iter().enumerate().map(|(i, e)| (e.name().to_owned(), i)).collect();
     if let Some(part) = source

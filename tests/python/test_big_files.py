@@ -294,6 +294,25 @@ def test_append_refuses_existing_names_unless_overwrite(tmp_path):
         assert torch.equal(f.get_tensor("b"), torch.full((5,), 7.0))
 
 
+@pytest.mark.parametrize("compress", [False, "lz4", True])
+@pytest.mark.parametrize("checksum", [True, "blake3"])
+def test_append_refuses_a_file_its_footer_says_is_damaged(tmp_path, compress, checksum):
+    """Regression: append copied the damaged bytes verbatim and wrote a fresh
+    footer over them, so the file verified afterwards with a wrong value in it
+    (uncompressed and lz4 chunks carry no check of their own)."""
+    p = tmp_path / "a.deathtensors"
+    w = torch.arange(4096, dtype=torch.float32)
+    dt.save(p, {"w": w}, checksum=checksum, compress=compress)
+    raw = bytearray(p.read_bytes())
+    raw[len(raw) - 32 - 1000] ^= 0x01  # a byte of the tensor data
+    p.write_bytes(bytes(raw))
+    with pytest.raises(dt.ChecksumError, match=f"{p.name}.*checksum mismatch"):
+        dt.append(p, {"new": torch.zeros(2)})
+    assert p.read_bytes() == bytes(raw)  # left as it was
+    with pytest.raises(dt.ChecksumError):
+        dt.open(p, verify=True)
+
+
 def test_append_does_not_decompress_old_tensors(tmp_path):
     p = tmp_path / "a.deathtensors"
     dt.save(p, {"big": torch.randn(2000, 256)}, compress=True)

@@ -392,7 +392,9 @@ def append(
     The old tensors are copied as stored (never decompressed, never in
     Python memory) into a new file that atomically replaces the old one: a
     crash at any moment leaves the old file intact. The file keeps its own
-    compression and checksum settings; its footer is recomputed.
+    compression and checksum settings; its footer is recomputed, so a file
+    with a footer is verified first (one more read of it): the new footer
+    must not vouch for bytes the old one says are damaged.
     ``extra_global_metadata`` is merged over the file's global metadata.
     Appends to one file from several threads or processes take turns (an
     exclusive lock on the file), so each adds its tensors to what the others
@@ -403,6 +405,8 @@ def append(
             ``overwrite=True``, which replaces that tensor in place); the name
             of a stored part of a sparse tensor (``name/__sparse_indices__``),
             overwrite or not; a header over the 100 MB readers accept.
+        ChecksumError: the file has a checksum footer that does not match
+            its contents; the file is left as it was.
     """
     rows = _rows(_entries(tensors), metadata)
     _core.append(
