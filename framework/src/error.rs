@@ -79,6 +79,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A manifest sidecar is not one (see [`crate::manifest`]).
+    #[error("{} is not a deathtensors manifest: {reason}", path.display())]
+    InvalidManifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// An error in one shard of a sharded checkpoint.
     #[error("shard {shard:?}: {source}")]
     InShard {
@@ -200,7 +209,11 @@ impl Error {
     #[must_use]
     pub fn in_file(self, path: impl Into<PathBuf>) -> Self {
         match self {
-            Error::Io { .. } | Error::InFile { .. } | Error::InShard { .. } | Error::InvalidIndex { .. } => self,
+            Error::Io { .. }
+            | Error::InFile { .. }
+            | Error::InShard { .. }
+            | Error::InvalidIndex { .. }
+            | Error::InvalidManifest { .. } => self,
             other => Error::InFile {
                 path: path.into(),
                 source: Box::new(other),
@@ -248,6 +261,7 @@ impl Error {
             | Error::Truncated { .. }
             | Error::InvalidHeader(_)
             | Error::InvalidIndex { .. }
+            | Error::InvalidManifest { .. }
             | Error::InvalidTensor { .. }
             | Error::TrailingBytes { .. }
             | Error::CorruptChunk { .. } => "FormatError",

@@ -231,25 +231,49 @@ pub struct Header {
 /// Parse JSON text, refusing duplicate object keys anywhere in it.
 ///
 /// serde_json keeps the last of two equal keys silently; a header with
-/// duplicate keys is ambiguous, so it is refused. Nesting depth is bounded
-/// by serde_json's recursion limit.
+/// duplicate keys is ambiguous, so it is refused. Arrays and objects may be
+/// nested [`MAX_HEADER_DEPTH`] levels deep.
 ///
 /// # Errors
-/// [`Error::InvalidHeader`] on invalid UTF-8, invalid JSON or duplicate keys.
+/// [`Error::InvalidHeader`] on invalid UTF-8, invalid JSON, duplicate keys or
+/// deeper nesting.
 pub fn parse_json_strict<T: for<'de> Deserialize<'de>>(text: &[u8]) -> Result<T> {
-    parse_checked(text, Place::Any)
+    parse_json_strict_nested(text, MAX_HEADER_DEPTH)
+}
+
+/// [`parse_json_strict`] with arrays and objects nested at most `depth`
+/// levels deep: a document that holds a header one level down (a manifest)
+/// needs one more level than a header.
+///
+/// # Errors
+/// As [`parse_json_strict`].
+pub fn parse_json_strict_nested<T: for<'de> Deserialize<'de>>(text: &[u8], depth: usize) -> Result<T> {
+    parse_checked(text, Place::Any, depth)
 }
 
 /// Check `text` with a [`Strict`] walk from `place`, then deserialize it
 /// straight into `T`: no intermediate `serde_json::Value` tree, which takes
 /// several times the text's size for a header of many tensors and chunks.
-fn parse_checked<T: for<'de> Deserialize<'de>>(text: &[u8], place: Place) -> Result<T> {
+///
+/// The walk bounds the nesting at `depth`, so serde_json's own recursion
+/// limit (a fixed 128) is turned off in both passes: the second one reads
+/// only text the walk accepted.
+fn parse_checked<T: for<'de> Deserialize<'de>>(text: &[u8], place: Place, depth: usize) -> Result<T> {
+    let invalid = |e: serde_json::Error| Error::InvalidHeader(e.to_string());
     let mut de = serde_json::Deserializer::from_slice(text);
-    Strict(place)
-        .deserialize(&mut de)
-        .and_then(|()| de.end())
-        .map_err(|e| Error::InvalidHeader(e.to_string()))?;
-    serde_json::from_slice(text).map_err(|e| Error::InvalidHeader(e.to_string()))
+    de.disable_recursion_limit();
+    Strict {
+        place,
+        depth_left: depth,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end())
+    .map_err(invalid)?;
+    let mut de = serde_json::Deserializer::from_slice(text);
+    de.disable_recursion_limit();
+    let value = T::deserialize(&mut de).map_err(invalid)?;
+    de.end().map_err(invalid)?;
+    Ok(value)
 }
 
 impl Header {
@@ -262,7 +286,7 @@ impl Header {
     /// # Errors
     /// [`Error::InvalidHeader`] naming the first problem.
     pub fn parse(text: &[u8]) -> Result<Header> {
-        parse_checked(text, Place::Header)
+        parse_checked(text, Place::Header, MAX_HEADER_DEPTH)
     }
 }
 
@@ -306,8 +330,24 @@ impl Place {
 }
 
 /// A serde visitor that walks any JSON value, failing on a duplicate key
-/// anywhere and on a non-object where its [`Place`] needs an object.
-struct Strict(Place);
+/// anywhere, on a non-object where its [`Place`] needs an object, and on an
+/// array or object more than `depth_left` levels down.
+struct Strict {
+    /// Where the value sits.
+    place: Place,
+    /// How many levels of arrays and objects may still open, this value's included.
+    depth_left: usize,
+}
+
+impl Strict {
+    /// How many levels the values inside this array or object may still
+    /// open; an error when this one may not open.
+    fn open<E: de::Error>(&self) -> std::result::Result<usize, E> {
+        self.depth_left
+            .checked_sub(1)
+            .ok_or_else(|| E::custom("recursion limit exceeded: arrays and objects nested too deeply"))
+    }
+}
 
 impl<'de> DeserializeSeed<'de> for Strict {
     type Value = ();
@@ -322,39 +362,50 @@ impl<'de> Visitor<'de> for Strict {
         f.write_str("any JSON value")
     }
     fn visit_bool<E: de::Error>(self, _: bool) -> std::result::Result<(), E> {
-        self.0.refuse(false)
+        self.place.refuse(false)
     }
     fn visit_i64<E: de::Error>(self, _: i64) -> std::result::Result<(), E> {
-        self.0.refuse(false)
+        self.place.refuse(false)
     }
     fn visit_u64<E: de::Error>(self, _: u64) -> std::result::Result<(), E> {
-        self.0.refuse(false)
+        self.place.refuse(false)
     }
     fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<(), E> {
-        self.0.refuse(false)
+        self.place.refuse(false)
     }
     fn visit_str<E: de::Error>(self, _: &str) -> std::result::Result<(), E> {
-        self.0.refuse(false)
+        self.place.refuse(false)
     }
     fn visit_unit<E: de::Error>(self) -> std::result::Result<(), E> {
-        self.0.refuse(true)
+        self.place.refuse(true)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
-        self.0.refuse(false)?;
+        self.place.refuse(false)?;
+        let depth_left = self.open()?;
         let mut i = 0;
-        let element = |i| match self.0 {
+        let element = |i| match self.place {
             Place::Tensors => Place::Tensor(i),
             _ => Place::Any,
         };
-        while seq.next_element_seed(Strict(element(i)))?.is_some() {
+        while seq
+            .next_element_seed(Strict {
+                place: element(i),
+                depth_left,
+            })?
+            .is_some()
+        {
             i += 1;
         }
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        let depth_left = self.open()?;
         let mut seen = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            map.next_value_seed(Strict(self.0.child(&key)))?;
+            map.next_value_seed(Strict {
+                place: self.place.child(&key),
+                depth_left,
+            })?;
             if let Some(key) = seen.replace(key) {
                 return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
             }
@@ -992,6 +1043,28 @@ mod tests {
         assert!(parse_json_strict::<Value>(b"{\"a\": NaN}").is_err());
         assert!(parse_json_strict::<Value>(b"{\"a\": 1} x").is_err());
         assert!(parse_json_strict::<Value>(b"{\"a\": \"\xff\"}").is_err());
+    }
+
+    #[test]
+    fn strict_json_nests_exactly_to_the_depth_asked_for() {
+        let nested = |levels: usize, inner: &str| format!("{}{inner}{}", "[".repeat(levels), "]".repeat(levels));
+        // An empty array at the last level counts like a full one.
+        for inner in ["", "1", "{}"] {
+            let extra = usize::from(inner == "{}");
+            let at_limit = nested(MAX_HEADER_DEPTH - extra, inner);
+            assert!(parse_json_strict::<Value>(at_limit.as_bytes()).is_ok(), "{inner}");
+            let over = nested(MAX_HEADER_DEPTH + 1 - extra, inner);
+            let err = parse_json_strict::<Value>(over.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("recursion limit exceeded"), "{err}");
+            assert!(parse_json_strict_nested::<Value>(over.as_bytes(), MAX_HEADER_DEPTH + 1).is_ok());
+        }
+        let objects = format!(
+            "{}1{}",
+            r#"{"a":"#.repeat(MAX_HEADER_DEPTH + 1),
+            "}".repeat(MAX_HEADER_DEPTH + 1)
+        );
+        assert!(parse_json_strict::<Value>(objects.as_bytes()).is_err());
+        assert!(parse_json_strict_nested::<Value>(objects.as_bytes(), MAX_HEADER_DEPTH + 1).is_ok());
     }
 
     #[test]

@@ -8,11 +8,18 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::format::parse_json_strict;
+use crate::format::{parse_json_strict_nested, MAX_HEADER_DEPTH};
+
+/// How deep arrays and objects may nest in these files: one level more than
+/// in a header, since each holds header JSON one level further down (a
+/// manifest the whole header under `"header"`, an index the global metadata
+/// under `"metadata"`), and a file whose header is at the limit must still
+/// get a sidecar that reads.
+pub(crate) const MAX_SIDECAR_DEPTH: usize = MAX_HEADER_DEPTH + 1;
 
 /// Read the JSON file at `path`: a regular file of at most `limit` bytes
-/// holding strict JSON (UTF-8, no duplicate keys, bounded nesting; see
-/// [`parse_json_strict`]).
+/// holding strict JSON (UTF-8, no duplicate keys, nested at most
+/// [`MAX_SIDECAR_DEPTH`] levels; see [`parse_json_strict_nested`]).
 ///
 /// Opening never blocks (a FIFO is refused, not waited on), and the checks
 /// and the read use one handle, so the file cannot be swapped in between.
@@ -48,13 +55,13 @@ pub(crate) fn read_json_file(path: &Path, limit: u64, bad: impl Fn(String) -> Er
     parse_json_text(&text, bad)
 }
 
-/// `text` parsed by [`parse_json_strict`]; a parse failure is `bad`
-/// applied to `"not valid JSON (or not UTF-8): ..."`.
+/// `text` parsed by [`parse_json_strict_nested`] to [`MAX_SIDECAR_DEPTH`];
+/// a parse failure is `bad` applied to `"not valid JSON (or not UTF-8): ..."`.
 ///
 /// # Errors
 /// As described.
 pub(crate) fn parse_json_text(text: &[u8], bad: impl Fn(String) -> Error) -> Result<Value> {
-    parse_json_strict(text).map_err(|e| match e {
+    parse_json_strict_nested(text, MAX_SIDECAR_DEPTH).map_err(|e| match e {
         Error::InvalidHeader(why) => bad(format!("not valid JSON (or not UTF-8): {why}")),
         other => other,
     })

@@ -278,11 +278,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 /// types, and a `header` that is a valid header object.
 ///
 /// # Errors
-/// I/O errors; [`Error::InvalidHeader`] (a format error) naming what makes
+/// I/O errors; [`Error::InvalidManifest`] (a format error) naming what makes
 /// the file not a manifest, or a `manifest_version` this crate does not know.
 pub fn read(path: impl AsRef<Path>) -> Result<Value> {
     let path = path.as_ref();
-    let bad = |why: String| Error::InvalidHeader(format!("{} is not a deathtensors manifest: {why}", path.display()));
+    let bad = |reason: String| Error::InvalidManifest {
+        path: path.to_owned(),
+        reason,
+    };
     let value = read_json_file(path, MAX_MANIFEST_LEN, bad)?;
     check(&value).map_err(bad)?;
     Ok(value)

@@ -571,11 +571,16 @@ impl<'a> Plan<'a> {
             std::collections::HashMap::with_capacity(entries.len());
         let mut items: Vec<Item<'a>> = Vec::with_capacity(entries.len());
         let add = |item: Item<'a>, items: &mut Vec<Item<'a>>, index: &mut std::collections::HashMap<String, usize>| {
-            if index.insert(item.name.clone(), items.len()).is_some() {
-                return Err(Error::InvalidArgument(format!(
-                    "tensor name {:?} is given twice",
-                    item.name
-                )));
+            if let Some(earlier) = index.insert(item.name.clone(), items.len()) {
+                // A stored part's name is made up by its layout: say whose it is.
+                let part = [&item, &items[earlier]].into_iter().find_map(|i| i.part_of.as_deref());
+                return Err(Error::InvalidArgument(match part {
+                    Some(owner) => format!(
+                        "{:?} names both a tensor and a stored part of tensor {owner:?}",
+                        item.name
+                    ),
+                    None => format!("tensor name {:?} is given twice", item.name),
+                }));
             }
             items.push(item);
             Ok(())
@@ -599,10 +604,17 @@ impl<'a> Plan<'a> {
                         Error::InvalidArgument(format!("alias {name:?}: no earlier tensor named {target:?}"))
                     })?;
                     let t: &Item<'_> = &items[j];
-                    if matches!(t.body, Body::Alias(_)) || t.layout.is_some() || t.part_of.is_some() {
-                        return Err(Error::InvalidArgument(format!(
-                            "alias {name:?}: {target:?} is itself an alias; point at the tensor it names"
-                        )));
+                    let refused = if matches!(t.body, Body::Alias(_)) {
+                        Some("is itself an alias; point at the tensor it names")
+                    } else if t.layout.is_some() {
+                        Some("is not dense (it has a layout); only dense tensors can be aliased")
+                    } else if t.part_of.is_some() {
+                        Some("is a stored part of another tensor, not a tensor")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = refused {
+                        return Err(Error::InvalidArgument(format!("alias {name:?}: {target:?} {why}")));
                     }
                     Item {
                         name: name.clone(),

@@ -413,6 +413,19 @@ def test_append_refuses_the_name_of_a_stored_part(tmp_path):
         assert torch.equal(f.get_tensor("e").to_dense(), torch.eye(2))
 
 
+def test_a_sparse_tensor_whose_part_name_is_taken_names_the_clash(tmp_path):
+    """Regression: a dense "s/__sparse_indices__" beside a sparse "s" was
+    refused as a name "given twice", which the caller had given once."""
+    path = tmp_path / "sp.deathtensors"
+    sparse = torch.eye(3).to_sparse()
+    clash = "'s/__sparse_indices__' names both a tensor and a stored part of tensor 's'"
+    with pytest.raises(dt.InvalidArgumentError, match=clash.replace("'", '"')):
+        dt.save_sparse(path, {"s/__sparse_indices__": torch.ones(2), "s": sparse})
+    dt.save(path, {"s/__sparse_indices__": torch.ones(2)})
+    with pytest.raises(dt.InvalidArgumentError, match=clash.replace("'", '"')):
+        dt.append(path, {"s": sparse})
+
+
 @pytest.mark.parametrize("order", [["new", "a"], ["b", "a"], ["b", "new", "a"]])
 def test_append_ties_a_replaced_tensor_to_a_new_one_in_any_order(tmp_path, order):
     """Regression: a replaced name keeps its place, so a tie whose first name

@@ -167,6 +167,33 @@ def test_read_manifest_refuses_what_is_not_a_manifest(model, tmp_path, content, 
     assert "is not a deathtensors manifest" in str(info.value)
 
 
+def _nested(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_the_manifest_of_a_header_nested_to_the_limit_reads(tmp_path):
+    """Regression: the manifest holds the header one level down, and its
+    reader applied the header's depth limit, so read_manifest refused the
+    manifest write_manifest had just written for a valid file."""
+    path = tmp_path / "deep.deathtensors"
+    levels = 130
+    while True:  # the deepest per-tensor metadata that save accepts
+        try:
+            dt.save(path, {"w": torch.zeros(2)}, metadata={"w": {"deep": _nested(levels)}})
+            break
+        except dt.InvalidArgumentError as e:
+            assert "nested too deeply" in str(e)
+            levels -= 1
+    assert levels > 100
+    with dt.open(path) as f:
+        assert f.info("w")["metadata"]["deep"] == _nested(levels)
+    manifest = dt.read_manifest(dt.write_manifest(path))
+    assert manifest["header"]["tensors"][0]["metadata"]["deep"] == _nested(levels)
+
+
 def test_read_manifest_checks_version_and_keys(model, tmp_path):
     good = dt.read_manifest(dt.write_manifest(model))
     target = tmp_path / "edited.json"

@@ -366,6 +366,27 @@ def test_a_json_path_other_than_the_index_name_is_refused(tmp_path, name):
         assert sr.keys() == ["a"]
 
 
+def test_global_metadata_nested_to_the_limit_opens(tmp_path):
+    """Regression: the index holds the global metadata one level deeper than
+    a header does, and its reader applied the header's depth limit, so
+    open_sharded refused a checkpoint save_sharded had just written."""
+    levels = 130
+    while True:  # the deepest global metadata that save_sharded accepts
+        deep: object = 1
+        for _ in range(levels):
+            deep = [deep]
+        try:
+            dt.save_sharded(tmp_path / "m.deathtensors", {"a": _f32(4)}, global_metadata={"deep": deep})
+            break
+        except dt.InvalidArgumentError as e:
+            assert "nested too deeply" in str(e)
+            levels -= 1
+    assert levels > 100
+    with dt.open_sharded(tmp_path / "m.deathtensors") as sr:
+        assert sr.metadata() == {"deep": deep}
+        assert torch.equal(sr.get_tensor("a"), _f32(4))
+
+
 def test_verify_finds_a_shard_holding_tensors_the_index_does_not_name(tmp_path):
     """Regression: a shard with an extra tensor (a shard of another
     checkpoint, or tampering) verified, with total_size or without."""
