@@ -11,7 +11,7 @@ goes to stdout.
 
 Commands::
 
-    {"cmd": "write", "op": "save"|"save_direct"|"append"|"sharded", "version": 0|1,
+    {"cmd": "write", "op": "save"|"save_direct"|"append"|"export"|"sharded", "version": 0|1,
      "path": "...", "delay": seconds or null, "watch": true (optional)}
     -> {"killed": bool, "seconds": float, "status": int, "temp_seen": [first, last] or null}
 
@@ -31,6 +31,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import time
 from typing import Any, Dict
 
@@ -73,7 +74,14 @@ def appended_tensors() -> Dict[str, np.ndarray]:
     return {f"extra.{i}": rng.standard_normal((512, 1024)).astype(np.float32) for i in range(3)}
 
 
-def write(op: str, version: int, path: str, data: Dict[Any, Dict[str, np.ndarray]], extra: Dict[str, Any]) -> None:
+def write(
+    op: str,
+    version: int,
+    path: str,
+    data: Dict[Any, Dict[str, np.ndarray]],
+    extra: Dict[str, np.ndarray],
+    sources: Dict[int, str],
+) -> None:
     import deathtensors as dt
 
     if op == "save":
@@ -82,6 +90,8 @@ def write(op: str, version: int, path: str, data: Dict[Any, Dict[str, np.ndarray
         dt.save(path, data[("direct", version)], global_metadata={"version": version}, checksum=True)
     elif op == "append":
         dt.append(path, extra, extra_global_metadata={"appended": True})
+    elif op == "export":
+        dt.to_safetensors(sources[version], path)
     elif op == "sharded":
         dt.save_sharded(
             path, data[version], max_shard_bytes=MAX_SHARD_BYTES, global_metadata={"version": version}, **WRITE_OPTIONS
@@ -91,11 +101,26 @@ def write(op: str, version: int, path: str, data: Dict[Any, Dict[str, np.ndarray
 
 
 def serve() -> None:
-    import deathtensors  # noqa: F401 - imported once, before any fork
+    import deathtensors  # imported once, before any fork
 
     data: Dict[Any, Dict[str, np.ndarray]] = {v: version_tensors(v) for v in (0, 1)}
     data.update({("direct", v): direct_tensors(v) for v in (0, 1)})
     extra = appended_tensors()
+    with tempfile.TemporaryDirectory() as folder:
+        # What ``export`` converts: version v, saved as the other writes save it.
+        sources = {v: os.path.join(folder, f"v{v}.deathtensors") for v in (0, 1)}
+        pid = os.fork()  # written by a child: this process must never run a write (see above)
+        if pid == 0:
+            for v, source in sources.items():
+                deathtensors.save(source, data[v], **WRITE_OPTIONS)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        if status != 0:
+            raise SystemExit(f"writing the sources of export failed (status {status})")
+        _serve(data, extra, sources)
+
+
+def _serve(data: Dict[Any, Dict[str, np.ndarray]], extra: Dict[str, np.ndarray], sources: Dict[int, str]) -> None:
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -104,7 +129,7 @@ def serve() -> None:
         if pid == 0:  # the child: one write, then leave without any cleanup of the server's
             code = 0
             try:
-                write(cmd["op"], cmd["version"], cmd["path"], data, extra)
+                write(cmd["op"], cmd["version"], cmd["path"], data, extra, sources)
             except BaseException as e:  # pragma: no cover - reported through the exit status
                 print(f"write failed: {e!r}", file=sys.stderr, flush=True)
                 code = 3

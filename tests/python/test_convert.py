@@ -78,6 +78,53 @@ def test_torch_equal_on_finite_values_of_float_dtypes(tmp_path):
         assert torch.equal(loaded[name], t), name
 
 
+def test_an_export_is_laid_out_as_safetensors_writes_and_gives_the_same_bytes_every_time(tmp_path):
+    """Regression: the `__metadata__` keys came out in hash-map order, so two
+    exports of one file differed byte for byte."""
+    tensors = _tensors_of_every_dtype(seed=3)
+    src = tmp_path / "m.deathtensors"
+    global_md = {f"key{i}": f"value {i}" for i in range(12)}
+    dt.save(src, tensors, global_metadata={**global_md, "json": [1, 2]}, metadata={"t0.F32": {"k": 1}})
+    first = dt.to_safetensors(src, tmp_path / "a.safetensors")
+    again = dt.to_safetensors(src, tmp_path / "b.safetensors")
+    with open(first, "rb") as fa, open(again, "rb") as fb:
+        assert fa.read() == fb.read()
+    # The same tensors in the same places as safetensors' own writer puts them.
+    reference = tmp_path / "reference.safetensors"
+    st_torch.save_file(tensors, str(reference))
+    ours = _header_and_data(first)
+    theirs = _header_and_data(reference)
+    assert ours[1] == theirs[1]
+    meta = ours[0].pop("__metadata__")
+    assert ours[0] == theirs[0]
+    assert list(meta) == sorted(meta)
+    assert {k: meta[k] for k in global_md} == global_md
+
+
+def _header_and_data(path) -> tuple:
+    raw = open(path, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    assert n % 8 == 0
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
+
+
+def test_an_export_gets_the_mode_of_the_file_it_replaces(tmp_path):
+    """Regression: exports were always mode 0600 (the safetensors crate's own
+    temporary file was renamed over ours, after our chmod and fsync)."""
+    src = tmp_path / "m.deathtensors"
+    dt.save(src, {"a": torch.ones(3)})
+    umask = os.umask(0o022)
+    try:
+        out = dt.to_safetensors(src)
+        assert os.stat(out).st_mode & 0o777 == 0o644
+        os.chmod(out, 0o640)
+        dt.to_safetensors(src)
+        assert os.stat(out).st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)
+    assert sorted(os.listdir(tmp_path)) == ["m.deathtensors", "m.safetensors"]
+
+
 def test_files_written_by_safetensors_import_exactly(tmp_path):
     tensors = _tensors_of_every_dtype(seed=7)
     tensors["big"] = torch.randn(300, 257)

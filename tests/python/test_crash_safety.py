@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -137,9 +137,24 @@ def _assert_enough_landed(op: str, counts: Dict[str, int]) -> None:
     assert counts["new"] >= 3, f"no trial let the write complete: {counts}"
 
 
-def _run_single_file_trials(server: ForkServer, op: str, work: Path, refs: Dict[int, bytes], reset: Any) -> None:
-    """Trials of ``save`` (versions alternate) or ``append`` (old is version 0, new is 0 + appended)."""
-    target = work / "m.deathtensors"
+def _verify(path: Path) -> None:
+    with dt.open(path, verify=True) as f:
+        assert f.verify()
+
+
+def _run_single_file_trials(
+    server: ForkServer,
+    op: str,
+    work: Path,
+    refs: Dict[int, bytes],
+    reset: Any,
+    name: str = "m.deathtensors",
+    check: Callable[[Path], None] = _verify,
+) -> None:
+    """Trials of ``save`` or ``export`` (versions alternate) or ``append`` (old
+    is version 0, new is 0 + appended), writing ``work / name``; ``check``
+    looks at the file after each."""
+    target = work / name
     window = _calibrate(server, op, target, reset)
     rng = random.Random(f"{op}-7")
     counts = {"old": 0, "old+temp": 0, "new": 0}
@@ -154,8 +169,7 @@ def _run_single_file_trials(server: ForkServer, op: str, work: Path, refs: Dict[
         got = target.read_bytes()
         state = {refs[0]: 0, refs[1]: 1}.get(got)
         assert state in (old, new), f"trial {trial}: {target.name} is neither the old nor the new file"
-        with dt.open(target, verify=True) as f:
-            assert f.verify()
+        check(target)
         temps = _temps(work)
         assert len(temps) <= 1, f"trial {trial}: temporary files pile up: {temps}"
         if state == new:
@@ -168,7 +182,7 @@ def _run_single_file_trials(server: ForkServer, op: str, work: Path, refs: Dict[
     # The next write removes what the killed ones left.
     reset(0)
     server.write(op, 1 - current if op == "save" else 1, target, None)
-    assert sorted(p.name for p in work.iterdir()) == ["m.deathtensors"]
+    assert sorted(p.name for p in work.iterdir()) == [name]
 
 
 @pytest.mark.parametrize("op", ["save", "save_direct"])
@@ -213,6 +227,30 @@ def test_append_is_old_or_new_after_sigkill(server, tmp_path):
         os.replace(tmp, target)
 
     _run_single_file_trials(server, "append", work, refs, reset)
+
+
+def test_export_to_safetensors_is_old_or_new_after_sigkill(server, tmp_path):
+    """``to_safetensors`` of a compressed file: its temporary file is one of
+    ours (locked, removed by the next writer). Regression: the safetensors
+    crate wrote a temporary file of its own, which a killed export left
+    behind for good."""
+    st = pytest.importorskip("safetensors.numpy")
+    ref_dir, work = tmp_path / "ref", tmp_path / "work"
+    ref_dir.mkdir()
+    work.mkdir()
+    refs = {}
+    for v in (0, 1):
+        server.write("export", v, ref_dir / f"v{v}.safetensors", None)
+        loaded = st.load_file(str(ref_dir / f"v{v}.safetensors"))
+        assert loaded.keys() == child.version_tensors(v).keys()
+        assert all(np.array_equal(loaded[k], a) for k, a in child.version_tensors(v).items())
+        refs[v] = (ref_dir / f"v{v}.safetensors").read_bytes()
+    shutil.copyfile(ref_dir / "v0.safetensors", work / "m.safetensors")
+
+    def loads(path: Path) -> None:
+        assert st.load_file(str(path)).keys() == child.version_tensors(0).keys()
+
+    _run_single_file_trials(server, "export", work, refs, lambda i: None, name="m.safetensors", check=loads)
 
 
 # -- save_sharded ------------------------------------------------------------------------------------------

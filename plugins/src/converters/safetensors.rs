@@ -31,13 +31,20 @@
 //!
 //! # Export (`.deathtensors` → `.safetensors`)
 //!
-//! Every tensor is presented to [`safetensors::serialize_to_file`] as a lazy
-//! [`View`]: an uncompressed tensor is a borrowed slice of a memory map of the
-//! source; a compressed one is decoded into one buffer when the crate asks for
-//! its bytes and dropped once they are written. Peak memory is bounded by the
-//! largest tensor. The crate lays out the file (8-byte aligned header, tensors
-//! sorted by dtype alignment, then name); it is written to a temporary file in
-//! the destination's folder, synced and renamed over the destination.
+//! The file is laid out as the safetensors crate lays out its own: a header
+//! padded with spaces to 8 bytes, tensors sorted by dtype alignment, then
+//! name. The header is built with the crate's types, and the crate parses it
+//! back (its checks of offsets, dtypes and shapes) before anything is
+//! written; its `__metadata__` keys are sorted, so one source always gives
+//! the same bytes. The tensors follow one at a time: an uncompressed one is a
+//! borrowed slice of a memory map of the source; a compressed one is decoded
+//! into one buffer and dropped once written. Peak memory is bounded by the
+//! largest tensor. Everything goes through one [`AtomicFile`], like every
+//! other writer: a locked temporary file in the destination's folder
+//! (removed by the next writer if the process dies), given the replaced
+//! file's mode, synced and renamed over the destination. (The crate's
+//! `serialize_to_file` renames a temporary file of its own over the path it
+//! is given, so it could not write into ours.)
 //!
 //! Refused, with an error naming the tensor: dtypes safetensors lacks
 //! (`C128`, third-party dtypes), sparse tensors (a `layout` or `part_of`
@@ -87,9 +94,9 @@
 //! metadata key equal to a reserved key cannot be exported.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -100,9 +107,11 @@ use deathtensors::registry::{self, Converter, Plugin};
 use deathtensors::writer::{check_metadata_nesting, write_entries, ByteSource, Entry, TensorData, WriteOptions};
 use deathtensors::{Error, Result};
 use memmap2::{Mmap, MmapMut, UncheckedAdvice};
-use safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors, View};
+use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 use serde_json::{Map, Value};
 
+/// The key of a safetensors header that holds the file's string metadata (not a tensor).
+const METADATA_KEY: &str = "__metadata__";
 /// Reserved `__metadata__` key: JSON array of the global keys whose values are JSON text.
 pub const JSON_KEYS_KEY: &str = "__deathtensors_json__";
 /// Reserved `__metadata__` key: JSON object `{tensor name: metadata object}`.
@@ -466,7 +475,6 @@ pub fn import_from(source: &dyn ByteSource, len: u64, label: &str, dst: &Path, o
 /// global metadata key that is reserved); I/O errors writing `dst`.
 pub fn export_file(src: &Path, dst: &Path) -> Result<()> {
     let reader = DtReader::open(src)?;
-    let state = RefCell::new(ExportState::default());
     let mut views = Vec::with_capacity(reader.tensors().len());
     let mut tensor_metadata = Map::new();
     for info in reader.tensors() {
@@ -491,7 +499,7 @@ pub fn export_file(src: &Path, dst: &Path) -> Result<()> {
                  third-party dtypes); convert the tensor to a supported dtype first"
             ))
         })?;
-        if name == "__metadata__" {
+        if name == METADATA_KEY {
             return Err(Error::InvalidArgument(
                 "a tensor named \"__metadata__\" cannot be stored in safetensors, where that key holds the \
                  metadata; rename it first"
@@ -522,44 +530,95 @@ pub fn export_file(src: &Path, dst: &Path) -> Result<()> {
             shape,
             len,
             mapped,
-            state: &state,
         });
     }
     let order: Vec<&str> = views.iter().map(|v| v.info.name.as_str()).collect();
-    let data_info = encode_metadata(reader.metadata(), tensor_metadata, &order, &stored_order(&views))?;
+    let stored = stored_order(&views);
+    let stored_names: Vec<&str> = stored.iter().map(|&i| order[i]).collect();
+    let data_info = encode_metadata(reader.metadata(), tensor_metadata, &order, &stored_names)?;
+    let header = safetensors_header(&views, &stored, data_info)?;
 
-    let out = AtomicFile::create(dst)?;
-    let result = safetensors::serialize_to_file(
-        views.iter().map(|v| (v.info.name.as_str(), v)),
-        (!data_info.is_empty()).then_some(data_info),
-        out.path(),
-    );
-    drop(views);
-    let mut state = state.into_inner();
-    state.release();
-    match (result, state.failure) {
-        (_, Some(e)) => Err(e),
-        (Err(e), None) => Err(st_error(out.path(), e)),
-        (Ok(()), None) => out.commit(true), // dropping `out` on error removes the temp file
+    let mut out = AtomicFile::create(dst)?;
+    let temp = out.path().to_owned();
+    let mut file = std::io::BufWriter::with_capacity(1 << 20, out.file());
+    let io = |e| Error::io(&temp, e);
+    file.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+    file.write_all(&header).map_err(io)?;
+    for &i in &stored {
+        let view = &views[i];
+        file.write_all(&view.read()?).map_err(io)?;
+        view.release();
     }
+    file.flush().map_err(io)?;
+    drop(file);
+    out.commit(true) // dropping `out` on an error above removes the temporary file
 }
 
-/// The order in which `serialize_to_file` stores tensors: dtype descending
-/// (by alignment), then name.
-fn stored_order<'a>(views: &[LazyTensor<'a>]) -> Vec<&'a str> {
-    let mut order: Vec<(Dtype, &str)> = views.iter().map(|v| (v.dtype, v.info.name.as_str())).collect();
-    order.sort_by(|(ld, ln), (rd, rn)| rd.cmp(ld).then(ln.cmp(rn)));
-    order.into_iter().map(|(_, n)| n).collect()
+/// The order in which safetensors files store tensors (the crate's
+/// `serialize` and every file it writes): dtype descending (by alignment),
+/// then name. Indices into `views`.
+fn stored_order(views: &[LazyTensor<'_>]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..views.len()).collect();
+    order.sort_by(|&l, &r| {
+        let (l, r) = (&views[l], &views[r]);
+        r.dtype.cmp(&l.dtype).then(l.info.name.cmp(&r.info.name))
+    });
+    order
 }
 
-fn st_error(path: &Path, e: SafeTensorError) -> Error {
-    match e {
-        SafeTensorError::IoError(io) => Error::io(path, io),
-        other => Error::InvalidArgument(format!("safetensors refused to write {}: {other}", path.display())),
+/// The header of the safetensors file of `views` stored in the order
+/// `stored`, with `data_info` as its `__metadata__` (left out when empty):
+/// JSON padded with spaces to a multiple of 8 bytes, as the crate writes it,
+/// but with the `__metadata__` keys sorted, so that one source always gives
+/// the same bytes (the crate writes them in hash-map order, which changes
+/// from run to run). The crate parses it back before anything is written:
+/// its own checks (contiguous offsets, sizes that match dtype and shape)
+/// hold for what we write.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when safetensors refuses the header (over its
+/// 100 MB limit, or a check of the crate's).
+fn safetensors_header(
+    views: &[LazyTensor<'_>],
+    stored: &[usize],
+    data_info: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let refused = |why: String| Error::InvalidArgument(format!("safetensors cannot hold this file: {why}"));
+    let mut doc = Map::new();
+    if !data_info.is_empty() {
+        let sorted: BTreeMap<String, String> = data_info.into_iter().collect();
+        doc.insert(METADATA_KEY.to_owned(), serde_json::json!(sorted));
     }
+    let mut offset = 0usize;
+    for &i in stored {
+        let view = &views[i];
+        let end = offset
+            .checked_add(view.len)
+            .ok_or_else(|| refused("its tensors add up to more bytes than this platform can address".into()))?;
+        let info = safetensors::tensor::TensorInfo {
+            dtype: view.dtype,
+            shape: view.shape.clone(),
+            data_offsets: (offset, end),
+        };
+        doc.insert(
+            view.info.name.clone(),
+            serde_json::to_value(info).map_err(|e| refused(e.to_string()))?,
+        );
+        offset = end;
+    }
+    let mut text = serde_json::to_vec(&doc).map_err(|e| refused(e.to_string()))?;
+    text.resize(text.len().next_multiple_of(8), b' ');
+    if text.len() as u64 > MAX_HEADER_LEN {
+        return Err(refused(format!(
+            "its header would have {} bytes, over the {MAX_HEADER_LEN} that safetensors reads",
+            text.len()
+        )));
+    }
+    serde_json::from_slice::<Metadata>(&text).map_err(|e| refused(e.to_string()))?;
+    Ok(text)
 }
 
-/// One tensor of the source, decoded only when the serializer asks for its bytes.
+/// One tensor of the source, read only when its bytes are written.
 struct LazyTensor<'a> {
     reader: &'a DtReader,
     info: &'a TensorInfo,
@@ -568,37 +627,11 @@ struct LazyTensor<'a> {
     len: usize,
     /// The file's memory map and the tensor's offset in it (uncompressed tensors).
     mapped: Option<(Arc<MmapMut>, usize)>,
-    /// Shared by the views of one export.
-    state: &'a RefCell<ExportState>,
-}
-
-/// What the views of one export share.
-#[derive(Default)]
-struct ExportState {
-    /// The first error met while reading; later tensors then yield no bytes.
-    failure: Option<Error>,
-    /// The mapped range handed out last: `(map, offset, len)`.
-    handed_out: Option<(Arc<MmapMut>, usize, usize)>,
-}
-
-impl ExportState {
-    /// Drop the pages of the range handed out last from this process's
-    /// resident set, so that an uncompressed export does not keep the whole
-    /// source resident: the pages stay in the page cache, and the map would
-    /// fault them back in from the file if touched again.
-    fn release(&mut self) {
-        if let Some((map, offset, len)) = self.handed_out.take() {
-            // SAFETY: the serializer wrote that range and dropped its borrow
-            // before asking for the next tensor, and no other borrow of the map
-            // is alive. The map is a private map of the source that nothing
-            // writes, so MADV_DONTNEED cannot change what it reads: dropped pages
-            // fault back in with the file's bytes. Failure is harmless.
-            let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len) };
-        }
-    }
 }
 
 impl LazyTensor<'_> {
+    /// The tensor's bytes: borrowed from the map when uncompressed, else
+    /// decoded into one buffer.
     fn read(&self) -> Result<Cow<'_, [u8]>> {
         if let Some((map, offset)) = &self.mapped {
             return offset
@@ -614,41 +647,20 @@ impl LazyTensor<'_> {
         self.reader.read_into(self.info, &mut out)?;
         Ok(Cow::Owned(out))
     }
-}
 
-impl View for &LazyTensor<'_> {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-
-    fn data(&self) -> Cow<'_, [u8]> {
-        // View cannot fail: remember the error, write nothing more, and let
-        // export_file discard the file.
-        let mut state = self.state.borrow_mut();
-        if state.failure.is_some() {
-            return Cow::Borrowed(&[]);
+    /// Once its bytes are written, drop the mapped pages of an uncompressed
+    /// tensor from this process's resident set, so that an export does not
+    /// keep the whole source resident: the pages stay in the page cache, and
+    /// the map would fault them back in from the file if touched again.
+    fn release(&self) {
+        if let Some((map, offset)) = &self.mapped {
+            // SAFETY: the bytes [offset, offset + len) were written and the borrow
+            // `read` handed out is gone (`&self` borrows nothing of the map). The
+            // map is a private map of the source that nothing writes, so
+            // MADV_DONTNEED cannot change what it reads: dropped pages fault back
+            // in with the file's bytes. Failure is harmless.
+            let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, *offset, self.len) };
         }
-        state.release();
-        match self.read() {
-            Ok(bytes) => {
-                if let Some((map, offset)) = &self.mapped {
-                    state.handed_out = Some((Arc::clone(map), *offset, self.len));
-                }
-                bytes
-            }
-            Err(e) => {
-                state.failure = Some(e);
-                Cow::Borrowed(&[])
-            }
-        }
-    }
-
-    fn data_len(&self) -> usize {
-        self.len
     }
 }
 
