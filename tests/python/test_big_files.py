@@ -162,6 +162,29 @@ def test_slice_arguments_behave_like_python_slicing(tmp_path):
         np.testing.assert_array_equal(f.get_tensor_slice("t", 2, 3, framework="numpy"), t[2:5].numpy())
 
 
+def test_slice_bounds_take_numpy_and_torch_integers_as_python_ints(tmp_path):
+    """Regression: numpy scalars were added in numpy's fixed-width types, so
+    (int64 1, int64 2**63-1) overflowed to a raw OverflowError, (int64,
+    uint64) became a float (raw TypeError), and uint8 1 + 255 wrapped to 0
+    (an error about a byte range nobody asked for)."""
+    t = torch.arange(10 * 3).reshape(10, 3)
+    p = tmp_path / "s.deathtensors"
+    dt.save(p, {"t": t})
+    with dt.open(p) as f:
+        for start, count in [
+            (np.int64(1), np.int64(2**63 - 1)),
+            (np.int64(1), np.uint64(2)),
+            (np.uint8(1), np.uint8(255)),
+            (torch.tensor(1), torch.tensor(2)),
+            (np.int32(-3), 2),
+        ]:
+            want = t[int(start) :][: int(count)]
+            assert torch.equal(f.get_tensor_slice("t", start, count), want), (start, count)
+        for start, count in [(1.5, 2), ("1", 2), (None, 2), (0, 2.0)]:
+            with pytest.raises(dt.InvalidArgumentError, match="must be integers"):
+                f.get_tensor_slice("t", start, count)
+
+
 def test_get_slice_handle(tmp_path):
     t = torch.randn(300, 7, 5)
     p = tmp_path / "s.deathtensors"
