@@ -667,14 +667,21 @@ fn tensor_row(t: &deathtensors::format::TensorInfo) -> Vec<String> {
     ]
 }
 
-/// A table indented by two spaces, columns padded to their widest cell, as
-/// a terminal shows it (a CJK character or an emoji takes two columns).
+/// The widest a table column is padded to, in terminal columns. A wider cell
+/// is printed whole and pushes the rest of its row right.
+const MAX_COLUMN_WIDTH: usize = 96;
+
+/// A table after `indent`, columns padded to their widest cell (at most
+/// [`MAX_COLUMN_WIDTH`]) as a terminal shows it (a CJK character or an emoji
+/// takes two columns). The cap keeps the output in proportion to the cells:
+/// padding every row to one name of 500,000 characters printed a gigabyte for
+/// a file of 600 KB.
 fn write_table(s: &mut String, indent: &str, heads: &[&str], rows: &[Vec<String>]) {
     use unicode_width::UnicodeWidthStr;
     let mut widths: Vec<usize> = heads.iter().map(|h| h.width()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.width());
+            *w = (*w).max(cell.width().min(MAX_COLUMN_WIDTH));
         }
     }
     // Padded by hand: `{:w$}` panics for widths over u16::MAX, which a
@@ -816,6 +823,27 @@ mod tests {
             })
             .collect();
         assert_eq!(columns, [6, 6, 6, 6], "{s}");
+    }
+
+    #[test]
+    fn one_wide_cell_does_not_pad_every_row_to_its_width() {
+        // Regression: `info` of a 615 KB file (one name of 500,000 characters
+        // and 2,000 others) printed 1 GB, every row padded to that name.
+        let long = "n".repeat(100_000);
+        let mut rows = vec![vec![long.clone(), "F32".to_owned()]];
+        rows.extend((0..1000).map(|i| vec![format!("t{i}"), "F32".to_owned()]));
+        let mut s = String::new();
+        write_table(&mut s, "", &["name", "dtype"], &rows);
+        let cells: usize = rows.iter().flatten().map(String::len).sum();
+        assert!(
+            s.len() < cells + rows.len() * (MAX_COLUMN_WIDTH + 8),
+            "{} bytes",
+            s.len()
+        );
+        assert!(s.contains(&format!("{long}  F32\n")));
+        // Short rows still line up with each other.
+        let at: Vec<usize> = s.lines().skip(2).map(|l| l.find("F32").unwrap()).collect();
+        assert!(at.iter().all(|&a| a == MAX_COLUMN_WIDTH + 2), "{:?}", &at[..3]);
     }
 
     #[test]
