@@ -313,25 +313,38 @@ fn usage_error_line(e: &clap::Error) -> String {
     }
 }
 
+/// Whether `c` must not reach a terminal raw from a file: a control
+/// character (a newline that would fake a row, an escape sequence that would
+/// drive the terminal), or an invisible one that changes how the rest shows:
+/// the bidirectional marks, embeddings, overrides and isolates (with U+202E
+/// the name `layer.0.` + U+202E + `thgiew` shows as `layer.0.weight`) and the
+/// line and paragraph separators.
+pub fn unsafe_for_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
 /// A tensor name as printed in a table or report: itself, or, when it holds
-/// control characters (a newline that would fake a row, an escape sequence
-/// that would drive the terminal), its escaped form (`evil\u{1b}[2J`).
+/// a character [`unsafe_for_terminal`], its escaped form (`evil\u{1b}[2J`).
 /// Names come from files, which are untrusted.
 pub fn shown(name: &str) -> Cow<'_, str> {
-    if name.chars().any(char::is_control) {
+    if name.chars().any(unsafe_for_terminal) {
         Cow::Owned(name.escape_debug().to_string())
     } else {
         Cow::Borrowed(name)
     }
 }
 
-/// `text` with every control character but newline and tab escaped as
-/// `\u00XX`: the last guard before anything derived from a file reaches the
-/// terminal. The escape is JSON's, so `--json` output stays valid JSON (serde
-/// escapes only the controls below 0x20; DEL and the C1 controls, such as
-/// U+009B, a one-character CSI, would pass raw).
+/// `text` with every character [`unsafe_for_terminal`] but newline and tab
+/// escaped as `\uXXXX`: the last guard before anything derived from a file
+/// reaches the terminal. The escape is JSON's, so `--json` output stays valid
+/// JSON (serde escapes only the controls below 0x20; DEL and the C1
+/// controls, such as U+009B, a one-character CSI, would pass raw).
 pub fn terminal_safe(text: &str) -> Cow<'_, str> {
-    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    let unsafe_char = |c: char| unsafe_for_terminal(c) && c != '\n' && c != '\t';
     if !text.chars().any(unsafe_char) {
         return Cow::Borrowed(text);
     }

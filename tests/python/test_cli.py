@@ -125,6 +125,23 @@ def test_control_characters_in_names_are_printed_escaped(cli, tmp_path):
         assert names in (None, ["csi\u009b2J", "del\x7f"]), names
 
 
+def test_invisible_characters_that_reorder_names_are_printed_escaped(cli, tmp_path):
+    """Regression: a name with a right-to-left override (U+202E) and no control
+    character was printed raw, so "layer.0.<U+202E>thgiew" showed as
+    "layer.0.weight"; metadata lines passed U+202E and U+2028 raw too."""
+    spoof, isolate, split = "layer.0.\u202ethgiew", "a\u2066b\u2069", "line\u2028sep"
+    path = tmp_path / "bidi.deathtensors"
+    dt.save(path, {spoof: torch.zeros(2), isolate: torch.ones(1), split: torch.ones(1)}, global_metadata={"k": spoof})
+    other = tmp_path / "other.deathtensors"
+    dt.save(other, {spoof: torch.ones(2)}, global_metadata={"k": split})
+    for args in (["list", path], ["info", path], ["stats", path], ["diff", path, other], ["info", "--json", path]):
+        out = cli(*map(str, args)).stdout.decode()
+        assert not {"\u202e", "\u2066", "\u2069", "\u2028"} & set(out), (args, out)
+    listed = cli("list", str(path)).stdout.decode().splitlines()
+    assert listed[0] == "layer.0.\\u{202e}thgiew" and listed[2] == "line\\u{2028}sep", listed
+    assert json.loads(cli("list", "--json", str(path)).stdout) == [spoof, isolate, split]
+
+
 def test_table_cells_wider_than_65535_columns_print(cli, tmp_path):
     """Regression: info and stats panicked ("Formatting argument out of range")
     padding a cell wider than 65535 characters: a long name, or a shape of

@@ -46,23 +46,32 @@ def human(n: float) -> str:
 _DEBUG_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"}
 
 
+#: Invisible characters that change how the text around them shows: the
+#: bidirectional marks, embeddings, overrides and isolates, and the line and
+#: paragraph separators (as the Rust CLI's ``unsafe_for_terminal``).
+_INVISIBLE_LAYOUT = frozenset("\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _is_control(c: str) -> bool:
-    return unicodedata.category(c) == "Cc"
+    """Whether ``c`` must not reach a terminal raw from a file or a server."""
+    return unicodedata.category(c) == "Cc" or c in _INVISIBLE_LAYOUT
 
 
 def shown(name: str) -> str:
     """A name from a file or a server as printed in text output, escaped as the
     Rust CLI escapes it (``evil\\u{1b}[2J``) when it holds control characters,
-    which could drive the terminal or fake lines of output."""
+    which could drive the terminal or fake lines of output, or invisible
+    characters that reorder what is shown (``layer.0.\\u{202e}thgiew``)."""
     if not any(map(_is_control, name)):
         return name
     return "".join(_DEBUG_ESCAPES.get(c, f"\\u{{{ord(c):x}}}") if _is_control(c) else c for c in name)
 
 
 def terminal_safe(text: str) -> str:
-    """``text`` with every control character but newline and tab escaped as
-    JSON's ``\\u00XX``, so ``--json`` output stays valid (``json.dumps`` with
-    ``ensure_ascii=False`` leaves DEL and the C1 controls raw)."""
+    """``text`` with every control character (and invisible layout character)
+    but newline and tab escaped as JSON's ``\\uXXXX``, so ``--json`` output
+    stays valid (``json.dumps`` with ``ensure_ascii=False`` leaves DEL and the
+    C1 controls raw)."""
     if not any(_is_control(c) and c not in "\n\t" for c in text):
         return text
     return "".join(f"\\u{ord(c):04x}" if _is_control(c) and c not in "\n\t" else c for c in text)
