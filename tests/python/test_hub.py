@@ -1069,9 +1069,29 @@ def test_cli_hub_commands(lfs_hub: Env) -> None:
     lfs_hub.server.add_repo(
         "death-legion/old", files={"model.safetensors": (lfs_hub.files / "model.safetensors").read_bytes()}
     )
+    every_option = lfs_hub.cli(
+        "hub-convert",
+        "death-legion/old",
+        "model.safetensors",
+        "--compress=zstd",
+        "--level",
+        "9",
+        "--checksum",
+        "blake3",
+        "--output",
+        "model-z9.deathtensors",
+        "--message",
+        "zstd-9 copy",
+    )
+    assert every_option.returncode == 0, every_option.stderr
+    copy = lfs_hub.files / "model-z9.deathtensors"
+    copy.write_bytes(lfs_hub.server.files("death-legion/old")["model-z9.deathtensors"])
+    with dt.open(str(copy), verify=True) as f:
+        assert f.codec() == "zstd" and f.checksum_algorithm() == "blake3"
+    assert dt.read_manifest(dt.write_manifest(str(copy)))["header"]["compression"]["level"] == 9
     conv = lfs_hub.cli("hub-convert", "death-legion/old", "model.safetensors", "--compress", "--delete-original")
     assert conv.returncode == 0, conv.stderr
-    assert sorted(lfs_hub.server.files("death-legion/old")) == ["model.deathtensors"]
+    assert sorted(lfs_hub.server.files("death-legion/old")) == ["model-z9.deathtensors", "model.deathtensors"]
 
     missing = lfs_hub.cli("hub-pull", "death-legion/absent", "model.deathtensors")
     assert missing.returncode == 1
