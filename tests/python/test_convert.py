@@ -787,6 +787,12 @@ def test_cli_convert_errors(tmp_path, cli):
         err = r.stderr.decode()
         assert "panicked" not in err and "Traceback" not in err
     assert not (tmp_path / "x.deathtensors").exists() and not (tmp_path / "x.safetensors").exists()
+    # A sharded export into a folder that does not exist words the error as
+    # every other I/O error (it was Python's "[Errno 2] ...: 'out'").
+    dt.save_sharded(tmp_path / "ck.deathtensors", {"a": torch.ones(4), "b": torch.ones(4)}, max_shard_bytes=16)
+    r = cli("convert", "to-safetensors", str(tmp_path / "ck.deathtensors"), str(tmp_path / "out" / "model"))
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.decode() == f"deathtensors: error: {tmp_path / 'out'}: No such file or directory (os error 2)\n"
 
 
 def test_bools_whose_bytes_are_not_0_or_1_import_as_true(tmp_path):

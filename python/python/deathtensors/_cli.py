@@ -77,6 +77,15 @@ def terminal_safe(text: str) -> str:
     return "".join(f"\\u{ord(c):04x}" if _is_control(c) and c not in "\n\t" else c for c in text)
 
 
+def error_text(e: BaseException) -> str:
+    """``e`` as the CLI's error line says it: an ``OSError`` about a path as
+    the Rust CLI words one (``out: No such file or directory (os error 2)``),
+    not Python's ``[Errno 2] No such file or directory: 'out'``."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{printable(os.fsdecode(e.filename))}: {e.strerror} (os error {e.errno})"
+    return str(e)
+
+
 def fail(message: str, code: int) -> int:
     """Print ``message`` as the CLI's one error line; return ``code``."""
     line = terminal_safe(" ".join(message.split()))
@@ -149,7 +158,7 @@ def _convert_sharded(req: Dict[str, Any]) -> int:
         bytes_in, shards = _checkpoint_bytes(source_index)
         bytes_out, _ = _checkpoint_bytes(written)
     except (DeathtensorsError, OSError) as e:
-        return fail(str(e), _exit_code(e))
+        return fail(error_text(e), _exit_code(e))
     direction = "import" if importing else "export"
     if req.get("json"):
         summary: Dict[str, Any] = {

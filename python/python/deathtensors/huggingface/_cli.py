@@ -17,7 +17,7 @@ import shutil
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
-from .._cli import EXIT_FAILED, EXIT_USAGE, fail, human, print_result, shown
+from .._cli import EXIT_FAILED, EXIT_USAGE, error_text, fail, human, print_result, shown
 from ..errors import DeathtensorsError, HubConnectionError, HubEntryNotFoundError, HubError, InvalidArgumentError
 
 
@@ -181,7 +181,7 @@ def run(req: Dict[str, Any]) -> int:
     except InvalidArgumentError as e:
         return fail(str(e), EXIT_USAGE)
     except (DeathtensorsError, OSError) as e:
-        return fail(str(e), EXIT_FAILED)
+        return fail(error_text(e), EXIT_FAILED)
     return print_result(json.dumps(result, indent=2, ensure_ascii=False) if as_json else _text(command, result))
 
 
