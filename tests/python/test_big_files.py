@@ -180,7 +180,8 @@ def test_slice_bounds_take_numpy_and_torch_integers_as_python_ints(tmp_path):
         ]:
             want = t[int(start) :][: int(count)]
             assert torch.equal(f.get_tensor_slice("t", start, count), want), (start, count)
-        for start, count in [(1.5, 2), ("1", 2), (None, 2), (0, 2.0)]:
+        bad = [(1.5, 2), ("1", 2), (None, 2), (0, 2.0), (True, 2), (np.True_, 2), (torch.tensor([5]), 2)]
+        for start, count in bad:  # what get_slice refuses as a position too
             with pytest.raises(dt.InvalidArgumentError, match="must be integers"):
                 f.get_tensor_slice("t", start, count)
 

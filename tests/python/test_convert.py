@@ -125,6 +125,23 @@ def test_an_export_gets_the_mode_of_the_file_it_replaces(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["m.deathtensors", "m.safetensors"]
 
 
+@pytest.mark.parametrize(
+    "names", [["a", "z", "y"], ["z", "y", "a"], ["a", "y", "z"]], ids=["dtype-desc", "empties-first", "sorted"]
+)
+def test_empty_tensors_of_different_dtypes_keep_their_order_through_safetensors(tmp_path, names):
+    """Regression: the order key was left out when the deathtensors order was
+    the order safetensors stores tensors in (dtype, then name), but an import
+    orders empty tensors, which share an offset, by name: a F32 "z" and an I8
+    "y", both empty, came back as y, z."""
+    made = {"a": torch.ones(2), "z": torch.zeros(0), "y": torch.zeros(0, dtype=torch.int8)}
+    src = tmp_path / "m.deathtensors"
+    dt.save(src, {n: made[n] for n in names})
+    back = dt.from_safetensors(dt.to_safetensors(src), tmp_path / "back.deathtensors")
+    with dt.open(back) as f:
+        assert f.keys() == names
+        assert all(_same(f.get_tensor(n), made[n]) for n in names)
+
+
 def test_files_written_by_safetensors_import_exactly(tmp_path):
     tensors = _tensors_of_every_dtype(seed=7)
     tensors["big"] = torch.randn(300, 257)
@@ -757,7 +774,7 @@ def test_cli_converts_sharded_checkpoints_both_ways(tmp_path, cli):
     # A destination folder that does not exist is named, not a temporary file in it.
     r = cli("convert", str(index), str(tmp_path / "no" / "such" / "x.deathtensors"))
     assert r.returncode == 1, r.stderr
-    assert r.stderr.decode().strip().endswith(f"No such file or directory: {str(tmp_path / 'no' / 'such')!r}")
+    assert r.stderr.decode().strip().endswith(f"{tmp_path / 'no' / 'such'}: No such file or directory (os error 2)")
 
 
 def test_cli_convert_errors(tmp_path, cli):
@@ -793,6 +810,15 @@ def test_cli_convert_errors(tmp_path, cli):
     r = cli("convert", "to-safetensors", str(tmp_path / "ck.deathtensors"), str(tmp_path / "out" / "model"))
     assert r.returncode == 1, r.stderr
     assert r.stderr.decode() == f"deathtensors: error: {tmp_path / 'out'}: No such file or directory (os error 2)\n"
+    # ...and once only where the core's own OSError says it already.
+    shard = tmp_path / "ck-00002-of-00002.deathtensors"
+    shard.unlink()
+    shard.mkdir()
+    r = cli("convert", "to-safetensors", str(tmp_path / "ck.deathtensors"), str(tmp_path / "model"))
+    assert r.returncode == 1, r.stderr
+    err = r.stderr.decode()
+    assert err.startswith(f"deathtensors: error: {shard}: ") and err.endswith(" (os error 21)\n"), err
+    assert err.count("os error") == 1, err
 
 
 def test_bools_whose_bytes_are_not_0_or_1_import_as_true(tmp_path):

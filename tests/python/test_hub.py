@@ -1102,6 +1102,19 @@ def test_cli_hub_commands(lfs_hub: Env) -> None:
     assert usage.returncode == 2
 
 
+def test_cli_hub_names_with_invisible_layout_characters_are_escaped(lfs_hub: Env) -> None:
+    """The hub commands print names from the server through the Python CLI's
+    escaping: a right-to-left override (U+202E) must not reach the terminal
+    raw, where "model.\u202esrosnethtaed" would show as "model.deathtensors"."""
+    spoof = "evil\u202esrosnethtaed.deathtensors"
+    lfs_hub.server.add_repo("ns/bidi", files={spoof: b"not read"})
+    listed = lfs_hub.cli("hub-list", "ns/bidi")
+    assert listed.returncode == 0, listed.stderr
+    assert "\u202e" not in listed.stdout and listed.stdout.split() == ["evil\\u{202e}srosnethtaed.deathtensors"]
+    as_json = lfs_hub.cli("hub-list", "ns/bidi", "--json")
+    assert "\u202e" not in as_json.stdout and json.loads(as_json.stdout) == [spoof]
+
+
 def test_cli_pull_of_a_sharded_checkpoint(lfs_hub: Env) -> None:
     tensors = {f"t{i}": np.full(300, i, np.float32) for i in range(5)}
     dt.save_sharded(str(lfs_hub.files / "big.deathtensors"), tensors, max_shard_bytes=2400)

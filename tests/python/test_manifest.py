@@ -194,6 +194,19 @@ def test_the_manifest_of_a_header_nested_to_the_limit_reads(tmp_path):
     assert manifest["header"]["tensors"][0]["metadata"]["deep"] == _nested(levels)
 
 
+@pytest.mark.parametrize("opener", ["[", '{"a":'])
+def test_a_manifest_nested_past_the_limit_is_refused_without_recursing(tmp_path, opener):
+    """The depth bound is the strict walk's own (serde_json's limit is off), so
+    it must refuse hostile nesting before it recurses into it."""
+    path = tmp_path / "deep.manifest.json"
+    path.write_text(opener * 100_000)
+    with pytest.raises(dt.FormatError, match="recursion limit exceeded"):
+        dt.read_manifest(path)
+    path.write_text(opener * 129)  # one level past a manifest's 128
+    with pytest.raises(dt.FormatError, match="recursion limit exceeded"):
+        dt.read_manifest(path)
+
+
 def test_read_manifest_checks_version_and_keys(model, tmp_path):
     good = dt.read_manifest(dt.write_manifest(model))
     target = tmp_path / "edited.json"

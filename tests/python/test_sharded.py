@@ -387,6 +387,17 @@ def test_global_metadata_nested_to_the_limit_opens(tmp_path):
         assert torch.equal(sr.get_tensor("a"), _f32(4))
 
 
+@pytest.mark.parametrize("opener", ["[", '{"a":'])
+def test_an_index_nested_past_the_limit_is_refused_without_recursing(tmp_path, opener):
+    """The depth bound is the strict walk's own (serde_json's limit is off), so
+    it must refuse hostile nesting before it recurses into it."""
+    index = tmp_path / "m.deathtensors.index.json"
+    for depth in (100_000, 128):  # 128 inside the top-level object: one level past an index's 128
+        index.write_text('{"metadata": ' + opener * depth)
+        with pytest.raises(dt.FormatError, match="recursion limit exceeded"):
+            dt.open_sharded(index)
+
+
 def test_verify_finds_a_shard_holding_tensors_the_index_does_not_name(tmp_path):
     """Regression: a shard with an extra tensor (a shard of another
     checkpoint, or tampering) verified, with total_size or without."""

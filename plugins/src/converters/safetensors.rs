@@ -74,16 +74,20 @@
 //!   (`"__deathtensors_tensor_metadata__"`);
 //! - the deathtensors tensor order, as a JSON array of names under
 //!   [`TENSOR_ORDER_KEY`] (`"__deathtensors_tensor_order__"`), only when it
-//!   differs from the order safetensors stores them in.
+//!   differs from the order an import restores without it: the order of
+//!   their bytes (dtype alignment descending, then name), and by name among
+//!   empty tensors, which share an offset.
 //!
 //! Example: global `{"model": "mlp", "epoch": 3, "cfg": {"lr": 0.1}}` and
 //! metadata `{"layer": 1}` on tensor `w` become
 //!
 //! ```json
-//! {"model": "mlp", "epoch": "3", "cfg": "{\"lr\":0.1}",
-//!  "__deathtensors_json__": "[\"epoch\",\"cfg\"]",
-//!  "__deathtensors_tensor_metadata__": "{\"w\":{\"layer\":1}}"}
+//! {"__deathtensors_json__": "[\"epoch\",\"cfg\"]",
+//!  "__deathtensors_tensor_metadata__": "{\"w\":{\"layer\":1}}",
+//!  "cfg": "{\"lr\":0.1}", "epoch": "3", "model": "mlp"}
 //! ```
+//!
+//! (keys sorted, so that one source always exports to the same bytes).
 //!
 //! An import reverses this: the keys listed in `__deathtensors_json__` are
 //! decoded back to their JSON values, per-tensor metadata and order are
@@ -534,8 +538,18 @@ pub fn export_file(src: &Path, dst: &Path) -> Result<()> {
     }
     let order: Vec<&str> = views.iter().map(|v| v.info.name.as_str()).collect();
     let stored = stored_order(&views);
-    let stored_names: Vec<&str> = stored.iter().map(|&i| order[i]).collect();
-    let data_info = encode_metadata(reader.metadata(), tensor_metadata, &order, &stored_names)?;
+    // What an import restores without the order key: the order of the bytes,
+    // tensors at one offset (empty ones) by name.
+    let mut restored: Vec<((usize, usize), &str)> = Vec::with_capacity(stored.len());
+    let mut at = 0usize;
+    for &i in &stored {
+        let end = at.saturating_add(views[i].len);
+        restored.push(((at, end), order[i]));
+        at = end;
+    }
+    restored.sort_unstable();
+    let restored: Vec<&str> = restored.into_iter().map(|(_, name)| name).collect();
+    let data_info = encode_metadata(reader.metadata(), tensor_metadata, &order, &restored)?;
     let header = safetensors_header(&views, &stored, data_info)?;
 
     let mut out = AtomicFile::create(dst)?;
@@ -666,8 +680,9 @@ impl LazyTensor<'_> {
 
 /// The safetensors `__metadata__` of an export (see the [module docs](self)).
 ///
-/// `order` is the deathtensors tensor order, `stored` the order the
-/// safetensors file will have.
+/// `order` is the deathtensors tensor order, `restored` the order an import
+/// of the safetensors file gives its tensors without the order key (the
+/// order of their bytes, tensors at one offset by name).
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] when `global` uses a reserved key.
@@ -675,7 +690,7 @@ pub fn encode_metadata(
     global: &Map<String, Value>,
     tensor_metadata: Map<String, Value>,
     order: &[&str],
-    stored: &[&str],
+    restored: &[&str],
 ) -> Result<HashMap<String, String>> {
     let mut out = HashMap::with_capacity(global.len() + RESERVED_KEYS.len());
     let mut json_keys = Vec::new();
@@ -703,7 +718,7 @@ pub fn encode_metadata(
             Value::Object(tensor_metadata).to_string(),
         );
     }
-    if order != stored {
+    if order != restored {
         out.insert(TENSOR_ORDER_KEY.to_owned(), serde_json::json!(order).to_string());
     }
     Ok(out)

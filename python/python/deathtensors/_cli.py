@@ -58,10 +58,12 @@ def _is_control(c: str) -> bool:
 
 
 def shown(name: str) -> str:
-    """A name from a file or a server as printed in text output, escaped as the
-    Rust CLI escapes it (``evil\\u{1b}[2J``) when it holds control characters,
-    which could drive the terminal or fake lines of output, or invisible
-    characters that reorder what is shown (``layer.0.\\u{202e}thgiew``)."""
+    """A name from a file or a server as printed in text output: when it holds
+    control characters, which could drive the terminal or fake lines of
+    output, or invisible characters that reorder what is shown, those are
+    escaped in the Rust CLI's form (``evil\\u{1b}[2J``,
+    ``layer.0.\\u{202e}thgiew``). (The Rust CLI then escapes the whole name
+    with ``escape_debug``, quotes and backslashes too; this escapes only them.)"""
     if not any(map(_is_control, name)):
         return name
     return "".join(_DEBUG_ESCAPES.get(c, f"\\u{{{ord(c):x}}}") if _is_control(c) else c for c in name)
@@ -82,7 +84,9 @@ def error_text(e: BaseException) -> str:
     the Rust CLI words one (``out: No such file or directory (os error 2)``),
     not Python's ``[Errno 2] No such file or directory: 'out'``."""
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
-        return f"{printable(os.fsdecode(e.filename))}: {e.strerror} (os error {e.errno})"
+        # The core's OSErrors say it already (Rust's wording); an errno of 0 is none.
+        code = f" (os error {e.errno})" if e.errno and not e.strerror.endswith(")") else ""
+        return f"{printable(os.fsdecode(e.filename))}: {e.strerror}{code}"
     return str(e)
 
 

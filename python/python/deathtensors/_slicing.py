@@ -16,15 +16,15 @@ def row_bounds(rows: int, start: Any, count: Any) -> Tuple[int, int]:
     """``[lo, hi)`` rows for ``start``/``count``: a negative start counts from the
     end; the range is clamped to the tensor, as Python slicing clamps.
 
-    ``start`` and ``count`` may be any integers (``int``, numpy or torch
-    integer scalars): they are taken as Python ints first, since numpy's
-    fixed-width arithmetic would wrap around or turn into floats."""
-    try:
-        start, count = operator.index(start), operator.index(count)
-    except TypeError:
+    ``start`` and ``count`` may be any integers that ``get_slice`` takes as
+    positions (``int``, 0-d numpy or torch integer scalars; not bools): they
+    are taken as Python ints first, since numpy's fixed-width arithmetic
+    would wrap around or turn into floats."""
+    if _kind(start) != "int" or _kind(count) != "int":
         raise InvalidArgumentError(
             f"start and count must be integers, not {type(start).__name__} and {type(count).__name__}"
-        ) from None
+        )
+    start, count = operator.index(start), operator.index(count)
     if count < 0:
         raise InvalidArgumentError(f"count must be >= 0, not {count}")
     if start < 0:
