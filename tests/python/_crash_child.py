@@ -12,17 +12,19 @@ goes to stdout.
 Commands::
 
     {"cmd": "write", "op": "save"|"save_direct"|"append"|"export"|"sharded", "version": 0|1,
-     "path": "...", "delay": seconds or null, "watch": true (optional)}
-    -> {"killed": bool, "seconds": float, "status": int, "temp_seen": [first, last] or null}
+     "path": "...", "delay": seconds or null, "watch": "path of the commit" (optional)}
+    -> {"killed": bool, "seconds": float, "status": int, "watched": {...} or null}
 
 ``seconds`` is the time from the fork to the child's end (exit or kill).
 With ``watch`` (an uninterrupted write only), this process looks at the
 target's folder every ``WATCH_INTERVAL`` seconds while the child runs, and
-``temp_seen`` gives when it first and last saw a temporary file of the write
-there (seconds from the fork), or null if it never did. The test draws its
-kill delays from that window: on a fast machine the time before the write
-opens its temporary file (the fork, the thread pool's start) can be a third
-of the whole.
+``watched`` says when (seconds from the fork) it first saw a temporary file
+of the write there (``"temp"``) and when the file named by ``watch`` was
+first replaced (``"commit"``: the target, or a checkpoint's index), each
+null if it never did. The test draws its kill delays around those times: on
+a fast machine the time before the write opens its temporary file (the fork,
+the thread pool's start) can be a third of the whole, and the time after its
+commit (fsync of the folder, the exit) another third.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -42,7 +44,7 @@ WRITE_OPTIONS: Dict[str, Any] = {"compress": True, "checksum": True}
 #: Name ending of the temporary files of a write (the file being written, a save_sharded's marker).
 TEMP_SUFFIX = ".dt-tmp"
 #: Seconds between two looks at the folder of a watched write.
-WATCH_INTERVAL = 0.0002
+WATCH_INTERVAL = 0.001
 #: Shard limit of ``save_sharded``: 4 shards of 2 MiB per version.
 MAX_SHARD_BYTES = 2 * 1024 * 1024
 
@@ -135,9 +137,9 @@ def _serve(data: Dict[Any, Dict[str, np.ndarray]], extra: Dict[str, np.ndarray],
                 code = 3
             os._exit(code)
         done, status = 0, 0
-        temp_seen = None
+        watched = None
         if cmd.get("watch") and cmd["delay"] is None:
-            done, status, temp_seen = _watch(pid, os.path.dirname(cmd["path"]), t0)
+            done, status, watched = _watch(pid, os.path.dirname(cmd["path"]), cmd["watch"], t0)
         elif cmd["delay"] is not None:
             time.sleep(cmd["delay"])
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -148,21 +150,34 @@ def _serve(data: Dict[Any, Dict[str, np.ndarray]], extra: Dict[str, np.ndarray],
         seconds = time.perf_counter() - t0
         killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
-        print(json.dumps({"killed": killed, "seconds": seconds, "status": code, "temp_seen": temp_seen}), flush=True)
+        print(json.dumps({"killed": killed, "seconds": seconds, "status": code, "watched": watched}), flush=True)
 
 
-def _watch(pid: int, folder: str, t0: float) -> Any:
-    """Wait for child ``pid``, looking for temporary files in ``folder`` meanwhile:
-    ``(pid, status, [first, last] seconds after t0 or None)``."""
-    first = last = None
+def _watch(pid: int, folder: str, commit: str, t0: float) -> Any:
+    """Wait for child ``pid``, looking meanwhile for temporary files in
+    ``folder`` and for the replacement of ``commit``: ``(pid, status,
+    {"temp": seconds after t0 or None, "commit": seconds after t0 or None})``."""
+    before = _identity(commit)
+    seen: Dict[str, Optional[float]] = {"temp": None, "commit": None}
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            return done, status, None if first is None else [first, last]
-        if any(name.endswith(TEMP_SUFFIX) for name in os.listdir(folder)):
-            last = time.perf_counter() - t0
-            first = last if first is None else first
+            return done, status, seen
+        now = time.perf_counter() - t0
+        if seen["temp"] is None and any(name.endswith(TEMP_SUFFIX) for name in os.listdir(folder)):
+            seen["temp"] = now
+        if seen["commit"] is None and _identity(commit) != before:
+            seen["commit"] = now
         time.sleep(WATCH_INTERVAL)
+
+
+def _identity(path: str) -> Optional[Tuple[int, int, int]]:
+    """Which file ``path`` names now: ``(inode, size, mtime)``, or None."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 if __name__ == "__main__":

@@ -37,11 +37,12 @@ import _crash_child as child  # noqa: E402 - after the importorskip of numpy
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and SIGKILL")
 
 TRIALS = 60
-#: Delays are drawn from EARLY * when the first temporary file appeared to
-#: TAIL * the time temporary files were seen after the last sighting, or to
-#: SPREAD * the uninterrupted write's time if that is sooner (see _calibrate).
+#: Delays are drawn from EARLY times when the first temporary file appeared
+#: to the commit plus AFTER times the time from that start to the commit, or
+#: from 0 to SPREAD times the write's time where those were not seen (see
+#: _calibrate).
 EARLY = 0.8
-TAIL = 0.5
+AFTER = 0.5
 SPREAD = 1.25
 TEMP_SUFFIX = child.TEMP_SUFFIX
 SHARDS = 4
@@ -65,9 +66,11 @@ class ForkServer:
         assert line, f"the fork server died (exit status {self.proc.poll()})"
         return line
 
-    def write(self, op: str, version: int, path: Path, delay: Optional[float], watch: bool = False) -> Dict[str, Any]:
+    def write(
+        self, op: str, version: int, path: Path, delay: Optional[float], watch: Optional[Path] = None
+    ) -> Dict[str, Any]:
         assert self.proc.stdin is not None
-        command = {"op": op, "version": version, "path": str(path), "delay": delay, "watch": watch}
+        command = {"op": op, "version": version, "path": str(path), "delay": delay, "watch": watch and str(watch)}
         self.proc.stdin.write(json.dumps(command) + "\n")
         self.proc.stdin.flush()
         reply = json.loads(self._readline())
@@ -99,31 +102,35 @@ def _check_tensors(f: Any, expected: Dict[str, Any]) -> None:
         assert np.array_equal(f.get_tensor(name, framework="numpy"), arr), name
 
 
-def _calibrate(server: ForkServer, op: str, target: Path, reset: Any) -> Tuple[float, float]:
+def _calibrate(
+    server: ForkServer, op: str, target: Path, reset: Any, commit: Optional[Path] = None
+) -> Tuple[float, float]:
     """The window of kill delays for ``op`` to ``target``, from five uninterrupted
     writes (medians, seconds from the fork): from a little before a temporary
-    file appeared to half as long again after the last one was seen, or to a
-    quarter past the end of the write if that comes first.
+    file appeared to half as long again after the commit (the replacement of
+    ``commit``, by default ``target``). So two thirds of the kills fall in
+    the write and a third after its commit, whatever the machine.
 
-    A kill before the first temporary file exists hits no write at all, and
-    after the commit only the exit is left; on a 16-core machine the time
-    before (fork, thread pool start) was a third of the write, and a third of
-    the trials were spent there."""
-    times, firsts, lasts = [], [], []
+    Drawing from the fork to a quarter past the end instead spent a third of
+    the trials before the write had begun on a 16-core machine (fork, thread
+    pool start: 16 of 60 landed mid-write), and as many after the commit here
+    (fsync of the folder, the exit)."""
+    times, starts, commits = [], [], []
     for i in range(5):
         reset(i)
-        reply = server.write(op, 1 - i % 2 if op != "append" else 0, target, None, watch=True)
+        reply = server.write(op, 1 - i % 2 if op != "append" else 0, target, None, watch=commit or target)
         times.append(reply["seconds"])
-        if reply["temp_seen"]:
-            firsts.append(reply["temp_seen"][0])
-            lasts.append(reply["temp_seen"][1])
-    end = SPREAD * statistics.median(times)
-    if len(firsts) < 3:  # too quick to be seen: the whole write
-        window = 0.0, end
-    else:
-        first, last = statistics.median(firsts), statistics.median(lasts)
-        window = EARLY * first, min(end, last + TAIL * (last - first))
-    print(f"{op}: kills from {window[0] * 1000:.1f} to {window[1] * 1000:.1f} ms after the fork")
+        if reply["watched"]["temp"] is not None and reply["watched"]["commit"] is not None:
+            starts.append(EARLY * reply["watched"]["temp"])
+            commits.append(reply["watched"]["commit"])
+    end = statistics.median(times)
+    if len(starts) >= 3:
+        start, committed = statistics.median(starts), statistics.median(commits)
+        window = start, committed + AFTER * (committed - start)
+    else:  # too quick to be seen: the whole write
+        window = 0.0, SPREAD * end
+    ms = [f"{x * 1000:.1f}" for x in (*window, end)]
+    print(f"{op}: kills from {ms[0]} to {ms[1]} ms after the fork (uninterrupted: {ms[2]} ms)")
     return window
 
 
@@ -295,7 +302,7 @@ def test_save_sharded_is_old_or_new_after_sigkill(server, tmp_path):
     work.mkdir()
     target = work / "m.deathtensors"
 
-    window = _calibrate(server, "sharded", target, lambda i: None)
+    window = _calibrate(server, "sharded", target, lambda i: None, commit=work / "m.deathtensors.index.json")
     rng = random.Random("sharded-7")
     counts = {"old": 0, "old+temp": 0, "new": 0}
     new_on_pending_names = 0
