@@ -538,19 +538,14 @@ pub fn export_file(src: &Path, dst: &Path) -> Result<()> {
     }
     let order: Vec<&str> = views.iter().map(|v| v.info.name.as_str()).collect();
     let stored = stored_order(&views);
+    let offsets = data_offsets(&views, &stored)?;
     // What an import restores without the order key: the order of the bytes,
     // tensors at one offset (empty ones) by name.
-    let mut restored: Vec<((usize, usize), &str)> = Vec::with_capacity(stored.len());
-    let mut at = 0usize;
-    for &i in &stored {
-        let end = at.saturating_add(views[i].len);
-        restored.push(((at, end), order[i]));
-        at = end;
-    }
+    let mut restored: Vec<((usize, usize), &str)> = offsets.iter().zip(&stored).map(|(&o, &i)| (o, order[i])).collect();
     restored.sort_unstable();
     let restored: Vec<&str> = restored.into_iter().map(|(_, name)| name).collect();
     let data_info = encode_metadata(reader.metadata(), tensor_metadata, &order, &restored)?;
-    let header = safetensors_header(&views, &stored, data_info)?;
+    let header = safetensors_header(&views, &stored, &offsets, data_info)?;
 
     let mut out = AtomicFile::create(dst)?;
     let temp = out.path().to_owned();
@@ -580,8 +575,32 @@ fn stored_order(views: &[LazyTensor<'_>]) -> Vec<usize> {
     order
 }
 
+/// Where the bytes of each tensor of `views` lie in the data of a safetensors
+/// file that stores them in the order `stored`: `(start, end)`, in that order.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when they add up past `usize`.
+fn data_offsets(views: &[LazyTensor<'_>], stored: &[usize]) -> Result<Vec<(usize, usize)>> {
+    let mut at = 0usize;
+    stored
+        .iter()
+        .map(|&i| {
+            let start = at;
+            at = at.checked_add(views[i].len).ok_or_else(|| {
+                Error::InvalidArgument(
+                    "safetensors cannot hold this file: its tensors add up to more bytes than this platform can \
+                     address"
+                        .to_owned(),
+                )
+            })?;
+            Ok((start, at))
+        })
+        .collect()
+}
+
 /// The header of the safetensors file of `views` stored in the order
-/// `stored`, with `data_info` as its `__metadata__` (left out when empty):
+/// `stored` at `offsets` (see [`data_offsets`]), with `data_info` as its
+/// `__metadata__` (left out when empty):
 /// JSON padded with spaces to a multiple of 8 bytes, as the crate writes it,
 /// but with the `__metadata__` keys sorted, so that one source always gives
 /// the same bytes (the crate writes them in hash-map order, which changes
@@ -595,6 +614,7 @@ fn stored_order(views: &[LazyTensor<'_>]) -> Vec<usize> {
 fn safetensors_header(
     views: &[LazyTensor<'_>],
     stored: &[usize],
+    offsets: &[(usize, usize)],
     data_info: HashMap<String, String>,
 ) -> Result<Vec<u8>> {
     let refused = |why: String| Error::InvalidArgument(format!("safetensors cannot hold this file: {why}"));
@@ -603,22 +623,17 @@ fn safetensors_header(
         let sorted: BTreeMap<String, String> = data_info.into_iter().collect();
         doc.insert(METADATA_KEY.to_owned(), serde_json::json!(sorted));
     }
-    let mut offset = 0usize;
-    for &i in stored {
+    for (&i, &data_offsets) in stored.iter().zip(offsets) {
         let view = &views[i];
-        let end = offset
-            .checked_add(view.len)
-            .ok_or_else(|| refused("its tensors add up to more bytes than this platform can address".into()))?;
         let info = safetensors::tensor::TensorInfo {
             dtype: view.dtype,
             shape: view.shape.clone(),
-            data_offsets: (offset, end),
+            data_offsets,
         };
         doc.insert(
             view.info.name.clone(),
             serde_json::to_value(info).map_err(|e| refused(e.to_string()))?,
         );
-        offset = end;
     }
     let mut text = serde_json::to_vec(&doc).map_err(|e| refused(e.to_string()))?;
     text.resize(text.len().next_multiple_of(8), b' ');
