@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -1283,6 +1284,106 @@ def test_an_endpoint_that_answers_html_is_a_hub_error_not_a_traceback(lfs_hub: E
             assert "Traceback" not in r.stderr and "is not JSON" in r.stderr, r.stderr
     finally:
         server.shutdown()
+
+
+def _answering(answers: Dict[str, bytes]) -> Any:
+    """A loopback server answering each GET with the body of the first ``answers``
+    key (a regex) that its path matches (404 when none does); ``.url``, ``.shutdown()``."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Canned(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = next((b for pattern, b in answers.items() if re.search(pattern, self.path)), None)
+            self.send_response(404 if body is None else 200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Canned)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
+    return server
+
+
+@pytest.mark.parametrize(
+    "info, tree",
+    [
+        (b"{}", b'[{"type": "file"}]'),  # no repo id; a tree entry without a path
+        (b"null", b"null"),
+        (b'{"id": "ns/repo", "siblings": [{"rfilename": 5}]}', b'[{"type": "file", "path": 5}]'),
+        (b'{"id": "ns/repo", "downloads": "lots"}', b'[{"path": "a.deathtensors"}]'),
+        (b'{"id": 5}', b'{"not": "a list"}'),
+    ],
+)
+def test_malformed_answers_are_hub_errors_naming_the_server(lfs_hub: Env, info: bytes, tree: bytes) -> None:
+    """Regression: a repo-info or tree answer without what a Hub sends raised a
+    raw KeyError/TypeError/AttributeError (a traceback and exit 2 from the CLI),
+    or was handed on as it was ("downloads": "lots")."""
+    server = _answering({r"/tree/": tree, r"^/api/models/ns/repo": info})
+    try:
+        for args in (["hub-info", "ns/repo"], ["hub-list", "ns/repo"]):
+            r = lfs_hub.cli(*args, HF_ENDPOINT=server.url)
+            assert r.returncode == 1, (args, r.stdout, r.stderr)
+            assert "Traceback" not in r.stderr and "not what a Hugging Face Hub sends" in r.stderr, (args, r.stderr)
+            assert server.url in r.stderr, r.stderr
+    finally:
+        server.shutdown()
+
+
+def test_an_html_answer_names_the_endpoint_asked_not_hf_endpoint(lfs_hub: Env) -> None:
+    """Regression: with endpoint= given, the "not JSON" error asked whether
+    HF_ENDPOINT's server (never contacted) was a Hub."""
+    server = _answering({r".": b"<html>Proxy login</html>"})
+    try:
+        got = lfs_hub.result(
+            f"""
+            try:
+                hub_model_info("ns/repo", endpoint={server.url!r})
+            except dt.HubError as e:
+                out(str(e))
+            """
+        )
+        assert f"is {server.url} a Hugging Face Hub?" in got and lfs_hub.server.url not in got, got
+    finally:
+        server.shutdown()
+
+
+def test_a_file_size_or_commit_a_server_cannot_mean_is_a_hub_error(lfs_hub: Env) -> None:
+    """Regression: a Content-Range total of 5,000 digits raised a raw ValueError
+    (Python's limit on converting long digit strings), and an X-Repo-Commit
+    such as ".." went into URLs and cache paths."""
+    from deathtensors.huggingface import _total_size
+
+    with pytest.raises(dt.HubError, match="no file size"):
+        _total_size("bytes 0-0/" + "9" * 5000, 206, None)
+    with pytest.raises(dt.HubError, match="no file size"):
+        _total_size(None, 200, "9" * 5000)
+    with pytest.raises(dt.HubError, match="no file can have"):
+        _total_size("bytes 0-0/" + "9" * 20, 206, None)
+    got = lfs_hub.result(
+        """
+        import dataclasses
+        import huggingface_hub
+        real = huggingface_hub.get_hf_file_metadata
+        def hostile(*args, **kwargs):
+            return dataclasses.replace(real(*args, **kwargs), commit_hash="..")
+        huggingface_hub.get_hf_file_metadata = hostile
+        dt.save(os.path.join(sys.argv[1], "m.deathtensors"), {"a": np.zeros(2)})
+        push_to_hub("ns/m", os.path.join(sys.argv[1], "m.deathtensors"))
+        try:
+            HubCachedFile("ns/m", "m.deathtensors").header()
+        except dt.HubError as e:
+            out(str(e))
+        """
+    )
+    assert "no valid commit" in got and "'..'" in got, got
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak RSS reset")

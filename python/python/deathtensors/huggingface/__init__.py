@@ -180,8 +180,9 @@ def _endpoint(endpoint: Optional[str]) -> str:
 
 
 @contextlib.contextmanager
-def _hub_errors(what: str, upload: bool = False) -> Iterator[None]:
-    """Turn the client's exceptions into :class:`HubError` subclasses that say what failed."""
+def _hub_errors(what: str, upload: bool = False, endpoint: Optional[str] = None) -> Iterator[None]:
+    """Turn the client's exceptions into :class:`HubError` subclasses that say what failed
+    (``endpoint``: the Hub asked, when not ``HF_ENDPOINT``'s)."""
     hf = _hf()
     errors = hf.errors
     try:
@@ -212,7 +213,7 @@ def _hub_errors(what: str, upload: bool = False) -> Iterator[None]:
         ) from e
     except json.JSONDecodeError as e:  # an answer that is not the Hub's JSON (a proxy's login page, say)
         raise HubError(
-            f"{what} failed: the server's answer is not JSON; is {_endpoint(None)} a Hugging Face Hub? ({e})"
+            f"{what} failed: the server's answer is not JSON; is {_endpoint(endpoint)} a Hugging Face Hub? ({e})"
         ) from e
     except Exception as e:
         http = _http_cause(e, errors.HfHubHTTPError)
@@ -230,7 +231,20 @@ def _hub_errors(what: str, upload: bool = False) -> Iterator[None]:
                 f"{what}: the download did not have the size the Hub announced ({_first_line(e)}); "
                 "try again (force_download=True, or hub-pull --force-download, fetches the file anew)"
             ) from e
+        if isinstance(e, (KeyError, TypeError, ValueError, AttributeError)) and _raised_in_client(e):
+            # The client read an answer that lacks what a Hub sends (a key, a type).
+            raise _malformed(what, endpoint, detail, upload) from e
         raise
+
+
+def _malformed(what: str, endpoint: Optional[str], detail: str, upload: bool = False) -> HubError:
+    """The error for an answer that is not what a Hugging Face Hub sends."""
+    message = (
+        f"{what} failed: the answer is not what a Hugging Face Hub sends ({detail}); is {_endpoint(endpoint)} one?"
+    )
+    if upload:
+        return HubUploadError(f"{message} Whether the change was made is unknown: look at the repo")
+    return HubError(message)
 
 
 def _http_error(what: str, http: BaseException, upload: bool) -> HubError:
@@ -344,9 +358,9 @@ def _commit(
         # The client insists on an SDK for a Space, even one that exists: a new
         # Space that only holds files is a static one.
         sdk = {"space_sdk": "static"} if repo_type == "space" else {}
-        with _hub_errors(f"creating {repo_id}"):
+        with _hub_errors(f"creating {repo_id}", endpoint=api.endpoint):
             api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **sdk)
-    with _hub_errors(what, upload=True):
+    with _hub_errors(what, upload=True, endpoint=api.endpoint):
         api.create_commit(
             repo_id,
             operations=operations,
@@ -477,7 +491,7 @@ def push_sharded_to_hub(
     if stem is not None:
         stale = re.compile(re.escape(stem) + r"-\d{5,}-of-\d{5,}" + re.escape(_sharded.SHARD_SUFFIX))
         with contextlib.suppress(HubRepoNotFoundError, HubRevisionNotFoundError):
-            with _hub_errors(f"listing {repo_id}"):
+            with _hub_errors(f"listing {repo_id}", endpoint=api.endpoint):
                 existing = api.list_repo_files(repo_id, revision=revision, repo_type=repo_type)
             keep = {in_repo(s) for s in shards}
             for f in existing:
@@ -539,7 +553,7 @@ def _download(
             )
         )
 
-    with _hub_errors(what):
+    with _hub_errors(what, endpoint=endpoint):
         if max_bytes is not None and not local_files_only and not hf.constants.HF_HUB_OFFLINE:
             url = hf.hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=endpoint)
             try:
@@ -759,8 +773,10 @@ def list_repo_models(
     """The paths of every ``.deathtensors`` (and legacy ``.dt``) file in a repo, in the repo's order."""
     _check_repo_type(repo_type)
     api = _api(resolve_token(token), endpoint)
-    with _hub_errors(f"listing {repo_id}"):
+    with _hub_errors(f"listing {repo_id}", endpoint=endpoint):
         files = api.list_repo_files(repo_id, revision=revision, repo_type=repo_type)
+    if not all(isinstance(f, str) for f in files):
+        raise _malformed(f"listing {repo_id}", endpoint, "a file path that is not a string")
     return [f for f in files if f.endswith(DEATHTENSORS_SUFFIXES)]
 
 
@@ -776,15 +792,23 @@ def hub_model_info(
     ``sharded_indexes`` (deathtensors indexes) and ``files`` (every file)."""
     _check_repo_type(repo_type)
     api = _api(resolve_token(token), endpoint)
-    with _hub_errors(f"reading the info of {repo_id}"):
+    what = f"reading the info of {repo_id}"
+    with _hub_errors(what, endpoint=endpoint):
         info = api.repo_info(repo_id, revision=revision, repo_type=repo_type)
-    files = [s.rfilename for s in (getattr(info, "siblings", None) or [])]
+    names = [getattr(s, "rfilename", None) for s in (getattr(info, "siblings", None) or [])]
+    counts = {k: getattr(info, k, None) or 0 for k in ("downloads", "likes")}
+    files = [f for f in names if isinstance(f, str)]
+    if len(files) != len(names):
+        raise _malformed(what, endpoint, "a file name that is not a string")
+    if not isinstance(getattr(info, "id", None), str):
+        raise _malformed(what, endpoint, "no repo id")
+    if not all(type(v) is int for v in counts.values()):
+        raise _malformed(what, endpoint, f"counts that are not integers: {counts}")
     return {
         "id": info.id,
         "sha": getattr(info, "sha", None),
         "repo_type": repo_type,
-        "downloads": getattr(info, "downloads", None) or 0,
-        "likes": getattr(info, "likes", None) or 0,
+        **counts,
         "private": getattr(info, "private", None),
         "deathtensors_files": [f for f in files if f.endswith(DEATHTENSORS_SUFFIXES)],
         "sharded_indexes": [f for f in files if f.endswith(_sharded.INDEX_SUFFIX)],
@@ -825,7 +849,7 @@ class HubCachedFile:
         cache_dir: Optional[PathLike] = None,
         endpoint: Optional[str] = None,
     ) -> None:
-        with _hub_errors(f"reading {filename} of {repo_id}"):
+        with _hub_errors(f"reading {filename} of {repo_id}", endpoint=endpoint):
             _hf().utils.validate_repo_id(repo_id)
         self.repo_id = repo_id
         self.filename = _file_in_repo(filename, f"reading {filename} of {repo_id}")
@@ -846,7 +870,7 @@ class HubCachedFile:
     @property
     def url(self) -> str:
         """The file's ``resolve`` URL (of the resolved commit, once there is one)."""
-        with _hub_errors(f"reading {self.filename} of {self.repo_id}"):
+        with _hub_errors(f"reading {self.filename} of {self.repo_id}", endpoint=self._endpoint):
             return str(
                 _hf().hf_hub_url(
                     self.repo_id,
@@ -863,7 +887,7 @@ class HubCachedFile:
 
         Before the first read resolves the revision, a branch means whichever
         commit the cache last saw it at."""
-        with _hub_errors(f"reading {self.filename} of {self.repo_id}"):
+        with _hub_errors(f"reading {self.filename} of {self.repo_id}", endpoint=self._endpoint):
             found = _hf().try_to_load_from_cache(
                 self.repo_id,
                 self.filename,
@@ -878,7 +902,7 @@ class HubCachedFile:
         hf = _hf()
         if self._commit is not None or hf.constants.HF_HUB_OFFLINE:
             return
-        with _hub_errors(f"reading {self.filename} of {self.repo_id}"):
+        with _hub_errors(f"reading {self.filename} of {self.repo_id}", endpoint=self._endpoint):
             meta = hf.get_hf_file_metadata(
                 self.url,
                 token=resolve_token(self._token) or False,
@@ -886,8 +910,12 @@ class HubCachedFile:
                 library_version=_core.__version__,
                 endpoint=self._endpoint,
             )
-        if not meta.commit_hash:
-            raise HubError(f"the Hub named no commit for {self.filename} of {self.repo_id}")
+        if not _is_commit_hash(meta.commit_hash):
+            # It becomes part of URLs and cache paths: a name like ".." would lead elsewhere.
+            raise HubError(
+                f"the Hub named no valid commit for {self.filename} of {self.repo_id} "
+                f"(X-Repo-Commit {meta.commit_hash!r}; a commit is 40 hex digits)"
+            )
         self._commit = meta.commit_hash
 
     def download(self, local_files_only: bool = False, force_download: bool = False) -> str:
@@ -933,14 +961,14 @@ class HubCachedFile:
                     f"({self._probe[1]} then {total} bytes)"
                 )
 
-        with _hub_errors(what):
+        with _hub_errors(what, endpoint=self._endpoint):
             # The client's download timeout, per socket read: a server that stops
             # sending fails the read (HubConnectionError) instead of hanging it.
             timeout = hf.constants.HF_HUB_DOWNLOAD_TIMEOUT
             with hf.utils.get_session().stream(
                 "GET", self.url, headers=headers, follow_redirects=True, timeout=timeout
             ) as r:
-                unsatisfiable = re.fullmatch(r"bytes \*/(\d+)", r.headers.get("Content-Range", "").strip())
+                unsatisfiable = re.fullmatch(r"bytes \*/(\d{1,100})", r.headers.get("Content-Range", "").strip())
                 if r.status_code == 416 and unsatisfiable and start >= int(unsatisfiable.group(1)):
                     # A range past the end (an empty file): no bytes, and the core says the file is short.
                     same_size(int(unsatisfiable.group(1)))
@@ -1074,10 +1102,10 @@ def _is_commit_hash(revision: Optional[str]) -> bool:
 def _total_size(content_range: Optional[str], status: int, length: Optional[str]) -> int:
     size = None
     if status == 206 and content_range:
-        m = re.fullmatch(r"bytes \d+-\d+/(\d+)", content_range.strip())
+        m = re.fullmatch(r"bytes \d{1,100}-\d{1,100}/(\d{1,100})", content_range.strip())
         if m:
             size = int(m.group(1))
-    elif status == 200 and length is not None and length.isdigit():
+    elif status == 200 and length is not None and length.isdigit() and len(length) <= 100:
         size = int(length)
     if size is not None:
         if size >= 2**63:  # no file is that large: a hostile or broken server
