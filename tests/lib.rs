@@ -5,9 +5,12 @@
 //! - writing valid files through the real writer ([`write_valid`], [`opts`],
 //!   [`tensor`], [`pattern`]);
 //! - crafting files byte by byte for the hostile-input tests ([`craft`],
-//!   [`craft_aligned`], [`aligned_header`], [`open_bytes`]).
+//!   [`craft_aligned`], [`aligned_header`], [`open_bytes`]);
+//! - measuring the memory a call allocates ([`Counting`], [`peak_of`]).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use deathtensors::format::{Preamble, PREAMBLE_LEN, TENSOR_ALIGNMENT};
 use deathtensors::reader::{DtReader, ReadOptions};
@@ -172,4 +175,40 @@ impl Lcg {
     pub fn below(&mut self, bound: u64) -> u64 {
         (self.next_u64() >> 11) % bound
     }
+}
+
+/// The system allocator, counting the bytes live now and at most since the
+/// last [`peak_of`]. A test binary that measures memory installs it as its
+/// `#[global_allocator]` and holds one test only: tests running beside it
+/// would count too.
+pub struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+/// Bytes allocated at most while `f` ran, beyond what was live before it
+/// (counted where [`Counting`] is the global allocator; 0 elsewhere).
+pub fn peak_of<T>(f: impl FnOnce() -> T) -> (usize, T) {
+    let before = LIVE.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    let out = f();
+    (PEAK.load(Ordering::Relaxed) - before, out)
 }

@@ -226,7 +226,8 @@ fn plan(
         };
         if is_native(&source) {
             return Err(Error::InvalidArgument(format!(
-                "{src:?} is already a deathtensors file; give --from FORMAT if it is not"
+                "{src:?} is already a deathtensors file: `deathtensors repack` changes its compression or checksum \
+                 (give --from FORMAT if it is not one)"
             )));
         }
         return Ok(Job {

@@ -32,6 +32,7 @@ mod diff;
 mod hub;
 mod manifest;
 mod progress;
+mod repack;
 mod sharded;
 
 #[derive(Parser)]
@@ -88,6 +89,8 @@ enum Command {
     Manifest(manifest::ManifestArgs),
     /// Convert between .deathtensors and other formats (safetensors, ...).
     Convert(convert::ConvertArgs),
+    /// Rewrite a .deathtensors file (or a sharded checkpoint) with another compression or checksum; the rest is kept.
+    Repack(repack::RepackArgs),
     /// Upload a .deathtensors file (or a sharded checkpoint) to a Hugging Face Hub repo, creating the repo if needed.
     HubPush(hub::PushArgs),
     /// Download a .deathtensors file (or a sharded checkpoint) from the Hub into the Hugging Face cache.
@@ -451,6 +454,7 @@ fn execute(command: Command) -> Result<Outcome, Error> {
         Command::HubInfo(a) => python(hub::request("hub-info", &a)),
         Command::HubConvert(a) => python(hub::request("hub-convert", &a)),
         Command::Convert(args) => convert::run(args),
+        Command::Repack(args) => repack::run(args),
         Command::Verify { path, json: true } => {
             let shown = expand_path(&path).to_string_lossy().into_owned();
             Ok(match execute_here(Command::Verify { path, json: true }) {
@@ -571,7 +575,12 @@ fn execute_here(command: Command) -> Result<(String, i32), Error> {
         | Command::HubList(_)
         | Command::HubInfo(_)
         | Command::HubConvert(_)
-        | Command::Convert(_) => return Err(Error::InvalidArgument("hub-* and convert are run by execute".into())),
+        | Command::Convert(_)
+        | Command::Repack(_) => {
+            return Err(Error::InvalidArgument(
+                "hub-*, convert and repack are run by execute".into(),
+            ))
+        }
         Command::Plugins { json } => {
             let rows = registry::list_plugins()?;
             if json {

@@ -15,7 +15,6 @@ use rayon::prelude::*;
 use serde_json::{Map, Value};
 
 use crate::atomic::AtomicFile;
-use crate::buffer::AlignedBuf;
 use crate::chunk::{self, AppliedFilter};
 use crate::direct;
 use crate::error::{Error, Result};
@@ -390,6 +389,106 @@ pub fn append_file(
     write_entries(path, &entries, &global, &options)
 }
 
+/// What [`repack_file`] changes. A field left `None` keeps the source's setting.
+#[derive(Debug, Clone)]
+pub struct RepackOptions {
+    /// `Some(Some(id))` compresses with codec `id`, `Some(None)` stores the
+    /// tensors raw, `None` keeps the source's codec.
+    pub codec: Option<Option<String>>,
+    /// Compression level. `None`: the source's when its codec is kept (its
+    /// chunks are then copied as stored), otherwise the codec's default.
+    pub level: Option<i32>,
+    /// `Some(Some(id))` writes a footer with checksum algorithm `id`,
+    /// `Some(None)` writes none, `None` keeps the source's algorithm (or its
+    /// lack of a footer).
+    pub checksum: Option<Option<String>>,
+    /// fsync the file and its directory before returning (default true).
+    pub durable: bool,
+}
+
+impl Default for RepackOptions {
+    fn default() -> Self {
+        RepackOptions {
+            codec: None,
+            level: None,
+            checksum: None,
+            durable: true,
+        }
+    }
+}
+
+/// Rewrite the file at `src` to `dst` with another codec, level or checksum
+/// (`options`), keeping everything else: tensors and their order, per-tensor
+/// and global metadata, aliases, sparse tensors. `dst` is replaced
+/// atomically and may be `src` itself.
+///
+/// Tensors whose stored form does not change (same codec and level) are
+/// copied as stored; the others are decoded and encoded again a piece at a
+/// time, so memory stays at a few chunks per thread whatever the file's size.
+/// A source with a checksum footer is verified first (one more read of it):
+/// the new footer must not vouch for bytes the old one says are damaged.
+/// A repack waits for appends to `src` in progress, and they for it
+/// ([`lock_for_update`](crate::atomic::lock_for_update)).
+///
+/// # Errors
+/// A level without a codec, unknown codec or checksum ids, a level the codec
+/// refuses ([`Error::InvalidArgument`], [`Error::UnknownPlugin`]);
+/// [`Error::ChecksumMismatch`] (naming `src`) when its footer does not match;
+/// format, I/O and corrupt-chunk errors of `src`, naming it; I/O errors
+/// writing `dst`, which is then left as it was.
+pub fn repack_file(src: impl AsRef<Path>, dst: impl AsRef<Path>, options: &RepackOptions) -> Result<()> {
+    let (src, dst) = (src.as_ref(), dst.as_ref());
+    let _updating = crate::atomic::lock_for_update(src)?;
+    let source = DtReader::open(src)?;
+    let stored_codec = source.codec().map(|c| c.id().to_owned());
+    let codec = options.codec.clone().unwrap_or_else(|| stored_codec.clone());
+    if codec.is_none() && options.level.is_some() {
+        return Err(Error::InvalidArgument(
+            "a compression level needs a codec: the repacked file would be uncompressed".into(),
+        ));
+    }
+    // The source's level when its codec is kept, unless the codec refuses it
+    // (a header written by another tool): then the codec's default.
+    let kept_level = source
+        .layout()
+        .header
+        .compression
+        .as_ref()
+        .map(|c| c.level)
+        .filter(|&level| source.codec().is_some_and(|c| c.check_level(level).is_ok()))
+        .filter(|_| codec == stored_codec);
+    let write = WriteOptions {
+        codec,
+        level: options.level.or(kept_level),
+        checksum: options
+            .checksum
+            .clone()
+            .unwrap_or_else(|| source.checksum().map(|c| c.id().to_owned())),
+        durable: options.durable,
+        ..WriteOptions::default()
+    };
+    if source.checksum().is_some() {
+        source.verify().map_err(|e| e.in_file(src))?;
+    }
+    let entries: Vec<Entry<'_>> = source
+        .tensors()
+        .iter()
+        .map(|t| match &t.alias_of {
+            Some(target) => Entry::Alias {
+                name: t.name.clone(),
+                target: target.clone(),
+                metadata: t.metadata.clone(),
+            },
+            None => Entry::Copy {
+                source: &source,
+                name: t.name.clone(),
+                metadata: t.metadata.clone(),
+            },
+        })
+        .collect();
+    write_entries(dst, &entries, source.metadata(), &write)
+}
+
 /// Let every alias come after the tensor it names. An append keeps a replaced
 /// name in its place and puts new names last, so a tie given as `{"new": t,
 /// "old": t}` becomes an alias `old` before its target `new`: the earlier
@@ -450,8 +549,9 @@ fn alias_targets_first(entries: &mut [Entry<'_>]) {
 enum Body<'a> {
     /// Bytes to store (and compress, in a compressed file).
     Bytes(&'a [u8]),
-    /// Bytes decoded from a source whose compression differs from this write's.
-    Decoded(AlignedBuf),
+    /// A tensor of another file whose compression differs from this write's:
+    /// decoded a piece at a time as it is written, like a `Pull`.
+    Decode(&'a DtReader, &'a TensorInfo),
     /// A tensor of another file whose stored form is copied verbatim.
     Stored(&'a DtReader, &'a TensorInfo),
     /// Shares the bytes of the item at this index.
@@ -513,12 +613,29 @@ impl<'a> Item<'a> {
 }
 
 impl Item<'_> {
-    /// The bytes to encode, for `Bytes` and `Decoded` bodies.
+    /// The bytes to encode, for a `Bytes` body.
     fn bytes(&self) -> Option<&[u8]> {
         match &self.body {
             Body::Bytes(b) => Some(b),
-            Body::Decoded(b) => Some(b),
             _ => None,
+        }
+    }
+}
+
+impl Body<'_> {
+    /// Whether the bytes are read from a source as they are written.
+    fn is_pulled(&self) -> bool {
+        matches!(self, Body::Pull(..) | Body::Decode(..))
+    }
+
+    /// Bytes `[at, at + buf.len())` of the tensor of a [pulled](Body::is_pulled) body.
+    fn pull(&self, at: u64, buf: &mut [u8]) -> Result<()> {
+        match self {
+            Body::Pull(source, offset) => source.read_at(offset + at, buf),
+            Body::Decode(reader, info) => reader.read_range(info, at, buf).map_err(|e| e.in_file(reader.path())),
+            _ => Err(Error::InvalidArgument(
+                "a tensor without a source has no bytes to read".into(),
+            )),
         }
     }
 }
@@ -651,15 +768,24 @@ impl<'a> Plan<'a> {
                 }
                 Entry::Copy { source, name, metadata } => {
                     let info = source.tensor(name)?;
+                    // Chunks of the same codec are copied unless a level is asked that
+                    // differs from the one the source names (one its codec refuses, from
+                    // a header written by another tool, says nothing of them).
+                    let stored_level = source.layout().header.compression.as_ref().map(|c| c.level);
                     let same_storage = match (source.codec(), codec) {
                         (None, None) => true,
-                        (Some(a), Some((b, _))) => a.id() == b.id(),
+                        (Some(a), Some((b, level))) => {
+                            a.id() == b.id()
+                                && stored_level
+                                    .filter(|&l| a.check_level(l).is_ok())
+                                    .is_none_or(|l| l == level)
+                        }
                         _ => false,
                     };
                     let body = if same_storage {
                         Body::Stored(source, info)
                     } else {
-                        Body::Decoded(source.read_tensor(name)?)
+                        Body::Decode(source, info)
                     };
                     Item {
                         name: name.clone(),
@@ -709,7 +835,7 @@ impl<'a> Plan<'a> {
 /// to its dtype; among that filter's candidate parameters, the one that stores
 /// a sample of the item's bytes smallest (`chunk::choose_params`).
 ///
-/// `pulled` is the sample of a [`Body::Pull`] item, read by [`pulled_sample`].
+/// `pulled` is the sample of a [pulled](Body::is_pulled) item, read by [`pulled_sample`].
 fn choose_filter(
     item: &Item<'_>,
     pulled: Option<&[u8]>,
@@ -717,7 +843,7 @@ fn choose_filter(
     codec: &'static dyn Codec,
     level: i32,
 ) -> Result<Option<SelectedFilter>> {
-    if item.bytes().is_none() && !matches!(item.body, Body::Pull(..)) {
+    if item.bytes().is_none() && !item.body.is_pulled() {
         return Ok(None);
     }
     let Some((f, candidates)) = filter_candidates(item, filters)? else {
@@ -766,12 +892,12 @@ fn sample_unit(item: &Item<'_>, candidates: &[(Map<String, Value>, usize)]) -> u
     item.dtype.item_size().max(1) * widest
 }
 
-/// The filter trial's sample of a [`Body::Pull`] item, read from its source:
-/// the bytes [`chunk::filter_sample`] would take were the tensor in memory.
+/// The filter trial's sample of a [pulled](Body::is_pulled) item, read from its
+/// source: the bytes [`chunk::filter_sample`] would take were the tensor in memory.
 fn pulled_sample(item: &Item<'_>, filters: &[&'static dyn Filter]) -> Result<Option<Vec<u8>>> {
-    let Body::Pull(source, offset) = item.body else {
+    if !item.body.is_pulled() {
         return Ok(None);
-    };
+    }
     let Some((_, candidates)) = filter_candidates(item, filters)? else {
         return Ok(None);
     };
@@ -779,7 +905,7 @@ fn pulled_sample(item: &Item<'_>, filters: &[&'static dyn Filter]) -> Result<Opt
         return Ok(None);
     };
     let mut sample = vec![0u8; (range.end - range.start) as usize];
-    source.read_at(offset + range.start, &mut sample)?;
+    item.body.pull(range.start, &mut sample)?;
     Ok(Some(sample))
 }
 
@@ -937,7 +1063,7 @@ fn write_uncompressed(
     if plan
         .items
         .iter()
-        .all(|i| !matches!(i.body, Body::Stored(..) | Body::Pull(..)))
+        .all(|i| !matches!(i.body, Body::Stored(..)) && !i.body.is_pulled())
     {
         return write_in_parallel(file, &preamble, &text, plan, entries, tmp_path);
     }
@@ -1075,11 +1201,11 @@ fn put_body<'p>(
                     sink.put(Cow::Owned(p.into_owned())).map_err(io)
                 })?;
             }
-            (Body::Pull(source, offset), None) => {
+            (body, None) if body.is_pulled() => {
                 let mut at = 0u64;
                 while at < item.nbytes {
                     let mut piece = vec![0u8; (WRITE_PIECE as u64).min(item.nbytes - at) as usize];
-                    source.read_at(offset + at, &mut piece)?;
+                    body.pull(at, &mut piece)?;
                     sink.put(Cow::Owned(piece)).map_err(io)?;
                     at += WRITE_PIECE as u64;
                 }
@@ -1107,13 +1233,13 @@ fn write_compressed(
         .items
         .iter()
         .map(|item| match (item.bytes(), &item.body) {
-            (Some(_), _) | (None, Body::Pull(..)) => chunk_lengths(
+            (None, body) if !body.is_pulled() => Vec::new(),
+            _ => chunk_lengths(
                 &item.shape,
                 item.dtype.item_size() as u64,
                 item.nbytes,
                 plan.chunk_bytes,
             ),
-            _ => Vec::new(),
         })
         .collect();
     // Reserve room for the header: every number in it at its widest. No
@@ -1208,9 +1334,9 @@ fn write_compressed(
                     let group_len: u64 = group_lens.iter().sum();
                     let group: Cow<'_, [u8]> = match (bytes, &item.body) {
                         (Some(b), _) => Cow::Borrowed(&b[at as usize..(at + group_len) as usize]),
-                        (None, Body::Pull(source, offset)) => {
+                        (None, body) if body.is_pulled() => {
                             let mut pulled = vec![0u8; group_len as usize];
-                            source.read_at(offset + at, &mut pulled)?;
+                            body.pull(at, &mut pulled)?;
                             Cow::Owned(pulled)
                         }
                         // Chunk plans are empty for the other bodies: no group to read.

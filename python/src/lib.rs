@@ -15,7 +15,9 @@ use deathtensors::format::{Layout, TensorInfo};
 use deathtensors::reader::{hex, read_layout, DtReader, ReadOptions};
 use deathtensors::registry;
 use deathtensors::select::DimSelection;
-use deathtensors::writer::{append_file, write_entries, Entry, FilterChoice, TensorData, WriteOptions};
+use deathtensors::writer::{
+    append_file, repack_file, write_entries, Entry, FilterChoice, RepackOptions, TensorData, WriteOptions,
+};
 use deathtensors::Error;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
@@ -413,6 +415,33 @@ fn append(
     drop(entries);
     drop(sources);
     result.map_err(|e| to_py(py, e))
+}
+
+/// Rewrite `src` to `dst` with another codec, level or checksum
+/// ([`repack_file`]): `codec` and `checksum` are the new settings where
+/// `set_codec` / `set_checksum` is true (`None`: none), else the source's are kept.
+#[pyfunction]
+#[pyo3(signature = (src, dst, set_codec=false, codec=None, level=None, set_checksum=false, checksum=None, durable=true))]
+#[allow(clippy::too_many_arguments)]
+fn repack(
+    py: Python<'_>,
+    src: PathBuf,
+    dst: PathBuf,
+    set_codec: bool,
+    codec: Option<String>,
+    level: Option<i32>,
+    set_checksum: bool,
+    checksum: Option<String>,
+    durable: bool,
+) -> PyResult<()> {
+    let options = RepackOptions {
+        codec: set_codec.then_some(codec),
+        level,
+        checksum: set_checksum.then_some(checksum),
+        durable,
+    };
+    py.detach(|| repack_file(&src, &dst, &options))
+        .map_err(|e| to_py(py, e))
 }
 
 /// An open file. Thread-safe; `close()` releases the handle.
@@ -906,6 +935,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(save, m)?)?;
     m.add_function(wrap_pyfunction!(file_mode_for, m)?)?;
     m.add_function(wrap_pyfunction!(append, m)?)?;
+    m.add_function(wrap_pyfunction!(repack, m)?)?;
     m.add_function(wrap_pyfunction!(plugins, m)?)?;
     m.add_function(wrap_pyfunction!(dtypes, m)?)?;
     m.add_function(wrap_pyfunction!(codec_and_checksum_ids, m)?)?;

@@ -6,48 +6,13 @@
 //! A test binary of its own: its global allocator counts the bytes live at
 //! once, which other tests running beside it would disturb.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use deathtensors::format::Header;
 use deathtensors::reader::DtReader;
-use deathtensors_integration_tests::{opts, tensor, write_valid};
+use deathtensors_integration_tests::{opts, peak_of, tensor, write_valid, Counting};
 use serde_json::Map;
-
-/// The system allocator, counting the bytes live now and at most since the last reset.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's layout.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// Bytes allocated at most while `f` ran, beyond what was live before it.
-fn peak_of<T>(f: impl FnOnce() -> T) -> (usize, T) {
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
-    let out = f();
-    (PEAK.load(Ordering::Relaxed) - before, out)
-}
 
 /// A compressed, filtered header of `n` tensors, the way the writer lays it out.
 fn many_tensor_header(n: usize) -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {

@@ -17,7 +17,7 @@ import os
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
 from . import _core
-from ._convert import _check_level, from_safetensors, to_safetensors
+from ._convert import _check_level, from_safetensors, repack, to_safetensors
 from ._diff import diff
 from ._frameworks import convert, prepare, target_device, to_device
 from ._manifest import read_manifest, write_manifest
@@ -61,6 +61,7 @@ __all__ = [
     "read_manifest",
     "from_safetensors",
     "to_safetensors",
+    "repack",
     "open",
     "DtFile",
     "TensorSlice",

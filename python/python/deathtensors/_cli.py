@@ -2,7 +2,7 @@
 
 The Rust command tree (``deathtensors_cli``) parses and checks every
 command. Those it cannot run on its own, the ``hub-*`` commands and the
-conversion of a sharded checkpoint, it hands to :func:`run` as a JSON
+conversion or repack of a sharded checkpoint, it hands to :func:`run` as a JSON
 request. Exit codes and output follow the rest of the CLI: 0 success, 1 a bad
 or unverifiable file, 2 a usage error; errors are one line on stderr, and
 text from files or servers is escaped before it reaches the terminal.
@@ -28,6 +28,8 @@ def run(request: str) -> int:
     req = json.loads(request)
     if req["command"] == "convert":
         return _convert_sharded(req)
+    if req["command"] == "repack":
+        return _repack_sharded(req)
     from .huggingface import _cli as hub_cli
 
     return hub_cli.run(req)
@@ -182,6 +184,45 @@ def _convert_sharded(req: Dict[str, Any]) -> int:
         return print_result(json.dumps(summary, indent=2, ensure_ascii=False))
     return print_result(
         f"converted {shown(src)} -> {shown(dst)} ({req['converter']} {direction}, {shards} shards): "
+        f"{tensors} tensors, {human(bytes_in)} -> {human(bytes_out)}"
+    )
+
+
+def _repack_sharded(req: Dict[str, Any]) -> int:
+    """``repack`` of a sharded checkpoint, through :func:`deathtensors.repack`."""
+    from . import expand_path, open_sharded, repack
+
+    src, dst = req["src"], req["dst"]
+    try:
+        source_index = _core.checkpoint_index(expand_path(src))
+        if source_index is None:  # gone since the Rust side found it
+            raise FileNotFoundError(errno.ENOENT, "no sharded index", src)
+        bytes_in, shards = _checkpoint_bytes(source_index)
+        written = repack(
+            src,
+            dst,
+            compress=(req["codec"] or False) if req["set_codec"] else None,
+            compress_level=req["level"],
+            checksum=(req["checksum"] or False) if req["set_checksum"] else None,
+        )
+        with open_sharded(written) as sr:
+            tensors = len(sr.keys())
+        bytes_out, _ = _checkpoint_bytes(written)
+    except (DeathtensorsError, OSError) as e:
+        return fail(error_text(e), _exit_code(e))
+    if req.get("json"):
+        summary = {
+            "src": src,
+            "dst": dst if dst is not None else src,
+            "index": printable(written),
+            "shards": shards,
+            "tensors": tensors,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+        }
+        return print_result(json.dumps(summary, indent=2, ensure_ascii=False))
+    return print_result(
+        f"repacked {shown(src)} -> {shown(dst if dst is not None else src)} ({shards} shards): "
         f"{tensors} tensors, {human(bytes_in)} -> {human(bytes_out)}"
     )
 

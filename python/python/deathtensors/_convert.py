@@ -41,7 +41,7 @@ from ._sharded import (
 )
 from .errors import DeathtensorsError, FormatError, InvalidArgumentError
 
-__all__ = ["from_safetensors", "to_safetensors", "SAFETENSORS_INDEX_SUFFIX"]
+__all__ = ["from_safetensors", "to_safetensors", "repack", "SAFETENSORS_INDEX_SUFFIX"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -111,6 +111,24 @@ def _out_stem(dst: Optional[PathLike], default: str, suffixes: tuple) -> tuple:
     stem = _strip(_pkg().expand_path(dst), suffixes) if dst is not None else default
     folder, base = _split_stem(stem, default if dst is None else dst, "destination")
     return stem, folder, base
+
+
+def _outputs(
+    index_path: str, dst: Optional[PathLike], weight_map: Dict[str, str]
+) -> Tuple[str, str, str, Dict[str, List[str]], Dict[str, str]]:
+    """Where a sharded conversion or repack of the checkpoint indexed at
+    ``index_path`` writes: ``(stem, folder, base, tensors by input shard,
+    output shard name by input shard)``, input shards in sorted order
+    (``dst``, a base path, checked first)."""
+    if dst is not None:
+        _refuse_a_file_at(_pkg().expand_path(dst), dst)
+    stem, folder, base = _out_stem(dst, _index_stem(index_path), _CHECKPOINT_SUFFIXES)
+    by_shard: Dict[str, List[str]] = {}
+    for tensor, shard in weight_map.items():
+        by_shard.setdefault(shard, []).append(tensor)
+    shards = sorted(by_shard)
+    names = {shard: _shard_name(base, i + 1, len(shards)) for i, shard in enumerate(shards)}
+    return stem, folder, base, by_shard, names
 
 
 def _refuse_overwriting_inputs(inputs: List[str], outputs: List[str]) -> None:
@@ -227,14 +245,8 @@ def _import_sharded(
     where = f"safetensors index {index_path!r}"
     weight_map: Dict[str, str] = _read_index(index_path)["weight_map"]
     folder = os.path.dirname(index_path) or "."
-    if dst is not None:
-        _refuse_a_file_at(pkg.expand_path(dst), dst)
-    stem, out_folder, base = _out_stem(dst, _index_stem(index_path), _CHECKPOINT_SUFFIXES)
-    by_shard: Dict[str, List[str]] = {}
-    for tensor, shard in weight_map.items():
-        by_shard.setdefault(shard, []).append(tensor)
-    shards = sorted(by_shard)
-    names = {shard: _shard_name(base, i + 1, len(shards)) for i, shard in enumerate(shards)}
+    stem, out_folder, base, by_shard, names = _outputs(index_path, dst, weight_map)
+    shards = list(names)
     out_index = stem + INDEX_SUFFIX
     inputs = [index_path, *(os.path.join(folder, s) for s in shards)]
     _refuse_overwriting_inputs(inputs, [out_index, *(os.path.join(out_folder, n) for n in names.values())])
@@ -377,3 +389,121 @@ def _export_sharded(index_path: str, dst: Optional[PathLike]) -> str:
             inputs=inputs,
         )
     return out_index
+
+
+# -- deathtensors -> deathtensors (repack) --------------------------------------------------------
+
+
+def _setting(value: Union[bool, str, None], default: str, what: str) -> Tuple[bool, Optional[str]]:
+    """``(given, id)`` of a :func:`repack` setting: ``None`` keeps the source's
+    (not given), ``False`` is none, ``True`` the default plugin, a string its id."""
+    if value is None:
+        return False, None
+    return True, _pkg()._choose(value, default, what)
+
+
+def repack(
+    src: PathLike,
+    dst: Optional[PathLike] = None,
+    *,
+    compress: Union[bool, str, None] = None,
+    compress_level: Optional[int] = None,
+    checksum: Union[bool, str, None] = None,
+    durable: bool = True,
+) -> str:
+    """Rewrite a ``.deathtensors`` file (or a sharded checkpoint) with another
+    compression or checksum, keeping everything else.
+
+    Tensors, their order, per-tensor and global metadata, tied weights and
+    sparse tensors come out as they went in. Only what is asked changes: a
+    setting left at ``None`` keeps the source's. Tensors whose stored form
+    stays the same (same codec and level) are copied as stored; the others are
+    decoded and encoded again a chunk at a time, in Rust with the GIL released,
+    so memory stays at a few MiB per core whatever the file's size. A source
+    with a checksum footer is verified first (one more read of it), so the new
+    footer never vouches for damaged bytes.
+
+    Typical uses: ``repack("m.deathtensors", compress=True)`` compresses a file
+    in place; ``repack("m.deathtensors", "fast.deathtensors", compress=False)``
+    writes an uncompressed copy that :meth:`DtFile.get_tensor_mmap` can map;
+    ``repack(path, checksum="blake3")`` adds or changes the footer.
+
+    Args:
+        src: The ``.deathtensors`` file, or a sharded checkpoint (its index or
+            base path); ``~`` and ``$VARS`` are expanded.
+        dst: Where to write it (replaced atomically), or for a checkpoint its
+            base path. Default: ``src`` itself, replaced atomically (a crash
+            leaves the old file or the new one). A repack waits for appends to
+            the file in progress, and they for it.
+        compress: ``None`` (keep), ``False`` (store raw), ``True`` (zstd) or a
+            codec id (``"lz4"``).
+        compress_level: The codec level. Default: the source's when its codec
+            is kept, otherwise the codec's default.
+        checksum: ``None`` (keep), ``False`` (no footer), ``True`` (SHA-256) or
+            an algorithm id (``"blake3"``).
+        durable: fsync the result before returning (default), as :func:`save`.
+
+    Returns:
+        The path written: the file, or the index of a checkpoint.
+
+    Raises:
+        ChecksumError: the source's footer does not match its contents;
+            nothing is written.
+        FormatError: the source is not a valid deathtensors file (or a shard
+            is not), or a chunk of it does not decode.
+        InvalidArgumentError: a level without a codec, or one the codec refuses.
+        PluginError: an unknown codec or checksum id.
+        FileNotFoundError: ``src`` (or a shard) does not exist.
+    """
+    pkg = _pkg()
+    codec = _setting(compress, pkg.DEFAULT_CODEC, "compress")
+    algorithm = _setting(checksum, pkg.DEFAULT_CHECKSUM, "checksum")
+    level = _check_level(compress_level)
+    source = pkg.expand_path(src)
+    index = _core.checkpoint_index(source)  # the rule the CLI follows too
+
+    def write(path: str, out: str) -> None:
+        _core.repack(path, out, codec[0], codec[1], level, algorithm[0], algorithm[1], bool(durable))
+
+    if index is not None:
+        return _repack_sharded(index, dst, write)
+    out = pkg.expand_path(dst) if dst is not None else source
+    write(source, out)
+    return out
+
+
+def _repack_sharded(index_path: str, dst: Optional[PathLike], write: Callable[[str, str], None]) -> str:
+    """:func:`repack` of the checkpoint whose index is ``index_path``: every
+    shard repacked by ``write(shard_path, out)``, then the index, crash-safely
+    as :func:`deathtensors.save_sharded` writes (in place too: the old shards
+    are replaced only once every new one is written)."""
+    pkg = _pkg()
+    doc = _read_index(index_path, deathtensors=True)
+    weight_map: Dict[str, str] = doc["weight_map"]
+    folder = os.path.dirname(index_path) or "."
+    stem, out_folder, base, by_shard, names = _outputs(index_path, dst, weight_map)
+    shards = list(names)
+    order = [names[s] for s in shards]
+    where = f"sharded index {index_path!r}"
+
+    def write_shard(i: int, out: str) -> None:
+        shard = shards[i]
+        shard_path = os.path.join(folder, shard)
+        if not os.path.exists(shard_path):
+            raise FileNotFoundError(errno.ENOENT, f"shard {shard!r} named by {index_path!r} is missing", shard_path)
+        try:
+            write(shard_path, out)
+            with pkg.DtFile._at(out) as f:
+                _check_shard_keys(f.keys(), by_shard[shard], shard, where)
+        except DeathtensorsError as e:
+            if str(e).startswith("shard "):
+                raise
+            raise _shard_error(shard, e, shard_path) from e
+
+    def index_doc(shard_names: List[str]) -> Dict[str, Any]:
+        renamed = dict(zip(order, shard_names))
+        return {"metadata": doc["metadata"], "weight_map": {t: renamed[names[s]] for t, s in weight_map.items()}}
+
+    inputs = [index_path, *(os.path.join(folder, s) for s in shards)]
+    _commit_checkpoint(out_folder, base, order, write_shard, index_doc, inputs=inputs)
+    return stem + INDEX_SUFFIX

@@ -13,6 +13,7 @@ __all__ = [
     "file_mode_for",
     "save",
     "append",
+    "repack",
     "plugins",
     "dtypes",
     "codec_and_checksum_ids",
@@ -105,6 +106,16 @@ def append(
     entries: List[Tuple[Any, ...]],
     extra_global_metadata: Optional[str] = None,
     overwrite: bool = False,
+) -> None: ...
+def repack(
+    src: str,
+    dst: str,
+    set_codec: bool = False,
+    codec: Optional[str] = None,
+    level: Optional[int] = None,
+    set_checksum: bool = False,
+    checksum: Optional[str] = None,
+    durable: bool = True,
 ) -> None: ...
 
 MANIFEST_VERSION: int
