@@ -11,7 +11,7 @@ goes to stdout.
 
 Commands::
 
-    {"cmd": "write", "op": "save"|"save_direct"|"append"|"export"|"sharded", "version": 0|1,
+    {"cmd": "write", "op": "save"|"save_direct"|"append"|"repack"|"export"|"sharded", "version": 0|1,
      "path": "...", "delay": seconds or null, "watch": "path of the commit" (optional)}
     -> {"killed": bool, "seconds": float, "status": int, "watched": {...} or null}
 
@@ -92,6 +92,8 @@ def write(
         dt.save(path, data[("direct", version)], global_metadata={"version": version}, checksum=True)
     elif op == "append":
         dt.append(path, extra, extra_global_metadata={"appended": True})
+    elif op == "repack":
+        dt.repack(path, compress="lz4", checksum="blake3")
     elif op == "export":
         dt.to_safetensors(sources[version], path)
     elif op == "sharded":

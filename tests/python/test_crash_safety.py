@@ -1,7 +1,7 @@
 """Crash safety (issue #7): SIGKILL a writer at random moments, then look at what is on disk.
 
 A fork server (``_crash_child.py``) forks one child per trial that runs
-``save``, ``append`` or ``save_sharded`` over an existing target, and kills it
+``save``, ``append``, ``repack``, an export or ``save_sharded`` over an existing target, and kills it
 with ``SIGKILL`` after a random delay spread over the time an uninterrupted
 write (measured first, in the same way) has temporary files, and a little
 either side of it. After every trial the
@@ -44,6 +44,8 @@ TRIALS = 60
 EARLY = 0.8
 AFTER = 0.5
 SPREAD = 1.25
+#: Writes that rewrite the target in place: each trial starts from version 0.
+IN_PLACE = ("append", "repack")
 TEMP_SUFFIX = child.TEMP_SUFFIX
 SHARDS = 4
 
@@ -118,7 +120,7 @@ def _calibrate(
     times, starts, commits = [], [], []
     for i in range(5):
         reset(i)
-        reply = server.write(op, 1 - i % 2 if op != "append" else 0, target, None, watch=commit or target)
+        reply = server.write(op, 1 - i % 2 if op not in IN_PLACE else 0, target, None, watch=commit or target)
         times.append(reply["seconds"])
         if reply["watched"]["temp"] is not None and reply["watched"]["commit"] is not None:
             starts.append(EARLY * reply["watched"]["temp"])
@@ -158,16 +160,16 @@ def _run_single_file_trials(
     name: str = "m.deathtensors",
     check: Callable[[Path], None] = _verify,
 ) -> None:
-    """Trials of ``save`` or ``export`` (versions alternate) or ``append`` (old
-    is version 0, new is 0 + appended), writing ``work / name``; ``check``
-    looks at the file after each."""
+    """Trials of ``save`` or ``export`` (versions alternate) or of a rewrite in
+    place, ``append`` or ``repack`` (old is version 0, new is 0 rewritten),
+    writing ``work / name``; ``check`` looks at the file after each."""
     target = work / name
     window = _calibrate(server, op, target, reset)
     rng = random.Random(f"{op}-7")
     counts = {"old": 0, "old+temp": 0, "new": 0}
     current = {refs[0]: 0, refs[1]: 1}[target.read_bytes()]
     for trial in range(TRIALS):
-        if op == "append":
+        if op in IN_PLACE:
             reset(trial)
             old, new = 0, 1
         else:
@@ -234,6 +236,30 @@ def test_append_is_old_or_new_after_sigkill(server, tmp_path):
         os.replace(tmp, target)
 
     _run_single_file_trials(server, "append", work, refs, reset)
+
+
+def test_repack_in_place_is_old_or_new_after_sigkill(server, tmp_path):
+    """``repack`` of a compressed file to lz4 with a BLAKE3 footer, in place:
+    every chunk decoded and encoded again after the old footer is checked."""
+    ref_dir, work = tmp_path / "ref", tmp_path / "work"
+    ref_dir.mkdir()
+    work.mkdir()
+    base, repacked = ref_dir / "base.deathtensors", ref_dir / "repacked.deathtensors"
+    server.write("save", 0, base, None)
+    shutil.copyfile(base, repacked)
+    server.write("repack", 0, repacked, None)
+    with dt.open(repacked, verify=True) as f:
+        _check_tensors(f, child.version_tensors(0))
+        assert (f.codec(), f.checksum_algorithm(), f.metadata()) == ("lz4", "blake3", {"version": 0})
+    refs = {0: base.read_bytes(), 1: repacked.read_bytes()}
+    target = work / "m.deathtensors"
+
+    def reset(i: int) -> None:
+        tmp = work / "reset.part"
+        tmp.write_bytes(refs[0])
+        os.replace(tmp, target)
+
+    _run_single_file_trials(server, "repack", work, refs, reset)
 
 
 def test_export_to_safetensors_is_old_or_new_after_sigkill(server, tmp_path):
