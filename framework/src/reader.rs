@@ -22,8 +22,10 @@ use crate::select::{DimSelection, Runs};
 /// Reads are made in pieces of this size (each prefaulted, then read), and a
 /// range of several pieces is read by several threads at once.
 const PARALLEL_READ_PIECE: usize = 1 << 20;
-/// Block size of the verification pipeline.
-const VERIFY_BLOCK: usize = 4 << 20;
+/// Block size of the verification pipeline (three blocks in flight). 1 MiB
+/// hashes as fast as 4 MiB did (about 4 GB/s with SHA-256 here) and keeps a
+/// verify running beside an append or repack to 3 MiB.
+const VERIFY_BLOCK: usize = 1 << 20;
 /// Blocks of an uncompressed tensor that [`DtReader::read_selection`] reads
 /// one at a time (each trimmed to the span of its picked elements).
 pub const SELECTION_BLOCK: usize = 1 << 20;

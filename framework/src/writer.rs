@@ -253,6 +253,18 @@ pub fn write_entries(
     global_metadata: &Map<String, Value>,
     options: &WriteOptions,
 ) -> Result<()> {
+    write_entries_gated(path, entries, global_metadata, options, &mut || Ok(()))
+}
+
+/// [`write_entries`], calling `gate` once the new file is complete and
+/// before it replaces `path`: an error from `gate` discards the new file.
+fn write_entries_gated(
+    path: impl AsRef<Path>,
+    entries: &[Entry<'_>],
+    global_metadata: &Map<String, Value>,
+    options: &WriteOptions,
+    gate: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
     let plan = Plan::new(entries, options)?;
     check_metadata_nesting(
         global_metadata,
@@ -287,7 +299,38 @@ pub fn write_entries(
     if let Some(digest) = digest {
         file.write_all(&digest).map_err(io)?;
     }
+    gate()?;
     out.commit(options.durable)
+}
+
+/// Write `entries` (which copy from `source`, the file at `src`) to `path`
+/// while `source`'s checksum footer is verified on another thread: stored
+/// bytes are copied unchecked and get a fresh footer, so a file that the old
+/// footer says is damaged must not come out verifying. The new file replaces
+/// `path` only once the source has verified; when both fail, the verification
+/// error is the one returned (a damaged source explains a failed decode).
+/// A source without a footer is written as is.
+fn write_verifying_source(
+    path: &Path,
+    entries: &[Entry<'_>],
+    global_metadata: &Map<String, Value>,
+    options: &WriteOptions,
+    source: &DtReader,
+    src: &Path,
+) -> Result<()> {
+    if source.checksum().is_none() {
+        return write_entries(path, entries, global_metadata, options);
+    }
+    std::thread::scope(|scope| {
+        let mut check = Some(scope.spawn(|| source.verify().map_err(|e| e.in_file(src))));
+        let mut join = || {
+            check.take().map_or(Ok(()), |handle| {
+                handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+        };
+        let written = write_entries_gated(path, entries, global_metadata, options, &mut join);
+        join().and(written)
+    })
 }
 
 /// Add `new` entries to the file at `path` without decoding its tensors: the
@@ -300,9 +343,10 @@ pub fn write_entries(
 /// bytes as tensors of their own). Peak memory is a few copy buffers, not the
 /// file's size. Concurrent appends to one file take turns
 /// ([`lock_for_update`](crate::atomic::lock_for_update)), so none is lost.
-/// A file with a checksum footer is verified first (one more read of it),
-/// since its bytes are copied without being decoded and the new footer
-/// would vouch for them.
+/// A file with a checksum footer is verified (one more read of it, on
+/// another thread while the new file is written) before the new file
+/// replaces it, since its bytes are copied without being decoded and the new
+/// footer would vouch for them.
 ///
 /// # Errors
 /// A name that exists without `overwrite`; anything [`write_entries`] refuses;
@@ -317,11 +361,6 @@ pub fn append_file(
     let path = path.as_ref();
     let _updating = crate::atomic::lock_for_update(path)?;
     let source = DtReader::open(path)?;
-    if source.checksum().is_some() {
-        // The stored bytes are copied unchecked and get a fresh footer: a file the
-        // old footer says is damaged would come out verifying.
-        source.verify().map_err(|e| e.in_file(path))?;
-    }
     let new_names: std::collections::HashMap<String, usize> =
         new.iter().enumerate().map(|(i, e)| (e.name().to_owned(), i)).collect();
     if let Some(part) = source
@@ -386,7 +425,7 @@ pub fn append_file(
         checksum: source.checksum().map(|c| c.id().to_owned()),
         ..WriteOptions::default()
     };
-    write_entries(path, &entries, &global, &options)
+    write_verifying_source(path, &entries, &global, &options, &source, path)
 }
 
 /// What [`repack_file`] changes. A field left `None` keeps the source's setting.
@@ -425,8 +464,10 @@ impl Default for RepackOptions {
 /// Tensors whose stored form does not change (same codec and level) are
 /// copied as stored; the others are decoded and encoded again a piece at a
 /// time, so memory stays at a few chunks per thread whatever the file's size.
-/// A source with a checksum footer is verified first (one more read of it):
-/// the new footer must not vouch for bytes the old one says are damaged.
+/// A source with a checksum footer is verified (one more read of it, on
+/// another thread while `dst` is written) before the new file replaces
+/// `dst`: the new footer must not vouch for bytes the old one says are
+/// damaged.
 /// A repack waits for appends to `src` in progress, and they for it
 /// ([`lock_for_update`](crate::atomic::lock_for_update)).
 ///
@@ -467,9 +508,6 @@ pub fn repack_file(src: impl AsRef<Path>, dst: impl AsRef<Path>, options: &Repac
         durable: options.durable,
         ..WriteOptions::default()
     };
-    if source.checksum().is_some() {
-        source.verify().map_err(|e| e.in_file(src))?;
-    }
     let entries: Vec<Entry<'_>> = source
         .tensors()
         .iter()
@@ -486,7 +524,7 @@ pub fn repack_file(src: impl AsRef<Path>, dst: impl AsRef<Path>, options: &Repac
             },
         })
         .collect();
-    write_entries(dst, &entries, source.metadata(), &write)
+    write_verifying_source(dst, &entries, source.metadata(), &write, &source, src)
 }
 
 /// Let every alias come after the tensor it names. An append keeps a replaced

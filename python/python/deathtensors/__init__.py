@@ -394,8 +394,9 @@ def append(
     Python memory) into a new file that atomically replaces the old one: a
     crash at any moment leaves the old file intact. The file keeps its own
     compression and checksum settings; its footer is recomputed, so a file
-    with a footer is verified first (one more read of it): the new footer
-    must not vouch for bytes the old one says are damaged.
+    with a footer is verified (one more read of it, alongside the write)
+    before it is replaced: the new footer must not vouch for bytes the old
+    one says are damaged.
     ``extra_global_metadata`` is merged over the file's global metadata.
     Appends to one file from several threads or processes take turns (an
     exclusive lock on the file), so each adds its tensors to what the others

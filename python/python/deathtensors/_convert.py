@@ -420,8 +420,9 @@ def repack(
     stays the same (same codec and level) are copied as stored; the others are
     decoded and encoded again a chunk at a time, in Rust with the GIL released,
     so memory stays at a few MiB per core whatever the file's size. A source
-    with a checksum footer is verified first (one more read of it), so the new
-    footer never vouches for damaged bytes.
+    with a checksum footer is verified (one more read of it, alongside the
+    write) before the new file replaces ``dst``, so the new footer never
+    vouches for damaged bytes.
 
     Typical uses: ``repack("m.deathtensors", compress=True)`` compresses a file
     in place; ``repack("m.deathtensors", "fast.deathtensors", compress=False)``
