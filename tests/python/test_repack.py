@@ -193,6 +193,34 @@ def test_a_sharded_checkpoint_repacks_in_place_and_elsewhere(tmp_path):
         assert {sr.which_shard(n).split("-")[0] for n in tensors} == {"small"}
 
 
+def test_an_in_place_repack_of_hand_named_shards_leaves_no_old_shard(tmp_path):
+    base, tensors, shards = _sharded(tmp_path)
+    folder = base.parent
+    index = folder / "big.deathtensors.index.json"
+    doc = json.loads(index.read_text())
+    renamed = {os.path.basename(s): f"part-{i}.deathtensors" for i, s in enumerate(shards)}
+    for old, new in renamed.items():
+        os.rename(folder / old, folder / new)
+    doc["weight_map"] = {t: renamed[s] for t, s in doc["weight_map"].items()}
+    index.write_text(json.dumps(doc))
+    keep = folder / "notes.deathtensors"  # not named by the index: left alone
+    dt.save(keep, {"x": torch.zeros(2)})
+
+    (tmp_path / "copy").mkdir()
+    dt.repack(index, tmp_path / "copy" / "big", compress="lz4")  # elsewhere: the source stays
+    assert all((folder / n).exists() for n in renamed.values())
+
+    assert dt.repack(index, compress="lz4") == str(index)
+    written = sorted(os.path.basename(s) for s in shards)  # the standard names
+    assert sorted(os.listdir(folder)) == sorted([*written, index.name, keep.name])
+    with dt.open_sharded(index, verify=True) as sr:
+        assert sr.keys() == list(tensors)
+        assert all(torch.equal(sr.get_tensor(n), t) for n, t in tensors.items())
+    for name in written:
+        with dt.open(folder / name) as f:
+            assert f.codec() == "lz4"
+
+
 def test_a_sharded_repack_with_a_damaged_shard_changes_nothing(tmp_path):
     base, _, shards = _sharded(tmp_path)
     pristine = open(shards[1], "rb").read()

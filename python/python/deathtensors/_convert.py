@@ -35,6 +35,7 @@ from ._sharded import (
     _commit_checkpoint,
     _read_index,
     _refuse_a_file_at,
+    _remove_quietly,
     _shard_error,
     _shard_name,
     _split_stem,
@@ -434,7 +435,9 @@ def repack(
             base path); ``~`` and ``$VARS`` are expanded.
         dst: Where to write it (replaced atomically), or for a checkpoint its
             base path. Default: ``src`` itself, replaced atomically (a crash
-            leaves the old file or the new one). A repack waits for appends to
+            leaves the old file or the new one); a checkpoint's new shards
+            get ``save_sharded``'s names, and old shards of other names in
+            its folder are removed once the new index is written. A repack waits for appends to
             the file in progress, and they for it.
         compress: ``None`` (keep), ``False`` (store raw), ``True`` (zstd) or a
             codec id (``"lz4"``).
@@ -506,5 +509,16 @@ def _repack_sharded(index_path: str, dst: Optional[PathLike], write: Callable[[s
         return {"metadata": doc["metadata"], "weight_map": {t: renamed[names[s]] for t, s in weight_map.items()}}
 
     inputs = [index_path, *(os.path.join(folder, s) for s in shards)]
-    _commit_checkpoint(out_folder, base, order, write_shard, index_doc, inputs=inputs)
-    return stem + INDEX_SUFFIX
+    written = _commit_checkpoint(out_folder, base, order, write_shard, index_doc, inputs=inputs)
+    new_index = stem + INDEX_SUFFIX
+    if os.path.realpath(new_index) == os.path.realpath(index_path):
+        # In place: old shards under other names than the new ones (named by
+        # hand, or for another base) are no longer named by the index, which
+        # the repack replaced. Only files in the checkpoint's folder go.
+        kept = {os.path.realpath(p) for p in written}
+        home = os.path.realpath(out_folder)
+        for old in inputs[1:]:
+            real = os.path.realpath(old)
+            if real not in kept and os.path.dirname(real) == home:
+                _remove_quietly(old)
+    return new_index
