@@ -125,23 +125,29 @@ where
             .ok()
             .and_then(|v| v["command"].as_str().map(str::to_owned))
             .unwrap_or_default();
-        let (what, how) = if command.starts_with("hub-") {
-            (
-                "the Hub commands run",
-                "pip install deathtensors[huggingface], then `python -m deathtensors hub-...`",
-            )
-        } else {
-            (
-                "converting a sharded checkpoint runs",
-                "`python -m deathtensors convert ...`",
-            )
-        };
-        let _ = writeln!(
-            std::io::stderr(),
-            "deathtensors: error: {what} through the Python package: {how}"
-        );
+        let _ = writeln!(std::io::stderr(), "deathtensors: error: {}", needs_python(&command));
         EXIT_USAGE
     })
+}
+
+/// What the standalone binary says of a `command` handed to the Python
+/// package: which command needs it, and how to run it there.
+fn needs_python(command: &str) -> String {
+    let (what, how) = match command {
+        c if c.starts_with("hub-") => (
+            "the Hub commands run",
+            "pip install deathtensors[huggingface], then `python -m deathtensors hub-...`".to_owned(),
+        ),
+        "repack" => (
+            "repacking a sharded checkpoint runs",
+            format!("`python -m deathtensors {command} ...`"),
+        ),
+        _ => (
+            "converting a sharded checkpoint runs",
+            "`python -m deathtensors convert ...`".to_owned(),
+        ),
+    };
+    format!("{what} through the Python package: {how}")
 }
 
 /// [`run`], with `python` running the commands that need the Python package:

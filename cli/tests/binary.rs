@@ -42,3 +42,29 @@ fn a_closed_stdout_is_an_error() {
     let err = String::from_utf8_lossy(&closed.stderr);
     assert!(err.contains("standard output is closed"), "{err}");
 }
+
+/// Regression: the standalone binary, which hands sharded checkpoints to the
+/// Python package, told a sharded `repack` to run `convert` there.
+#[test]
+fn a_sharded_command_says_which_command_to_run_through_python() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("m.deathtensors.index.json"); // names a checkpoint
+    for (args, hint) in [
+        (vec!["repack", "--compress"], "repacking a sharded checkpoint"),
+        (vec!["convert"], "converting a sharded checkpoint"),
+    ] {
+        let mut command = Command::new(BIN);
+        command.args(&args).arg(&index);
+        if args[0] == "convert" {
+            command.arg(dir.path().join("out.safetensors"));
+        }
+        let out = command.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(hint), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("python -m deathtensors {} ...", args[0])),
+            "{args:?}: {err}"
+        );
+    }
+}

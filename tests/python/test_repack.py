@@ -296,11 +296,20 @@ def test_cli_repacks_a_sharded_checkpoint(cli, tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["shards"], summary["tensors"]) == (len(shards), len(tensors))
+    assert summary["compression"] == ["none", "lz4 (level 0)"]
+    assert summary["checksum"] == ["sha256", None]
     for shard in shards:
         with dt.open(shard) as f:
             assert (f.codec(), f.checksum_algorithm()) == ("lz4", None)
     result = cli("repack", str(base), str(tmp_path / "ckpt" / "copy"))
     assert result.returncode == 0, result.stderr
-    assert f"({len(shards)} shards): {len(tensors)} tensors" in result.stdout.decode()
+    line = result.stdout.decode()
+    assert f"({len(shards)} shards): {len(tensors)} tensors" in line
+    assert "compression lz4 (level 0) -> lz4 (level 0), checksum none -> none" in line
+    # Shards stored differently (appended to by hand) show each setting.
+    dt.repack(shards[0], compress=True, checksum="blake3")
+    line = cli("repack", str(base), "--checksum", "sha256").stdout.decode()
+    assert "compression lz4 (level 0) / zstd (level 3) -> lz4 (level 0) / zstd (level 3)" in line
+    assert "checksum blake3 / none -> sha256" in line
     with dt.open_sharded(tmp_path / "ckpt" / "copy.deathtensors.index.json") as sr:
         assert all(torch.equal(sr.get_tensor(n), t) for n, t in tensors.items())

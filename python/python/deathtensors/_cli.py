@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import unicodedata
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import _core
 from .errors import ChecksumError, DeathtensorsError, FormatError
@@ -198,6 +198,7 @@ def _repack_sharded(req: Dict[str, Any]) -> int:
         if source_index is None:  # gone since the Rust side found it
             raise FileNotFoundError(errno.ENOENT, "no sharded index", src)
         bytes_in, shards = _checkpoint_bytes(source_index)
+        before = _checkpoint_settings(source_index)
         written = repack(
             src,
             dst,
@@ -208,6 +209,7 @@ def _repack_sharded(req: Dict[str, Any]) -> int:
         with open_sharded(written) as sr:
             tensors = len(sr.keys())
         bytes_out, _ = _checkpoint_bytes(written)
+        after = _checkpoint_settings(written)
     except (DeathtensorsError, OSError) as e:
         return fail(error_text(e), _exit_code(e))
     if req.get("json"):
@@ -217,14 +219,36 @@ def _repack_sharded(req: Dict[str, Any]) -> int:
             "index": printable(written),
             "shards": shards,
             "tensors": tensors,
+            "compression": [before[0], after[0]],
+            "checksum": [before[1], after[1]],
             "bytes_in": bytes_in,
             "bytes_out": bytes_out,
         }
         return print_result(json.dumps(summary, indent=2, ensure_ascii=False))
     return print_result(
         f"repacked {shown(src)} -> {shown(dst if dst is not None else src)} ({shards} shards): "
-        f"{tensors} tensors, {human(bytes_in)} -> {human(bytes_out)}"
+        f"{tensors} tensors, compression {before[0]} -> {after[0]}, "
+        f"checksum {before[1] or 'none'} -> {after[1] or 'none'}, {human(bytes_in)} -> {human(bytes_out)}"
     )
+
+
+def _checkpoint_settings(index_path: str) -> Tuple[str, Optional[str]]:
+    """How a checkpoint's shards are stored, as the single-file ``repack``
+    prints it: ``("zstd (level 3)", "sha256")``, ``("none", None)``. Shards
+    stored differently give their settings joined by ``" / "``."""
+    from . import DtFile
+    from ._sharded import _read_index
+
+    folder = os.path.dirname(index_path) or "."
+    storages, checksums = set(), set()
+    for shard in sorted(set(_read_index(index_path)["weight_map"].values())):
+        with DtFile._at(os.path.join(folder, shard)) as f:
+            desc = f._desc
+        storages.add(f"{desc['codec']} (level {desc['level']})" if desc["codec"] else "none")
+        checksums.add(desc["checksum"] or "none")
+    storage = " / ".join(sorted(storages)) or "none"
+    checksum = " / ".join(sorted(checksums)) or "none"
+    return storage, None if checksum == "none" else checksum
 
 
 def _checkpoint_bytes(index_path: str) -> Tuple[int, int]:
