@@ -27,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 SECONDS_PER_TARGET=${1:-60}
-TARGETS=(header open_read chunks safetensors_import append sharded_index)
+TARGETS=(header open_read chunks safetensors_import append sharded_index repack)
 case "$SECONDS_PER_TARGET" in
     '' | *[!0-9]*) echo "usage: bash fuzz/run.sh [SECONDS]" >&2; exit 2 ;;
 esac

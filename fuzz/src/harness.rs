@@ -29,7 +29,7 @@ use deathtensors::reader::DtReader;
 use deathtensors::registry::{self, Codec, DtypeHandler};
 use deathtensors::sharded::{bad_shard_name, ShardedIndex};
 use deathtensors::stats;
-use deathtensors::writer::{append_file, Entry, TensorData, WriteOptions};
+use deathtensors::writer::{append_file, repack_file, Entry, RepackOptions, TensorData, WriteOptions};
 use serde_json::{Map, Value};
 
 /// Decoded bytes after which `open_read` stops reading whole tensors of one
@@ -238,9 +238,112 @@ pub fn append(data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Target `repack`: the bytes as a file that [`repack_file`] rewrites to
+/// another file with another codec (none → zstd → lz4 → none, so every
+/// chunk is decoded and encoded again) and another checksum (none → SHA-256
+/// → BLAKE3 → none).
+///
+/// A file the reader refuses is refused by the repack too; a refused repack
+/// leaves the source unchanged and writes no destination. An accepted one
+/// opens with the settings asked, keeps the tensors in order (aliases and
+/// stored parts included) with their metadata and the global metadata, and
+/// every tensor that reads from the source reads the same from the new file;
+/// a source with a footer verified, and one whose tensor does not read was
+/// refused (a repack decodes them all). Sources that declare more than
+/// [`DECODE_BUDGET`] bytes are opened only.
+///
+/// # Errors
+/// The error the library refused the bytes with.
+pub fn repack(data: &[u8]) -> Result<()> {
+    link();
+    let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let (src, dst) = (
+        dir.path().join("input.deathtensors"),
+        dir.path().join("output.deathtensors"),
+    );
+    std::fs::write(&src, data).map_err(|e| Error::io(&src, e))?;
+    let before = DtReader::open(&src);
+    if let Ok(old) = &before {
+        let declared = old.tensors().iter().fold(0u64, |n, t| n.saturating_add(t.nbytes));
+        if declared > DECODE_BUDGET {
+            return Ok(());
+        }
+    }
+    let codec = match before.as_ref().ok().and_then(|r| r.codec()).map(|c| c.id()) {
+        None => Some("zstd"),
+        Some("zstd") => Some("lz4"),
+        Some(_) => None,
+    };
+    let checksum = match before.as_ref().ok().and_then(|r| r.checksum()).map(|c| c.id()) {
+        None => Some("sha256"),
+        Some("sha256") => Some("blake3"),
+        Some(_) => None,
+    };
+    let options = RepackOptions {
+        codec: Some(codec.map(str::to_owned)),
+        checksum: Some(checksum.map(str::to_owned)),
+        durable: false,
+        ..RepackOptions::default()
+    };
+    let result = repack_file(&src, &dst, &options);
+    let old = match (before, result) {
+        (Err(refused), Err(_)) | (Ok(_), Err(refused)) => {
+            assert_unchanged(&src, data);
+            assert!(!dst.exists(), "a refused repack wrote its destination");
+            return Err(refused);
+        }
+        (Err(refused), Ok(())) => panic!("repack accepted a file the reader refuses ({refused})"),
+        (Ok(old), Ok(())) => old,
+    };
+    assert_unchanged(&src, data);
+    if old.checksum().is_some() {
+        old.verify()
+            .unwrap_or_else(|e| panic!("repack accepted a file that does not verify: {e}"));
+    }
+    let new = DtReader::open(&dst).unwrap_or_else(|e| panic!("the repacked file does not open: {e}"));
+    assert_eq!(new.codec().map(|c| c.id()), codec, "the codec asked");
+    assert_eq!(new.checksum().map(|c| c.id()), checksum, "the checksum asked");
+    if new.checksum().is_some() {
+        new.verify()
+            .unwrap_or_else(|e| panic!("the repacked file does not verify: {e}"));
+    }
+    assert_eq!(new.metadata(), old.metadata(), "global metadata");
+    let shape = |r: &DtReader| -> Vec<(String, Option<String>, Option<String>, String)> {
+        r.tensors()
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.alias_of.clone(),
+                    t.part_of.clone(),
+                    format!("{:?}", t.metadata),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        shape(&new),
+        shape(&old),
+        "tensors, aliases, parts and their metadata, in order"
+    );
+    for info in old.tensors() {
+        match old.read_tensor(&info.name) {
+            Ok(was) => {
+                let now = new.read_tensor(&info.name);
+                assert!(
+                    now.as_ref().is_ok_and(|now| now[..] == was[..]),
+                    "{info:?}: read differently after the repack"
+                );
+            }
+            Err(e) => panic!("{info:?}: repack accepted a tensor that does not read ({e})"),
+        }
+    }
+    Ok(())
+}
+
 fn assert_unchanged(path: &Path, data: &[u8]) {
     let now = std::fs::read(path).unwrap_or_else(|e| panic!("the refused file is gone: {e}"));
-    assert!(now == data, "a refused append changed the file");
+    assert!(now == data, "a refused append or a repack changed the source");
 }
 
 fn read_tensor_every_way(reader: &DtReader, info: &TensorInfo, data: &[u8]) -> Result<()> {

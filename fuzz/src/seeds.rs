@@ -29,13 +29,14 @@ use serde_json::{json, Map, Value};
 use crate::harness::chunk_input;
 
 /// The fuzz targets, in the order `fuzz/run.sh` runs them.
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "header",
     "open_read",
     "chunks",
     "safetensors_import",
     "append",
     "sharded_index",
+    "repack",
 ];
 
 /// Most chunks of one file that become `chunks` seeds.
@@ -56,9 +57,11 @@ pub fn write_seeds(dir: &Path) -> Result<Vec<(&'static str, PathBuf)>> {
     let files = write_deathtensors_seeds(&dir.join("open_read"))?;
     for file in &files {
         seeds.push(("open_read", file.clone()));
-        let copy = dir.join("append").join(file.file_name().unwrap_or_default());
-        std::fs::copy(file, &copy).map_err(|e| Error::io(&copy, e))?;
-        seeds.push(("append", copy));
+        for target in ["append", "repack"] {
+            let copy = dir.join(target).join(file.file_name().unwrap_or_default());
+            std::fs::copy(file, &copy).map_err(|e| Error::io(&copy, e))?;
+            seeds.push((target, copy));
+        }
         let stem = stem(file);
         let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
         let text = header_text(&bytes);

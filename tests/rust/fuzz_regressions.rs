@@ -32,6 +32,7 @@ fn target(name: &str) -> Target {
         "safetensors_import" => harness::safetensors_import,
         "append" => harness::append,
         "sharded_index" => harness::sharded_index,
+        "repack" => harness::repack,
         other => panic!("no fuzz target {other:?}"),
     }
 }
