@@ -33,6 +33,7 @@ pub mod error;
 pub mod format;
 mod jsonfile;
 pub mod manifest;
+pub mod parallel;
 pub mod reader;
 pub mod registry;
 pub mod select;

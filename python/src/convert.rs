@@ -14,6 +14,8 @@ use deathtensors::writer::{ByteSource, WriteOptions};
 use deathtensors::{Error, Result};
 use pyo3::prelude::*;
 
+use crate::OffGil;
+
 use crate::{fetch_exact, to_py};
 
 /// The registered converter `converter` and the options of an import.
@@ -50,7 +52,7 @@ fn import_foreign(
     checksum: Option<String>,
 ) -> PyResult<()> {
     let (converter, options) = import_setup(py, converter, codec, level, checksum)?;
-    py.detach(|| registry::import_foreign(converter, &src, &dst, &options))
+    py.off_gil(|| registry::import_foreign(converter, &src, &dst, &options))
         .map_err(|e| to_py(py, e))
 }
 
@@ -102,7 +104,7 @@ fn import_remote(
         fetch,
         raised: Mutex::new(None),
     };
-    let result = py.detach(|| converter.import_from(&source, file_len, label, &dst, &options));
+    let result = py.off_gil(|| converter.import_from(&source, file_len, label, &dst, &options));
     if let Some(e) = source.raised.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
@@ -116,7 +118,7 @@ fn export_foreign(py: Python<'_>, converter: &str, src: PathBuf, dst: PathBuf) -
     let converter = registry::converters()
         .and_then(|r| r.get(converter))
         .map_err(|e| to_py(py, e))?;
-    py.detach(|| registry::export_foreign(converter, &src, &dst))
+    py.off_gil(|| registry::export_foreign(converter, &src, &dst))
         .map_err(|e| to_py(py, e))
 }
 

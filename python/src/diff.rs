@@ -7,6 +7,8 @@ use deathtensors::sharded::Source;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
+use crate::OffGil;
+
 use crate::to_py;
 
 /// Compare two files or sharded checkpoints (GIL released). Returns the report as JSON text plus
@@ -31,7 +33,7 @@ fn diff_files(
         options.window_bytes = w;
     }
     let report = py
-        .detach(|| {
+        .off_gil(|| {
             let (a, b) = (Source::open(&path_a)?, Source::open(&path_b)?);
             diff_sides(&DiffSide::source(&a), &DiffSide::source(&b), &options, &|_| {})
         })

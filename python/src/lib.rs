@@ -31,6 +31,21 @@ mod diff;
 mod manifest;
 mod sharded;
 
+/// Running library work without the GIL.
+pub(crate) trait OffGil {
+    /// Run `f` with the GIL released, on deathtensors' thread pool of this
+    /// process ([`deathtensors::parallel`]): a child forked after the
+    /// parent's parallel work (a `multiprocessing` or `DataLoader` worker)
+    /// gets its own pool instead of waiting forever on the parent's.
+    fn off_gil<T: Send>(self, f: impl FnOnce() -> T + Send) -> T;
+}
+
+impl OffGil for Python<'_> {
+    fn off_gil<T: Send>(self, f: impl FnOnce() -> T + Send) -> T {
+        self.detach(|| deathtensors::parallel::install(f))
+    }
+}
+
 /// Map a framework error to the matching `deathtensors.errors` class.
 pub(crate) fn to_py(py: Python<'_>, err: Error) -> PyErr {
     if let Error::Io { path, source } = &err {
@@ -391,7 +406,7 @@ fn save(
         Some("none") => FilterChoice::Off,
         Some(id) => FilterChoice::Id(id.to_owned()),
     };
-    let result = py.detach(|| write_entries(&path, &entries, &global, &options));
+    let result = py.off_gil(|| write_entries(&path, &entries, &global, &options));
     drop(entries);
     drop(sources);
     result.map_err(|e| to_py(py, e))
@@ -411,7 +426,7 @@ fn append(
     let (specs, sources) = parse_entries(py, entries)?;
     let extra = parse_map(py, extra_global_metadata, "extra_global_metadata")?;
     let entries = to_entries(specs, &sources);
-    let result = py.detach(|| append_file(&path, &entries, &extra, overwrite));
+    let result = py.off_gil(|| append_file(&path, &entries, &extra, overwrite));
     drop(entries);
     drop(sources);
     result.map_err(|e| to_py(py, e))
@@ -440,7 +455,7 @@ fn repack(
         checksum: set_checksum.then_some(checksum),
         durable,
     };
-    py.detach(|| repack_file(&src, &dst, &options))
+    py.off_gil(|| repack_file(&src, &dst, &options))
         .map_err(|e| to_py(py, e))
 }
 
@@ -473,7 +488,7 @@ impl Reader {
             options.max_header_len = m;
         }
         let reader = py
-            .detach(|| DtReader::open_with(&path, &options))
+            .off_gil(|| DtReader::open_with(&path, &options))
             .map_err(|e| to_py(py, e))?;
         Ok(Reader {
             layout: reader.shared_layout(),
@@ -512,7 +527,7 @@ impl Reader {
     /// Decode one tensor into a new Rust-owned buffer (GIL released).
     fn read(&self, py: Python<'_>, name: &str) -> PyResult<Buffer> {
         let r = self.get()?;
-        let data = py.detach(|| r.read_tensor(name)).map_err(|e| to_py(py, e))?;
+        let data = py.off_gil(|| r.read_tensor(name)).map_err(|e| to_py(py, e))?;
         Ok(Buffer { data })
     }
 
@@ -520,7 +535,7 @@ impl Reader {
     fn read_many(&self, py: Python<'_>, names: Vec<String>) -> PyResult<Vec<Buffer>> {
         let r = self.get()?;
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let bufs = py.detach(|| r.read_tensors(&refs)).map_err(|e| to_py(py, e))?;
+        let bufs = py.off_gil(|| r.read_tensors(&refs)).map_err(|e| to_py(py, e))?;
         Ok(bufs.into_iter().map(|data| Buffer { data }).collect())
     }
 
@@ -529,7 +544,7 @@ impl Reader {
     fn read_range(&self, py: Python<'_>, name: &str, start: u64, length: u64) -> PyResult<Buffer> {
         let r = self.get()?;
         let data = py
-            .detach(|| {
+            .off_gil(|| {
                 let info = r.tensor(name)?;
                 let mut buf = UninitBuf::new(length)?;
                 r.read_range_uninit(info, start, buf.as_uninit_mut())?;
@@ -550,7 +565,7 @@ impl Reader {
             .map(|(start, step, count)| DimSelection { start, step, count })
             .collect();
         let data = py
-            .detach(|| r.read_selection(r.tensor(name)?, &selection))
+            .off_gil(|| r.read_selection(r.tensor(name)?, &selection))
             .map_err(|e| to_py(py, e))?;
         Ok(Buffer { data })
     }
@@ -558,7 +573,7 @@ impl Reader {
     /// Zero-copy view of an uncompressed tensor in a private map of the file.
     fn map(&self, py: Python<'_>, name: &str) -> PyResult<MappedBuffer> {
         let r = self.get()?;
-        let (map, offset, len) = py.detach(|| r.tensor_mapping(name)).map_err(|e| to_py(py, e))?;
+        let (map, offset, len) = py.off_gil(|| r.tensor_mapping(name)).map_err(|e| to_py(py, e))?;
         Ok(MappedBuffer { map, offset, len })
     }
 
@@ -566,7 +581,7 @@ impl Reader {
     fn stats(&self, py: Python<'_>, name: &str) -> PyResult<String> {
         let r = self.get()?;
         let s = py
-            .detach(|| deathtensors::stats::tensor_stats(&r, name))
+            .off_gil(|| deathtensors::stats::tensor_stats(&r, name))
             .map_err(|e| to_py(py, e))?;
         serde_json::to_string(&s).map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
@@ -575,7 +590,7 @@ impl Reader {
     fn all_stats(&self, py: Python<'_>) -> PyResult<String> {
         let r = self.get()?;
         let s = py
-            .detach(|| deathtensors::stats::all_stats(&r))
+            .off_gil(|| deathtensors::stats::all_stats(&r))
             .map_err(|e| to_py(py, e))?;
         serde_json::to_string(&s).map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
@@ -619,7 +634,7 @@ impl Reader {
             unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyBytes_FromStringAndSize(std::ptr::null(), ssize))? };
         // SAFETY: the object is a bytes object; its buffer has `len` bytes.
         let data = unsafe { ffi::PyBytes_AsString(object.as_ptr()) } as usize;
-        py.detach(|| {
+        py.off_gil(|| {
             let ptr = data as *mut u8;
             // SAFETY: the object is new and only this call refers to it until it
             // returns, so no Python code reads or writes the buffer meanwhile;
@@ -636,7 +651,7 @@ impl Reader {
     /// Check the footer; raises ChecksumError / NoChecksumError.
     fn verify(&self, py: Python<'_>) -> PyResult<()> {
         let r = self.get()?;
-        py.detach(|| r.verify()).map_err(|e| to_py(py, e))
+        py.off_gil(|| r.verify()).map_err(|e| to_py(py, e))
     }
 
     /// Hex digest stored in the footer, or None.
@@ -893,7 +908,7 @@ fn read_remote_tensor(
         }
     }
     let data = py
-        .detach(|| deathtensors::reader::decode_stored_buf(&layout, &info, stored))
+        .off_gil(|| deathtensors::reader::decode_stored_buf(&layout, &info, stored))
         .map_err(|e| to_py(py, e))?;
     Ok(Buffer { data })
 }
@@ -905,7 +920,7 @@ fn read_remote_tensor(
 /// (GIL held).
 #[pyfunction]
 fn cli_main(py: Python<'_>, argv: Vec<std::ffi::OsString>) -> i32 {
-    py.detach(|| {
+    py.off_gil(|| {
         deathtensors_cli::run_with_python(argv, |request| {
             Python::attach(|py| {
                 let run = || -> PyResult<i32> {

@@ -12,13 +12,15 @@ use std::path::PathBuf;
 use deathtensors::manifest;
 use pyo3::prelude::*;
 
+use crate::OffGil;
+
 use crate::to_py;
 
 /// The manifest of the file at `path`, as JSON text (header and footer only; GIL released).
 #[pyfunction]
 fn manifest_json(py: Python<'_>, path: PathBuf) -> PyResult<String> {
     let value = py
-        .detach(|| manifest::open_described(&path).and_then(|r| manifest::manifest(&r)))
+        .off_gil(|| manifest::open_described(&path).and_then(|r| manifest::manifest(&r)))
         .map_err(|e| to_py(py, e))?;
     Ok(value.to_string())
 }
@@ -29,7 +31,7 @@ fn manifest_json(py: Python<'_>, path: PathBuf) -> PyResult<String> {
 #[pyo3(signature = (dt_path, manifest_path=None))]
 fn write_manifest(py: Python<'_>, dt_path: PathBuf, manifest_path: Option<PathBuf>) -> PyResult<OsString> {
     let written = py
-        .detach(|| {
+        .off_gil(|| {
             manifest::open_described(&dt_path).and_then(|r| manifest::write_manifest(&r, manifest_path.as_deref()))
         })
         .map_err(|e| to_py(py, e))?;
@@ -39,7 +41,9 @@ fn write_manifest(py: Python<'_>, dt_path: PathBuf, manifest_path: Option<PathBu
 /// Read and check a manifest; returns its JSON text.
 #[pyfunction]
 fn read_manifest(py: Python<'_>, manifest_path: PathBuf) -> PyResult<String> {
-    let value = py.detach(|| manifest::read(&manifest_path)).map_err(|e| to_py(py, e))?;
+    let value = py
+        .off_gil(|| manifest::read(&manifest_path))
+        .map_err(|e| to_py(py, e))?;
     Ok(value.to_string())
 }
 

@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use deathtensors::sharded::{self, ShardedIndex};
 use pyo3::prelude::*;
 
+use crate::OffGil;
+
 use crate::to_py;
 
 /// Read and check the index at `path` (at most `max_bytes`); returns it as
@@ -22,7 +24,7 @@ use crate::to_py;
 #[pyo3(signature = (path, max_bytes, deathtensors=true))]
 fn read_sharded_index(py: Python<'_>, path: PathBuf, max_bytes: u64, deathtensors: bool) -> PyResult<String> {
     let index = py
-        .detach(|| {
+        .off_gil(|| {
             if deathtensors {
                 ShardedIndex::read_deathtensors(&path, max_bytes)
             } else {

@@ -269,3 +269,52 @@ def test_concurrent_appends_keep_every_tensor(tmp_path, compress):
         assert sorted(f.keys()) == sorted(["base", *names, "p0", "p1", "p2", "p3"])
         for n in names:
             assert f.get_tensor(n).tolist() == [float(n[1:])] * 64
+
+
+def _forked_child_work(folder: str, conn: Any) -> None:
+    """In a forked child: read, write (zstd + BLAKE3: parallel encoding and
+    hashing), append and repack; send back what went wrong, or None.
+    Torch's own thread pool does not survive a fork either: a child runs
+    torch on one thread, as DataLoader workers do."""
+    try:
+        torch.set_num_threads(1)
+        src = f"{folder}/big.deathtensors"
+        with dt.open(src) as f:
+            t = f.get_tensor("w")
+        assert torch.equal(t, torch.arange(2_000_000, dtype=torch.float32))
+        out = f"{folder}/child.deathtensors"
+        dt.save(out, {"w": t}, compress=True, checksum="blake3")
+        dt.append(out, {"b": torch.ones(600_000)})
+        dt.repack(out, compress="lz4")
+        with dt.open(out, verify=True) as f:
+            assert torch.equal(f.get_tensor("w"), t)
+        conn.send(None)
+    except BaseException as e:  # pragma: no cover - reported to the parent
+        conn.send(repr(e))
+
+
+def test_a_forked_child_reads_and_writes_after_the_parent_did(tmp_path):
+    """Regression: after the parent's parallel work (rayon's global pool
+    started), a child forked from it (multiprocessing's and DataLoader's
+    default on Linux) waited forever on its first parallel read or write:
+    it inherits the pool but none of its threads."""
+    import multiprocessing
+
+    src = tmp_path / "big.deathtensors"
+    w = torch.arange(2_000_000, dtype=torch.float32)
+    dt.save(src, {"w": w}, compress=True, checksum="blake3")  # parallel in this process
+    with dt.open(src, verify=True) as f:
+        assert torch.equal(f.get_tensor("w"), w)
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe()
+    child = ctx.Process(target=_forked_child_work, args=(str(tmp_path), child_end))
+    child.start()
+    try:
+        assert parent_end.poll(60), "the forked child hangs"
+        assert parent_end.recv() is None
+    finally:
+        child.join(10)
+        if child.is_alive():  # pragma: no cover - the hang this test catches
+            child.kill()
+            child.join()
+    assert child.exitcode == 0

@@ -22,7 +22,9 @@ struct Hasher(blake3::Hasher);
 impl StreamingHash for Hasher {
     fn update(&mut self, data: &[u8]) {
         if data.len() >= PARALLEL_UPDATE {
-            self.0.update_rayon(data);
+            // On this process's pool: rayon's global one hangs in a forked child.
+            let hasher = &mut self.0;
+            deathtensors::parallel::install(|| hasher.update_rayon(data));
         } else {
             self.0.update(data);
         }
