@@ -221,6 +221,49 @@ def test_an_in_place_repack_of_hand_named_shards_leaves_no_old_shard(tmp_path):
             assert f.codec() == "lz4"
 
 
+def test_a_repack_elsewhere_never_writes_over_the_source_checkpoint(tmp_path):
+    """Regression: a repack to another base whose shard names were the
+    source's wrote over the source's shard (with other tensors) and said
+    nothing."""
+    x, y = torch.arange(4.0), torch.arange(6.0)
+    dt.save(tmp_path / "model-00002-of-00002.deathtensors", {"x": x})
+    dt.save(tmp_path / "zz.deathtensors", {"y": y})
+    index = tmp_path / "foo.deathtensors.index.json"
+    weight_map = {"x": "model-00002-of-00002.deathtensors", "y": "zz.deathtensors"}
+    index.write_text(json.dumps({"metadata": {"format": "deathtensors"}, "weight_map": weight_map}))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(dt.InvalidArgumentError, match="the repack would write .*model-00002-of-00002.* over its own"):
+        dt.repack(index, tmp_path / "model", compress=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with dt.open_sharded(index) as sr:
+        assert torch.equal(sr.get_tensor("x"), x) and torch.equal(sr.get_tensor("y"), y)
+
+
+def test_argument_errors_on_a_checkpoint_do_not_blame_a_shard(tmp_path):
+    base, _, shards = _sharded(tmp_path)
+    for kwargs, error in [
+        ({"compress": "bogus"}, dt.PluginError),
+        ({"checksum": "md5"}, dt.PluginError),
+        ({"compress": True, "compress_level": 99}, dt.InvalidArgumentError),
+        ({"compress_level": 3}, dt.InvalidArgumentError),  # an uncompressed checkpoint
+    ]:
+        with pytest.raises(error) as raised:
+            dt.repack(base, **kwargs)
+        assert "shard" not in str(raised.value), (kwargs, raised.value)
+    assert all(os.path.exists(s) for s in shards)
+
+
+def test_a_folder_is_no_base_path(tmp_path):
+    base, tensors, _ = _sharded(tmp_path)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(dt.InvalidArgumentError, match="names a folder.*inside the folder"):
+        dt.repack(base, tmp_path / "out")
+    with pytest.raises(dt.InvalidArgumentError, match="names a folder"):
+        dt.save_sharded(tmp_path / "out", tensors)
+    assert os.listdir(tmp_path / "out") == []
+    assert not (tmp_path / "out.deathtensors.index.json").exists()
+
+
 def test_a_sharded_repack_with_a_damaged_shard_changes_nothing(tmp_path):
     base, _, shards = _sharded(tmp_path)
     pristine = open(shards[1], "rb").read()

@@ -40,7 +40,7 @@ from ._sharded import (
     _shard_name,
     _split_stem,
 )
-from .errors import DeathtensorsError, FormatError, InvalidArgumentError
+from .errors import DeathtensorsError, FormatError, InvalidArgumentError, PluginError
 
 __all__ = ["from_safetensors", "to_safetensors", "repack", "SAFETENSORS_INDEX_SUFFIX"]
 
@@ -132,7 +132,7 @@ def _outputs(
     return stem, folder, base, by_shard, names
 
 
-def _refuse_overwriting_inputs(inputs: List[str], outputs: List[str]) -> None:
+def _refuse_overwriting_inputs(inputs: List[str], outputs: List[str], what: str = "the conversion") -> None:
     """Refuse a sharded conversion that would write one of its outputs over one
     of its inputs (the index or a shard, symbolic links followed), before
     anything is written: the input would be lost halfway through."""
@@ -140,9 +140,7 @@ def _refuse_overwriting_inputs(inputs: List[str], outputs: List[str]) -> None:
     for out in outputs:
         hit = real.get(os.path.realpath(out))
         if hit is not None:
-            raise InvalidArgumentError(
-                f"the conversion would write {out!r} over its own input {hit!r}; give another dst"
-            )
+            raise InvalidArgumentError(f"{what} would write {out!r} over its own input {hit!r}; give another dst")
 
 
 def _check_shard_keys(keys: List[str], expected: List[str], shard: str, where: str) -> None:
@@ -499,6 +497,8 @@ def _repack_sharded(index_path: str, dst: Optional[PathLike], write: Callable[[s
             write(shard_path, out)
             with pkg.DtFile._at(out) as f:
                 _check_shard_keys(f.keys(), by_shard[shard], shard, where)
+        except (PluginError, InvalidArgumentError):
+            raise  # the arguments' fault (an unknown codec, a level it refuses), not the shard's
         except DeathtensorsError as e:
             if str(e).startswith("shard "):
                 raise
@@ -509,9 +509,13 @@ def _repack_sharded(index_path: str, dst: Optional[PathLike], write: Callable[[s
         return {"metadata": doc["metadata"], "weight_map": {t: renamed[names[s]] for t, s in weight_map.items()}}
 
     inputs = [index_path, *(os.path.join(folder, s) for s in shards)]
-    written = _commit_checkpoint(out_folder, base, order, write_shard, index_doc, inputs=inputs)
     new_index = stem + INDEX_SUFFIX
-    if os.path.realpath(new_index) == os.path.realpath(index_path):
+    in_place = os.path.realpath(new_index) == os.path.realpath(index_path)
+    if not in_place:
+        outputs = [new_index, *(os.path.join(out_folder, n) for n in order)]
+        _refuse_overwriting_inputs(inputs, outputs, "the repack")
+    written = _commit_checkpoint(out_folder, base, order, write_shard, index_doc, inputs=inputs)
+    if in_place:
         # In place: old shards under other names than the new ones (named by
         # hand, or for another base) are no longer named by the index, which
         # the repack replaced. Only files in the checkpoint's folder go.

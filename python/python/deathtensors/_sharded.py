@@ -502,7 +502,14 @@ def _refuse_a_file_at(full: str, given: Any) -> None:
     """Refuse to save a checkpoint at a base path that is a single tensor
     file: wherever that path is read (the CLI, :func:`deathtensors.diff`,
     :meth:`Schema.validate`), the file would be taken for it and hide the
-    checkpoint. Nothing is removed: the user says what goes."""
+    checkpoint. A folder there is refused too: the command line takes the
+    path for the folder, and a checkpoint is not written into it. Nothing is
+    removed: the user says what goes."""
+    if os.path.isdir(full):
+        raise InvalidArgumentError(
+            f"{os.fspath(given)!r} names a folder: a checkpoint's base path names its files, which go beside it; "
+            f"give a base path inside the folder, e.g. {os.path.join(os.fspath(given), 'model')!r}"
+        )
     if os.path.isfile(full):
         try:
             with open(full, "rb") as fh:
