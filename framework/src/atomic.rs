@@ -218,8 +218,9 @@ pub fn remove_stale_temp_files(dir: &Path) {
 /// another updater finished, so the waiters as a whole make progress. A
 /// signal during the wait resumes it.
 ///
-/// Only updaters that lock are serialized: a plain save replaces the file
-/// without waiting, as it always did.
+/// A save waits for them before it replaces the file
+/// ([`wait_for_updates`]), so that an update that started from the old
+/// contents cannot undo it.
 ///
 /// `None` when `path` is not a regular file (opened without blocking, so a
 /// FIFO cannot hang the call): there is nothing to lock, and reading it
@@ -253,6 +254,16 @@ pub fn lock_for_update(path: &Path) -> Result<Option<File>> {
             return Ok(Some(file));
         }
     }
+}
+
+/// Wait for the read-modify-writes of the file at `path` in progress (an
+/// append, a repack: [`lock_for_update`]) and hold their lock while the
+/// caller replaces the file. A save commits after them, not under them, so
+/// that they cannot replace the saved file with one made from the old
+/// contents. `None` when there is no file there to wait for (or none that
+/// opens: nothing can update it either).
+pub fn wait_for_updates(path: &Path) -> Option<File> {
+    lock_for_update(path).ok().flatten()
 }
 
 /// Take an exclusive `flock` without waiting; whether it was taken.

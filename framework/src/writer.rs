@@ -253,17 +253,22 @@ pub fn write_entries(
     global_metadata: &Map<String, Value>,
     options: &WriteOptions,
 ) -> Result<()> {
-    write_entries_gated(path, entries, global_metadata, options, &mut || Ok(()))
+    let path = path.as_ref();
+    // An append or repack of the file in progress finishes first: committed
+    // under it, the save would be undone by its result.
+    let mut wait = || Ok(crate::atomic::wait_for_updates(path));
+    write_entries_gated(path, entries, global_metadata, options, &mut wait)
 }
 
 /// [`write_entries`], calling `gate` once the new file is complete and
-/// before it replaces `path`: an error from `gate` discards the new file.
+/// before it replaces `path`: an error from `gate` discards the new file,
+/// and what it returns (a lock) is held until the new file is in place.
 fn write_entries_gated(
     path: impl AsRef<Path>,
     entries: &[Entry<'_>],
     global_metadata: &Map<String, Value>,
     options: &WriteOptions,
-    gate: &mut dyn FnMut() -> Result<()>,
+    gate: &mut dyn FnMut() -> Result<Option<File>>,
 ) -> Result<()> {
     let plan = Plan::new(entries, options)?;
     check_metadata_nesting(
@@ -299,7 +304,7 @@ fn write_entries_gated(
     if let Some(digest) = digest {
         file.write_all(&digest).map_err(io)?;
     }
-    gate()?;
+    let _turn = gate()?;
     out.commit(options.durable)
 }
 
@@ -319,7 +324,8 @@ fn write_verifying_source(
     src: &Path,
 ) -> Result<()> {
     if source.checksum().is_none() {
-        return write_entries(path, entries, global_metadata, options);
+        // The caller holds the update lock of `src` already: no waiting.
+        return write_entries_gated(path, entries, global_metadata, options, &mut || Ok(None));
     }
     std::thread::scope(|scope| {
         let mut check = Some(scope.spawn(|| source.verify().map_err(|e| e.in_file(src))));
@@ -328,7 +334,8 @@ fn write_verifying_source(
                 handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
         };
-        let written = write_entries_gated(path, entries, global_metadata, options, &mut join);
+        // The caller holds the update lock of `src` already.
+        let written = write_entries_gated(path, entries, global_metadata, options, &mut || join().map(|()| None));
         join().and(written)
     })
 }

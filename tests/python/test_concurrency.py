@@ -271,6 +271,34 @@ def test_concurrent_appends_keep_every_tensor(tmp_path, compress):
             assert f.get_tensor(n).tolist() == [float(n[1:])] * 64
 
 
+def test_a_save_during_an_in_place_repack_is_not_undone(tmp_path):
+    """Regression: a save that finished while an in-place repack of the same
+    file ran was undone when the repack, made from the old contents,
+    committed after it. The save now waits for the repack's lock."""
+    import fcntl
+
+    path = tmp_path / "m.deathtensors"
+    dt.save(path, {"old": torch.randn(4_000_000)})
+    child = "import sys, deathtensors as dt\ndt.repack(sys.argv[1], compress=True, compress_level=19)\n"
+    proc = subprocess.Popen([sys.executable, "-c", child, str(path)])
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until the repack holds the file's update lock
+            with open(path, "rb") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, "the repack never took the lock"
+            time.sleep(0.005)
+        dt.save(path, {"new": torch.ones(3)})  # waits for the repack to commit
+    finally:
+        assert proc.wait(timeout=120) == 0
+    with dt.open(path) as f:
+        assert f.keys() == ["new"]
+        assert f.codec() is None
+
+
 def _forked_child_work(folder: str, conn: Any) -> None:
     """In a forked child: read, write (zstd + BLAKE3: parallel encoding and
     hashing), append and repack; send back what went wrong, or None.

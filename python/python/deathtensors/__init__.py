@@ -308,6 +308,11 @@ def save(
             rename is still atomic for other processes, but after a power
             loss the target may hold the old file or an incomplete new one.
 
+    A save over a file that an append or repack is rewriting waits for it
+    to finish before it replaces the file (the new file is written
+    meanwhile), so that the rewrite, made from the old contents, does not
+    undo the save.
+
     The tensors' memory is written to the file directly, with the GIL
     released, not copied first: another thread must not free or resize
     their storage (``untyped_storage().resize_(0)``, as FSDP does with
@@ -400,7 +405,8 @@ def append(
     ``extra_global_metadata`` is merged over the file's global metadata.
     Appends to one file from several threads or processes take turns (an
     exclusive lock on the file), so each adds its tensors to what the others
-    wrote and none is lost.
+    wrote and none is lost; a :func:`save` over the file waits for the
+    append in progress, so that the append does not undo it.
 
     Raises:
         InvalidArgumentError: a name already in the file (unless
