@@ -264,6 +264,31 @@ def test_a_folder_is_no_base_path(tmp_path):
     assert not (tmp_path / "out.deathtensors.index.json").exists()
 
 
+def test_a_checkpoint_saved_again_during_its_repack_is_not_mixed(tmp_path, monkeypatch):
+    """Regression: a save of the checkpoint while an in-place repack read it
+    left a mix (shards read before the save from the old version, after it
+    from the new) and the repack, committing last, undid the save."""
+    base, tensors, _ = _sharded(tmp_path)
+    newer = {name: t + 100 for name, t in tensors.items()}
+    real = dt._core.repack
+    calls = []
+
+    def repack_one_shard(*args):
+        calls.append(args[0])
+        if len(calls) == 2:  # between two shards, another process saves the checkpoint
+            dt.save_sharded(base, newer, max_shard_bytes=40_000, checksum=True)
+        return real(*args)
+
+    monkeypatch.setattr(dt._core, "repack", repack_one_shard)
+    with pytest.raises(dt.FormatError, match="saved again while it was repacked; nothing was written"):
+        dt.repack(base, compress=True)
+    monkeypatch.undo()
+    with dt.open_sharded(base, verify=True) as sr:
+        assert all(torch.equal(sr.get_tensor(n), t) for n, t in newer.items())
+        files = [*sr.shards(), "big.deathtensors.index.json"]
+    assert sorted(os.listdir(base.parent)) == sorted(files)  # no pending shard left
+
+
 def test_a_sharded_repack_with_a_damaged_shard_changes_nothing(tmp_path):
     base, _, shards = _sharded(tmp_path)
     pristine = open(shards[1], "rb").read()

@@ -132,6 +132,16 @@ def _outputs(
     return stem, folder, base, by_shard, names
 
 
+def _version(path: str) -> Optional[tuple]:
+    """What changes when the file at ``path`` is replaced or rewritten (its
+    inode, size and times), or ``None`` when it is gone."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _refuse_overwriting_inputs(inputs: List[str], outputs: List[str], what: str = "the conversion") -> None:
     """Refuse a sharded conversion that would write one of its outputs over one
     of its inputs (the index or a shard, symbolic links followed), before
@@ -480,6 +490,9 @@ def _repack_sharded(index_path: str, dst: Optional[PathLike], write: Callable[[s
     as :func:`deathtensors.save_sharded` writes (in place too: the old shards
     are replaced only once every new one is written)."""
     pkg = _pkg()
+    # Taken before the index is read: a save of the checkpoint that commits
+    # while the repack reads it changes the index first, then its shards.
+    version = _version(index_path)
     doc = _read_index(index_path, deathtensors=True)
     weight_map: Dict[str, str] = doc["weight_map"]
     folder = os.path.dirname(index_path) or "."
@@ -487,6 +500,13 @@ def _repack_sharded(index_path: str, dst: Optional[PathLike], write: Callable[[s
     shards = list(names)
     order = [names[s] for s in shards]
     where = f"sharded index {index_path!r}"
+
+    def unchanged() -> None:
+        if _version(index_path) != version:
+            raise FormatError(
+                f"the checkpoint {index_path!r} was saved again while it was repacked; nothing was written "
+                "(repack it again to repack the new version)"
+            )
 
     def write_shard(i: int, out: str) -> None:
         shard = shards[i]
@@ -514,7 +534,7 @@ def _repack_sharded(index_path: str, dst: Optional[PathLike], write: Callable[[s
     if not in_place:
         outputs = [new_index, *(os.path.join(out_folder, n) for n in order)]
         _refuse_overwriting_inputs(inputs, outputs, "the repack")
-    written = _commit_checkpoint(out_folder, base, order, write_shard, index_doc, inputs=inputs)
+    written = _commit_checkpoint(out_folder, base, order, write_shard, index_doc, inputs=inputs, unchanged=unchanged)
     if in_place:
         # In place: old shards under other names than the new ones (named by
         # hand, or for another base) are no longer named by the index, which

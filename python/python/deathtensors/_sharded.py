@@ -434,8 +434,13 @@ def _commit_checkpoint(
     suffix: str = SHARD_SUFFIX,
     index_suffix: str = INDEX_SUFFIX,
     inputs: Iterable[str] = (),
+    unchanged: Optional[Callable[[], None]] = None,
 ) -> List[str]:
     """Write a sharded checkpoint crash-safely; return the shard paths.
+
+    ``unchanged()``, when given, is called once the new shards are written,
+    under the folder's lock, just before the index is: it raises when what
+    the new checkpoint was made from has changed, and nothing is committed.
 
     ``inputs`` are the files a conversion reads: the cleanup at the end never
     removes them, even when they are named like shards of this checkpoint.
@@ -472,6 +477,8 @@ def _commit_checkpoint(
             # counts each removed the other's shards, after which the index
             # named files that were gone.
             folder_lock = _lock_folder(folder)
+            if unchanged is not None:
+                unchanged()
             _write_json_atomically(index_path, index_doc(pending))
         except BaseException:
             for p in written:
