@@ -487,7 +487,7 @@ impl Default for RepackOptions {
 pub fn repack_file(src: impl AsRef<Path>, dst: impl AsRef<Path>, options: &RepackOptions) -> Result<()> {
     let (src, dst) = (src.as_ref(), dst.as_ref());
     let _updating = crate::atomic::lock_for_update(src)?;
-    let source = DtReader::open(src)?;
+    let source = DtReader::open(src).map_err(|e| foreign_source(e, src))?;
     let stored_codec = source.codec().map(|c| c.id().to_owned());
     let codec = options.codec.clone().unwrap_or_else(|| stored_codec.clone());
     if codec.is_none() && options.level.is_some() {
@@ -532,6 +532,31 @@ pub fn repack_file(src: impl AsRef<Path>, dst: impl AsRef<Path>, options: &Repac
         })
         .collect();
     write_verifying_source(dst, &entries, source.metadata(), &write, &source, src)
+}
+
+/// `e`, or for a source that is not a deathtensors file but is named like
+/// one a converter reads (`.safetensors`), an [`Error::InvalidArgument`]
+/// saying that it is imported, not repacked.
+fn foreign_source(e: Error, src: &Path) -> Error {
+    if !matches!(e.root(), Error::BadMagic { .. }) {
+        return e;
+    }
+    let extension = src.extension().and_then(|x| x.to_str()).unwrap_or_default();
+    let converter = crate::registry::converters().ok().and_then(|r| {
+        r.entries()
+            .map(|(c, _)| c)
+            .find(|c| c.extensions().iter().any(|x| x.eq_ignore_ascii_case(extension)))
+    });
+    match converter {
+        Some(c) => Error::InvalidArgument(format!(
+            "{} is a {} file, not a deathtensors file: repack rewrites deathtensors files; import it with \
+             `deathtensors convert SRC DST` (from Python, the converter's import function, such as \
+             deathtensors.from_safetensors)",
+            src.display(),
+            c.id(),
+        )),
+        None => e,
+    }
 }
 
 /// Let every alias come after the tensor it names. An append keeps a replaced

@@ -248,3 +248,23 @@ fn bad_options_are_invalid_arguments() {
     let err = repack_file(dir.path().join("missing.deathtensors"), &dst, &RepackOptions::default()).unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err:?}");
 }
+
+#[test]
+fn a_foreign_file_is_pointed_to_convert() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model.safetensors");
+    let data = [0u8; 16];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &data).unwrap();
+    safetensors::serialize_to_file([("w", view)], None, &src).unwrap();
+    let dst = dir.path().join("out.deathtensors");
+    let err = repack_file(&src, &dst, &RepackOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    assert!(err.to_string().contains("is a safetensors file"), "{err}");
+    assert!(err.to_string().contains("deathtensors convert"), "{err}");
+    // Named otherwise, the same bytes are simply not a deathtensors file.
+    let other = dir.path().join("model.bin");
+    fs::copy(&src, &other).unwrap();
+    let err = repack_file(&other, &dst, &RepackOptions::default()).unwrap_err();
+    assert!(matches!(err.root(), Error::BadMagic { .. }), "{err:?}");
+    assert!(!dst.exists());
+}
