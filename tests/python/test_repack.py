@@ -289,6 +289,25 @@ def test_a_checkpoint_saved_again_during_its_repack_is_not_mixed(tmp_path, monke
     assert sorted(os.listdir(base.parent)) == sorted(files)  # no pending shard left
 
 
+def test_a_shard_gone_with_a_new_save_is_reported_as_the_save(tmp_path, monkeypatch):
+    """A save with another shard count removes the shards the repack was
+    about to read: that is the save, not a missing shard."""
+    base, tensors, shards = _sharded(tmp_path)
+    real = dt._core.repack
+    calls = []
+
+    def repack_one_shard(*args):
+        calls.append(args[0])
+        if len(calls) == 1:
+            dt.save_sharded(base, tensors)  # one shard now: the others go
+        return real(*args)
+
+    monkeypatch.setattr(dt._core, "repack", repack_one_shard)
+    with pytest.raises(dt.FormatError, match="saved again while it was repacked"):
+        dt.repack(base, compress=True)
+    assert len(calls) == 1
+
+
 def test_a_sharded_repack_with_a_damaged_shard_changes_nothing(tmp_path):
     base, _, shards = _sharded(tmp_path)
     pristine = open(shards[1], "rb").read()

@@ -511,15 +511,22 @@ def _repack_sharded(index_path: str, dst: Optional[PathLike], write: Callable[[s
     def write_shard(i: int, out: str) -> None:
         shard = shards[i]
         shard_path = os.path.join(folder, shard)
+        # A shard that is gone or not what the index says may be a save of
+        # the checkpoint since the index was read: ``unchanged`` says so first.
         if not os.path.exists(shard_path):
+            unchanged()
             raise FileNotFoundError(errno.ENOENT, f"shard {shard!r} named by {index_path!r} is missing", shard_path)
         try:
             write(shard_path, out)
             with pkg.DtFile._at(out) as f:
                 _check_shard_keys(f.keys(), by_shard[shard], shard, where)
+        except FileNotFoundError:
+            unchanged()
+            raise
         except (PluginError, InvalidArgumentError):
             raise  # the arguments' fault (an unknown codec, a level it refuses), not the shard's
         except DeathtensorsError as e:
+            unchanged()
             if str(e).startswith("shard "):
                 raise
             raise _shard_error(shard, e, shard_path) from e
