@@ -133,21 +133,13 @@ where
 /// What the standalone binary says of a `command` handed to the Python
 /// package: which command needs it, and how to run it there.
 fn needs_python(command: &str) -> String {
-    let (what, how) = match command {
-        c if c.starts_with("hub-") => (
-            "the Hub commands run",
-            "pip install deathtensors[huggingface], then `python -m deathtensors hub-...`".to_owned(),
-        ),
-        "repack" => (
-            "repacking a sharded checkpoint runs",
-            format!("`python -m deathtensors {command} ...`"),
-        ),
-        _ => (
-            "converting a sharded checkpoint runs",
-            "`python -m deathtensors convert ...`".to_owned(),
-        ),
-    };
-    format!("{what} through the Python package: {how}")
+    if command.starts_with("hub-") {
+        return "the Hub commands run through the Python package: pip install deathtensors[huggingface], then \
+                `python -m deathtensors hub-...`"
+            .into();
+    }
+    let doing = if command == "repack" { "repacking" } else { "converting" };
+    format!("{doing} a sharded checkpoint runs through the Python package: `python -m deathtensors {command} ...`")
 }
 
 /// [`run`], with `python` running the commands that need the Python package:

@@ -323,8 +323,8 @@ fn write_verifying_source(
     source: &DtReader,
     src: &Path,
 ) -> Result<()> {
+    // The caller holds the update lock of `src` already: the gates never wait.
     if source.checksum().is_none() {
-        // The caller holds the update lock of `src` already: no waiting.
         return write_entries_gated(path, entries, global_metadata, options, &mut || Ok(None));
     }
     std::thread::scope(|scope| {
@@ -334,7 +334,6 @@ fn write_verifying_source(
                 handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
         };
-        // The caller holds the update lock of `src` already.
         let written = write_entries_gated(path, entries, global_metadata, options, &mut || join().map(|()| None));
         join().and(written)
     })

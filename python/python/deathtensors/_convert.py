@@ -445,8 +445,8 @@ def repack(
             base path. Default: ``src`` itself, replaced atomically (a crash
             leaves the old file or the new one); a checkpoint's new shards
             get ``save_sharded``'s names, and old shards of other names in
-            its folder are removed once the new index is written. A repack waits for appends to
-            the file in progress, and they for it.
+            its folder are removed once the new index is written. A repack
+            waits for appends to the file in progress, and they for it.
         compress: ``None`` (keep), ``False`` (store raw), ``True`` (zstd) or a
             codec id (``"lz4"``).
         compress_level: The codec level. Default: the source's when its codec
