@@ -33,10 +33,11 @@ mod sharded;
 
 /// Running library work without the GIL.
 pub(crate) trait OffGil {
-    /// Run `f` with the GIL released, on deathtensors' thread pool of this
-    /// process ([`deathtensors::parallel`]): a child forked after the
-    /// parent's parallel work (a `multiprocessing` or `DataLoader` worker)
-    /// gets its own pool instead of waiting forever on the parent's.
+    /// Run `f` with the GIL released, through
+    /// [`deathtensors::parallel::install`]: in place, or in a child forked
+    /// after the parent's parallel work (a `multiprocessing` or `DataLoader`
+    /// worker) on a pool of its own instead of waiting forever on the
+    /// parent's.
     fn off_gil<T: Send>(self, f: impl FnOnce() -> T + Send) -> T;
 }
 
