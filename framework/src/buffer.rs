@@ -217,8 +217,10 @@ pub fn copy_into<'o>(out: &'o mut [MaybeUninit<u8>], src: &[u8]) -> &'o mut [u8]
 /// freed buffers is resident already, and populating it again walks every
 /// page for nothing (a third of a 1 MiB `pread`'s time here), so pages that
 /// `mincore` reports resident are left alone. Callers use it only where the
-/// bytes that follow are real file bytes of the same length (`pread`), so a
-/// file cannot make the process populate more than its own size.
+/// bytes that follow are real file bytes of the same length (`pread`), or
+/// where a chunk's planes have all decoded to their declared lengths and the
+/// filter is about to write every byte (`chunk::decode`), so a file cannot
+/// make the process populate memory that decoding would not write.
 pub fn prefault(out: &mut [MaybeUninit<u8>]) -> bool {
     #[cfg(target_os = "linux")]
     {

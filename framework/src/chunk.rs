@@ -218,6 +218,10 @@ pub fn decode(
         });
         at += len;
     }
+    // Every plane is now known to hold its declared length, so the filter
+    // will write all of `out`: populate its fresh pages in one call rather
+    // than one fault per page inside the filter's scattered stores.
+    buffer::prefault(out);
     f.filter.decode_uninit(f.params, &planes, out);
     Ok(())
 }

@@ -925,6 +925,70 @@ fn corrupt_compressed_chunk_is_a_corrupt_chunk_error() {
     }
 }
 
+/// The system's page size.
+#[cfg(target_os = "linux")]
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap()
+}
+
+/// Whether every page of `mem` (page-aligned) is resident, asked of `mincore`.
+#[cfg(target_os = "linux")]
+fn all_resident(mem: &[u8]) -> bool {
+    let page = page_size();
+    let mut pages = vec![0u8; mem.len().div_ceil(page)];
+    // SAFETY: `mem` is a page-aligned mapping of ours and `pages` has a byte per page.
+    let rc = unsafe { libc::mincore(mem.as_ptr() as *mut libc::c_void, mem.len(), pages.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore failed");
+    pages.iter().all(|&p| p & 1 == 1)
+}
+
+/// A bytegroup chunk's output is populated in one call once its planes have
+/// decoded, never before: a damaged plane must not make the process back the
+/// declared raw length with memory (the file, not the reader, declares it).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_damaged_plane_leaves_the_output_unpopulated_and_a_good_one_fills_it() {
+    let chunk_bytes = 4 << 20;
+    let values: Vec<u8> = (0..chunk_bytes / 4)
+        .flat_map(|i| (((i % 977) as f32 - 488.0) * 1e-3).to_le_bytes())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = opts(Some("zstd"), None);
+    options.chunk_bytes = chunk_bytes as u64;
+    let tensors = [tensor("w", "F32", &[values.len() as u64 / 4], &values)];
+    let path = write_valid(dir.path(), "p.dt", &tensors, &Map::new(), &options);
+    let info = DtReader::open(&path).unwrap().tensor("w").unwrap().clone();
+    let chunk = info.chunks.clone().unwrap()[0].clone();
+    let lens = chunk.planes().expect("the tensor is bytegroup-filtered").to_vec();
+    let plane_len = chunk.raw_len() / lens.len() as u64;
+
+    let mut fresh = memmap2::MmapMut::map_anon(chunk_bytes).unwrap();
+    assert!(!all_resident(&fresh), "a fresh mapping reads as resident");
+    let reader = DtReader::open(&path).unwrap();
+    reader.read_range(&info, 0, &mut fresh).unwrap();
+    assert!(fresh[..] == values[..]);
+    assert!(all_resident(&fresh));
+
+    // Break the frame of the last compressed plane: the planes before it decode.
+    let (p, _) = lens.iter().enumerate().rfind(|(_, &len)| len != plane_len).unwrap();
+    overwrite(&path, chunk.offset() + lens[..p].iter().sum::<u64>(), &[0xFF; 4]);
+    let mut fresh = memmap2::MmapMut::map_anon(chunk_bytes).unwrap();
+    let reader = DtReader::open(&path).unwrap();
+    match reader.read_range(&info, 0, &mut fresh) {
+        Err(Error::CorruptChunk { name, reason, .. }) => {
+            assert_eq!(name, "w");
+            assert!(reason.contains(&format!("plane {p}")), "{reason}");
+        }
+        other => panic!("expected CorruptChunk, got {other:?}"),
+    }
+    let touched = fresh.chunks(page_size()).filter(|page| all_resident(page)).count();
+    assert_eq!(
+        touched, 0,
+        "{touched} pages of the output were populated by a failed decode"
+    );
+}
+
 #[test]
 fn a_file_that_shrinks_while_open_gives_errors_not_panics() {
     let a = pattern(5000, 70);
