@@ -179,22 +179,17 @@ fn find(format: &str) -> Result<&'static dyn Converter, Error> {
     if let Ok(c) = registry.get(wanted) {
         return Ok(c);
     }
-    let lower = wanted.to_ascii_lowercase();
-    registry
-        .entries()
-        .map(|(c, _)| c)
-        .find(|c| c.extensions().iter().any(|e| e.eq_ignore_ascii_case(&lower)))
-        .ok_or_else(|| {
-            let available: Vec<String> = registry
-                .entries()
-                .map(|(c, _)| format!("{} (.{})", c.id(), c.extensions().join(", .")))
-                .collect();
-            Error::UnknownPlugin {
-                kind: "converter",
-                id: format.to_owned(),
-                available: format!("deathtensors, {}", available.join(", ")),
-            }
-        })
+    registry.by_extension(wanted).ok_or_else(|| {
+        let available: Vec<String> = registry
+            .entries()
+            .map(|(c, _)| format!("{} (.{})", c.id(), c.extensions().join(", .")))
+            .collect();
+        Error::UnknownPlugin {
+            kind: "converter",
+            id: format.to_owned(),
+            available: format!("deathtensors, {}", available.join(", ")),
+        }
+    })
 }
 
 /// Work out the converter and direction of the generic form.

@@ -456,6 +456,16 @@ impl<T: ?Sized + Plugin> Registry<T> {
     }
 }
 
+impl Registry<dyn Converter> {
+    /// The converter whose format has this file extension (without the dot,
+    /// any case).
+    pub fn by_extension(&self, extension: &str) -> Option<&'static dyn Converter> {
+        self.entries()
+            .map(|(c, _)| c)
+            .find(|c| c.extensions().iter().any(|x| x.eq_ignore_ascii_case(extension)))
+    }
+}
+
 fn finish<T: ?Sized>(
     kind: &'static str,
     built: &'static std::result::Result<Registry<T>, Duplicate>,

@@ -541,11 +541,9 @@ fn foreign_source(e: Error, src: &Path) -> Error {
         return e;
     }
     let extension = src.extension().and_then(|x| x.to_str()).unwrap_or_default();
-    let converter = crate::registry::converters().ok().and_then(|r| {
-        r.entries()
-            .map(|(c, _)| c)
-            .find(|c| c.extensions().iter().any(|x| x.eq_ignore_ascii_case(extension)))
-    });
+    let converter = crate::registry::converters()
+        .ok()
+        .and_then(|r| r.by_extension(extension));
     match converter {
         Some(c) => Error::InvalidArgument(format!(
             "{} is a {} file, not a deathtensors file: repack rewrites deathtensors files; import it with \
