@@ -82,7 +82,16 @@ fn with_plane_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
     })
 }
 
-/// Filter `raw` into `planes` (its length) and compress each plane.
+/// Room a codec gets beyond a plane's length when it compresses straight into
+/// the chunk's stored bytes: 1/128 of the plane plus 1 KiB, above what zstd
+/// needs (1/256 plus 64 bytes) to compress in one pass without checks.
+pub fn plane_headroom(plane_len: usize) -> usize {
+    plane_len / 128 + 1024
+}
+
+/// Filter `raw` into `planes` (its length) and compress each plane straight
+/// into the chunk's stored bytes, or copy it there raw when the codec does
+/// not shrink it enough ([`worth_compressing`]).
 fn encode_planes<'r>(
     raw: &'r [u8],
     codec: &dyn Codec,
@@ -92,24 +101,31 @@ fn encode_planes<'r>(
 ) -> Result<Encoded<'r>, String> {
     f.filter.encode(f.params, raw, planes);
     let plane_len = raw.len() / f.planes;
-    let mut out = Vec::with_capacity(raw.len());
+    // Every plane is stored in at most its own length, so before each plane at
+    // least its length plus the headroom is left.
+    let mut out = vec![0u8; raw.len() + plane_headroom(plane_len)];
+    let mut at = 0usize;
     let mut lens = Vec::with_capacity(f.planes);
     let mut any_packed = false;
     for plane in planes.chunks_exact(plane_len.max(1)).take(f.planes) {
-        let packed = codec.compress_plane(plane, level)?;
-        let stored: &[u8] = if worth_compressing(packed.len(), plane.len()) {
-            any_packed = true;
-            &packed
-        } else {
-            plane
+        let stored = match codec.compress_plane(plane, level, &mut out[at..])? {
+            Some(n) if worth_compressing(n, plane.len()) => {
+                any_packed = true;
+                n
+            }
+            _ => {
+                out[at..at + plane.len()].copy_from_slice(plane);
+                plane.len()
+            }
         };
-        out.extend_from_slice(stored);
-        lens.push(stored.len() as u64);
+        at += stored;
+        lens.push(stored as u64);
     }
     if !any_packed {
         // Nothing shrank: store the chunk as it came, so reading it is a plain copy.
         return Ok((Cow::Borrowed(raw), None));
     }
+    out.truncate(at);
     Ok((Cow::Owned(out), Some(lens)))
 }
 

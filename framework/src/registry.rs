@@ -60,13 +60,22 @@ pub trait Codec: Plugin {
     fn compress(&self, raw: &[u8], level: i32) -> std::result::Result<Vec<u8>, String>;
 
     /// Compress one byte plane produced by a [`Filter`] (e.g. all exponent
-    /// bytes of a chunk). Planes are close to order-0 data, so a codec may tune
-    /// itself for entropy coding here. Defaults to [`Codec::compress`].
+    /// bytes of a chunk) straight into `out`, the rest of the writer's buffer
+    /// for the chunk: at least the plane's length plus
+    /// [`crate::chunk::plane_headroom`]. Returns how many bytes of `out` it
+    /// wrote, or `None` when the plane does not fit. Either way the writer
+    /// stores the plane raw unless the codec shrank it by 5%. Planes are close
+    /// to order-0 data, so a codec may tune itself for entropy coding here.
+    /// The default calls [`Codec::compress`] and copies.
     ///
     /// # Errors
     /// As [`Codec::compress`].
-    fn compress_plane(&self, plane: &[u8], level: i32) -> std::result::Result<Vec<u8>, String> {
-        self.compress(plane, level)
+    fn compress_plane(&self, plane: &[u8], level: i32, out: &mut [u8]) -> std::result::Result<Option<usize>, String> {
+        let packed = self.compress(plane, level)?;
+        Ok(out.get_mut(..packed.len()).map(|dst| {
+            dst.copy_from_slice(&packed);
+            packed.len()
+        }))
     }
 
     /// Whether writers should split floating-point chunks into byte planes

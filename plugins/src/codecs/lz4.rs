@@ -69,4 +69,15 @@ mod tests {
         assert!(Lz4Codec.decompress_into(&packed, &mut long).is_err());
         assert!(Lz4Codec.decompress_into(&[0xff; 9], &mut out).is_err());
     }
+
+    #[test]
+    fn planes_go_through_the_default_copy() {
+        let raw: Vec<u8> = (0..100_000u32).map(|i| (i % 13) as u8).collect();
+        let packed = Lz4Codec.compress(&raw, 0).unwrap();
+        let mut room = vec![0u8; packed.len()];
+        assert_eq!(Lz4Codec.compress_plane(&raw, 0, &mut room).unwrap(), Some(packed.len()));
+        assert_eq!(room, packed);
+        let mut short = vec![0u8; packed.len() - 1];
+        assert_eq!(Lz4Codec.compress_plane(&raw, 0, &mut short).unwrap(), None);
+    }
 }

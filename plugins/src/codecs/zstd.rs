@@ -52,7 +52,13 @@ fn check_level(level: i32) -> Result<(), String> {
     Ok(())
 }
 
-fn compress_with(raw: &[u8], level: i32, plane: bool) -> Result<Vec<u8>, String> {
+/// Run `f` with this thread's compression context for `level`, made for
+/// byte planes when `plane` is set.
+fn with_compressor<R>(
+    level: i32,
+    plane: bool,
+    f: impl FnOnce(&mut Compressor<'static>) -> Result<R, String>,
+) -> Result<R, String> {
     check_level(level)?;
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
@@ -74,9 +80,13 @@ fn compress_with(raw: &[u8], level: i32, plane: bool) -> Result<Vec<u8>, String>
             *slot = Some((level, plane, c));
         }
         let (_, _, c) = slot.as_mut().ok_or("no zstd context")?;
-        c.compress(raw).map_err(|e| e.to_string())
+        f(c)
     })
 }
+
+/// zstd's error code for a destination buffer too small for the frame.
+const DST_TOO_SMALL: usize =
+    (zstd::zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_dstSize_tooSmall as usize).wrapping_neg();
 
 impl Codec for ZstdCodec {
     fn default_level(&self) -> i32 {
@@ -88,11 +98,19 @@ impl Codec for ZstdCodec {
     }
 
     fn compress(&self, raw: &[u8], level: i32) -> Result<Vec<u8>, String> {
-        compress_with(raw, level, false)
+        with_compressor(level, false, |c| c.compress(raw).map_err(|e| e.to_string()))
     }
 
-    fn compress_plane(&self, plane: &[u8], level: i32) -> Result<Vec<u8>, String> {
-        compress_with(plane, level, true)
+    /// Compresses straight into `out`, with no buffer of its own and no copy.
+    /// With room for zstd's bound (what the writer gives) it compresses in
+    /// one pass; with less it goes block by block and reports a frame that
+    /// does not fit (`dstSize_tooSmall`) as `None`.
+    fn compress_plane(&self, plane: &[u8], level: i32, out: &mut [u8]) -> Result<Option<usize>, String> {
+        with_compressor(level, true, |c| match c.context_mut().compress2(out, plane) {
+            Ok(n) => Ok(Some(n)),
+            Err(code) if code == DST_TOO_SMALL => Ok(None),
+            Err(code) => Err(format!("zstd: {}", zstd::zstd_safe::get_error_name(code))),
+        })
     }
 
     fn wants_byte_planes(&self) -> bool {
@@ -190,13 +208,18 @@ deathtensors::register_codec!(ZstdCodec);
 mod tests {
     use super::*;
 
+    /// `raw` compressed as a plane, with room for as many bytes as it has.
+    fn plane(raw: &[u8], level: i32) -> Vec<u8> {
+        let mut out = vec![0u8; raw.len()];
+        let n = ZstdCodec.compress_plane(raw, level, &mut out).unwrap().unwrap();
+        out.truncate(n);
+        out
+    }
+
     #[test]
     fn round_trip_and_bounds() {
         let raw: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        for packed in [
-            ZstdCodec.compress(&raw, 3).unwrap(),
-            ZstdCodec.compress_plane(&raw, 3).unwrap(),
-        ] {
+        for packed in [ZstdCodec.compress(&raw, 3).unwrap(), plane(&raw, 3)] {
             assert!(packed.len() < raw.len());
             let mut out = vec![0u8; raw.len()];
             ZstdCodec.decompress_into(&packed, &mut out).unwrap();
@@ -260,11 +283,36 @@ mod tests {
         let raw = vec![7u8; 50_000];
         let a = ZstdCodec.compress(&raw, 1).unwrap();
         let b = ZstdCodec.compress(&raw, 19).unwrap();
-        let c = ZstdCodec.compress_plane(&raw, 1).unwrap();
+        let c = plane(&raw, 1);
         for packed in [a, b, c] {
             let mut out = vec![0u8; raw.len()];
             ZstdCodec.decompress_into(&packed, &mut out).unwrap();
             assert_eq!(out, raw);
         }
+    }
+
+    #[test]
+    fn a_plane_that_does_not_fit_its_room_is_none() {
+        // An xorshift stream: incompressible, so no frame fits in fewer bytes.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut room = vec![0u8; noise.len() * 19 / 20];
+        assert_eq!(ZstdCodec.compress_plane(&noise, 3, &mut room).unwrap(), None);
+        // The context is still good afterwards, and a plane that fits is exact.
+        let ramp: Vec<u8> = (0..200_000u32).map(|i| (i / 1000) as u8).collect();
+        let n = ZstdCodec.compress_plane(&ramp, 3, &mut room).unwrap().unwrap();
+        let mut back = vec![0u8; ramp.len()];
+        ZstdCodec.decompress_into(&room[..n], &mut back).unwrap();
+        assert_eq!(back, ramp);
+        // No room at all is a frame that does not fit, not an error; a bad level is one.
+        assert_eq!(ZstdCodec.compress_plane(&ramp, 3, &mut []).unwrap(), None);
+        assert!(ZstdCodec.compress_plane(&ramp, 99, &mut room).is_err());
     }
 }
